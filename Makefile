@@ -1,0 +1,58 @@
+# The one task runner: people and CI call the same targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+export DVC_NO_ANALYTICS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install protos protos-check lint format test test-long bench bench-quick demo clean
+
+# Idempotent: re-runs pip only when pyproject.toml changed since the last install.
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24" "setuptools>=69" wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Stubs are committed; `make protos-check` (part of `make test`) regenerates and fails on any diff.
+protos: install
+	rm -rf gen/arc
+	mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=gen --grpc_python_out=gen \
+		--mypy_out=gen --mypy_grpc_out=only_async:gen \
+		$(PROTO_FILES)
+	find gen/arc -type d -exec touch {}/__init__.py \;
+	touch gen/arc/py.typed
+
+protos-check: protos
+	@git diff --exit-code --stat -- gen/ || { echo "generated stubs are stale: run 'make protos' and commit gen/"; exit 1; }
+	@test -z "$$(git ls-files --others --exclude-standard gen/)" || { echo "new generated files not committed:"; git ls-files --others --exclude-standard gen/; exit 1; }
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy arc_common services clients tests bench
+	cd protos && ../$(BIN)/buf lint
+	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:protos/buf.yaml 2>/dev/null; then \
+		cd protos && ../$(BIN)/buf breaking --against '../.git#branch=main,subdir=protos'; \
+	else echo "buf breaking: no protos on main yet, nothing to compare"; fi
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install protos-check lint
+	$(BIN)/pytest -q -m "not slow"
+
+test-long: install
+	ARC_TEST_LONG=1 $(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,185 @@
+"""Proto <-> domain model conversion, driven by the descriptors instead of hand-written maps.
+
+Rules (the models follow them, see ``arc_common.models``):
+- field names are equal on both sides;
+- an enum value ``PREFIX_NAME`` is the string ``"name"``; ``*_UNSPECIFIED`` is "not set";
+- a scalar without presence that holds its zero value is "not set", so the model's default
+  applies (proto3 cannot tell 0 from absent); fields where 0 is meaningful and the default is
+  not are declared ``optional`` in the proto and keep their presence;
+- Timestamp <-> aware ``datetime``, Struct <-> ``dict``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel
+
+from arc_common.models import parse_model
+
+M = TypeVar("M", bound=BaseModel)
+P = TypeVar("P", bound=Message)
+
+# Descriptors are typed loosely on purpose: protobuf's stubs make every nested descriptor
+# Optional and split pure-Python and upb classes, which adds noise without safety here.
+_Descriptor = Any
+
+_TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+_STRUCT = Struct.DESCRIPTOR.full_name
+
+
+def enum_prefix(enum: _Descriptor) -> str:
+    """``ARCHITECTURE_FAMILY_`` for ArchitectureFamily (taken from its zero value)."""
+    zero: str = enum.values_by_number[0].name
+    return zero.removesuffix("UNSPECIFIED")
+
+
+def enum_to_str(enum: _Descriptor, number: int) -> str | None:
+    if number == 0:
+        return None
+    value = enum.values_by_number.get(number)
+    if value is None:  # a newer client's value this server does not know
+        return f"unknown_{number}"
+    name: str = value.name
+    return name.removeprefix(enum_prefix(enum)).lower()
+
+
+def enum_from_str(enum: _Descriptor, value: str) -> int:
+    name = enum_prefix(enum) + str(value).upper()
+    found = enum.values_by_name.get(name)
+    if found is None:
+        raise ValueError(f"{value!r} is not a value of {enum.full_name}")
+    return int(found.number)
+
+
+def _is_map(field: _Descriptor) -> bool:
+    return bool(
+        field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+    )
+
+
+def _is_repeated(field: _Descriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _scalar_out(field: _Descriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return enum_to_str(field.enum_type, value)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return message_to_dict(value)
+    return value
+
+
+def message_to_dict(message: Message) -> Any:
+    """A plain dict (or datetime / dict for well-known types) ready for ``model_validate``."""
+    descriptor: _Descriptor = message.DESCRIPTOR
+    if descriptor.full_name == _TIMESTAMP:
+        assert isinstance(message, Timestamp)
+        return message.ToDatetime(tzinfo=UTC)
+    if descriptor.full_name == _STRUCT:
+        return json_format.MessageToDict(message)
+    out: dict[str, Any] = {}
+    for field in descriptor.fields:
+        value = getattr(message, field.name)
+        if _is_map(field):
+            if value:
+                value_field = field.message_type.fields_by_name["value"]
+                out[field.name] = {k: _scalar_out(value_field, v) for k, v in value.items()}
+        elif _is_repeated(field):
+            if value:
+                out[field.name] = [_scalar_out(field, v) for v in value]
+        elif field.has_presence:
+            if message.HasField(field.name):
+                out[field.name] = _scalar_out(field, value)
+        elif field.type == FieldDescriptor.TYPE_ENUM:
+            if value != 0:
+                out[field.name] = enum_to_str(field.enum_type, value)
+        elif value != field.default_value:
+            out[field.name] = value
+    return out
+
+
+def to_model(message: Message, cls: type[M], *, prefix: str = "") -> M:
+    """Proto -> validated model; InvalidArgumentError names every bad field (under ``prefix``)."""
+    return parse_model(cls, message_to_dict(message), prefix=prefix)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return {k: _plain(v) for k, v in value if v is not None}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _set_scalar(field: _Descriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return enum_from_str(field.enum_type, value)
+    return value
+
+
+def _fill_message(message: Message, data: Any) -> None:
+    descriptor: _Descriptor = message.DESCRIPTOR
+    if descriptor.full_name == _TIMESTAMP:
+        assert isinstance(message, Timestamp)
+        when: datetime = data if data.tzinfo else data.replace(tzinfo=UTC)
+        message.FromDatetime(when)
+        return
+    if descriptor.full_name == _STRUCT:
+        assert isinstance(message, Struct)
+        message.update(data)
+        return
+    for name, value in data.items():
+        field = descriptor.fields_by_name.get(name)
+        if field is None:
+            raise KeyError(f"{descriptor.full_name} has no field {name!r}")
+        if _is_map(field):
+            target = getattr(message, name)
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    _fill_message(target[key], item)
+                else:
+                    target[key] = _set_scalar(value_field, item)
+        elif _is_repeated(field):
+            target = getattr(message, name)
+            for item in value:
+                if field.type == FieldDescriptor.TYPE_MESSAGE:
+                    _fill_message(target.add(), item)
+                else:
+                    target.append(_set_scalar(field, item))
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            _fill_message(getattr(message, name), value)
+            if not data_has_content(value):
+                getattr(message, name).SetInParent()
+        else:
+            setattr(message, name, _set_scalar(field, value))
+
+
+def data_has_content(value: Any) -> bool:
+    return bool(value) or isinstance(value, datetime)
+
+
+def to_proto(model: BaseModel, cls: type[P]) -> P:
+    """Model -> proto message of ``cls``; unset (None) fields stay unset."""
+    message = cls()
+    _fill_message(message, _plain(model))
+    return message
+
+
+def dict_to_proto(data: dict[str, Any], cls: type[P]) -> P:
+    """A plain dict in model shape (enum values as strings) -> proto message."""
+    message = cls()
+    _fill_message(message, _plain(data))
+    return message

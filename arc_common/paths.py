@@ -1,0 +1,47 @@
+"""Workspace-relative paths: checked lexically in the models, resolved on disk in the services."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from arc_common.errors import InvalidArgumentError
+
+MAX_PATH_LENGTH = 1024
+
+
+def check_relative_path(value: str) -> str:
+    """Reject paths that are absolute, empty, or climb out with ``..``; return it normalized."""
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > MAX_PATH_LENGTH:
+        raise ValueError(f"must be at most {MAX_PATH_LENGTH} characters")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":"):
+        raise ValueError("must be relative to the workspace, not absolute")
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if ".." in parts:
+        raise ValueError("must not contain '..' (it would escape the workspace)")
+    normalized = str(PurePosixPath(*parts)) if parts else "."
+    if normalized == ".":
+        raise ValueError("must name something inside the workspace, not the workspace itself")
+    return normalized
+
+
+def resolve_in_root(root: Path, relative: str, *, field: str) -> Path:
+    """Resolve ``relative`` under ``root`` following symlinks; refuse anything that escapes.
+
+    The lexical check alone is not enough: a symlink inside the workspace may point out of it.
+    """
+    try:
+        checked = check_relative_path(relative)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{field} {exc} (got {relative!r})", field=field) from exc
+    base = root.resolve()
+    resolved = Path(os.path.realpath(base / checked))
+    if resolved != base and not resolved.is_relative_to(base):
+        raise InvalidArgumentError(
+            f"{field} resolves outside {base} (through a symlink?): {relative!r}", field=field
+        )
+    return resolved

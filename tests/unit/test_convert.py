@@ -1,0 +1,200 @@
+"""proto -> model -> proto round trips for every domain message, with every field set."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from arc.common.v1 import common_pb2
+from arc.governance.v1 import governance_pb2
+from arc.gpu.v1 import gpu_pb2
+from arc.scheduler.v1 import scheduler_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from pydantic import BaseModel
+
+from arc_common import convert, models
+
+PAIRS: list[tuple[type[BaseModel], type[Message]]] = [
+    (models.ArchitectureSpec, common_pb2.ArchitectureSpec),
+    (models.OptimizerSpec, common_pb2.OptimizerSpec),
+    (models.LrSchedule, common_pb2.LrSchedule),
+    (models.Hyperparameters, common_pb2.Hyperparameters),
+    (models.DatasetSpec, common_pb2.DatasetSpec),
+    (models.PreprocessingStep, common_pb2.PreprocessingStep),
+    (models.PreprocessingChain, common_pb2.PreprocessingChain),
+    (models.GpuAllocation, common_pb2.GpuAllocation),
+    (models.EarlyStopping, common_pb2.EarlyStopping),
+    (models.ExperimentSpec, common_pb2.ExperimentSpec),
+    (models.TrainingJobConfig, common_pb2.TrainingJobConfig),
+    (models.MetricResult, common_pb2.MetricResult),
+    (models.CheckpointInfo, common_pb2.CheckpointInfo),
+    (models.ExperimentResult, common_pb2.ExperimentResult),
+    (models.GpuProcess, gpu_pb2.GpuProcess),
+    (models.Gpu, gpu_pb2.Gpu),
+    (models.Lease, gpu_pb2.Lease),
+    (models.Violation, governance_pb2.Violation),
+    (models.Decision, governance_pb2.Decision),
+    (models.Transaction, governance_pb2.Transaction),
+    (models.PendingRequest, governance_pb2.PendingRequest),
+    (models.AuditRecord, governance_pb2.AuditRecord),
+    (models.Job, scheduler_pb2.Job),
+    (models.Experiment, scheduler_pb2.Experiment),
+    (models.SchedulerStatus, scheduler_pb2.SchedulerStatus),
+]
+
+# Values that satisfy the models' cross-field rules; everything else is generated.
+VALID: dict[str, dict[str, Any]] = {
+    "arc.common.v1.ArchitectureSpec": {"variant": "resnet50", "dropout": 0.25, "num_classes": 3},
+    "arc.common.v1.OptimizerSpec": {"learning_rate": 0.003, "momentum": 0.9, "weight_decay": 0.01},
+    "arc.common.v1.LrSchedule": {"gamma": 0.5},
+    "arc.common.v1.DatasetSpec": {
+        "train_split": 0.7,
+        "val_split": 0.2,
+        "test_split": 0.1,
+        "data_path": "data/acuvue",
+        "image_size": 128,
+        "dataset_id": "acuvue_v1",
+    },
+    "arc.common.v1.GpuAllocation": {
+        "preference": common_pb2.GPU_PREFERENCE_SPECIFIC,
+        "gpu_indices": [0, 1],
+        "gpu_count": 2,
+    },
+    "arc.common.v1.EarlyStopping": {"monitor": "val_auc", "divergence_factor": 4.0},
+    "arc.common.v1.ExperimentSpec": {"experiment_id": "exp-1", "priority": 7},
+    "arc.common.v1.TrainingJobConfig": {
+        "job_id": "job-1",
+        "checkpoint_dir": "runs/job-1/ckpt",
+        "log_dir": "runs/job-1/logs",
+        "max_retries": 2,
+    },
+    "arc.common.v1.Hyperparameters": {"seed": 7, "batch_size": 16, "epochs": 3},
+}
+
+STAMP = datetime(2026, 5, 17, 12, 30, 15, 250000, tzinfo=UTC)
+
+
+def fill(message: Message, depth: int = 0) -> Message:
+    """Set every field of ``message`` (recursively) to a non-default value."""
+    descriptor: Any = message.DESCRIPTOR
+    if descriptor.full_name == "google.protobuf.Timestamp":
+        message.FromDatetime(STAMP)  # type: ignore[attr-defined]
+        return message
+    if descriptor.full_name == "google.protobuf.Struct":
+        message.update({"size": 224, "mode": "bilinear"})  # type: ignore[attr-defined]
+        return message
+    overrides = VALID.get(descriptor.full_name, {})
+    oneofs_done: set[str] = set()
+    for field in descriptor.fields:
+        if field.containing_oneof is not None:
+            if field.containing_oneof.name in oneofs_done:
+                continue
+            oneofs_done.add(field.containing_oneof.name)
+        if field.name in overrides:
+            value = overrides[field.name]
+            if field.is_repeated:
+                getattr(message, field.name).extend(value)
+            else:
+                setattr(message, field.name, value)
+            continue
+        _fill_field(message, field, depth)
+    return message
+
+
+def _sample(field: Any, n: int = 1) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return field.enum_type.values[min(n, len(field.enum_type.values) - 1)].number
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return True
+    if field.type == FieldDescriptor.TYPE_STRING:
+        if field.name.endswith(("variant",)):
+            return "resnet18"
+        return f"{field.name.replace('_', '-')}-{n}"
+    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return 0.5 + n / 10
+    return n + 1
+
+
+def _fill_field(message: Message, field: Any, depth: int) -> None:
+    is_map = (
+        field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+    )
+    if is_map:
+        value_field = field.message_type.fields_by_name["value"]
+        target = getattr(message, field.name)
+        for n in (1, 2):
+            target[f"k{n}"] = _sample(value_field, n)
+    elif field.is_repeated:
+        target = getattr(message, field.name)
+        for n in (1, 2):
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                fill(target.add(), depth + 1)
+            else:
+                target.append(_sample(field, n))
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        fill(getattr(message, field.name), depth + 1)
+    else:
+        setattr(message, field.name, _sample(field))
+
+
+def _all_set(message: Message) -> list[str]:
+    """Names of fields left at their default (the filler must not miss any)."""
+    missing = []
+    for field in message.DESCRIPTOR.fields:
+        if field.containing_oneof is not None:
+            continue
+        if field.is_repeated:
+            if not len(getattr(message, field.name)):
+                missing.append(field.name)
+        elif field.has_presence:
+            if not message.HasField(field.name):
+                missing.append(field.name)
+        elif getattr(message, field.name) == field.default_value:
+            missing.append(field.name)
+    return missing
+
+
+@pytest.mark.parametrize(("model_cls", "proto_cls"), PAIRS, ids=lambda c: c.__name__)
+def test_round_trip_every_field(model_cls: type[BaseModel], proto_cls: type[Message]) -> None:
+    original = fill(proto_cls())
+    assert _all_set(original) == []
+    model = convert.to_model(original, model_cls)
+    back = convert.to_proto(model, proto_cls)
+    assert back == original, f"{proto_cls.__name__} changed in the round trip"
+
+
+def test_every_model_field_exists_in_its_proto() -> None:
+    for model_cls, proto_cls in PAIRS:
+        proto_fields = set(proto_cls.DESCRIPTOR.fields_by_name)
+        assert set(model_cls.model_fields) == proto_fields, model_cls.__name__
+
+
+def test_enum_values_match_proto_names() -> None:
+    assert convert.enum_to_str(common_pb2.ArchitectureFamily.DESCRIPTOR, 1) == "resnet"
+    assert convert.enum_from_str(common_pb2.JobState.DESCRIPTOR, "timed_out") == (
+        common_pb2.JOB_STATE_TIMED_OUT
+    )
+    for model_enum, proto_enum in [
+        (models.ArchitectureFamily, common_pb2.ArchitectureFamily),
+        (models.JobState, common_pb2.JobState),
+        (models.Tool, governance_pb2.Tool),
+        (models.Mode, governance_pb2.Mode),
+        (models.PreprocessingStepType, common_pb2.PreprocessingStepType),
+    ]:
+        names = {
+            convert.enum_to_str(proto_enum.DESCRIPTOR, v.number)
+            for v in proto_enum.DESCRIPTOR.values
+            if v.number
+        }
+        assert names == {m.value for m in model_enum}
+
+
+def test_unset_optional_zero_is_kept_apart_from_absent() -> None:
+    spec = common_pb2.ExperimentSpec()
+    fill(spec)
+    spec.priority = 0
+    assert convert.to_model(spec, models.ExperimentSpec).priority == 0
+    spec.ClearField("priority")
+    assert convert.to_model(spec, models.ExperimentSpec).priority is None
