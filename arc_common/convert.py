@@ -22,6 +22,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel
 
+from arc_common.errors import InvalidArgumentError
 from arc_common.models import parse_model
 
 M = TypeVar("M", bound=BaseModel)
@@ -57,6 +58,28 @@ def enum_from_str(enum: _Descriptor, value: str) -> int:
     if found is None:
         raise ValueError(f"{value!r} is not a value of {enum.full_name}")
     return int(found.number)
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def enum_field(message: Message, name: str, enum_cls: type[E], *, default: E | None = None) -> E:
+    """A request's enum field as a model enum; unset gives ``default``, unknown values and
+    unset-without-default are INVALID_ARGUMENT naming the field."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    value = enum_to_str(field.enum_type, getattr(message, name))
+    if value is None and default is not None:
+        return default
+    allowed = ", ".join(m.name for m in enum_cls)
+    if value is None:
+        raise InvalidArgumentError(f"{name} is required (one of {allowed})", field=name)
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"{name} {getattr(message, name)} is not a known value (one of {allowed})",
+            field=name,
+        ) from None
 
 
 def _is_map(field: _Descriptor) -> bool:

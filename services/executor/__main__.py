@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
-
 from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
 from arc_common.logs import configure_logging

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
-
 from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
 from arc_common.logs import configure_logging

@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
-
 from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
 from arc_common.errors import InvalidArgumentError

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.server import ServerHandle, start_server

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from arc.executor.v1 import executor_pb2
 from arc.governance.v1 import governance_pb2
 from arc.gpu.v1 import gpu_pb2
 from arc.scheduler.v1 import scheduler_pb2
-
 from arc_common import auth
 from arc_common.errors import PermissionDeniedError, UnauthenticatedError
 

@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from arc.common.v1 import common_pb2
-from arc.governance.v1 import governance_pb2
-from arc.gpu.v1 import gpu_pb2
-from arc.scheduler.v1 import scheduler_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from pydantic import BaseModel
 
+from arc.common.v1 import common_pb2
+from arc.governance.v1 import governance_pb2
+from arc.gpu.v1 import gpu_pb2
+from arc.scheduler.v1 import scheduler_pb2
 from arc_common import convert, models
 
 PAIRS: list[tuple[type[BaseModel], type[Message]]] = [

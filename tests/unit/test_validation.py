@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 import pytest
-from arc.common.v1 import common_pb2
 
+from arc.common.v1 import common_pb2
 from arc_common import convert, models
 from arc_common.errors import InvalidArgumentError
 from arc_common.paths import resolve_in_root

@@ -1,0 +1,84 @@
+"""Helpers to run real service processes in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from grpc import aio
+
+from arc_common.channel import create_channel
+from tests.conftest import REPO_ROOT
+
+
+class ServiceProcess:
+    """``python -m services.<name>`` on a free port, as a user starts it."""
+
+    def __init__(self, module: str, home: Path, *, env: dict[str, str] | None = None) -> None:
+        self.module = module
+        self.home = home
+        self.env = {**os.environ, **(env or {})}
+        self.port_file = home / f".{module.rsplit('.', 1)[-1]}.port"
+        self.process: subprocess.Popen[str] | None = None
+        self.log_path = home / f"{module.rsplit('.', 1)[-1]}.log"
+        self.port = 0
+
+    async def start(self, startup_seconds: float = 60) -> int:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port_file.unlink(missing_ok=True)
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(  # noqa: ASYNC220 - starting is instant; waits go to threads
+            [
+                sys.executable,
+                "-m",
+                self.module,
+                "--port",
+                "0",
+                "--home",
+                str(self.home),
+                "--port-file",
+                str(self.port_file),
+            ],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            text=True,
+        )
+        log.close()
+        self.port = await asyncio.to_thread(self._wait_port, startup_seconds)
+        return self.port
+
+    def _wait_port(self, timeout: float) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.port_file.exists() and self.port_file.read_text().strip():
+                return int(self.port_file.read_text())
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.module} exited with {self.process.returncode}:\n{self.log()}"
+                )
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.module} did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    async def signal_and_wait(self, sig: int = signal.SIGTERM, wait_seconds: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return await asyncio.to_thread(self.process.wait, wait_seconds)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def channel(self, token: str | None) -> aio.Channel:
+        return create_channel(f"127.0.0.1:{self.port}", token=token, default_timeout=15)
