@@ -32,7 +32,7 @@ class ServiceProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port_file.unlink(missing_ok=True)
         log = self.log_path.open("a")
-        self.process = subprocess.Popen(  # noqa: ASYNC220 - starting is instant; waits go to threads
+        self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",

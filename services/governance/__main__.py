@@ -3,25 +3,81 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
+from arc_common.errors import ArcError
 from arc_common.logs import configure_logging
 from arc_common.server import Registration, run_server
+from services.governance.core import Governance, GovernanceConfig
+from services.governance.servicer import GovernanceServicer
 from services.governance.settings import GovernanceSettings
+
+logger = logging.getLogger(__name__)
+
+
+def registration(governance: Governance) -> Registration:
+    return Registration(
+        servicer=GovernanceServicer(governance),
+        add_to_server=governance_pb2_grpc.add_GovernanceServiceServicer_to_server,
+        descriptor=governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"],
+    )
+
+
+def build_governance(settings: GovernanceSettings) -> Governance:
+    return Governance(
+        settings.home,
+        config=GovernanceConfig(
+            pending_ttl_seconds=settings.pending_ttl_seconds,
+            transaction_timeout_seconds=settings.transaction_timeout_seconds,
+            max_snapshot_bytes=settings.max_snapshot_bytes,
+        ),
+    )
+
+
+async def housekeeping(governance: Governance, interval: float) -> None:
+    """Expire undecided requests and roll back transactions whose holder vanished."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await governance.expire_pending()
+            await governance.recover_transactions()
+        except Exception:
+            logger.exception("governance housekeeping failed")
+
+
+async def serve(settings: GovernanceSettings) -> None:
+    tokens = TokenStore.ensure(settings.home)
+    governance = build_governance(settings)
+    await governance.open()
+    task = asyncio.create_task(housekeeping(governance, settings.housekeeping_interval_seconds))
+
+    def reload() -> None:
+        async def run() -> None:
+            with contextlib.suppress(ArcError):  # refused: logged and audited, old policy stays
+                await governance.reload_policy(caller="operator (SIGHUP)")
+
+        asyncio.get_running_loop().create_task(run())
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await governance.close()
+
+    await run_server(settings, [registration(governance)], tokens=tokens, on_shutdown=[stop])
 
 
 def main() -> None:
     settings = parse_service_args(GovernanceSettings, service="governance", default_port=50053)
     configure_logging("governance", settings.log_level)
-    tokens = TokenStore.ensure(settings.home)
-    registration = Registration(
-        servicer=governance_pb2_grpc.GovernanceServiceServicer(),  # type: ignore[abstract]  # UNIMPLEMENTED until its issue lands
-        add_to_server=governance_pb2_grpc.add_GovernanceServiceServicer_to_server,
-        descriptor=governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"],
-    )
-    asyncio.run(run_server(settings, [registration], tokens=tokens))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from arc_common.settings import ServiceSettings
@@ -11,3 +12,10 @@ class GovernanceSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="ARC_GOVERNANCE_", extra="forbid", frozen=True, populate_by_name=True
     )
+
+    # A SUPERVISED request nobody decides on expires after this.
+    pending_ttl_seconds: float = Field(default=3600.0, gt=0)
+    # An open transaction whose holder vanished is rolled back after this.
+    transaction_timeout_seconds: float = Field(default=3600.0, gt=0)
+    max_snapshot_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    housekeeping_interval_seconds: float = Field(default=1.0, gt=0)

@@ -158,7 +158,7 @@ def _wait_for_file(path: Path, timeout: float) -> str:
 async def test_sigterm_lets_in_flight_call_finish(tmp_path: Path) -> None:
     port_file = tmp_path / "probe.port"
     env = {**os.environ, "ARC_PROBE_DELAY": "1.5", "ARC_GRACE_SECONDS": "10"}
-    process = subprocess.Popen(  # noqa: ASYNC220 - starting is instant; waits go to threads
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",

@@ -357,12 +357,18 @@ class ValidateToolRequestRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     CYCLE_ID_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_APPROVAL_SECONDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     tool: Global___Tool.ValueType
     dry_run: _builtins.bool
     """Check only: no budget is counted and a denial is answered, not raised."""
     cycle_id: _builtins.int
     """Cycle whose GPU-hour budget the call counts against."""
+    on_behalf_of: _builtins.str
+    """Service and operator callers may act for an agent: budgets and audit use this name."""
+    wait_for_approval_seconds: _builtins.int
+    """In SUPERVISED mode, wait up to this long for an operator's decision before answering."""
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -373,10 +379,12 @@ class ValidateToolRequestRequest(_message.Message):
         parameters: _struct_pb2.Struct | None = ...,
         dry_run: _builtins.bool = ...,
         cycle_id: _builtins.int = ...,
+        on_behalf_of: _builtins.str = ...,
+        wait_for_approval_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "dry_run", b"dry_run", "parameters", b"parameters", "request_id", b"request_id", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "dry_run", b"dry_run", "on_behalf_of", b"on_behalf_of", "parameters", b"parameters", "request_id", b"request_id", "tool", b"tool", "wait_for_approval_seconds", b"wait_for_approval_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,10 +418,13 @@ class BeginTransactionRequest(_message.Message):
     TOOL_FIELD_NUMBER: _builtins.int
     PATHS_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     tool: Global___Tool.ValueType
     timeout_seconds: _builtins.int
     """0 uses the server's setting."""
+    on_behalf_of: _builtins.str
+    """Service and operator callers may act for an agent."""
     @_builtins.property
     def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Workspace-relative paths the tool will touch."""
@@ -425,10 +436,11 @@ class BeginTransactionRequest(_message.Message):
         tool: Global___Tool.ValueType = ...,
         paths: _abc.Iterable[_builtins.str] | None = ...,
         timeout_seconds: _builtins.int = ...,
+        on_behalf_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths", "request_id", b"request_id", "timeout_seconds", b"timeout_seconds", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_behalf_of", b"on_behalf_of", "paths", b"paths", "request_id", b"request_id", "timeout_seconds", b"timeout_seconds", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

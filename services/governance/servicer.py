@@ -1,0 +1,216 @@
+"""GovernanceService: converts requests, calls Governance, converts back."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from google.protobuf import json_format
+
+from arc.governance.v1 import governance_pb2, governance_pb2_grpc
+from arc_common import auth
+from arc_common.convert import enum_field, enum_to_str, to_proto
+from arc_common.errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
+from arc_common.models import Decision, DecisionOutcome, Mode, Tool
+from arc_common.pagination import encode_token, page_bounds
+from services.governance.audit import AuditFilter
+from services.governance.core import Governance, ToolCall
+
+MAX_WAIT_FOR_APPROVAL_SECONDS = 300
+
+
+def caller_name(on_behalf_of: str = "") -> str:
+    """Who the call counts for: the token's name, or the agent a service acts for."""
+    identity = auth.current_identity.get()
+    if identity is None:  # pragma: no cover - the interceptor always sets one
+        raise PermissionDeniedError("no caller identity")
+    if not on_behalf_of or on_behalf_of == identity.name:
+        return identity.name
+    if identity.role is auth.Role.AGENT:
+        raise PermissionDeniedError(
+            f"an agent may not act on behalf of {on_behalf_of!r}", field="on_behalf_of"
+        )
+    return on_behalf_of
+
+
+def _is_quota(violation_field: str, constraint: str) -> bool:
+    return violation_field in {"rate", "concurrent_jobs"} or constraint.startswith(
+        "GPU-hour budget"
+    )
+
+
+def denial_error(tool: Tool, decision: Decision) -> Exception:
+    """The error for an executed call the decision refuses; it lists every violation."""
+    parts = [
+        f"{v.field} must be {v.constraint} (got {v.actual}"
+        + (f"; try {v.suggested})" if v.suggested else ")")
+        for v in decision.violations
+    ]
+    message = f"{tool.value} denied by policy {decision.policy_version}: " + (
+        "; ".join(parts) if parts else decision.reason
+    )
+    if decision.violations and all(_is_quota(v.field, v.constraint) for v in decision.violations):
+        return ResourceExhaustedError(message, field=decision.violations[0].field)
+    field = decision.violations[0].field if decision.violations else None
+    return PermissionDeniedError(message, field=field)
+
+
+class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
+    def __init__(self, governance: Governance) -> None:
+        self._gov = governance
+
+    async def ValidateToolRequest(
+        self, request: governance_pb2.ValidateToolRequestRequest, context: Any
+    ) -> governance_pb2.ValidateToolRequestResponse:
+        tool = enum_field(request, "tool", Tool)
+        if request.cycle_id < 0:
+            raise InvalidArgumentError(
+                f"cycle_id must be >= 0 (got {request.cycle_id})", field="cycle_id"
+            )
+        if not 0 <= request.wait_for_approval_seconds <= MAX_WAIT_FOR_APPROVAL_SECONDS:
+            raise InvalidArgumentError(
+                f"wait_for_approval_seconds must be between 0 and "
+                f"{MAX_WAIT_FOR_APPROVAL_SECONDS} (got {request.wait_for_approval_seconds})",
+                field="wait_for_approval_seconds",
+            )
+        call = ToolCall(
+            caller=caller_name(request.on_behalf_of),
+            tool=tool,
+            parameters=json_format.MessageToDict(request.parameters),
+            request_id=request.request_id,
+            dry_run=request.dry_run,
+            cycle_id=request.cycle_id,
+        )
+        decision = await self._gov.validate(call, wait_seconds=request.wait_for_approval_seconds)
+        if not request.dry_run and decision.outcome is DecisionOutcome.DENIED:
+            raise denial_error(tool, decision)
+        return governance_pb2.ValidateToolRequestResponse(
+            decision=to_proto(decision, governance_pb2.Decision)
+        )
+
+    async def BeginTransaction(
+        self, request: governance_pb2.BeginTransactionRequest, context: Any
+    ) -> governance_pb2.BeginTransactionResponse:
+        transaction = await self._gov.begin(
+            caller=caller_name(request.on_behalf_of),
+            tool=enum_field(request, "tool", Tool),
+            paths=list(request.paths),
+            request_id=request.request_id,
+            timeout_seconds=float(request.timeout_seconds),
+        )
+        return governance_pb2.BeginTransactionResponse(
+            transaction=to_proto(transaction, governance_pb2.Transaction)
+        )
+
+    async def CommitTransaction(
+        self, request: governance_pb2.CommitTransactionRequest, context: Any
+    ) -> governance_pb2.CommitTransactionResponse:
+        transaction = await self._gov.commit(
+            request.transaction_id, caller=caller_name(), outcome=request.outcome
+        )
+        return governance_pb2.CommitTransactionResponse(
+            transaction=to_proto(transaction, governance_pb2.Transaction)
+        )
+
+    async def RollbackTransaction(
+        self, request: governance_pb2.RollbackTransactionRequest, context: Any
+    ) -> governance_pb2.RollbackTransactionResponse:
+        transaction, restored, removed = await self._gov.rollback(
+            request.transaction_id, caller=caller_name(), reason=request.reason
+        )
+        return governance_pb2.RollbackTransactionResponse(
+            transaction=to_proto(transaction, governance_pb2.Transaction),
+            restored_files=restored,
+            removed_files=removed,
+        )
+
+    async def GetMode(
+        self, request: governance_pb2.GetModeRequest, context: Any
+    ) -> governance_pb2.GetModeResponse:
+        return governance_pb2.GetModeResponse(
+            mode=governance_pb2.Mode.Value(f"MODE_{self._gov.mode.value.upper()}"),
+            policy_version=self._gov.policy.version,
+        )
+
+    async def SetMode(
+        self, request: governance_pb2.SetModeRequest, context: Any
+    ) -> governance_pb2.SetModeResponse:
+        mode = enum_field(request, "mode", Mode)
+        previous = await self._gov.set_mode(mode, caller=caller_name(), reason=request.reason)
+        return governance_pb2.SetModeResponse(
+            mode=request.mode,
+            previous_mode=governance_pb2.Mode.Value(f"MODE_{previous.value.upper()}"),
+        )
+
+    async def ListPendingRequests(
+        self, request: governance_pb2.ListPendingRequestsRequest, context: Any
+    ) -> governance_pb2.ListPendingRequestsResponse:
+        offset, limit = page_bounds(request.page_size, request.page_token)
+        items, more = await self._gov.list_pending(offset=offset, limit=limit)
+        return governance_pb2.ListPendingRequestsResponse(
+            pending_requests=[to_proto(p, governance_pb2.PendingRequest) for p in items],
+            next_page_token=encode_token(offset + limit) if more else "",
+        )
+
+    async def _decide(self, pending_request_id: str, *, approve: bool, reason: str) -> Any:
+        if not pending_request_id:
+            raise InvalidArgumentError("pending_request_id is required", field="pending_request_id")
+        pending = await self._gov.decide_pending(
+            pending_request_id, approve=approve, caller=caller_name(), reason=reason
+        )
+        return to_proto(pending, governance_pb2.PendingRequest)
+
+    async def ApproveRequest(
+        self, request: governance_pb2.ApproveRequestRequest, context: Any
+    ) -> governance_pb2.ApproveRequestResponse:
+        pending = await self._decide(
+            request.pending_request_id, approve=True, reason=request.reason
+        )
+        return governance_pb2.ApproveRequestResponse(pending_request=pending)
+
+    async def RejectRequest(
+        self, request: governance_pb2.RejectRequestRequest, context: Any
+    ) -> governance_pb2.RejectRequestResponse:
+        pending = await self._decide(
+            request.pending_request_id, approve=False, reason=request.reason
+        )
+        return governance_pb2.RejectRequestResponse(pending_request=pending)
+
+    async def ListAuditRecords(
+        self, request: governance_pb2.ListAuditRecordsRequest, context: Any
+    ) -> governance_pb2.ListAuditRecordsResponse:
+        offset, limit = page_bounds(request.page_size, request.page_token)
+        tool = enum_to_str(governance_pb2.Tool.DESCRIPTOR, request.tool) or ""
+        decision = enum_to_str(governance_pb2.DecisionOutcome.DESCRIPTOR, request.decision) or ""
+        flt = AuditFilter(
+            caller=request.caller,
+            tool=tool,
+            decision=decision,
+            start_time=request.start_time.ToDatetime(tzinfo=UTC)
+            if request.HasField("start_time")
+            else None,
+            end_time=request.end_time.ToDatetime(tzinfo=UTC)
+            if request.HasField("end_time")
+            else None,
+        )
+        records, more = await self._gov.log.list(flt, offset=offset, limit=limit)
+        return governance_pb2.ListAuditRecordsResponse(
+            records=[to_proto(r, governance_pb2.AuditRecord) for r in records],
+            next_page_token=encode_token(offset + limit) if more else "",
+        )
+
+    async def VerifyAuditLog(
+        self, request: governance_pb2.VerifyAuditLogRequest, context: Any
+    ) -> governance_pb2.VerifyAuditLogResponse:
+        result = await self._gov.log.verify()
+        return governance_pb2.VerifyAuditLogResponse(
+            ok=result.ok,
+            records_checked=result.records_checked,
+            first_bad_sequence=result.first_bad_sequence,
+            reason=result.reason,
+            head_hash=result.head_hash,
+        )
