@@ -505,6 +505,52 @@ class SchedulerStatus(_Resource):
     down_nodes: list[str] = Field(default_factory=list)
 
 
+# --- executor runs ----------------------------------------------------------------------------
+
+
+class StateChange(_Resource):
+    previous_state: JobState | None = None
+    state: JobState | None = None
+    reason: str = ""
+
+
+class MetricBatch(_Resource):
+    metrics: list[MetricResult] = Field(default_factory=list)
+
+
+class LogExcerpt(_Resource):
+    stream: str = ""
+    lines: list[str] = Field(default_factory=list)
+
+
+class RunEvent(_Resource):
+    """One numbered event of a run; exactly one payload field is set."""
+
+    sequence: int = 0
+    run_id: str = ""
+    time: datetime | None = None
+    state_change: StateChange | None = None
+    metrics: MetricBatch | None = None
+    checkpoint: CheckpointInfo | None = None
+    log: LogExcerpt | None = None
+    result: ExperimentResult | None = None
+
+
+class Run(_Resource):
+    run_id: str
+    job_id: str = ""
+    state: JobState | None = None
+    config: TrainingJobConfig | None = None
+    lease: Lease | None = None
+    pid: int = 0
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    result: ExperimentResult | None = None
+    error_message: str = ""
+    last_sequence: int = 0
+
+
 # --- validation helpers -------------------------------------------------------------------------
 
 

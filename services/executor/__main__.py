@@ -3,25 +3,74 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+
+import aiosqlite
 
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
-from arc_common.auth import TokenStore
+from arc_common.auth import Role, TokenStore
+from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
 from arc_common.logs import configure_logging
 from arc_common.server import Registration, run_server
+from services.executor.events import EventLog
+from services.executor.leases import GrpcLeaseChecker
+from services.executor.runs import RunManager
+from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
+
+DB_FILE = "executor.sqlite3"
+
+
+@dataclass
+class Executor:
+    runs: RunManager
+    db: aiosqlite.Connection
+    events: EventLog
+    channels: list[object]
+
+    async def stop(self) -> None:
+        await self.runs.close()
+        await self.events.close()
+        for channel in self.channels:
+            await channel.close()  # type: ignore[attr-defined]
+        await self.db.close()
+
+
+async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Executor:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = await aiosqlite.connect(settings.home / DB_FILE)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=FULL")
+    await db.execute("PRAGMA busy_timeout=5000")
+    events = EventLog(db, flush_ms=settings.event_flush_ms)
+    await events.open()
+    token = settings.service_token or tokens.token_for(Role.SERVICE)
+    channel = create_channel(settings.gpu_manager_address, token=token)
+    runs = RunManager(settings, db, events, GrpcLeaseChecker(channel))
+    await runs.open()
+    await runs.recover()
+    return Executor(runs, db, events, [channel])
+
+
+def registration(executor: Executor) -> Registration:
+    return Registration(
+        servicer=ExecutorServicer(executor.runs),  # type: ignore[abstract]  # tools: issue 7
+        add_to_server=executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
+        descriptor=executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
+    )
+
+
+async def serve(settings: ExecutorSettings) -> None:
+    tokens = TokenStore.ensure(settings.home)
+    executor = await build_executor(settings, tokens)
+    await run_server(settings, [registration(executor)], tokens=tokens, on_shutdown=[executor.stop])
 
 
 def main() -> None:
     settings = parse_service_args(ExecutorSettings, service="executor", default_port=50054)
     configure_logging("executor", settings.log_level)
-    tokens = TokenStore.ensure(settings.home)
-    registration = Registration(
-        servicer=executor_pb2_grpc.ExecutorServiceServicer(),  # type: ignore[abstract]  # UNIMPLEMENTED until its issue lands
-        add_to_server=executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
-        descriptor=executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
-    )
-    asyncio.run(run_server(settings, [registration], tokens=tokens))
+    asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from arc_common.settings import ServiceSettings
@@ -11,3 +14,20 @@ class ExecutorSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="ARC_EXECUTOR_", extra="forbid", frozen=True, populate_by_name=True
     )
+
+    # The gpu-manager of this machine (leases are checked and renewed there).
+    gpu_manager_address: str = "127.0.0.1:50052"
+    # Token for calls to other services; empty reads the service token of the workspace.
+    service_token: str = ""
+    # Datasets may also live here (outside the workspace); empty means workspace only.
+    data_root: Path | None = None
+    # Seconds between lease renewals while a run lives; 0 means a third of the lease's TTL.
+    heartbeat_seconds: float = Field(default=0.0, ge=0)
+    # SIGTERM to the run's process group, then SIGKILL after this many seconds.
+    cancel_grace_seconds: float = Field(default=5.0, ge=0)
+    # DataLoader workers per run; -1 picks 0 on CPU and up to 4 on CUDA.
+    dataloader_workers: int = Field(default=-1, ge=-1, le=32)
+    log_every_steps: int = Field(default=10, ge=1)
+    # Events are committed in groups at most this often (one fsync per group, not per event).
+    event_flush_ms: int = Field(default=20, ge=1, le=1000)
+    stderr_tail_lines: int = Field(default=20, ge=1, le=500)

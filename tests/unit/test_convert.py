@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel
 
 from arc.common.v1 import common_pb2
+from arc.executor.v1 import executor_pb2
 from arc.governance.v1 import governance_pb2
 from arc.gpu.v1 import gpu_pb2
 from arc.scheduler.v1 import scheduler_pb2
@@ -42,6 +43,11 @@ PAIRS: list[tuple[type[BaseModel], type[Message]]] = [
     (models.Job, scheduler_pb2.Job),
     (models.Experiment, scheduler_pb2.Experiment),
     (models.SchedulerStatus, scheduler_pb2.SchedulerStatus),
+    (models.StateChange, executor_pb2.StateChange),
+    (models.MetricBatch, executor_pb2.MetricBatch),
+    (models.LogExcerpt, executor_pb2.LogExcerpt),
+    (models.RunEvent, executor_pb2.RunEvent),
+    (models.Run, executor_pb2.Run),
 ]
 
 # Values that satisfy the models' cross-field rules; everything else is generated.

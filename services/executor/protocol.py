@@ -1,0 +1,73 @@
+"""What the executor and its trainer child say to each other (no torch here).
+
+The executor writes a ``TrainerInput`` as JSON for the child; the child writes JSON lines
+to its metrics pipe, one message per line, metrics batched. The executor validates every
+line against ``TrainerMessage`` and never trusts the pipe blindly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from arc_common.models import CheckpointInfo, ExperimentResult, MetricResult, TrainingJobConfig
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class TrainerInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    config: TrainingJobConfig
+    workspace: str
+    data_path: str
+    checkpoint_dir: str
+    log_dir: str
+    workers: int = 0
+    log_every_steps: int = 10
+    # Fault injection for the tests of the executor's failure handling ("nan_loss_at_step:N").
+    inject: str = ""
+
+
+class TrainerMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["state", "metrics", "checkpoint", "result", "log"]
+    state: str = ""
+    reason: str = ""
+    metrics: list[MetricResult] = Field(default_factory=list)
+    checkpoint: CheckpointInfo | None = None
+    result: ExperimentResult | None = None
+    lines: list[str] = Field(default_factory=list)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_is_intact(path: Path) -> bool:
+    """A checkpoint counts only with a matching checksum file beside it (no torn files)."""
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if not path.is_file() or not sidecar.is_file():
+        return False
+    expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+    return expected == file_sha256(path)
+
+
+def dump(message: TrainerMessage) -> str:
+    return message.model_dump_json(exclude_defaults=True)
+
+
+def load_message(line: str | bytes) -> TrainerMessage:
+    return TrainerMessage.model_validate_json(line)
+
+
+__all__ = ["Any"]

@@ -1,0 +1,522 @@
+"""Runs: one trainer child process per run, supervised until it ends. No grpc here.
+
+A run's child gets its own process group (so a cancel reaches every DataLoader worker),
+``CUDA_VISIBLE_DEVICES`` from its lease, no shell, stdout/stderr in the run's log_dir and
+a separate pipe for metrics. While it lives the lease is renewed; a stale token stops it at
+once. On executor restart, runs that were live are killed and reported lost (see
+``recover``): their GPU may already belong to someone else, so re-adopting them is unsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import aiosqlite
+
+from arc_common.errors import (
+    ArcError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from arc_common.models import (
+    TERMINAL_STATES,
+    ExperimentResult,
+    JobState,
+    Lease,
+    LogExcerpt,
+    MetricBatch,
+    MetricResult,
+    Run,
+    StateChange,
+    TrainingJobConfig,
+)
+from arc_common.paths import resolve_in_root
+from services.executor.events import EventLog
+from services.executor.protocol import TrainerInput, TrainerMessage, load_message
+from services.executor.settings import ExecutorSettings
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    run TEXT NOT NULL,
+    pgid INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
+CREATE INDEX IF NOT EXISTS runs_request ON runs(request_id);
+"""
+
+TRAINER_MODULE = "services.executor.trainer"
+STEP_LOSS = "train_step_loss"
+
+
+class LeaseChecker(Protocol):
+    async def renew(self, lease: Lease) -> Lease:
+        """Renew the lease; FailedPreconditionError when its token is stale."""
+        ...
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """PIDs (not zombies) whose process group is ``pgid``, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_input(inp: TrainerInput, checkpoint_dir: Path, log_dir: Path) -> Path:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"{inp.run_id}.input.json"
+    path.write_text(inp.model_dump_json())
+    return path
+
+
+@dataclass
+class LiveRun:
+    run: Run
+    process: asyncio.subprocess.Process | None = None
+    stop_reason: str = ""
+    stop_state: JobState | None = None
+    trainer_state: JobState | None = None
+    trainer_reason: str = ""
+    result: ExperimentResult | None = None
+    epoch_metrics: list[MetricResult] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RunManager:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        db: aiosqlite.Connection,
+        events: EventLog,
+        leases: LeaseChecker,
+    ) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self._db = db
+        self.events = events
+        self._leases = leases
+        self._live: dict[str, LiveRun] = {}
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        await self._db.executescript(SCHEMA)
+        await self._db.commit()
+
+    # --- storage ---------------------------------------------------------------------------
+
+    async def _save(self, run: Run, *, request_id: str = "", pgid: int | None = None) -> None:
+        state = run.state.value if run.state else ""
+        await self._db.execute(
+            "INSERT INTO runs (run_id, job_id, request_id, state, run, pgid) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
+            "state = excluded.state, run = excluded.run, "
+            "pgid = CASE WHEN excluded.pgid > 0 THEN excluded.pgid ELSE runs.pgid END",
+            (run.run_id, run.job_id, request_id, state, run.model_dump_json(), pgid or 0),
+        )
+        await self._db.commit()
+
+    async def get(self, run_id: str) -> Run:
+        live = self._live.get(run_id)
+        if live is not None:
+            return live.run.model_copy(update={"last_sequence": self.events.last_sequence(run_id)})
+        async with self._db.execute("SELECT run FROM runs WHERE run_id = ?", (run_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"no run {run_id!r}", field="run_id")
+        run = Run.model_validate_json(row[0])
+        return run.model_copy(update={"last_sequence": self.events.last_sequence(run_id)})
+
+    def is_finished(self, run_id: str) -> bool:
+        live = self._live.get(run_id)
+        return live is None or live.done.is_set()
+
+    # --- start -------------------------------------------------------------------------------
+
+    def _resolve_data(self, data_path: str) -> Path:
+        """Inside the workspace, or else inside the configured data root."""
+        try:
+            inside = resolve_in_root(self.home, data_path, field="dataset.data_path")
+        except InvalidArgumentError:
+            if self.settings.data_root is None:
+                raise
+            inside = None
+        if (inside is None or not inside.exists()) and self.settings.data_root is not None:
+            return resolve_in_root(self.settings.data_root, data_path, field="dataset.data_path")
+        assert inside is not None
+        return inside
+
+    async def start(self, config: TrainingJobConfig, lease: Lease, *, request_id: str) -> Run:
+        if request_id:
+            async with self._db.execute(
+                "SELECT run_id FROM runs WHERE request_id = ?", (request_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                return await self.get(row[0])
+        spec = config.experiment_spec
+        checkpoint_dir = resolve_in_root(self.home, config.checkpoint_dir, field="checkpoint_dir")
+        log_dir = resolve_in_root(self.home, config.log_dir, field="log_dir")
+        data_path = self._resolve_data(spec.dataset.data_path)
+        if not data_path.is_dir():
+            raise InvalidArgumentError(
+                f"dataset.data_path {spec.dataset.data_path!r} is not a directory "
+                f"(looked at {data_path})",
+                field="dataset.data_path",
+            )
+        if lease.job_id and lease.job_id != config.job_id:
+            raise FailedPreconditionError(
+                f"lease {lease.lease_id} belongs to job {lease.job_id}, not {config.job_id}",
+                field="lease",
+            )
+        if not lease.gpu_indices:
+            raise InvalidArgumentError("lease.gpu_indices is empty", field="lease")
+        async with self._lock:
+            for live in self._live.values():
+                if live.run.job_id == config.job_id and not live.done.is_set():
+                    raise FailedPreconditionError(
+                        f"job {config.job_id} already has a live run {live.run.run_id}",
+                        field="config.job_id",
+                    )
+            renewed = await self._leases.renew(lease)  # refuses a stale fencing token
+            run_id = f"{config.job_id}-{uuid.uuid4().hex[:8]}"
+            now = datetime.now(UTC)
+            run = Run(
+                run_id=run_id,
+                job_id=config.job_id,
+                state=JobState.STARTING,
+                config=config,
+                lease=renewed,
+                create_time=now,
+            )
+            live = LiveRun(run=run)
+            self._live[run_id] = live
+            await self._save(run, request_id=request_id)
+            self.events.append(
+                run_id,
+                state_change=StateChange(
+                    previous_state=None, state=JobState.STARTING, reason="lease checked"
+                ),
+            )
+            try:
+                await self._spawn(live, checkpoint_dir, log_dir, data_path)
+            except Exception as exc:
+                await self._finish(live, JobState.FAILED, f"could not start the trainer: {exc}")
+                raise
+        live.tasks.append(asyncio.create_task(self._supervise(live, log_dir), name=run_id))
+        return await self.get(run_id)
+
+    async def _spawn(
+        self, live: LiveRun, checkpoint_dir: Path, log_dir: Path, data_path: Path
+    ) -> None:
+        run = live.run
+        assert run.config is not None and run.lease is not None
+        workers = self.settings.dataloader_workers
+        inp = TrainerInput(
+            run_id=run.run_id,
+            config=run.config,
+            workspace=str(self.home),
+            data_path=str(data_path),
+            checkpoint_dir=str(checkpoint_dir),
+            log_dir=str(log_dir),
+            workers=workers if workers >= 0 else 0,
+            log_every_steps=self.settings.log_every_steps,
+            inject=os.environ.get("ARC_TRAINER_INJECT", ""),
+        )
+        input_path = await asyncio.to_thread(_write_input, inp, checkpoint_dir, log_dir)
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("ARC_") or key == "ARC_TRAINER_INJECT"
+        }
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in run.lease.gpu_indices)
+        env["PYTHONUNBUFFERED"] = "1"
+        read_fd, write_fd = os.pipe()
+        try:
+            with (
+                open(log_dir / "stdout.log", "ab") as stdout,  # noqa: ASYNC230 - instant
+                open(log_dir / "stderr.log", "ab") as stderr,  # noqa: ASYNC230
+            ):
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    TRAINER_MODULE,
+                    "--input",
+                    str(input_path),
+                    "--metrics-fd",
+                    str(write_fd),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    pass_fds=(write_fd,),
+                    env=env,
+                    cwd=str(REPO_ROOT),
+                    start_new_session=True,  # its own process group: cancel reaches all
+                )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        live.process = process
+        live.run = run.model_copy(update={"pid": process.pid, "start_time": datetime.now(UTC)})
+        await self._save(live.run, pgid=process.pid)
+        live.tasks.append(asyncio.create_task(self._read_pipe(live, read_fd)))
+        logger.info(
+            "run %s started: pid %d, GPUs %s", run.run_id, process.pid, run.lease.gpu_indices
+        )
+
+    # --- supervision -----------------------------------------------------------------------
+
+    async def _read_pipe(self, live: LiveRun, read_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb")
+        )
+        try:
+            while line := await reader.readline():
+                try:
+                    message = load_message(line)
+                except ValueError:
+                    logger.warning("run %s: ignoring a malformed trainer message", live.run.run_id)
+                    continue
+                await self._on_message(live, message)
+        finally:
+            transport.close()
+
+    async def _on_message(self, live: LiveRun, message: TrainerMessage) -> None:
+        run_id = live.run.run_id
+        if message.kind == "metrics" and message.metrics:
+            self.events.append(run_id, metrics=MetricBatch(metrics=message.metrics))
+            # The result keeps the per-epoch metrics; per-step losses stay in the events.
+            live.epoch_metrics.extend(m for m in message.metrics if m.name != STEP_LOSS)
+        elif message.kind == "checkpoint" and message.checkpoint is not None:
+            self.events.append(run_id, checkpoint=message.checkpoint)
+        elif message.kind == "state":
+            if message.state == JobState.RUNNING.value and live.run.state is JobState.STARTING:
+                await self._transition(live, JobState.RUNNING, message.reason)
+            elif message.state == JobState.PRUNED.value:
+                live.trainer_state = JobState.PRUNED
+                live.trainer_reason = message.reason[:2000]
+            elif message.reason:
+                self.events.append(run_id, log=LogExcerpt(stream="trainer", lines=[message.reason]))
+        elif message.kind == "result" and message.result is not None:
+            live.result = message.result
+            live.trainer_state = JobState.COMPLETED
+
+    async def _transition(self, live: LiveRun, state: JobState, reason: str) -> None:
+        previous = live.run.state
+        updates: dict[str, object] = {"state": state}
+        if state in TERMINAL_STATES:
+            updates["end_time"] = datetime.now(UTC)
+        live.run = live.run.model_copy(update=updates)
+        self.events.append(
+            live.run.run_id,
+            state_change=StateChange(previous_state=previous, state=state, reason=reason),
+        )
+        await self._save(live.run)
+
+    async def _heartbeat(self, live: LiveRun) -> None:
+        lease = live.run.lease
+        assert lease is not None
+        ttl = 30.0
+        if lease.expire_time is not None:
+            ttl = max(1.0, (lease.expire_time - datetime.now(UTC)).total_seconds())
+        interval = self.settings.heartbeat_seconds or max(0.2, ttl / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._leases.renew(lease)
+            except FailedPreconditionError as exc:
+                logger.error("run %s: lease lost, stopping: %s", live.run.run_id, exc)
+                await self.stop(live, JobState.FAILED, f"lease lost: {exc}")
+                return
+            except (UnavailableError, ArcError) as exc:
+                logger.warning("run %s: lease renewal failed (%s); retrying", live.run.run_id, exc)
+
+    async def _supervise(self, live: LiveRun, log_dir: Path) -> None:
+        process = live.process
+        assert process is not None and live.run.config is not None
+        heartbeat = asyncio.create_task(self._heartbeat(live))
+        timeout = live.run.config.timeout_seconds
+        try:
+            await asyncio.wait_for(process.wait(), timeout=timeout)
+        except TimeoutError:
+            await self.stop(live, JobState.TIMED_OUT, f"timed out after {timeout} s")
+            await process.wait()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        # The pipe drains after the exit; wait for its reader so no message is lost.
+        for task in live.tasks:
+            if task is not asyncio.current_task():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), timeout=10)
+        await self._kill_group(process.pid, grace=0)  # leftovers of a normal exit
+        if live.stop_state is not None:
+            state, reason = live.stop_state, live.stop_reason
+        elif live.trainer_state is JobState.PRUNED:
+            state, reason = JobState.PRUNED, live.trainer_reason
+        elif process.returncode == 0 and live.result is not None:
+            state, reason = JobState.COMPLETED, "training finished"
+        else:
+            tail = self._stderr_tail(log_dir)
+            state = JobState.FAILED
+            if tail:
+                self.events.append(live.run.run_id, log=LogExcerpt(stream="stderr", lines=tail))
+            reason = "\n".join([f"trainer exited with {process.returncode}", *tail])
+        await self._finish(live, state, reason)
+
+    def _stderr_tail(self, log_dir: Path) -> list[str]:
+        path = log_dir / "stderr.log"
+        if not path.exists():
+            return []
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            lines = handle.read().decode(errors="replace").splitlines()
+        return list(
+            deque((line for line in lines if line.strip()), maxlen=self.settings.stderr_tail_lines)
+        )
+
+    async def _finish(self, live: LiveRun, state: JobState, reason: str) -> None:
+        result = (live.result or ExperimentResult()).model_copy(
+            update={
+                "experiment_id": live.run.config.experiment_spec.experiment_id
+                if live.run.config
+                else "",
+                "job_id": live.run.job_id,
+                "state": state,
+                "metrics": list(live.epoch_metrics),
+                "error_message": "" if state is JobState.COMPLETED else reason,
+            }
+        )
+        live.run = live.run.model_copy(
+            update={
+                "result": result,
+                "error_message": "" if state is JobState.COMPLETED else reason,
+            }
+        )
+        self.events.append(live.run.run_id, result=result)
+        await self._transition(live, state, reason.splitlines()[0] if reason else "")
+        await self.events.mark_closed(live.run.run_id)
+        live.done.set()
+        self._live.pop(live.run.run_id, None)
+        logger.info("run %s ended %s: %s", live.run.run_id, state.value, reason.splitlines()[:1])
+
+    # --- stop ----------------------------------------------------------------------------------
+
+    async def _kill_group(self, pgid: int, *, grace: float) -> None:
+        """SIGTERM to the group, up to ``grace`` seconds, then SIGKILL; until none is left."""
+        if not process_group_members(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        # Nothing to await on for processes we did not spawn (grandchildren): poll /proc.
+        while time.monotonic() < deadline and process_group_members(pgid):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for _ in range(100):
+            if not process_group_members(pgid):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            await asyncio.sleep(0.05)
+        logger.error("process group %d survived SIGKILL", pgid)
+
+    async def stop(self, live: LiveRun, state: JobState, reason: str) -> None:
+        if live.stop_state is not None or live.done.is_set():
+            return
+        live.stop_state, live.stop_reason = state, reason
+        if live.process is not None:
+            await self._kill_group(live.process.pid, grace=self.settings.cancel_grace_seconds)
+
+    async def cancel(self, run_id: str, reason: str) -> Run:
+        live = self._live.get(run_id)
+        if live is None:
+            run = await self.get(run_id)  # NotFound when unknown
+            raise FailedPreconditionError(
+                f"run {run_id} already ended {run.state.value if run.state else ''}; "
+                "nothing to cancel",
+                field="run_id",
+            )
+        await self.stop(live, JobState.CANCELLED, reason or "cancelled")
+        await live.done.wait()
+        return await self.get(run_id)
+
+    async def wait(self, run_id: str) -> Run:
+        live = self._live.get(run_id)
+        if live is not None:
+            await live.done.wait()
+        return await self.get(run_id)
+
+    async def close(self) -> None:
+        """Executor shutdown: stop every live run (they are reported lost on restart anyway)."""
+        for live in list(self._live.values()):
+            await self.stop(live, JobState.FAILED, "executor shut down")
+        for live in list(self._live.values()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.done.wait(), timeout=30)
+
+    # --- restart -------------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Runs that were live when the executor died: kill what is left, report them lost."""
+        async with self._db.execute(
+            "SELECT run, pgid FROM runs WHERE state IN (?, ?, ?)",
+            (JobState.QUEUED.value, JobState.STARTING.value, JobState.RUNNING.value),
+        ) as cursor:
+            rows = [(Run.model_validate_json(r[0]), int(r[1])) async for r in cursor]
+        for run, pgid in rows:
+            killed = ""
+            if pgid and any(run.run_id in _cmdline(pid) for pid in process_group_members(pgid)):
+                await self._kill_group(pgid, grace=self.settings.cancel_grace_seconds)
+                killed = f"; its process group {pgid} was killed"
+            reason = f"lost: the executor restarted while the run was live{killed}"
+            live = LiveRun(run=run)
+            await self._finish(live, JobState.FAILED, reason)
+            logger.warning("run %s %s", run.run_id, reason)
+        return len(rows)

@@ -1,0 +1,113 @@
+"""The trainer child: ``python -m services.executor.trainer --input RUN.json --metrics-fd N``.
+
+Logs go to stderr (the executor keeps them in the run's log_dir); metrics and events go
+as batched JSON lines to the metrics pipe, so the two never mix. Exit 0 when the run
+completed or was pruned (the last message says which), 1 on a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import IO
+
+from arc_common.models import CheckpointInfo, JobState, MetricResult
+from services.executor.protocol import TrainerInput, TrainerMessage, dump
+
+logger = logging.getLogger("arc.trainer")
+
+FLUSH_SECONDS = 0.25
+FLUSH_ITEMS = 256
+
+
+class Channel:
+    """Batched JSON lines to the executor: metrics wait up to FLUSH_SECONDS or FLUSH_ITEMS;
+    anything else goes at once, after the metrics before it."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._pending: list[MetricResult] = []
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _write(self, message: TrainerMessage) -> None:
+        self._stream.write(dump(message) + "\n")
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._write(TrainerMessage(kind="metrics", metrics=self._pending))
+                self._pending = []
+            self._stream.flush()
+            self._last_flush = time.monotonic()
+
+    def metrics(self, items: list[MetricResult]) -> None:
+        with self._lock:
+            self._pending.extend(items)
+            due = (
+                len(self._pending) >= FLUSH_ITEMS
+                or time.monotonic() - self._last_flush >= FLUSH_SECONDS
+            )
+        if due:
+            self.flush()
+
+    def send(self, message: TrainerMessage) -> None:
+        self.flush()
+        with self._lock:
+            self._write(message)
+            self._stream.flush()
+
+    def checkpoint(self, info: CheckpointInfo) -> None:
+        self.send(TrainerMessage(kind="checkpoint", checkpoint=info))
+
+    def state(self, state: str, reason: str) -> None:
+        self.send(TrainerMessage(kind="state", state=state, reason=reason))
+
+
+def _limit_resources() -> None:
+    # No core dumps of multi-GB processes into the workspace.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--metrics-fd", type=int, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    _limit_resources()
+    inp = TrainerInput.model_validate_json(Path(args.input).read_text())
+    stream = os.fdopen(args.metrics_fd, "w", buffering=1 << 16)
+    channel = Channel(stream)
+    # Imported here so that a bad input fails fast, before torch loads.
+    from services.executor.trainer.train import Pruned, Reporter, train
+
+    reporter = Reporter(metrics=channel.metrics, checkpoint=channel.checkpoint, state=channel.state)
+    try:
+        result = train(inp, reporter)
+    except Pruned as exc:
+        logger.warning("run pruned: %s", exc)
+        channel.send(TrainerMessage(kind="state", state=JobState.PRUNED.value, reason=str(exc)))
+        channel.flush()
+        return 0
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        return 1
+    channel.send(TrainerMessage(kind="result", result=result))
+    channel.flush()
+    logger.info("run completed: %s", {k: round(v, 4) for k, v in result.best_metrics.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The training loop that runs inside a job's child process (the only code importing torch
+for training). Reports through a ``Reporter``; raises ``Pruned`` when the run must stop
+early for a reason that is not a failure."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from arc_common.models import (
+    CheckpointInfo,
+    CheckpointKind,
+    ExperimentResult,
+    JobState,
+    LrScheduleType,
+    MetricMode,
+    MetricResult,
+    OptimizerType,
+)
+from services.executor.protocol import CHECKSUM_SUFFIX, TrainerInput, file_sha256
+from services.executor.trainer import metrics as M
+from services.executor.trainer.data import load_splits, loader
+from services.executor.trainer.models import build_model
+
+CHECKPOINT_FORMAT = "arc-checkpoint-v1"
+
+
+class Pruned(Exception):
+    """The run stops early on purpose (divergence); not a crash."""
+
+
+@dataclass
+class Reporter:
+    metrics: Callable[[list[MetricResult]], None]
+    checkpoint: Callable[[CheckpointInfo], None]
+    state: Callable[[str, str], None]
+    collected: list[MetricResult] = field(default_factory=list)
+
+    def metric(self, name: str, value: float, *, step: int, epoch: int, split: str) -> None:
+        item = MetricResult(
+            name=name,
+            value=float(value),
+            step=step,
+            epoch=epoch,
+            split=split,
+            time=datetime.now(UTC),
+        )
+        self.collected.append(item)
+        self.metrics([item])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, spec: Any) -> torch.optim.Optimizer:
+    opt = spec.hyperparameters.optimizer
+    params = model.parameters()
+    if opt.type is OptimizerType.SGD:
+        return torch.optim.SGD(
+            params,
+            lr=opt.learning_rate,
+            momentum=opt.momentum or 0.0,
+            weight_decay=opt.weight_decay,
+        )
+    if opt.type is OptimizerType.ADAMW:
+        return torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
+    return torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, spec: Any) -> Any:
+    schedule = spec.hyperparameters.lr_schedule
+    if schedule.type is LrScheduleType.STEP:
+        return torch.optim.lr_scheduler.StepLR(optimizer, schedule.step_size, schedule.gamma)
+    if schedule.type is LrScheduleType.COSINE:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, spec.hyperparameters.epochs)
+        )
+    return None
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, data: Any, device: torch.device, *, amp: bool, channels_last: bool
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, probabilities, mean loss) over a loader."""
+    model.eval()
+    labels: list[np.ndarray] = []
+    probs: list[np.ndarray] = []
+    total_loss = 0.0
+    count = 0
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for images, targets in data:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(images)
+        logits = logits.float()
+        total_loss += float(criterion(logits, targets))
+        count += len(targets)
+        probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+        labels.append(targets.cpu().numpy())
+    if not count:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 2)), float("nan")
+    return np.concatenate(labels), np.concatenate(probs), total_loss / count
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
+    """Atomic: temp file, fsync, rename; the checksum file is renamed last."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    with tmp.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    digest = file_sha256(tmp)
+    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
+    sidecar_tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    sidecar_tmp.write_text(f"{digest}  {path.name}\n")
+    tmp.replace(path)
+    sidecar_tmp.replace(sidecar)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return digest
+
+
+def _improved(value: float, best: float, mode: MetricMode, min_delta: float) -> bool:
+    if math.isnan(value):
+        return False
+    return value > best + min_delta if mode is MetricMode.MAX else value < best - min_delta
+
+
+def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
+    config = inp.config
+    spec = config.experiment_spec
+    seed = spec.hyperparameters.seed if spec.hyperparameters.seed is not None else 42
+    seed_everything(seed)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    amp = cuda
+    channels_last = cuda
+    started = time.monotonic()
+
+    splits = load_splits(spec, Path(inp.data_path), seed)
+    batch = spec.hyperparameters.batch_size
+    workers = inp.workers
+    train_loader = loader(
+        splits.train, batch_size=batch, shuffle=True, seed=seed, workers=workers, cuda=cuda
+    )
+    val_loader = loader(
+        splits.val, batch_size=batch, shuffle=False, seed=seed, workers=workers, cuda=cuda
+    )
+    test_loader = loader(
+        splits.test, batch_size=batch, shuffle=False, seed=seed, workers=workers, cuda=cuda
+    )
+
+    model = build_model(spec.architecture).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, spec)
+    scheduler = make_scheduler(optimizer, spec)
+    criterion = nn.CrossEntropyLoss()
+    early = spec.early_stopping
+    monitor = early.monitor
+    checkpoint_dir = Path(inp.checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    inject_nan_at = (
+        int(inp.inject.split(":")[1]) if inp.inject.startswith("nan_loss_at_step") else -1
+    )
+
+    report.state(
+        "running",
+        f"training on {device.type}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else ""),
+    )
+    best_value: float | None = None
+    best_epoch = 0
+    best_metrics: dict[str, float] = {}
+    epochs_without_improvement = 0
+    first_loss: float | None = None
+    step = 0
+    checkpoints: list[CheckpointInfo] = []
+
+    def write(kind: CheckpointKind, epoch: int, epoch_metrics: dict[str, float]) -> CheckpointInfo:
+        path = checkpoint_dir / f"{kind.value}.pt"
+        digest = save_checkpoint(
+            path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "architecture": spec.architecture.model_dump(mode="json"),
+                "epoch": epoch,
+                "metrics": epoch_metrics,
+                "class_names": splits.class_names,
+                "image_size": spec.dataset.image_size,
+                "preprocessing": spec.preprocessing.model_dump(mode="json"),
+                "experiment_id": spec.experiment_id,
+                "job_id": config.job_id,
+            },
+        )
+        info = CheckpointInfo(
+            path=str(path.relative_to(inp.workspace)),
+            epoch=epoch,
+            size_bytes=path.stat().st_size,
+            create_time=datetime.now(UTC),
+            metrics=epoch_metrics,
+            kind=kind,
+            sha256=digest,
+        )
+        report.checkpoint(info)
+        checkpoints[:] = [c for c in checkpoints if c.kind is not kind] + [info]
+        return info
+
+    for epoch in range(1, spec.hyperparameters.epochs + 1):
+        model.train()
+        epoch_loss = 0.0
+        seen = 0
+        epoch_start = time.monotonic()
+        for images, targets in train_loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = criterion(model(images), targets)
+            step += 1
+            value = float(loss.detach())
+            if step == inject_nan_at:
+                value = float("nan")
+            if first_loss is None and math.isfinite(value):
+                first_loss = value
+            if not math.isfinite(value):
+                raise Pruned(f"divergence: loss is {value} at step {step} (epoch {epoch})")
+            if first_loss is not None and value > early.divergence_factor * first_loss:
+                raise Pruned(
+                    f"divergence: loss {value:.4g} at step {step} is above "
+                    f"{early.divergence_factor:g} x its first value {first_loss:.4g}"
+                )
+            loss.backward()
+            optimizer.step()
+            epoch_loss += value * len(targets)
+            seen += len(targets)
+            if step % max(1, inp.log_every_steps) == 0:
+                report.metric("train_step_loss", value, step=step, epoch=epoch, split="train")
+        elapsed = max(time.monotonic() - epoch_start, 1e-9)
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        labels, probs, val_loss = predict(
+            model, val_loader, device, amp=amp, channels_last=channels_last
+        )
+        summary = M.summarize(labels, probs) if len(labels) else None
+        epoch_metrics = {
+            "train_loss": epoch_loss / max(seen, 1),
+            "val_loss": val_loss,
+            "val_accuracy": summary.accuracy if summary else float("nan"),
+            "val_auc": summary.auc if summary else float("nan"),
+            "val_sensitivity": summary.sensitivity if summary else float("nan"),
+            "val_specificity": summary.specificity if summary else float("nan"),
+            "lr": lr,
+            "images_per_second": seen / elapsed,
+        }
+        for name, value in epoch_metrics.items():
+            split = name.split("_", 1)[0] if name.startswith(("train", "val")) else "train"
+            report.metric(name, value, step=step, epoch=epoch, split=split)
+        write(CheckpointKind.LAST, epoch, epoch_metrics)
+        current = epoch_metrics.get(monitor, float("nan"))
+        if (
+            best_value is None
+            or math.isnan(best_value)
+            or _improved(current, best_value, early.mode, early.min_delta)
+        ):
+            best_value = current
+            best_epoch = epoch
+            best_metrics = dict(epoch_metrics)
+            epochs_without_improvement = 0
+            write(CheckpointKind.BEST, epoch, epoch_metrics)
+        else:
+            epochs_without_improvement += 1
+            if early.enabled and epochs_without_improvement >= early.patience:
+                report.state(
+                    "running",
+                    f"early stopping: {monitor} did not improve for {early.patience} epochs "
+                    f"(best {best_value:.4f} at epoch {best_epoch})",
+                )
+                break
+
+    best_state = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)
+    model.load_state_dict(best_state["model_state_dict"])
+    labels, probs, test_loss = predict(
+        model, test_loader, device, amp=amp, channels_last=channels_last
+    )
+    test = M.summarize(labels, probs) if len(labels) else None
+    test_metrics = {
+        "test_loss": test_loss,
+        "test_accuracy": test.accuracy if test else float("nan"),
+        "test_auc": test.auc if test else float("nan"),
+        "test_sensitivity": test.sensitivity if test else float("nan"),
+        "test_specificity": test.specificity if test else float("nan"),
+        "test_f1": test.f1 if test else float("nan"),
+    }
+    for name, value in test_metrics.items():
+        report.metric(name, value, step=step, epoch=best_epoch, split="test")
+    best_metrics.update(test_metrics)
+    best_metrics["best_epoch"] = float(best_epoch)
+    return ExperimentResult(
+        experiment_id=spec.experiment_id,
+        job_id=config.job_id,
+        state=JobState.COMPLETED,
+        metrics=[],  # the stream carries them; the executor assembles the full list
+        best_metrics=best_metrics,
+        checkpoints=checkpoints,
+        duration_seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,63 @@
+"""A few training steps on CUDA with mixed precision (run on a GPU machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from arc_common.models import MetricResult, TrainingJobConfig
+from services.executor.protocol import TrainerInput
+from services.executor.synth import generate_dataset
+from services.executor.trainer.train import Reporter, train
+
+pytestmark = pytest.mark.gpu
+
+
+def test_trainer_runs_on_cuda_with_amp(tmp_path: Path) -> None:
+    generate_dataset(tmp_path / "data", count=64, size=64, seed=2, splits=(0.5, 0.25, 0.25))
+    config = TrainingJobConfig.model_validate(
+        {
+            "job_id": "gpu-check",
+            "checkpoint_dir": "ckpt",
+            "log_dir": "logs",
+            "experiment_spec": {
+                "experiment_id": "gpu-check",
+                "architecture": {"family": "resnet", "variant": "resnet18"},
+                "hyperparameters": {
+                    "batch_size": 16,
+                    "epochs": 2,
+                    "optimizer": {"learning_rate": 0.001},
+                },
+                "dataset": {
+                    "dataset_id": "d",
+                    "data_path": "data",
+                    "image_size": 64,
+                    "dataset_type": "split_folders",
+                },
+            },
+        }
+    )
+    states: list[str] = []
+    seen: list[MetricResult] = []
+    result = train(
+        TrainerInput(
+            run_id="g",
+            config=config,
+            workspace=str(tmp_path),
+            data_path=str(tmp_path / "data"),
+            checkpoint_dir=str(tmp_path / "ckpt"),
+            log_dir=str(tmp_path / "logs"),
+            workers=2,
+            log_every_steps=1,
+        ),
+        Reporter(
+            metrics=seen.extend, checkpoint=lambda c: None, state=lambda s, r: states.append(r)
+        ),
+    )
+    assert torch.cuda.is_available()
+    assert "cuda" in states[0]
+    assert result.best_metrics["test_auc"] >= 0.0
+    speeds = [m.value for m in seen if m.name == "images_per_second"]
+    print(f"{torch.cuda.get_device_name(0)}: images/s per epoch {speeds}")

@@ -1,0 +1,72 @@
+"""Executor restart: live runs are killed and reported lost, never left orphaned."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from arc.common.v1 import common_pb2
+from arc.executor.v1 import executor_pb2, executor_pb2_grpc
+from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
+from arc_common.auth import Role, TokenStore
+from services.executor.runs import process_group_members
+from tests.helpers import ServiceProcess
+from tests.integration.executor.conftest import job_config
+
+
+async def test_sigkill_executor_then_restart_reports_run_lost(
+    tmp_path: Path, data_root: Path
+) -> None:
+    home = tmp_path / "ws"
+    gpu = ServiceProcess("services.gpu_manager", home, env={"ARC_GPU_MANAGER_BACKEND": "simulated"})
+    await gpu.start()
+    env = {
+        "ARC_EXECUTOR_GPU_MANAGER_ADDRESS": f"127.0.0.1:{gpu.port}",
+        "ARC_EXECUTOR_DATA_ROOT": str(data_root),
+        "ARC_EXECUTOR_HEARTBEAT_SECONDS": "0.5",
+    }
+    executor = ServiceProcess("services.executor", home, env=env)
+    try:
+        await executor.start()
+        token = TokenStore.load(home).token_for(Role.SERVICE)
+        gpu_channel = gpu.channel(token)
+        lease = (
+            await gpu_pb2_grpc.GpuManagerServiceStub(gpu_channel).AcquireLease(
+                gpu_pb2.AcquireLeaseRequest(job_id="job-long", ttl_seconds=120)
+            )
+        ).lease
+        channel = executor.channel(token)
+        stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+        config = job_config("job-long")
+        config.experiment_spec.hyperparameters.epochs = 500
+        run = (await stub.StartRun(executor_pb2.StartRunRequest(config=config, lease=lease))).run
+        for _ in range(200):
+            current = (await stub.GetRun(executor_pb2.GetRunRequest(run_id=run.run_id))).run
+            if current.state == common_pb2.JOB_STATE_RUNNING:
+                break
+            await asyncio.sleep(0.1)
+        await channel.close()
+        assert await executor.signal_and_wait(signal.SIGKILL) == -signal.SIGKILL
+        assert process_group_members(run.pid), "the trainer lives on in its own process group"
+
+        await executor.start()
+        channel = executor.channel(token)
+        stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+        after = (await stub.GetRun(executor_pb2.GetRunRequest(run_id=run.run_id))).run
+        assert after.state == common_pb2.JOB_STATE_FAILED
+        assert "lost" in after.error_message and f"process group {run.pid}" in after.error_message
+        assert process_group_members(run.pid) == []
+        events = [
+            r.event
+            async for r in stub.StreamRunEvents(
+                executor_pb2.StreamRunEventsRequest(run_id=run.run_id)
+            )
+        ]
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert events[-1].state_change.state == common_pb2.JOB_STATE_FAILED
+        await channel.close()
+        await gpu_channel.close()
+    finally:
+        executor.kill()
+        gpu.kill()
