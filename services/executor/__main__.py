@@ -11,9 +11,10 @@ from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
+from arc_common.eventlog import EventLog
 from arc_common.logs import configure_logging
+from arc_common.models import RunEvent
 from arc_common.server import Registration, run_server
-from services.executor.events import EventLog
 from services.executor.leases import GrpcLeaseChecker
 from services.executor.runs import RunManager
 from services.executor.servicer import ExecutorServicer
@@ -26,7 +27,7 @@ DB_FILE = "executor.sqlite3"
 class Executor:
     runs: RunManager
     db: aiosqlite.Connection
-    events: EventLog
+    events: EventLog[RunEvent]
     channels: list[object]
 
     async def stop(self) -> None:
@@ -43,7 +44,13 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
     await db.execute("PRAGMA journal_mode=WAL")
     await db.execute("PRAGMA synchronous=FULL")
     await db.execute("PRAGMA busy_timeout=5000")
-    events = EventLog(db, flush_ms=settings.event_flush_ms)
+    events = EventLog(
+        db,
+        model=RunEvent,
+        table="run_events",
+        key_field="run_id",
+        flush_ms=settings.event_flush_ms,
+    )
     await events.open()
     token = settings.service_token or tokens.token_for(Role.SERVICE)
     channel = create_channel(settings.gpu_manager_address, token=token)

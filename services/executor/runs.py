@@ -32,6 +32,7 @@ from arc_common.errors import (
     NotFoundError,
     UnavailableError,
 )
+from arc_common.eventlog import EventLog
 from arc_common.models import (
     TERMINAL_STATES,
     ExperimentResult,
@@ -41,11 +42,11 @@ from arc_common.models import (
     MetricBatch,
     MetricResult,
     Run,
+    RunEvent,
     StateChange,
     TrainingJobConfig,
 )
 from arc_common.paths import resolve_in_root
-from services.executor.events import EventLog
 from services.executor.protocol import TrainerInput, TrainerMessage, load_message
 from services.executor.settings import ExecutorSettings
 
@@ -129,7 +130,7 @@ class RunManager:
         self,
         settings: ExecutorSettings,
         db: aiosqlite.Connection,
-        events: EventLog,
+        events: EventLog[RunEvent],
         leases: LeaseChecker,
     ) -> None:
         self.settings = settings

@@ -1,0 +1,173 @@
+"""Numbered, durable events per key (a run, a job), with group commit and live following.
+
+``append`` numbers an event and queues it; a flusher commits queued events in one SQLite
+transaction every ``flush_ms`` (one fsync per group, not per event). Readers only ever see
+committed events, so after a crash no sequence number is reused or skipped, and a consumer
+that reconnects with the last number it saw gets no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import aiosqlite
+from pydantic import BaseModel
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=BaseModel)
+
+
+def _sequence(event: BaseModel) -> int:
+    return int(getattr(event, "sequence"))  # noqa: B009 - every event model has one
+
+
+class EventLog(Generic[E]):
+    """Events of type ``model`` keyed by its ``key_field`` (e.g. ``run_id``) in ``table``.
+
+    ``on_commit`` runs after each group is committed (e.g. to mirror state changes to a
+    JSON-lines file) with the events of that group.
+    """
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        *,
+        model: type[E],
+        table: str,
+        key_field: str,
+        flush_ms: int = 20,
+        on_commit: Callable[[list[E]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._db = db
+        self._model = model
+        self._table = table
+        self._key_field = key_field
+        self._on_commit = on_commit
+        self._flush_seconds = flush_ms / 1000
+        self._queue: list[E] = []
+        self._next: dict[str, int] = {}
+        self._committed: dict[str, int] = {}
+        self._closed: set[str] = set()
+        self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        await self._db.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._table} (key TEXT NOT NULL, "
+            "sequence INTEGER NOT NULL, event TEXT NOT NULL, PRIMARY KEY (key, sequence)) "
+            "WITHOUT ROWID"
+        )
+        await self._db.commit()
+        async with self._db.execute(
+            f"SELECT key, MAX(sequence) FROM {self._table} GROUP BY key"
+        ) as cursor:
+            async for key, last in cursor:
+                self._next[key] = int(last) + 1
+                self._committed[key] = int(last)
+        self._task = asyncio.create_task(self._flusher(), name="event-flusher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    def _key(self, event: E) -> str:
+        return str(getattr(event, self._key_field))
+
+    def append(self, key: str, **payload: object) -> E:
+        sequence = self._next.get(key, 1)
+        self._next[key] = sequence + 1
+        event = self._model.model_validate(
+            {"sequence": sequence, self._key_field: key, "time": datetime.now(UTC), **payload}
+        )
+        self._queue.append(event)
+        self._wake.set()
+        return event
+
+    def last_sequence(self, key: str) -> int:
+        return self._next.get(key, 1) - 1
+
+    async def mark_closed(self, key: str) -> None:
+        """No more events will come for this run: followers stop after the last one."""
+        await self.flush()
+        self._closed.add(key)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def flush(self) -> None:
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        await self._db.executemany(
+            f"INSERT INTO {self._table} (key, sequence, event) VALUES (?, ?, ?)",
+            [(self._key(e), _sequence(e), e.model_dump_json()) for e in batch],
+        )
+        await self._db.commit()
+        for event in batch:
+            key = self._key(event)
+            self._committed[key] = max(self._committed.get(key, 0), _sequence(event))
+        if self._on_commit is not None:
+            try:
+                await self._on_commit(batch)
+            except Exception:
+                logger.exception("event commit hook failed")
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self._flush_seconds)
+            try:
+                await self.flush()
+            except Exception:
+                logger.exception("event flush failed; retrying")
+                self._wake.set()
+
+    async def read(self, key: str, after: int, limit: int = 500) -> list[E]:
+        async with self._db.execute(
+            f"SELECT event FROM {self._table} WHERE key = ? AND sequence > ? "
+            "ORDER BY sequence LIMIT ?",
+            (key, after, limit),
+        ) as cursor:
+            return [self._model.model_validate_json(row[0]) async for row in cursor]
+
+    def _has_news(self, key: str, seen: int) -> bool:
+        return self._committed.get(key, 0) > seen or key in self._closed
+
+    async def follow(
+        self, key: str, after: int, *, is_finished: Callable[[], bool]
+    ) -> AsyncIterator[E]:
+        """Events after ``after`` from the store, then live ones as they commit."""
+        last = after
+        while True:
+            events = await self.read(key, last)
+            for event in events:
+                yield event
+                last = _sequence(event)
+            if events:
+                continue
+            if (
+                (key in self._closed or is_finished())
+                and self._committed.get(key, 0) <= last
+                and not any(self._key(e) == key for e in self._queue)
+            ):
+                return
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait_for(functools.partial(self._has_news, key, last)),
+                        timeout=1.0,
+                    )
