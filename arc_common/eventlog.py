@@ -144,6 +144,15 @@ class EventLog(Generic[E]):
         ) as cursor:
             return [self._model.model_validate_json(row[0]) async for row in cursor]
 
+    async def read_last(self, key: str) -> E | None:
+        """The newest committed event of ``key``."""
+        async with self._db.execute(
+            f"SELECT event FROM {self._table} WHERE key = ? ORDER BY sequence DESC LIMIT 1",
+            (key,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return self._model.model_validate_json(row[0]) if row else None
+
     def _has_news(self, key: str, seen: int) -> bool:
         return self._committed.get(key, 0) > seen or key in self._closed
 

@@ -341,7 +341,7 @@ class TrainingJobConfig(_Spec):
 
 class MetricResult(_Resource):
     name: str
-    value: float
+    value: float = 0.0
     step: int = 0
     epoch: int = 0
     split: str = ""
@@ -373,12 +373,12 @@ class ExperimentResult(_Resource):
 
 
 class GpuProcess(_Resource):
-    pid: int
+    pid: int = 0
     used_memory_bytes: int = 0
 
 
 class Gpu(_Resource):
-    index: int
+    index: int = 0
     uuid: str = ""
     name: str = ""
     memory_total_bytes: int = 0
@@ -485,6 +485,26 @@ class Job(_Resource):
     run_id: str = ""
     timeout_seconds: int = 0
     error_message: str = ""
+
+
+class JobStateChange(_Resource):
+    previous_state: JobState | None = None
+    state: JobState | None = None
+    reason: str = ""
+    attempt: int = 0
+
+
+class JobEvent(_Resource):
+    """One numbered event of a job; exactly one payload field is set."""
+
+    sequence: int = 0
+    job_id: str = ""
+    time: datetime | None = None
+    state_change: JobStateChange | None = None
+    metric: MetricResult | None = None
+    checkpoint: CheckpointInfo | None = None
+    result: ExperimentResult | None = None
+    source_sequence: int = 0
 
 
 class Experiment(_Resource):

@@ -10,12 +10,9 @@ from google.protobuf import json_format
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc_common import auth
 from arc_common.convert import enum_field, enum_to_str, to_proto
-from arc_common.errors import (
-    InvalidArgumentError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-)
-from arc_common.models import Decision, DecisionOutcome, Mode, Tool
+from arc_common.decisions import denial_error
+from arc_common.errors import InvalidArgumentError, PermissionDeniedError
+from arc_common.models import DecisionOutcome, Mode, Tool
 from arc_common.pagination import encode_token, page_bounds
 from services.governance.audit import AuditFilter
 from services.governance.core import Governance, ToolCall
@@ -35,28 +32,6 @@ def caller_name(on_behalf_of: str = "") -> str:
             f"an agent may not act on behalf of {on_behalf_of!r}", field="on_behalf_of"
         )
     return on_behalf_of
-
-
-def _is_quota(violation_field: str, constraint: str) -> bool:
-    return violation_field in {"rate", "concurrent_jobs"} or constraint.startswith(
-        "GPU-hour budget"
-    )
-
-
-def denial_error(tool: Tool, decision: Decision) -> Exception:
-    """The error for an executed call the decision refuses; it lists every violation."""
-    parts = [
-        f"{v.field} must be {v.constraint} (got {v.actual}"
-        + (f"; try {v.suggested})" if v.suggested else ")")
-        for v in decision.violations
-    ]
-    message = f"{tool.value} denied by policy {decision.policy_version}: " + (
-        "; ".join(parts) if parts else decision.reason
-    )
-    if decision.violations and all(_is_quota(v.field, v.constraint) for v in decision.violations):
-        return ResourceExhaustedError(message, field=decision.violations[0].field)
-    field = decision.violations[0].field if decision.violations else None
-    return PermissionDeniedError(message, field=field)
 
 
 class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):

@@ -43,6 +43,8 @@ PAIRS: list[tuple[type[BaseModel], type[Message]]] = [
     (models.Job, scheduler_pb2.Job),
     (models.Experiment, scheduler_pb2.Experiment),
     (models.SchedulerStatus, scheduler_pb2.SchedulerStatus),
+    (models.JobStateChange, scheduler_pb2.StateChange),
+    (models.JobEvent, scheduler_pb2.JobEvent),
     (models.StateChange, executor_pb2.StateChange),
     (models.MetricBatch, executor_pb2.MetricBatch),
     (models.LogExcerpt, executor_pb2.LogExcerpt),

@@ -28,7 +28,7 @@ from arc.gpu.v1 import gpu_pb2 as arc_dot_gpu_dot_v1_dot_gpu__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n arc/scheduler/v1/scheduler.proto\x12\x10\x61rc.scheduler.v1\x1a\x1a\x61rc/common/v1/common.proto\x1a\"arc/governance/v1/governance.proto\x1a\x14\x61rc/gpu/v1/gpu.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\nExperiment\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07results\x18\x04 \x03(\x0b\x32\x1f.arc.common.v1.ExperimentResult\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\x12\x0f\n\x07job_ids\x18\x06 \x03(\t\"\xdf\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x06 \x01(\x05\x12\x16\n\x0epending_reason\x18\x07 \x01(\t\x12\x16\n\x0equeue_position\x18\x08 \x01(\x05\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06result\x18\x0c \x01(\x0b\x32\x1f.arc.common.v1.ExperimentResult\x12\x13\n\x0bgpu_indices\x18\r \x03(\x05\x12\x0c\n\x04node\x18\x0e \x01(\t\x12\x0e\n\x06run_id\x18\x0f \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x10 \x01(\x03\x12\x15\n\rerror_message\x18\x11 \x01(\t\"\xaf\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0cstate_change\x18\x04 \x01(\x0b\x32\x1d.arc.scheduler.v1.StateChangeH\x00\x12-\n\x06metric\x18\x05 \x01(\x0b\x32\x1b.arc.common.v1.MetricResultH\x00\x12\x33\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x1d.arc.common.v1.CheckpointInfoH\x00\x12\x31\n\x06result\x18\x07 \x01(\x0b\x32\x1f.arc.common.v1.ExperimentResultH\x00\x42\t\n\x07payload\"\x87\x01\n\x0bStateChange\x12/\n\x0eprevious_state\x18\x01 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xb4\x01\n\x0fSchedulerStatus\x12\x14\n\x0cqueue_length\x18\x01 \x01(\x05\x12\x14\n\x0crunning_jobs\x18\x02 \x01(\x05\x12\x16\n\x0e\x61vailable_gpus\x18\x03 \x01(\x05\x12\x1d\n\x04gpus\x18\x04 \x03(\x0b\x32\x0f.arc.gpu.v1.Gpu\x12*\n\x0bqueued_jobs\x18\x05 \x03(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x12\n\ndown_nodes\x18\x06 \x03(\t\"Z\n\x17\x43reateExperimentRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\"\xcd\x01\n\x18\x43reateExperimentResponse\x12\x30\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.arc.scheduler.v1.Experiment\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.arc.governance.v1.Decision\x12\x14\n\x0c\x64uplicate_of\x18\x03 \x01(\t\x12:\n\x11\x64uplicate_results\x18\x04 \x03(\x0b\x32\x1f.arc.common.v1.ExperimentResult\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"I\n\x15GetExperimentResponse\x12\x30\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.arc.scheduler.v1.Experiment\"\xad\x01\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x63ycle_id\x18\x03 \x01(\x05\x12\x32\n\rnovelty_class\x18\x04 \x01(\x0e\x32\x1b.arc.common.v1.NoveltyClass\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.arc.common.v1.JobState\"e\n\x17ListExperimentsResponse\x12\x31\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1c.arc.scheduler.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbc\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12+\n\x04spec\x18\x03 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bmax_retries\x18\x05 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x03\x42\x0b\n\t_priority\"g\n\x11SubmitJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12\x16\n\x0e\x61vailable_gpus\x18\x03 \x01(\x05\"Y\n\x11SubmitJobsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x04jobs\x18\x02 \x03(\x0b\x32\".arc.scheduler.v1.SubmitJobRequest\"J\n\x12SubmitJobsResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.arc.scheduler.v1.SubmitJobResponse\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\"w\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x10\x43\x61ncelJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\"\x1b\n\x19GetSchedulerStatusRequest\"O\n\x1aGetSchedulerStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.arc.scheduler.v1.SchedulerStatus\"8\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\"=\n\x10WatchJobResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.arc.scheduler.v1.JobEvent2\xb2\x07\n\x10SchedulerService\x12i\n\x10\x43reateExperiment\x12).arc.scheduler.v1.CreateExperimentRequest\x1a*.arc.scheduler.v1.CreateExperimentResponse\x12`\n\rGetExperiment\x12&.arc.scheduler.v1.GetExperimentRequest\x1a\'.arc.scheduler.v1.GetExperimentResponse\x12\x66\n\x0fListExperiments\x12(.arc.scheduler.v1.ListExperimentsRequest\x1a).arc.scheduler.v1.ListExperimentsResponse\x12T\n\tSubmitJob\x12\".arc.scheduler.v1.SubmitJobRequest\x1a#.arc.scheduler.v1.SubmitJobResponse\x12W\n\nSubmitJobs\x12#.arc.scheduler.v1.SubmitJobsRequest\x1a$.arc.scheduler.v1.SubmitJobsResponse\x12K\n\x06GetJob\x12\x1f.arc.scheduler.v1.GetJobRequest\x1a .arc.scheduler.v1.GetJobResponse\x12Q\n\x08ListJobs\x12!.arc.scheduler.v1.ListJobsRequest\x1a\".arc.scheduler.v1.ListJobsResponse\x12T\n\tCancelJob\x12\".arc.scheduler.v1.CancelJobRequest\x1a#.arc.scheduler.v1.CancelJobResponse\x12o\n\x12GetSchedulerStatus\x12+.arc.scheduler.v1.GetSchedulerStatusRequest\x1a,.arc.scheduler.v1.GetSchedulerStatusResponse\x12S\n\x08WatchJob\x12!.arc.scheduler.v1.WatchJobRequest\x1a\".arc.scheduler.v1.WatchJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n arc/scheduler/v1/scheduler.proto\x12\x10\x61rc.scheduler.v1\x1a\x1a\x61rc/common/v1/common.proto\x1a\"arc/governance/v1/governance.proto\x1a\x14\x61rc/gpu/v1/gpu.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\nExperiment\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07results\x18\x04 \x03(\x0b\x32\x1f.arc.common.v1.ExperimentResult\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\x12\x0f\n\x07job_ids\x18\x06 \x03(\t\"\xdf\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x06 \x01(\x05\x12\x16\n\x0epending_reason\x18\x07 \x01(\t\x12\x16\n\x0equeue_position\x18\x08 \x01(\x05\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06result\x18\x0c \x01(\x0b\x32\x1f.arc.common.v1.ExperimentResult\x12\x13\n\x0bgpu_indices\x18\r \x03(\x05\x12\x0c\n\x04node\x18\x0e \x01(\t\x12\x0e\n\x06run_id\x18\x0f \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x10 \x01(\x03\x12\x15\n\rerror_message\x18\x11 \x01(\t\"\xc8\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0cstate_change\x18\x04 \x01(\x0b\x32\x1d.arc.scheduler.v1.StateChangeH\x00\x12-\n\x06metric\x18\x05 \x01(\x0b\x32\x1b.arc.common.v1.MetricResultH\x00\x12\x33\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x1d.arc.common.v1.CheckpointInfoH\x00\x12\x31\n\x06result\x18\x07 \x01(\x0b\x32\x1f.arc.common.v1.ExperimentResultH\x00\x12\x17\n\x0fsource_sequence\x18\x08 \x01(\x03\x42\t\n\x07payload\"\x87\x01\n\x0bStateChange\x12/\n\x0eprevious_state\x18\x01 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xb4\x01\n\x0fSchedulerStatus\x12\x14\n\x0cqueue_length\x18\x01 \x01(\x05\x12\x14\n\x0crunning_jobs\x18\x02 \x01(\x05\x12\x16\n\x0e\x61vailable_gpus\x18\x03 \x01(\x05\x12\x1d\n\x04gpus\x18\x04 \x03(\x0b\x32\x0f.arc.gpu.v1.Gpu\x12*\n\x0bqueued_jobs\x18\x05 \x03(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x12\n\ndown_nodes\x18\x06 \x03(\t\"Z\n\x17\x43reateExperimentRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\"\xcd\x01\n\x18\x43reateExperimentResponse\x12\x30\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.arc.scheduler.v1.Experiment\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.arc.governance.v1.Decision\x12\x14\n\x0c\x64uplicate_of\x18\x03 \x01(\t\x12:\n\x11\x64uplicate_results\x18\x04 \x03(\x0b\x32\x1f.arc.common.v1.ExperimentResult\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"I\n\x15GetExperimentResponse\x12\x30\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.arc.scheduler.v1.Experiment\"\xad\x01\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x63ycle_id\x18\x03 \x01(\x05\x12\x32\n\rnovelty_class\x18\x04 \x01(\x0e\x32\x1b.arc.common.v1.NoveltyClass\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.arc.common.v1.JobState\"e\n\x17ListExperimentsResponse\x12\x31\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1c.arc.scheduler.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbc\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12+\n\x04spec\x18\x03 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bmax_retries\x18\x05 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x03\x42\x0b\n\t_priority\"g\n\x11SubmitJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12\x16\n\x0e\x61vailable_gpus\x18\x03 \x01(\x05\"Y\n\x11SubmitJobsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x04jobs\x18\x02 \x03(\x0b\x32\".arc.scheduler.v1.SubmitJobRequest\"J\n\x12SubmitJobsResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.arc.scheduler.v1.SubmitJobResponse\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\"w\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x10\x43\x61ncelJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\"\x1b\n\x19GetSchedulerStatusRequest\"O\n\x1aGetSchedulerStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.arc.scheduler.v1.SchedulerStatus\"8\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\"=\n\x10WatchJobResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.arc.scheduler.v1.JobEvent2\xb2\x07\n\x10SchedulerService\x12i\n\x10\x43reateExperiment\x12).arc.scheduler.v1.CreateExperimentRequest\x1a*.arc.scheduler.v1.CreateExperimentResponse\x12`\n\rGetExperiment\x12&.arc.scheduler.v1.GetExperimentRequest\x1a\'.arc.scheduler.v1.GetExperimentResponse\x12\x66\n\x0fListExperiments\x12(.arc.scheduler.v1.ListExperimentsRequest\x1a).arc.scheduler.v1.ListExperimentsResponse\x12T\n\tSubmitJob\x12\".arc.scheduler.v1.SubmitJobRequest\x1a#.arc.scheduler.v1.SubmitJobResponse\x12W\n\nSubmitJobs\x12#.arc.scheduler.v1.SubmitJobsRequest\x1a$.arc.scheduler.v1.SubmitJobsResponse\x12K\n\x06GetJob\x12\x1f.arc.scheduler.v1.GetJobRequest\x1a .arc.scheduler.v1.GetJobResponse\x12Q\n\x08ListJobs\x12!.arc.scheduler.v1.ListJobsRequest\x1a\".arc.scheduler.v1.ListJobsResponse\x12T\n\tCancelJob\x12\".arc.scheduler.v1.CancelJobRequest\x1a#.arc.scheduler.v1.CancelJobResponse\x12o\n\x12GetSchedulerStatus\x12+.arc.scheduler.v1.GetSchedulerStatusRequest\x1a,.arc.scheduler.v1.GetSchedulerStatusResponse\x12S\n\x08WatchJob\x12!.arc.scheduler.v1.WatchJobRequest\x1a\".arc.scheduler.v1.WatchJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,51 +40,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB']._serialized_start=412
   _globals['_JOB']._serialized_end=891
   _globals['_JOBEVENT']._serialized_start=894
-  _globals['_JOBEVENT']._serialized_end=1197
-  _globals['_STATECHANGE']._serialized_start=1200
-  _globals['_STATECHANGE']._serialized_end=1335
-  _globals['_SCHEDULERSTATUS']._serialized_start=1338
-  _globals['_SCHEDULERSTATUS']._serialized_end=1518
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=1520
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=1610
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=1613
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=1818
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1820
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1865
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=1867
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=1940
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=1943
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=2116
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=2118
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=2219
-  _globals['_SUBMITJOBREQUEST']._serialized_start=2222
-  _globals['_SUBMITJOBREQUEST']._serialized_end=2410
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=2412
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=2515
-  _globals['_SUBMITJOBSREQUEST']._serialized_start=2517
-  _globals['_SUBMITJOBSREQUEST']._serialized_end=2606
-  _globals['_SUBMITJOBSRESPONSE']._serialized_start=2608
-  _globals['_SUBMITJOBSRESPONSE']._serialized_end=2682
-  _globals['_GETJOBREQUEST']._serialized_start=2684
-  _globals['_GETJOBREQUEST']._serialized_end=2715
-  _globals['_GETJOBRESPONSE']._serialized_start=2717
-  _globals['_GETJOBRESPONSE']._serialized_end=2769
-  _globals['_LISTJOBSREQUEST']._serialized_start=2771
-  _globals['_LISTJOBSREQUEST']._serialized_end=2890
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2892
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2972
-  _globals['_CANCELJOBREQUEST']._serialized_start=2974
-  _globals['_CANCELJOBREQUEST']._serialized_end=3044
-  _globals['_CANCELJOBRESPONSE']._serialized_start=3046
-  _globals['_CANCELJOBRESPONSE']._serialized_end=3101
-  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_start=3103
-  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_end=3130
-  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_start=3132
-  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_end=3211
-  _globals['_WATCHJOBREQUEST']._serialized_start=3213
-  _globals['_WATCHJOBREQUEST']._serialized_end=3269
-  _globals['_WATCHJOBRESPONSE']._serialized_start=3271
-  _globals['_WATCHJOBRESPONSE']._serialized_end=3332
-  _globals['_SCHEDULERSERVICE']._serialized_start=3335
-  _globals['_SCHEDULERSERVICE']._serialized_end=4281
+  _globals['_JOBEVENT']._serialized_end=1222
+  _globals['_STATECHANGE']._serialized_start=1225
+  _globals['_STATECHANGE']._serialized_end=1360
+  _globals['_SCHEDULERSTATUS']._serialized_start=1363
+  _globals['_SCHEDULERSTATUS']._serialized_end=1543
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=1545
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=1635
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=1638
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=1843
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1845
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1890
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=1892
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=1965
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=1968
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=2141
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=2143
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=2244
+  _globals['_SUBMITJOBREQUEST']._serialized_start=2247
+  _globals['_SUBMITJOBREQUEST']._serialized_end=2435
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=2437
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=2540
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=2542
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=2631
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=2633
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=2707
+  _globals['_GETJOBREQUEST']._serialized_start=2709
+  _globals['_GETJOBREQUEST']._serialized_end=2740
+  _globals['_GETJOBRESPONSE']._serialized_start=2742
+  _globals['_GETJOBRESPONSE']._serialized_end=2794
+  _globals['_LISTJOBSREQUEST']._serialized_start=2796
+  _globals['_LISTJOBSREQUEST']._serialized_end=2915
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2917
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2997
+  _globals['_CANCELJOBREQUEST']._serialized_start=2999
+  _globals['_CANCELJOBREQUEST']._serialized_end=3069
+  _globals['_CANCELJOBRESPONSE']._serialized_start=3071
+  _globals['_CANCELJOBRESPONSE']._serialized_end=3126
+  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_start=3128
+  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_end=3155
+  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_start=3157
+  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_end=3236
+  _globals['_WATCHJOBREQUEST']._serialized_start=3238
+  _globals['_WATCHJOBREQUEST']._serialized_end=3294
+  _globals['_WATCHJOBRESPONSE']._serialized_start=3296
+  _globals['_WATCHJOBRESPONSE']._serialized_end=3357
+  _globals['_SCHEDULERSERVICE']._serialized_start=3360
+  _globals['_SCHEDULERSERVICE']._serialized_end=4306
 # @@protoc_insertion_point(module_scope)

@@ -150,8 +150,11 @@ class JobEvent(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SOURCE_SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     job_id: _builtins.str
+    source_sequence: _builtins.int
+    """The executor event this one came from (0 for the scheduler's own events)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -172,10 +175,11 @@ class JobEvent(_message.Message):
         metric: _common_pb2.MetricResult | None = ...,
         checkpoint: _common_pb2.CheckpointInfo | None = ...,
         result: _common_pb2.ExperimentResult | None = ...,
+        source_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "metric", b"metric", "payload", b"payload", "result", b"result", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "job_id", b"job_id", "metric", b"metric", "payload", b"payload", "result", b"result", "sequence", b"sequence", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "job_id", b"job_id", "metric", b"metric", "payload", b"payload", "result", b"result", "sequence", b"sequence", "source_sequence", b"source_sequence", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state_change", "metric", "checkpoint", "result"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015

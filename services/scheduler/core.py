@@ -1,0 +1,934 @@
+"""The scheduler's core: experiments, the priority queue, dispatch over many machines,
+retries, cancellation, pruning and job events. No grpc here.
+
+Queue order is priority (high first), then submission order; a job that cannot be placed
+does not block smaller ones behind it from using a GPU that fits them (backfill). All
+state changes go through ``_save``, which commits before anyone is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from arc_common.decisions import denial_error
+from arc_common.errors import (
+    AlreadyExistsError,
+    ArcError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from arc_common.eventlog import EventLog
+from arc_common.models import (
+    TERMINAL_STATES,
+    CheckpointInfo,
+    DecisionOutcome,
+    Experiment,
+    ExperimentResult,
+    ExperimentSpec,
+    Gpu,
+    Job,
+    JobEvent,
+    JobState,
+    JobStateChange,
+    MetricMode,
+    MetricResult,
+    NoveltyClass,
+    RunEvent,
+    SchedulerStatus,
+    Tool,
+    TrainingJobConfig,
+)
+from services.scheduler.remote import GovernanceClient, NodeClient
+from services.scheduler.settings import SchedulerSettings
+from services.scheduler.store import JobRecord, SchedulerStore
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+LOST_PREFIXES = ("lost:", "lease lost", "executor shut down")
+
+
+def content_hash(spec: ExperimentSpec) -> str:
+    """What decides the outcome of training, without names, priorities or placement."""
+    content = spec.model_dump(
+        mode="json",
+        include={"architecture", "hyperparameters", "dataset", "preprocessing", "early_stopping"},
+    )
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class NodeState:
+    client: NodeClient
+    up: bool = True
+    down_since: float = 0.0
+    gpus: list[Gpu] = field(default_factory=list)
+    gpus_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class Submission:
+    spec: ExperimentSpec | None
+    experiment_id: str = ""
+    priority: int | None = None
+    max_retries: int = 0
+    timeout_seconds: int = 0
+    request_id: str = ""
+
+
+def _queue_key(job: JobRecord) -> tuple[int, int, str]:
+    return (-job.priority, job.seq, job.job_id)
+
+
+def _shape(job: JobRecord) -> tuple[Any, ...]:
+    allocation = job.spec.gpu_allocation
+    return (
+        allocation.preference,
+        tuple(allocation.gpu_indices),
+        allocation.count,
+        allocation.min_free_memory_mib,
+    )
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        *,
+        store: SchedulerStore,
+        events: EventLog[JobEvent],
+        nodes: list[NodeClient],
+        governance: GovernanceClient | None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.home = settings.home
+        self.store = store
+        self.events = events
+        self.governance = governance
+        self._clock = clock
+        self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in nodes}
+        self.jobs: dict[str, JobRecord] = {}
+        self._by_request: dict[str, str] = {}
+        self._queue: SortedList = SortedList()
+        self._experiments: dict[str, tuple[ExperimentSpec, str, datetime]] = {}
+        self._by_hash: dict[str, str] = {}
+        self._experiment_jobs: dict[str, list[str]] = defaultdict(list)
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._blocked: dict[tuple[Any, ...], str] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._finished: dict[str, asyncio.Event] = {}
+        # cycle -> job -> epoch -> monitored value, for median pruning
+        self._curves: dict[int, dict[str, dict[int, float]]] = defaultdict(dict)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load the state; the store must be open (the event log shares its database)."""
+        await self.events.open()
+        for spec, digest, created in await self.store.load_experiments():
+            self._remember_experiment(spec, digest, created)
+        resume: list[JobRecord] = []
+        for job in await self.store.load_jobs():
+            self._index(job)
+            if job.state is JobState.QUEUED:
+                self._queue.add(_queue_key(job))
+            elif job.state in (JobState.STARTING, JobState.RUNNING):
+                resume.append(job)
+        for job in resume:
+            last = await self.events.read_last(job.job_id)
+            if last is not None:
+                job.run_sequence = max(job.run_sequence, last.source_sequence)
+            if job.run_id:
+                self._watch(job)
+            else:
+                # The lease may or may not have been granted: the request ids make the
+                # launch idempotent, so simply drive it again.
+                self._tasks.append(asyncio.create_task(self._relaunch(job)))
+        logger.info(
+            "scheduler state loaded: %d jobs (%d queued, %d re-attached), %d experiments",
+            len(self.jobs),
+            len(self._queue),
+            len(resume),
+            len(self._experiments),
+        )
+        self._tasks += [
+            asyncio.create_task(self._dispatch_loop(), name="dispatch"),
+            asyncio.create_task(self._probe_loop(), name="node-probe"),
+        ]
+        self._wake.set()
+
+    async def close(self) -> None:
+        for task in [*self._tasks, *self._watchers.values()]:
+            task.cancel()
+        for task in [*self._tasks, *self._watchers.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.events.close()
+        await self.store.close()
+
+    def _index(self, job: JobRecord) -> None:
+        self.jobs[job.job_id] = job
+        self._seq = max(self._seq, job.seq)
+        if job.request_id:
+            self._by_request[job.request_id] = job.job_id
+        self._experiment_jobs[job.experiment_id].append(job.job_id)
+        self._finished.setdefault(job.job_id, asyncio.Event())
+        if job.state in TERMINAL_STATES:
+            self._finished[job.job_id].set()
+
+    def _remember_experiment(self, spec: ExperimentSpec, digest: str, created: datetime) -> None:
+        self._experiments[spec.experiment_id] = (spec, digest, created)
+        self._by_hash.setdefault(digest, spec.experiment_id)
+
+    # --- persistence and events ---------------------------------------------------------------
+
+    async def _save(self, *jobs: JobRecord) -> None:
+        await self.store.write(*(self.store.put_job(job) for job in jobs))
+
+    def _event(self, job: JobRecord, **payload: Any) -> None:
+        self.events.append(job.job_id, **payload)
+
+    async def _set_state(
+        self, job: JobRecord, state: JobState, reason: str, **updates: Any
+    ) -> None:
+        previous = job.state
+        job.state = state
+        for key, value in updates.items():
+            setattr(job, key, value)
+        if state in TERMINAL_STATES:
+            job.end_time = _now()
+            self._queue.discard(_queue_key(job))
+        await self._save(job)
+        self._event(
+            job,
+            state_change=JobStateChange(
+                previous_state=previous, state=state, reason=reason, attempt=job.attempt
+            ),
+        )
+        if state in TERMINAL_STATES:
+            self._finished[job.job_id].set()
+            self._wake.set()
+
+    async def write_jsonl(self, events: list[JobEvent]) -> None:
+        """Mirror every state change to scheduler_events.jsonl (one fsync per group)."""
+        lines = [
+            json.dumps(
+                {
+                    "time": e.time.isoformat() if e.time else "",
+                    "job_id": e.job_id,
+                    "sequence": e.sequence,
+                    "previous_state": e.state_change.previous_state,
+                    "state": e.state_change.state,
+                    "attempt": e.state_change.attempt,
+                    "reason": e.state_change.reason,
+                }
+            )
+            for e in events
+            if e.state_change is not None
+        ]
+        if lines:
+            await asyncio.to_thread(self._append_lines, lines)
+
+    def _append_lines(self, lines: list[str]) -> None:
+        path = self.home / "scheduler_events.jsonl"
+        with path.open("a") as handle:
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    # --- experiments -------------------------------------------------------------------------
+
+    async def _governance_check(
+        self, spec: ExperimentSpec, *, caller: str, dry_run: bool, request_id: str = ""
+    ) -> DecisionOutcome:
+        if self.governance is None:
+            return DecisionOutcome.ALLOWED
+        decision = await self.governance.validate(
+            Tool.RUN_TRAINING_JOB,
+            spec.model_dump(mode="json"),
+            dry_run=dry_run,
+            request_id=request_id,
+            on_behalf_of=caller,
+            cycle_id=spec.cycle_id,
+        )
+        if decision.outcome is DecisionOutcome.DENIED:
+            raise denial_error(Tool.RUN_TRAINING_JOB, decision)
+        return decision.outcome or DecisionOutcome.ALLOWED
+
+    def _write_spec_file(self, spec: ExperimentSpec) -> None:
+        folder = self.home / "experiments" / spec.experiment_id
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".spec.json.tmp"
+        tmp.write_text(spec.model_dump_json(indent=2))
+        tmp.replace(folder / "spec.json")
+
+    async def create_experiment(
+        self, spec: ExperimentSpec, *, caller: str
+    ) -> tuple[Experiment, str]:
+        """Returns the experiment and the id of an earlier one with identical content."""
+        await self._governance_check(spec, caller=caller, dry_run=True)
+        digest = content_hash(spec)
+        async with self._lock:
+            if spec.experiment_id in self._experiments:
+                _, existing_hash, _ = self._experiments[spec.experiment_id]
+                raise AlreadyExistsError(
+                    f"experiment {spec.experiment_id!r} already exists"
+                    + ("" if existing_hash == digest else " with different content"),
+                    field="spec.experiment_id",
+                )
+            duplicate = self._by_hash.get(digest, "")
+            created = _now()
+            await self.store.write(self.store.put_experiment(spec, digest, created))
+            self._remember_experiment(spec, digest, created)
+        await asyncio.to_thread(self._write_spec_file, spec)
+        return self.experiment(spec.experiment_id), duplicate
+
+    def experiment(self, experiment_id: str) -> Experiment:
+        if experiment_id not in self._experiments:
+            raise NotFoundError(f"no experiment {experiment_id!r}", field="experiment_id")
+        spec, digest, created = self._experiments[experiment_id]
+        jobs = [self.jobs[j] for j in self._experiment_jobs.get(experiment_id, [])]
+        results = [self._result(j) for j in reversed(jobs) if j.state in TERMINAL_STATES]
+        return Experiment(
+            spec=spec,
+            state=jobs[-1].state if jobs else None,
+            create_time=created,
+            results=results,
+            content_hash=digest,
+            job_ids=[j.job_id for j in jobs],
+        )
+
+    def list_experiments(
+        self, *, cycle_id: int, novelty: NoveltyClass | None, state: JobState | None
+    ) -> list[Experiment]:
+        out = []
+        for experiment_id, (spec, _, _) in self._experiments.items():
+            if cycle_id and spec.cycle_id != cycle_id:
+                continue
+            if novelty is not None and spec.novelty_class is not novelty:
+                continue
+            experiment = self.experiment(experiment_id)
+            if state is not None and experiment.state is not state:
+                continue
+            out.append(experiment)
+        return out
+
+    # --- submission -----------------------------------------------------------------------------
+
+    def _existing(self, request_id: str) -> JobRecord | None:
+        job_id = self._by_request.get(request_id) if request_id else None
+        return self.jobs.get(job_id) if job_id else None
+
+    def _resolve_spec(self, submission: Submission, index: str) -> ExperimentSpec:
+        if submission.spec is not None:
+            spec = submission.spec
+            known = self._experiments.get(spec.experiment_id)
+            if known is not None and known[1] != content_hash(spec):
+                raise AlreadyExistsError(
+                    f"experiment {spec.experiment_id!r} exists with different content; "
+                    "submit it by experiment_id or choose a new id",
+                    field=f"{index}spec.experiment_id",
+                )
+            return spec
+        if not submission.experiment_id:
+            raise InvalidArgumentError(
+                "give experiment_id (a stored experiment) or spec", field=f"{index}experiment_id"
+            )
+        if submission.experiment_id not in self._experiments:
+            raise NotFoundError(
+                f"no experiment {submission.experiment_id!r}; create it first or send its spec",
+                field=f"{index}experiment_id",
+            )
+        return self._experiments[submission.experiment_id][0]
+
+    def _check(self, submission: Submission, index: str = "") -> ExperimentSpec:
+        if submission.priority is not None and not 0 <= submission.priority <= 10:
+            raise InvalidArgumentError(
+                f"priority must be between 0 and 10 (got {submission.priority})",
+                field=f"{index}priority",
+            )
+        if not 0 <= submission.max_retries <= 10:
+            raise InvalidArgumentError(
+                f"max_retries must be between 0 and 10 (got {submission.max_retries})",
+                field=f"{index}max_retries",
+            )
+        if not 0 <= submission.timeout_seconds <= 7 * 24 * 3600:
+            raise InvalidArgumentError(
+                f"timeout_seconds must be between 0 and {7 * 24 * 3600} "
+                f"(got {submission.timeout_seconds})",
+                field=f"{index}timeout_seconds",
+            )
+        return self._resolve_spec(submission, index)
+
+    async def submit(self, submissions: list[Submission], *, caller: str) -> list[JobRecord]:
+        """All-or-nothing: every submission is checked before any job is created."""
+        prefix = len(submissions) > 1
+        specs = [self._check(s, f"jobs[{i}]." if prefix else "") for i, s in enumerate(submissions)]
+        existing = [self._existing(s.request_id) for s in submissions]
+        if all(e is not None for e in existing):
+            return [e for e in existing if e is not None]
+        for spec, earlier in zip(specs, existing, strict=True):
+            if earlier is None and len(submissions) > 1:
+                await self._governance_check(spec, caller=caller, dry_run=True)
+        created: list[JobRecord] = []
+        new_experiments: list[ExperimentSpec] = []
+        for submission, spec, earlier in zip(submissions, specs, existing, strict=True):
+            if earlier is not None:
+                created.append(earlier)
+                continue
+            job_id = f"job-{uuid.uuid4().hex[:12]}"
+            outcome = await self._governance_check(
+                spec, caller=caller, dry_run=False, request_id=f"job:{job_id}"
+            )
+            async with self._lock:
+                again = self._existing(submission.request_id)
+                if again is not None:  # a concurrent retry got here first
+                    created.append(again)
+                    continue
+                if spec.experiment_id not in self._experiments:
+                    digest = content_hash(spec)
+                    created_at = _now()
+                    await self.store.write(self.store.put_experiment(spec, digest, created_at))
+                    self._remember_experiment(spec, digest, created_at)
+                    new_experiments.append(spec)
+                self._seq += 1
+                job = JobRecord(
+                    job_id=job_id,
+                    seq=self._seq,
+                    experiment_id=spec.experiment_id,
+                    spec=spec,
+                    caller=caller,
+                    request_id=submission.request_id,
+                    priority=submission.priority
+                    if submission.priority is not None
+                    else spec.effective_priority,
+                    max_retries=submission.max_retries,
+                    timeout_seconds=submission.timeout_seconds or spec.max_training_time_seconds,
+                    create_time=_now(),
+                    approval=f"job:{job_id}" if outcome is DecisionOutcome.PENDING_APPROVAL else "",
+                )
+                await self._save(job)  # committed before anyone hears of the job
+                self._index(job)
+                self._queue.add(_queue_key(job))
+                self._event(
+                    job,
+                    state_change=JobStateChange(
+                        state=JobState.QUEUED, reason=f"submitted by {caller}", attempt=1
+                    ),
+                )
+                created.append(job)
+        for spec in new_experiments:
+            await asyncio.to_thread(self._write_spec_file, spec)
+        self._wake.set()
+        return created
+
+    # --- views -----------------------------------------------------------------------------------
+
+    def queue_position(self, job: JobRecord) -> int:
+        if job.state is not JobState.QUEUED:
+            return 0
+        key = _queue_key(job)
+        return int(self._queue.bisect_left(key)) + 1 if key in self._queue else 0
+
+    def pending_reason(self, job: JobRecord) -> str:
+        if job.state is JobState.STARTING:
+            return f"starting on {job.node}"
+        if job.state is not JobState.QUEUED:
+            return ""
+        position = self.queue_position(job)
+        parts = [f"position {position} in the queue"]
+        if position > 1:
+            first = self._queue[0]
+            last = self._queue[position - 2]
+            top, bottom = -first[0], -last[0]
+            priorities = f"priority {top}" if top == bottom else f"priorities {bottom} to {top}"
+            parts[0] = f"position {position}, behind {position - 1} job(s) of {priorities}"
+        now = self._clock()
+        if job.not_before > now:
+            parts.append(
+                f"retry {job.retries_used} of {job.max_retries} after backoff, "
+                f"in {job.not_before - now:.0f} s"
+            )
+        if job.approval:
+            parts.append(f"waiting for an operator to approve (governance request {job.approval})")
+        down = [name for name, node in self.nodes.items() if not node.up]
+        if down and len(down) == len(self.nodes):
+            parts.append(f"every machine is down ({', '.join(down)})")
+        blocked = self._blocked.get(_shape(job))
+        if blocked:
+            parts.append(f"waiting for a GPU: {blocked}")
+        return "; ".join(parts)
+
+    def _result(self, job: JobRecord) -> ExperimentResult:
+        base = job.result or ExperimentResult()
+        return base.model_copy(
+            update={
+                "experiment_id": job.experiment_id,
+                "job_id": job.job_id,
+                "state": job.state,
+                "error_message": job.error_message or base.error_message,
+            }
+        )
+
+    def view(self, job: JobRecord) -> Job:
+        return Job(
+            job_id=job.job_id,
+            experiment_id=job.experiment_id,
+            state=job.state,
+            priority=job.priority,
+            attempt=job.attempt,
+            max_retries=job.max_retries,
+            pending_reason=self.pending_reason(job),
+            queue_position=self.queue_position(job),
+            create_time=job.create_time,
+            start_time=job.start_time,
+            end_time=job.end_time,
+            result=self._result(job) if job.state in TERMINAL_STATES or job.result else None,
+            gpu_indices=list(job.lease.gpu_indices) if job.lease else [],
+            node=job.node,
+            run_id=job.run_id,
+            timeout_seconds=job.timeout_seconds,
+            error_message=job.error_message,
+        )
+
+    def job(self, job_id: str) -> JobRecord:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}", field="job_id")
+        return job
+
+    def list_jobs(self, *, state: JobState | None, experiment_id: str) -> list[JobRecord]:
+        jobs = (
+            [self.jobs[j] for j in self._experiment_jobs.get(experiment_id, [])]
+            if experiment_id
+            else list(self.jobs.values())
+        )
+        return [j for j in jobs if state is None or j.state is state]
+
+    async def gpus(self, *, max_age: float = 1.0) -> list[Gpu]:
+        out: list[Gpu] = []
+        for node in self.nodes.values():
+            if node.up and self._clock() - node.gpus_time > max_age:
+                with contextlib.suppress(ArcError):
+                    node.gpus = await node.client.list_gpus()
+                    node.gpus_time = self._clock()
+            out.extend(node.gpus if node.up else [])
+        return out
+
+    async def available_gpus(self) -> int:
+        return sum(1 for g in await self.gpus() if not g.reserved and not g.lease_holder)
+
+    async def status(self) -> SchedulerStatus:
+        gpus = await self.gpus()
+        limit = self.settings.status_queued_limit
+        queued = [self.view(self.jobs[key[2]]) for key in self._queue.islice(0, limit)]
+        return SchedulerStatus(
+            queue_length=len(self._queue),
+            running_jobs=sum(
+                1 for j in self.jobs.values() if j.state in (JobState.RUNNING, JobState.STARTING)
+            ),
+            available_gpus=sum(1 for g in gpus if not g.reserved and not g.lease_holder),
+            gpus=gpus,
+            queued_jobs=queued,
+            down_nodes=[name for name, node in self.nodes.items() if not node.up],
+        )
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=self.settings.dispatch_interval_seconds
+                )
+            self._wake.clear()
+            try:
+                await self._dispatch_pass()
+            except Exception:
+                logger.exception("dispatch pass failed")
+
+    async def _approved(self, job: JobRecord) -> bool:
+        if not job.approval or self.governance is None:
+            return True
+        try:
+            outcome = await self._governance_check(
+                job.spec, caller=job.caller, dry_run=False, request_id=job.approval
+            )
+        except ArcError as exc:
+            if isinstance(exc, UnavailableError):
+                return False
+            await self._set_state(
+                job, JobState.FAILED, f"not approved: {exc}", error_message=str(exc)
+            )
+            return False
+        if outcome is DecisionOutcome.ALLOWED:
+            job.approval = ""
+            await self._save(job)
+            return True
+        return False
+
+    async def _dispatch_pass(self) -> None:
+        blocked: dict[tuple[Any, ...], str] = {}
+        now = self._clock()
+        if not any(node.up for node in self.nodes.values()):
+            return
+        for key in list(self._queue):
+            job = self.jobs[key[2]]
+            if job.state is not JobState.QUEUED or job.not_before > now:
+                continue
+            shape = _shape(job)
+            if shape in blocked:
+                continue
+            if job.approval and not await self._approved(job):
+                continue
+            reason = await self._try_place(job)
+            if reason:
+                blocked[shape] = reason
+        self._blocked = blocked
+
+    async def _try_place(self, job: JobRecord) -> str:
+        """Launch ``job`` on the first machine with room; otherwise say why it waits."""
+        reasons = []
+        request_id = f"{job.job_id}:attempt-{job.attempt}"
+        for node in sorted(self.nodes.values(), key=lambda n: not n.up):
+            if not node.up:
+                continue
+            try:
+                lease = await node.client.acquire(
+                    job.job_id,
+                    job.spec.gpu_allocation,
+                    ttl_seconds=self.settings.lease_ttl_seconds,
+                    request_id=request_id,
+                )
+            except ResourceExhaustedError as exc:
+                reasons.append(f"{node.client.name}: {exc.message}")
+                continue
+            except UnavailableError as exc:
+                self._node_failed(node, exc)
+                continue
+            except ArcError as exc:
+                await self._set_state(
+                    job, JobState.FAILED, f"cannot be placed: {exc}", error_message=str(exc)
+                )
+                return ""
+            node.gpus_time = 0.0
+            async with self._lock:
+                if job.state is not JobState.QUEUED:  # cancelled meanwhile
+                    with contextlib.suppress(ArcError):
+                        await node.client.release(lease)
+                    return ""
+                self._queue.discard(_queue_key(job))
+                await self._set_state(
+                    job,
+                    JobState.STARTING,
+                    f"GPUs {lease.gpu_indices} leased on {node.client.name}",
+                    node=node.client.name,
+                    lease=lease,
+                    start_time=_now(),
+                    run_id="",
+                    run_sequence=0,
+                )
+            await self._start_run(job, node)
+            return ""
+        if len(reasons) == 1:
+            return reasons[0].split(": ", 1)[1] if len(self.nodes) == 1 else reasons[0]
+        return " | ".join(reasons) or "no machine is up"
+
+    async def _start_run(self, job: JobRecord, node: NodeState) -> None:
+        assert job.lease is not None
+        attempt_dir = f"runs/{job.job_id}/attempt-{job.attempt}"
+        config = TrainingJobConfig(
+            job_id=job.job_id,
+            experiment_spec=job.spec,
+            gpu_ids=list(job.lease.gpu_indices),
+            checkpoint_dir=f"{attempt_dir}/checkpoints",
+            log_dir=f"{attempt_dir}/logs",
+            timeout_seconds=job.timeout_seconds,
+            max_retries=job.max_retries,
+        )
+        try:
+            run = await node.client.start_run(
+                config, job.lease, request_id=f"{job.job_id}:attempt-{job.attempt}"
+            )
+        except UnavailableError as exc:
+            self._node_failed(node, exc)
+            await self._requeue(job, f"{node.client.name} unreachable while starting: {exc}")
+            return
+        except FailedPreconditionError as exc:
+            await self._requeue(job, f"lease went stale before the start: {exc}")
+            return
+        except ArcError as exc:
+            await self._release(job)
+            await self._set_state(
+                job,
+                JobState.FAILED,
+                f"the executor refused the job: {exc}",
+                error_message=str(exc),
+            )
+            return
+        job.run_id = run.run_id
+        await self._save(job)
+        if job.cancel_requested:
+            with contextlib.suppress(ArcError):
+                await node.client.cancel_run(run.run_id, job.cancel_requested)
+        self._watch(job)
+
+    async def _relaunch(self, job: JobRecord) -> None:
+        node = self.nodes.get(job.node)
+        if node is None or job.lease is None:
+            await self._requeue(job, "restarted before its run began")
+            return
+        await self._start_run(job, node)
+
+    async def _release(self, job: JobRecord) -> None:
+        node = self.nodes.get(job.node)
+        if job.lease is None or node is None:
+            return
+        try:
+            await node.client.release(job.lease)
+        except ArcError as exc:  # it expires by itself: the holder stopped renewing it
+            logger.warning("could not release lease of %s: %s", job.job_id, exc)
+        node.gpus_time = 0.0  # the cached listing is stale now
+
+    async def _requeue(self, job: JobRecord, reason: str, *, counts: bool = False) -> None:
+        """Back into the queue as a new attempt (a retry when ``counts``)."""
+        await self._release(job)
+        delay = 0.0
+        if counts:
+            job.retries_used += 1
+            delay = min(
+                self.settings.retry_backoff_max_seconds,
+                self.settings.retry_backoff_seconds * 2 ** (job.retries_used - 1),
+            )
+        job.attempt += 1
+        await self._set_state(
+            job,
+            JobState.QUEUED,
+            reason,
+            node="",
+            run_id="",
+            lease=None,
+            run_sequence=0,
+            not_before=self._clock() + delay,
+        )
+        self._queue.add(_queue_key(job))
+        self._wake.set()
+
+    # --- following runs -----------------------------------------------------------------------
+
+    def _watch(self, job: JobRecord) -> None:
+        task = asyncio.create_task(self._follow(job, job.run_id), name=f"watch-{job.job_id}")
+        self._watchers[job.job_id] = task
+        task.add_done_callback(functools.partial(self._unwatch, job.job_id))
+
+    def _unwatch(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._watchers.pop(job_id, None)
+
+    async def _follow(self, job: JobRecord, run_id: str) -> None:
+        delay = 0.2
+        while job.run_id == run_id and job.state not in TERMINAL_STATES:
+            node = self.nodes.get(job.node)
+            if node is None:
+                await self._requeue(job, f"its machine {job.node} is no longer configured")
+                return
+            try:
+                async for event in node.client.events(run_id, job.run_sequence):
+                    await self._on_run_event(job, event)
+                    delay = 0.2
+                    if job.run_id != run_id or job.state in TERMINAL_STATES:
+                        return
+                run = await node.client.get_run(run_id)
+                if run.state in TERMINAL_STATES:  # the stream ended before we saw the end
+                    await self._on_run_end(job, run.state, run.error_message, run.result)
+                    return
+            except NotFoundError:
+                await self._requeue(job, f"{job.node} lost run {run_id}")
+                return
+            except (UnavailableError, ArcError) as exc:
+                if isinstance(exc, UnavailableError) or "UNAVAILABLE" in (exc.status or ""):
+                    self._node_failed(node, exc)
+                if (
+                    not node.up
+                    and self._clock() - node.down_since > self.settings.node_down_seconds
+                ):
+                    await self._requeue(job, f"{job.node} stopped answering: {exc}")
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _on_run_event(self, job: JobRecord, event: RunEvent) -> None:
+        job.run_sequence = event.sequence
+        source = event.sequence
+        if event.metrics is not None:
+            for metric in event.metrics.metrics:
+                self._event(job, metric=metric, source_sequence=source)
+                await self._maybe_prune(job, metric)
+        elif event.checkpoint is not None:
+            self._event(job, checkpoint=event.checkpoint, source_sequence=source)
+            job.result = (job.result or ExperimentResult()).model_copy(
+                update={"checkpoints": _merge_checkpoints(job.result, event.checkpoint)}
+            )
+        elif event.result is not None:
+            job.result = event.result
+        elif event.state_change is not None and event.state_change.state is not None:
+            state = event.state_change.state
+            if state is JobState.RUNNING and job.state is JobState.STARTING:
+                await self._set_state(job, JobState.RUNNING, event.state_change.reason)
+            elif state in TERMINAL_STATES:
+                await self._on_run_end(job, state, event.state_change.reason, job.result)
+
+    async def _on_run_end(
+        self, job: JobRecord, state: JobState, reason: str, result: ExperimentResult | None
+    ) -> None:
+        if job.state in TERMINAL_STATES or job.state is JobState.QUEUED:
+            return
+        await self._release(job)
+        error = (result.error_message if result else "") or reason
+        if result is not None:
+            job.result = result
+        if job.cancel_requested:
+            pruned = job.cancel_requested.startswith("pruned")
+            await self._set_state(
+                job,
+                JobState.PRUNED if pruned else JobState.CANCELLED,
+                job.cancel_requested,
+                error_message=job.cancel_requested,
+            )
+        elif state is JobState.COMPLETED:
+            await self._set_state(job, JobState.COMPLETED, reason or "completed")
+        elif state is JobState.FAILED and error.startswith(LOST_PREFIXES):
+            await self._requeue(job, f"attempt {job.attempt} lost ({error}); requeued")
+        elif state is JobState.FAILED and job.retries_used < job.max_retries:
+            job.error_message = error
+            await self._requeue(
+                job, f"attempt {job.attempt} failed: {error.splitlines()[0]}", counts=True
+            )
+        else:
+            await self._set_state(job, state, reason, error_message=error)
+        if job.state in TERMINAL_STATES:
+            self._event(job, result=self._result(job))
+
+    async def _maybe_prune(self, job: JobRecord, metric: MetricResult) -> None:
+        early = job.spec.early_stopping
+        if not early.median_pruning or metric.name != early.monitor or job.cancel_requested:
+            return
+        curves = self._curves[job.spec.cycle_id]
+        curves.setdefault(job.job_id, {})[metric.epoch] = metric.value
+        if metric.epoch < max(1, early.warmup_epochs):
+            return
+        others = [
+            values[metric.epoch]
+            for other, values in curves.items()
+            if other != job.job_id and metric.epoch in values
+        ]
+        if not others:
+            return
+        median = statistics.median(others)
+        worse = metric.value < median if early.mode is MetricMode.MAX else metric.value > median
+        if worse:
+            reason = (
+                f"pruned: {early.monitor} {metric.value:.4f} at epoch {metric.epoch} is "
+                f"{'below' if early.mode is MetricMode.MAX else 'above'} the median "
+                f"{median:.4f} of {len(others)} other job(s) of cycle {job.spec.cycle_id}"
+            )
+            job.cancel_requested = reason
+            await self._save(job)
+            node = self.nodes.get(job.node)
+            if node is not None and job.run_id:
+                with contextlib.suppress(ArcError):
+                    await node.client.cancel_run(job.run_id, reason)
+
+    # --- cancel ---------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str, reason: str, *, wait: float = 60.0) -> JobRecord:
+        job = self.job(job_id)
+        reason = reason or "cancelled"
+        async with self._lock:
+            if job.state in TERMINAL_STATES:
+                raise FailedPreconditionError(
+                    f"job {job_id} already ended {job.state.value}; nothing to cancel",
+                    field="job_id",
+                )
+            if job.state is JobState.QUEUED:
+                self._queue.discard(_queue_key(job))
+                await self._set_state(job, JobState.CANCELLED, reason, error_message=reason)
+                self._event(job, result=self._result(job))
+                return job
+            job.cancel_requested = reason
+            await self._save(job)
+        node = self.nodes.get(job.node)
+        if job.run_id and node is not None:
+            try:
+                await node.client.cancel_run(job.run_id, reason)
+            except FailedPreconditionError:
+                pass  # it ended just now; the follower records how
+            except UnavailableError as exc:
+                raise UnavailableError(
+                    f"cannot reach {job.node} to cancel job {job_id}: {exc}; retry"
+                ) from exc
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._finished[job_id].wait(), timeout=wait)
+        return job
+
+    async def wait(self, job_id: str, seconds: float | None = None) -> JobRecord:
+        await asyncio.wait_for(self._finished[self.job(job_id).job_id].wait(), timeout=seconds)
+        return self.jobs[job_id]
+
+    # --- machines ----------------------------------------------------------------------------
+
+    def _node_failed(self, node: NodeState, exc: Exception) -> None:
+        if node.up:
+            node.up = False
+            node.down_since = self._clock()
+            logger.warning("machine %s marked down: %s", node.client.name, exc)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.probe_interval_seconds)
+            for node in self.nodes.values():
+                try:
+                    node.gpus = await node.client.list_gpus()
+                    node.gpus_time = self._clock()
+                except ArcError as exc:
+                    self._node_failed(node, exc)
+                    continue
+                if not node.up:
+                    node.up = True
+                    logger.info("machine %s is back", node.client.name)
+                    self._wake.set()
+            self._wake.set()
+
+
+def _merge_checkpoints(
+    result: ExperimentResult | None, checkpoint: CheckpointInfo
+) -> list[CheckpointInfo]:
+    kept = [c for c in (result.checkpoints if result else []) if c.kind is not checkpoint.kind]
+    return [*kept, checkpoint]

@@ -1,0 +1,174 @@
+"""The scheduler's view of the other services, as domain calls over gRPC.
+
+``NodeClient`` is one machine (its gpu-manager and executor); ``GovernanceClient`` checks
+tool calls. The core sees only these Protocols and domain models, so it can be tested
+against real servers and reasoned about without gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from google.protobuf.struct_pb2 import Struct
+from grpc import aio
+
+from arc.common.v1 import common_pb2
+from arc.executor.v1 import executor_pb2, executor_pb2_grpc
+from arc.governance.v1 import governance_pb2, governance_pb2_grpc
+from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
+from arc_common.convert import to_model, to_proto
+from arc_common.models import (
+    Decision,
+    Gpu,
+    GpuAllocation,
+    GpuPreference,
+    Lease,
+    Run,
+    RunEvent,
+    Tool,
+    TrainingJobConfig,
+)
+from arc_common.rpc import unary
+from arc_common.status import error_from_status
+
+RPC_TIMEOUT = 30.0
+
+
+class NodeClient(Protocol):
+    name: str
+
+    async def acquire(
+        self, job_id: str, allocation: GpuAllocation, *, ttl_seconds: int, request_id: str
+    ) -> Lease: ...
+    async def release(self, lease: Lease) -> None: ...
+    async def list_gpus(self) -> list[Gpu]: ...
+    async def start_run(
+        self, config: TrainingJobConfig, lease: Lease, *, request_id: str
+    ) -> Run: ...
+    async def get_run(self, run_id: str) -> Run: ...
+    async def cancel_run(self, run_id: str, reason: str) -> Run: ...
+    def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
+
+
+class GovernanceClient(Protocol):
+    async def validate(
+        self,
+        tool: Tool,
+        parameters: dict[str, Any],
+        *,
+        dry_run: bool,
+        request_id: str = "",
+        on_behalf_of: str = "",
+        cycle_id: int = 0,
+    ) -> Decision: ...
+
+
+class GrpcNode:
+    def __init__(self, name: str, gpu_channel: aio.Channel, executor_channel: aio.Channel) -> None:
+        self.name = name
+        self._gpu = gpu_pb2_grpc.GpuManagerServiceStub(gpu_channel)
+        self._executor = executor_pb2_grpc.ExecutorServiceStub(executor_channel)
+
+    async def acquire(
+        self, job_id: str, allocation: GpuAllocation, *, ttl_seconds: int, request_id: str
+    ) -> Lease:
+        specific = allocation.preference is GpuPreference.SPECIFIC
+        request = gpu_pb2.AcquireLeaseRequest(
+            request_id=request_id,
+            job_id=job_id,
+            preference=common_pb2.GPU_PREFERENCE_SPECIFIC
+            if specific
+            else common_pb2.GPU_PREFERENCE_AUTO,
+            gpu_indices=allocation.gpu_indices if specific else [],
+            gpu_count=allocation.count,
+            min_free_memory_mib=allocation.min_free_memory_mib,
+            ttl_seconds=ttl_seconds,
+        )
+        reply = await unary(self._gpu.AcquireLease(request, timeout=RPC_TIMEOUT))
+        return to_model(reply.lease, Lease)
+
+    async def release(self, lease: Lease) -> None:
+        await unary(
+            self._gpu.ReleaseLease(
+                gpu_pb2.ReleaseLeaseRequest(
+                    lease_id=lease.lease_id, fencing_token=lease.fencing_token
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+        )
+
+    async def list_gpus(self) -> list[Gpu]:
+        reply = await unary(self._gpu.ListGpus(gpu_pb2.ListGpusRequest(), timeout=10))
+        return [to_model(g, Gpu).model_copy(update={"node": self.name}) for g in reply.gpus]
+
+    async def start_run(self, config: TrainingJobConfig, lease: Lease, *, request_id: str) -> Run:
+        reply = await unary(
+            self._executor.StartRun(
+                executor_pb2.StartRunRequest(
+                    request_id=request_id,
+                    config=to_proto(config, common_pb2.TrainingJobConfig),
+                    lease=to_proto(lease, gpu_pb2.Lease),
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+        )
+        return to_model(reply.run, Run)
+
+    async def get_run(self, run_id: str) -> Run:
+        reply = await unary(
+            self._executor.GetRun(executor_pb2.GetRunRequest(run_id=run_id), timeout=RPC_TIMEOUT)
+        )
+        return to_model(reply.run, Run)
+
+    async def cancel_run(self, run_id: str, reason: str) -> Run:
+        reply = await unary(
+            self._executor.CancelRun(
+                executor_pb2.CancelRunRequest(run_id=run_id, reason=reason), timeout=120
+            )
+        )
+        return to_model(reply.run, Run)
+
+    async def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]:
+        call = self._executor.StreamRunEvents(
+            executor_pb2.StreamRunEventsRequest(run_id=run_id, from_sequence=after)
+        )
+        try:
+            async for reply in call:
+                yield to_model(reply.event, RunEvent)
+        except aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), exc.details() or exc.code().name) from None
+        finally:
+            call.cancel()
+
+
+class GrpcGovernance:
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = governance_pb2_grpc.GovernanceServiceStub(channel)
+
+    async def validate(
+        self,
+        tool: Tool,
+        parameters: dict[str, Any],
+        *,
+        dry_run: bool,
+        request_id: str = "",
+        on_behalf_of: str = "",
+        cycle_id: int = 0,
+    ) -> Decision:
+        struct = Struct()
+        struct.update(parameters)
+        reply = await unary(
+            self._stub.ValidateToolRequest(
+                governance_pb2.ValidateToolRequestRequest(
+                    request_id=request_id,
+                    tool=governance_pb2.Tool.Value(f"TOOL_{tool.value.upper()}"),
+                    parameters=struct,
+                    dry_run=dry_run,
+                    cycle_id=cycle_id,
+                    on_behalf_of=on_behalf_of,
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+        )
+        return to_model(reply.decision, Decision)

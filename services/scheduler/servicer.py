@@ -1,0 +1,179 @@
+"""SchedulerService: converts requests, calls the Scheduler, converts back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from arc.common.v1 import common_pb2
+from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from arc_common import auth
+from arc_common.convert import enum_to_str, to_model, to_proto
+from arc_common.errors import InvalidArgumentError, PermissionDeniedError
+from arc_common.models import ExperimentSpec, JobState, NoveltyClass
+from arc_common.pagination import paginate
+from services.scheduler.core import Scheduler, Submission
+
+
+def _caller() -> str:
+    identity = auth.current_identity.get()
+    if identity is None:  # pragma: no cover - the interceptor always sets one
+        raise PermissionDeniedError("no caller identity")
+    return identity.name
+
+
+def _state_filter(value: int) -> JobState | None:
+    name = enum_to_str(common_pb2.JobState.DESCRIPTOR, value)
+    if name is None:
+        return None
+    try:
+        return JobState(name)
+    except ValueError:
+        raise InvalidArgumentError(f"state {value} is not a JobState", field="state") from None
+
+
+def _submission(request: scheduler_pb2.SubmitJobRequest, prefix: str = "") -> Submission:
+    spec = (
+        to_model(request.spec, ExperimentSpec, prefix=f"{prefix}spec")
+        if request.HasField("spec")
+        else None
+    )
+    return Submission(
+        spec=spec,
+        experiment_id=request.experiment_id,
+        priority=request.priority if request.HasField("priority") else None,
+        max_retries=request.max_retries,
+        timeout_seconds=int(request.timeout_seconds),
+        request_id=request.request_id,
+    )
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._s = scheduler
+
+    def _job(self, job_id: str) -> scheduler_pb2.Job:
+        return to_proto(self._s.view(self._s.job(job_id)), scheduler_pb2.Job)
+
+    async def CreateExperiment(
+        self, request: scheduler_pb2.CreateExperimentRequest, context: Any
+    ) -> scheduler_pb2.CreateExperimentResponse:
+        if not request.HasField("spec"):
+            raise InvalidArgumentError("spec is required", field="spec")
+        spec = to_model(request.spec, ExperimentSpec, prefix="spec")
+        experiment, duplicate = await self._s.create_experiment(spec, caller=_caller())
+        response = scheduler_pb2.CreateExperimentResponse(
+            experiment=to_proto(experiment, scheduler_pb2.Experiment), duplicate_of=duplicate
+        )
+        if duplicate:
+            for result in self._s.experiment(duplicate).results:
+                response.duplicate_results.append(to_proto(result, common_pb2.ExperimentResult))
+        return response
+
+    async def GetExperiment(
+        self, request: scheduler_pb2.GetExperimentRequest, context: Any
+    ) -> scheduler_pb2.GetExperimentResponse:
+        experiment = self._s.experiment(request.experiment_id)
+        return scheduler_pb2.GetExperimentResponse(
+            experiment=to_proto(experiment, scheduler_pb2.Experiment)
+        )
+
+    async def ListExperiments(
+        self, request: scheduler_pb2.ListExperimentsRequest, context: Any
+    ) -> scheduler_pb2.ListExperimentsResponse:
+        novelty_name = enum_to_str(common_pb2.NoveltyClass.DESCRIPTOR, request.novelty_class)
+        try:
+            novelty = NoveltyClass(novelty_name) if novelty_name else None
+        except ValueError:
+            raise InvalidArgumentError(
+                f"novelty_class {request.novelty_class} is unknown", field="novelty_class"
+            ) from None
+        if request.cycle_id < 0:
+            raise InvalidArgumentError("cycle_id must be >= 0", field="cycle_id")
+        experiments = self._s.list_experiments(
+            cycle_id=request.cycle_id, novelty=novelty, state=_state_filter(request.state)
+        )
+        page, token = paginate(experiments, request.page_size, request.page_token)
+        return scheduler_pb2.ListExperimentsResponse(
+            experiments=[to_proto(e, scheduler_pb2.Experiment) for e in page],
+            next_page_token=token,
+        )
+
+    async def _reply(self, job_id: str) -> scheduler_pb2.SubmitJobResponse:
+        job = self._s.jobs[job_id]
+        return scheduler_pb2.SubmitJobResponse(
+            job=self._job(job_id),
+            queue_position=self._s.queue_position(job),
+            available_gpus=await self._s.available_gpus(),
+        )
+
+    async def SubmitJob(
+        self, request: scheduler_pb2.SubmitJobRequest, context: Any
+    ) -> scheduler_pb2.SubmitJobResponse:
+        [job] = await self._s.submit([_submission(request)], caller=_caller())
+        return await self._reply(job.job_id)
+
+    async def SubmitJobs(
+        self, request: scheduler_pb2.SubmitJobsRequest, context: Any
+    ) -> scheduler_pb2.SubmitJobsResponse:
+        if not request.jobs:
+            raise InvalidArgumentError("jobs must list at least one job", field="jobs")
+        if len(request.jobs) > 1000:
+            raise InvalidArgumentError(
+                f"at most 1000 jobs per batch (got {len(request.jobs)})", field="jobs"
+            )
+        submissions = []
+        for index, item in enumerate(request.jobs):
+            if not item.request_id and request.request_id:
+                item.request_id = f"{request.request_id}:{index}"
+            submissions.append(_submission(item, f"jobs[{index}]."))
+        jobs = await self._s.submit(submissions, caller=_caller())
+        return scheduler_pb2.SubmitJobsResponse(
+            results=[await self._reply(job.job_id) for job in jobs]
+        )
+
+    async def GetJob(
+        self, request: scheduler_pb2.GetJobRequest, context: Any
+    ) -> scheduler_pb2.GetJobResponse:
+        return scheduler_pb2.GetJobResponse(job=self._job(request.job_id))
+
+    async def ListJobs(
+        self, request: scheduler_pb2.ListJobsRequest, context: Any
+    ) -> scheduler_pb2.ListJobsResponse:
+        jobs = self._s.list_jobs(
+            state=_state_filter(request.state), experiment_id=request.experiment_id
+        )
+        page, token = paginate(jobs, request.page_size, request.page_token)
+        return scheduler_pb2.ListJobsResponse(
+            jobs=[to_proto(self._s.view(j), scheduler_pb2.Job) for j in page],
+            next_page_token=token,
+        )
+
+    async def CancelJob(
+        self, request: scheduler_pb2.CancelJobRequest, context: Any
+    ) -> scheduler_pb2.CancelJobResponse:
+        job = await self._s.cancel(request.job_id, request.reason or f"cancelled by {_caller()}")
+        return scheduler_pb2.CancelJobResponse(job=self._job(job.job_id))
+
+    async def GetSchedulerStatus(
+        self, request: scheduler_pb2.GetSchedulerStatusRequest, context: Any
+    ) -> scheduler_pb2.GetSchedulerStatusResponse:
+        status = await self._s.status()
+        return scheduler_pb2.GetSchedulerStatusResponse(
+            status=to_proto(status, scheduler_pb2.SchedulerStatus)
+        )
+
+    async def WatchJob(
+        self, request: scheduler_pb2.WatchJobRequest, context: Any
+    ) -> AsyncIterator[scheduler_pb2.WatchJobResponse]:
+        if request.from_sequence < 0:
+            raise InvalidArgumentError(
+                f"from_sequence must be >= 0 (got {request.from_sequence})", field="from_sequence"
+            )
+        job = self._s.job(request.job_id)
+        async for event in self._s.events.follow(
+            job.job_id,
+            request.from_sequence,
+            is_finished=lambda: job.state.is_terminal,
+        ):
+            yield scheduler_pb2.WatchJobResponse(event=to_proto(event, scheduler_pb2.JobEvent))

@@ -1,0 +1,192 @@
+"""The scheduler through real servers: queue order, retries, cancel, timeouts, machines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+from grpc import aio
+
+from arc.common.v1 import common_pb2
+from arc.gpu.v1 import gpu_pb2
+from arc.scheduler.v1 import scheduler_pb2
+from arc_common.auth import Role
+from tests.integration.scheduler.conftest import Factory, Suite, spec
+
+RUNNING = common_pb2.JOB_STATE_RUNNING
+
+
+def started_order(suite: Suite) -> list[str]:
+    lines = (suite.home / "scheduler_events.jsonl").read_text().splitlines()
+    return [entry["job_id"] for entry in map(json.loads, lines) if entry["state"] == "starting"]
+
+
+async def test_priority_order_with_one_gpu(make_suite: Factory) -> None:
+    suite = await make_suite()
+    blocker = await suite.submit(spec("blocker", epochs=300), priority=10)
+    await suite.wait(blocker.job_id, lambda j: j.state == RUNNING)
+    jobs = []
+    for n, priority in enumerate([1, 9, 5, 9, 0]):
+        jobs.append(await suite.submit(spec(f"p{n}"), priority=priority))
+    waiting = await suite.job(jobs[2].job_id)
+    assert waiting.queue_position == 3
+    assert "position 3, behind 2 job(s) of priority 9" in waiting.pending_reason
+    assert f"GPU0 busy with job {blocker.job_id}" in waiting.pending_reason
+    await suite.stub().CancelJob(scheduler_pb2.CancelJobRequest(job_id=blocker.job_id))
+    for job in jobs:
+        final = await suite.wait(job.job_id)
+        assert final.state == common_pb2.JOB_STATE_COMPLETED, final.error_message
+    expected = [jobs[i].job_id for i in (1, 3, 2, 0, 4)]
+    assert started_order(suite)[1:] == expected
+
+
+async def test_idempotent_submit_and_batch(make_suite: Factory) -> None:
+    suite = await make_suite()
+    first = await suite.submit(spec("idem", epochs=300), request_id="req-1")
+    again = await suite.submit(spec("idem", epochs=300), request_id="req-1")
+    assert again.job_id == first.job_id
+    listing = await suite.stub().ListJobs(scheduler_pb2.ListJobsRequest())
+    assert [j.job_id for j in listing.jobs] == [first.job_id]
+    with pytest.raises(aio.AioRpcError) as info:
+        await suite.stub().SubmitJobs(
+            scheduler_pb2.SubmitJobsRequest(
+                jobs=[
+                    scheduler_pb2.SubmitJobRequest(spec=spec("ok-1")),
+                    scheduler_pb2.SubmitJobRequest(
+                        spec=spec("bad", epochs=300, priority=3), priority=12
+                    ),
+                ]
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "jobs[1].priority" in (info.value.details() or "")
+    listing = await suite.stub().ListJobs(scheduler_pb2.ListJobsRequest())
+    assert len(listing.jobs) == 1  # all or nothing
+    await suite.stub().CancelJob(scheduler_pb2.CancelJobRequest(job_id=first.job_id))
+
+
+async def test_cancel_in_each_state(make_suite: Factory) -> None:
+    suite = await make_suite()
+    running = await suite.submit(spec("c-run", epochs=300))
+    queued = await suite.submit(spec("c-queued", epochs=300))
+    await suite.wait(running.job_id, lambda j: j.state == RUNNING)
+    stub = suite.stub()
+    reply = await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=queued.job_id))
+    assert reply.job.state == common_pb2.JOB_STATE_CANCELLED
+    reply = await stub.CancelJob(
+        scheduler_pb2.CancelJobRequest(job_id=running.job_id, reason="not needed")
+    )
+    assert reply.job.state == common_pb2.JOB_STATE_CANCELLED
+    assert "not needed" in reply.job.error_message
+    status = await stub.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())
+    assert status.status.available_gpus == 1 and status.status.queue_length == 0
+    assert all(not g.lease_holder for g in status.status.gpus)
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=running.job_id))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id="job-nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_always_failing_job_runs_max_retries_plus_one_times(make_suite: Factory) -> None:
+    suite = await make_suite()
+    job = await suite.submit(
+        spec("crash", architecture={"family": "resnet", "variant": "resnet999"}), max_retries=2
+    )
+    final = await suite.wait(job.job_id)
+    assert final.state == common_pb2.JOB_STATE_FAILED
+    assert final.attempt == 3
+    assert "resnet999" in final.error_message
+    assert started_order(suite).count(job.job_id) == 3
+
+
+async def test_timeout_ends_timed_out_and_frees_the_gpu(make_suite: Factory) -> None:
+    suite = await make_suite()
+    job = await suite.submit(spec("slow", epochs=300), timeout_seconds=4)
+    final = await suite.wait(job.job_id)
+    assert final.state == common_pb2.JOB_STATE_TIMED_OUT
+    assert "timed out" in final.error_message
+    status = await suite.stub().GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())
+    assert status.status.available_gpus == 1
+
+
+async def test_two_machines_in_parallel(make_suite: Factory) -> None:
+    suite = await make_suite(machines=2)
+    a = await suite.submit(spec("par-a", epochs=300))
+    b = await suite.submit(spec("par-b", epochs=300))
+    ja = await suite.wait(a.job_id, lambda j: j.state == RUNNING)
+    jb = await suite.wait(b.job_id, lambda j: j.state == RUNNING)
+    assert {ja.node, jb.node} == {"m0", "m1"}
+    status = await suite.stub().GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())
+    assert status.status.running_jobs == 2
+    assert {g.node for g in status.status.gpus} == {"m0", "m1"}
+    for job in (a, b):
+        await suite.stub().CancelJob(scheduler_pb2.CancelJobRequest(job_id=job.job_id))
+
+
+async def test_watch_job_resumes_without_gap_or_duplicate(make_suite: Factory) -> None:
+    suite = await make_suite()
+    job = await suite.submit(spec("watch", epochs=2))
+    stub = suite.stub()
+    full = [r.event async for r in stub.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job.job_id))]
+    assert [e.sequence for e in full] == list(range(1, len(full) + 1))
+    kinds = {e.WhichOneof("payload") for e in full}
+    assert {"state_change", "metric", "checkpoint", "result"} <= kinds
+    assert full[-1].result.state == common_pb2.JOB_STATE_COMPLETED
+    middle = full[len(full) // 2].sequence
+    rest = [
+        r.event
+        async for r in stub.WatchJob(
+            scheduler_pb2.WatchJobRequest(job_id=job.job_id, from_sequence=middle)
+        )
+    ]
+    assert rest == full[middle:]
+    final = await suite.job(job.job_id)
+    assert final.result.best_metrics["test_auc"] >= 0
+    experiment = await stub.GetExperiment(scheduler_pb2.GetExperimentRequest(experiment_id="watch"))
+    assert experiment.experiment.results[0].job_id == job.job_id
+
+
+async def test_experiments_duplicates_and_governance(make_suite: Factory) -> None:
+    suite = await make_suite()
+    stub = suite.stub()
+    created = await stub.CreateExperiment(scheduler_pb2.CreateExperimentRequest(spec=spec("e1")))
+    assert created.experiment.spec.experiment_id == "e1" and not created.duplicate_of
+    assert (suite.home / "experiments" / "e1" / "spec.json").exists()
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.CreateExperiment(scheduler_pb2.CreateExperimentRequest(spec=spec("e1")))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    twin = spec("e2")
+    twin.description = "the same run under another name"
+    reply = await stub.CreateExperiment(scheduler_pb2.CreateExperimentRequest(spec=twin))
+    assert reply.duplicate_of == "e1"
+    bad = spec("e3", hyperparameters={"optimizer": {"learning_rate": 0.5}, "batch_size": 4096})
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.CreateExperiment(scheduler_pb2.CreateExperimentRequest(spec=bad))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    details = info.value.details() or ""
+    assert "learning_rate" in details and "try 0.1" in details and "batch_size" in details
+    invalid = spec("e4")
+    invalid.dataset.train_split = 0.9
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.CreateExperiment(scheduler_pb2.CreateExperimentRequest(spec=invalid))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spec.dataset" in (info.value.details() or "")
+    listing = await stub.ListExperiments(scheduler_pb2.ListExperimentsRequest(cycle_id=1))
+    assert [e.spec.experiment_id for e in listing.experiments] == ["e1", "e2"]
+
+
+async def test_gpu_lease_released_after_completion(make_suite: Factory) -> None:
+    suite = await make_suite()
+    job = await suite.submit(spec("release"))
+    final = await suite.wait(job.job_id)
+    assert final.state == common_pb2.JOB_STATE_COMPLETED
+    status = await suite.stub(Role.OPERATOR).GetSchedulerStatus(
+        scheduler_pb2.GetSchedulerStatusRequest()
+    )
+    assert [g.lease_holder for g in status.status.gpus] == [""]
+    assert gpu_pb2.Gpu  # the GPU listing comes from the gpu-manager itself
+    await asyncio.sleep(0)
