@@ -19,6 +19,8 @@ from services.executor.leases import GrpcLeaseChecker
 from services.executor.runs import RunManager
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
+from services.executor.tools.governed import Governed
+from services.executor.tools.service import Tools
 
 DB_FILE = "executor.sqlite3"
 
@@ -29,6 +31,7 @@ class Executor:
     db: aiosqlite.Connection
     events: EventLog[RunEvent]
     channels: list[object]
+    tools: Tools
 
     async def stop(self) -> None:
         await self.runs.close()
@@ -57,12 +60,18 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
     runs = RunManager(settings, db, events, GrpcLeaseChecker(channel))
     await runs.open()
     await runs.recover()
-    return Executor(runs, db, events, [channel])
+    channels = [channel]
+    governance_channel = None
+    if settings.governance_address:
+        governance_channel = create_channel(settings.governance_address, token=token)
+        channels.append(governance_channel)
+    governed = Governed(governance_channel, approval_wait_seconds=settings.approval_wait_seconds)
+    return Executor(runs, db, events, channels, Tools(settings, governed, runs))
 
 
 def registration(executor: Executor) -> Registration:
     return Registration(
-        servicer=ExecutorServicer(executor.runs),  # type: ignore[abstract]  # tools: issue 7
+        servicer=ExecutorServicer(executor.runs, executor.tools),
         add_to_server=executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
         descriptor=executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
     )

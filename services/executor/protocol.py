@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from arc_common.models import CheckpointInfo, ExperimentResult, MetricResult, TrainingJobConfig
 
 CHECKSUM_SUFFIX = ".sha256"
+META_SUFFIX = ".json"
 
 
 class TrainerInput(BaseModel):

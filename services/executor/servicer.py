@@ -1,23 +1,32 @@
-"""ExecutorService (run half): converts requests, calls the RunManager, converts back.
-
-The tool RPCs (PreprocessDataset, EvaluateCheckpoint, ...) answer UNIMPLEMENTED until
-the tools land (issue 7)."""
+"""ExecutorService: converts requests, calls the RunManager or the Tools, converts back."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
 
+from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
-from arc_common.convert import to_model, to_proto
-from arc_common.errors import InvalidArgumentError
-from arc_common.models import Lease, TrainingJobConfig
+from arc_common import auth
+from arc_common.convert import dict_to_proto, enum_to_str, to_model, to_proto
+from arc_common.errors import InvalidArgumentError, PermissionDeniedError
+from arc_common.models import Lease, MetricMode, PreprocessingChain, TrainingJobConfig
+from arc_common.pagination import paginate
 from services.executor.runs import RunManager
+from services.executor.tools.service import Tools
+
+
+def _identity() -> auth.Identity:
+    identity = auth.current_identity.get()
+    if identity is None:  # pragma: no cover - the interceptor always sets one
+        raise PermissionDeniedError("no caller identity")
+    return identity
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
-    def __init__(self, runs: RunManager) -> None:
+    def __init__(self, runs: RunManager, tools: Tools) -> None:
         self._runs = runs
+        self._tools = tools
 
     async def StartRun(
         self, request: executor_pb2.StartRunRequest, context: Any
@@ -59,3 +68,142 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             run_id, request.from_sequence, is_finished=lambda: self._runs.is_finished(run_id)
         ):
             yield executor_pb2.StreamRunEventsResponse(event=to_proto(event, executor_pb2.RunEvent))
+
+    # --- tools ------------------------------------------------------------------------------
+
+    async def PreprocessDataset(
+        self, request: executor_pb2.PreprocessDatasetRequest, context: Any
+    ) -> executor_pb2.PreprocessDatasetResponse:
+        chain = to_model(request.chain, PreprocessingChain, prefix="chain")
+        result = await self._tools.preprocess(
+            caller=_identity().name,
+            request_id=request.request_id,
+            dataset_id=request.dataset_id,
+            input_path=request.input_path,
+            output_path=request.output_path,
+            chain=chain,
+        )
+        manifest = {
+            k: v
+            for k, v in result.manifest.items()
+            if k in executor_pb2.DatasetManifest.DESCRIPTOR.fields_by_name
+        }
+        return executor_pb2.PreprocessDatasetResponse(
+            manifest=dict_to_proto(manifest, executor_pb2.DatasetManifest),
+            failed_images=result.failed,
+            reused=result.reused,
+        )
+
+    async def EvaluateCheckpoint(
+        self, request: executor_pb2.EvaluateCheckpointRequest, context: Any
+    ) -> executor_pb2.EvaluateCheckpointResponse:
+        lease = (
+            to_model(request.lease, Lease, prefix="lease") if request.HasField("lease") else None
+        )
+        report, path = await self._tools.evaluate(
+            caller=_identity().name,
+            request_id=request.request_id,
+            checkpoint_path=request.checkpoint_path,
+            data_path=request.data_path,
+            split=request.split,
+            bootstrap=request.bootstrap_samples,
+            seed=int(request.seed),
+            lease=lease,
+        )
+        fields = executor_pb2.EvaluationReport.DESCRIPTOR.fields_by_name
+        return executor_pb2.EvaluateCheckpointResponse(
+            report=dict_to_proto(
+                {k: v for k, v in report.items() if k in fields}, executor_pb2.EvaluationReport
+            ),
+            report_path=path,
+        )
+
+    async def ListCheckpoints(
+        self, request: executor_pb2.ListCheckpointsRequest, context: Any
+    ) -> executor_pb2.ListCheckpointsResponse:
+        items = await self._tools.list_checkpoints(
+            caller=_identity().name, checkpoint_dir=request.checkpoint_dir, run_id=request.run_id
+        )
+        page, token = paginate(items, request.page_size, request.page_token)
+        return executor_pb2.ListCheckpointsResponse(
+            checkpoints=[to_proto(c, common_pb2.CheckpointInfo) for c in page],
+            next_page_token=token,
+        )
+
+    async def DeleteCheckpoint(
+        self, request: executor_pb2.DeleteCheckpointRequest, context: Any
+    ) -> executor_pb2.DeleteCheckpointResponse:
+        identity = _identity()
+        retention = None
+        if request.WhichOneof("target") == "retention":
+            rule = request.retention
+            mode = enum_to_str(common_pb2.MetricMode.DESCRIPTOR, rule.mode) or "max"
+            retention = (rule.checkpoint_dir, rule.keep_best, rule.metric, MetricMode(mode))
+        deleted = await self._tools.delete(
+            caller=identity.name,
+            operator=identity.role is auth.Role.OPERATOR,
+            request_id=request.request_id,
+            path=request.path,
+            retention=retention,
+        )
+        return executor_pb2.DeleteCheckpointResponse(deleted_paths=deleted)
+
+    async def GenerateVisualizations(
+        self, request: executor_pb2.GenerateVisualizationsRequest, context: Any
+    ) -> executor_pb2.GenerateVisualizationsResponse:
+        images, index = await self._tools.visualize(
+            caller=_identity().name,
+            request_id=request.request_id,
+            checkpoint_path=request.checkpoint_path,
+            data_path=request.data_path,
+            split=request.split,
+            count=request.num_images,
+            output_dir=request.output_dir,
+        )
+        return executor_pb2.GenerateVisualizationsResponse(
+            images=[dict_to_proto(i, executor_pb2.VisualizationImage) for i in images],
+            index_path=index,
+        )
+
+    async def SyncDatasets(
+        self, request: executor_pb2.SyncDatasetsRequest, context: Any
+    ) -> executor_pb2.SyncDatasetsResponse:
+        direction = enum_to_str(executor_pb2.SyncDirection.DESCRIPTOR, request.direction)
+        if direction not in {"push", "pull"}:
+            raise InvalidArgumentError("direction must be PUSH or PULL", field="direction")
+        transfers = await self._tools.sync(
+            caller=_identity().name,
+            request_id=request.request_id,
+            push=direction == "push",
+            dataset_ids=list(request.dataset_ids),
+            remote=request.remote,
+        )
+        return executor_pb2.SyncDatasetsResponse(
+            transfers=[
+                executor_pb2.DatasetTransfer(
+                    dataset_id=t.dataset_id,
+                    files_transferred=t.files,
+                    bytes_transferred=t.bytes,
+                    revision=t.revision,
+                )
+                for t in transfers
+            ]
+        )
+
+    async def ApplyCodePatch(
+        self, request: executor_pb2.ApplyCodePatchRequest, context: Any
+    ) -> executor_pb2.ApplyCodePatchResponse:
+        sha, plan = await self._tools.patch(
+            caller=_identity().name,
+            request_id=request.request_id,
+            repository=request.repository,
+            patch=request.patch,
+            message=request.message,
+        )
+        return executor_pb2.ApplyCodePatchResponse(
+            commit_sha=sha,
+            patch_sha256=plan.sha256,
+            files_changed=plan.files,
+            lines_added=plan.added,
+            lines_removed=plan.removed,
+        )

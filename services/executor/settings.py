@@ -31,3 +31,13 @@ class ExecutorSettings(ServiceSettings):
     # Events are committed in groups at most this often (one fsync per group, not per event).
     event_flush_ms: int = Field(default=20, ge=1, le=1000)
     stderr_tail_lines: int = Field(default=20, ge=1, le=500)
+    # Every tool call is checked and transacted there; empty refuses all tool calls.
+    governance_address: str = "127.0.0.1:50053"
+    # How long a tool call waits for an operator's approval in SUPERVISED mode.
+    approval_wait_seconds: int = Field(default=20, ge=0, le=300)
+    # Git repositories agents may patch: name -> path inside the workspace.
+    repositories: dict[str, str] = Field(default_factory=lambda: {"models": "code/models"})
+    # DVC remote for SyncDatasets; empty uses a local directory remote in the workspace.
+    dvc_remote: str = ""
+    # Seconds a tool child process (evaluation, visualization) may run.
+    tool_timeout_seconds: float = Field(default=600.0, gt=0)

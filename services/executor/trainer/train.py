@@ -28,7 +28,7 @@ from arc_common.models import (
     MetricResult,
     OptimizerType,
 )
-from services.executor.protocol import CHECKSUM_SUFFIX, TrainerInput, file_sha256
+from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, TrainerInput, file_sha256
 from services.executor.trainer import metrics as M
 from services.executor.trainer.data import load_splits, loader
 from services.executor.trainer.models import build_model
@@ -224,6 +224,11 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
             kind=kind,
             sha256=digest,
         )
+        # Metadata beside the weights, so listing checkpoints needs no torch.
+        meta = path.with_name(path.name + META_SUFFIX)
+        meta_tmp = meta.with_name(f".{meta.name}.tmp")
+        meta_tmp.write_text(info.model_dump_json())
+        meta_tmp.replace(meta)
         report.checkpoint(info)
         checkpoints[:] = [c for c in checkpoints if c.kind is not kind] + [info]
         return info

@@ -1,0 +1,55 @@
+"""manage_checkpoints: list checkpoints (from their metadata files, no torch), and pick
+what a retention rule deletes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from arc_common.models import CheckpointInfo, MetricMode
+from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, checkpoint_is_intact
+
+
+def list_checkpoints(folder: Path, workspace: Path) -> list[CheckpointInfo]:
+    out = []
+    for path in sorted(folder.rglob("*.pt")):
+        meta = path.with_name(path.name + META_SUFFIX)
+        if meta.exists():
+            info = CheckpointInfo.model_validate_json(meta.read_text())
+        else:
+            info = CheckpointInfo(path="")
+        stat = path.stat()
+        out.append(
+            info.model_copy(
+                update={
+                    "path": str(path.relative_to(workspace)),
+                    "size_bytes": stat.st_size,
+                    "sha256": info.sha256 if checkpoint_is_intact(path) else "",
+                }
+            )
+        )
+    return out
+
+
+def companions(path: Path) -> list[Path]:
+    """The checkpoint and the files that travel with it."""
+    return [
+        path,
+        path.with_name(path.name + CHECKSUM_SUFFIX),
+        path.with_name(path.name + META_SUFFIX),
+    ]
+
+
+def retention_victims(
+    checkpoints: list[CheckpointInfo], *, keep: int, metric: str, mode: MetricMode
+) -> list[CheckpointInfo]:
+    """Everything but the best ``keep`` by ``metric`` (checkpoints without it go first)."""
+
+    def score(info: CheckpointInfo) -> float:
+        value = info.metrics.get(metric, math.nan)
+        if math.isnan(value):
+            return -math.inf
+        return value if mode is MetricMode.MAX else -value
+
+    ranked = sorted(checkpoints, key=score, reverse=True)
+    return ranked[keep:]

@@ -1,0 +1,112 @@
+"""sync_datasets: DVC push and pull of datasets under ``datasets/<id>`` in the workspace.
+
+The workspace is a DVC repository without git (``dvc init --no-scm``); the remote is a
+local directory by default, so it works on one machine with no network. Every push keeps
+the dataset's ``.dvc`` file under ``datasets/.revisions/<id>/<md5>.dvc``, so a revision
+named in a spec can be checked out later (``resolve_revision``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from arc_common.errors import FailedPreconditionError, NotFoundError
+
+REMOTE_NAME = "arc"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    dataset_id: str
+    files: int
+    bytes: int
+    revision: str
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1"}
+
+
+def dvc(workspace: Path, *args: str) -> str:
+    process = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+        check=False,
+    )
+    if process.returncode != 0:
+        raise FailedPreconditionError(
+            f"dvc {args[0]} failed: {(process.stderr or process.stdout).strip()[-2000:]}"
+        )
+    return process.stdout + process.stderr
+
+
+def ensure_repo(workspace: Path, remote: str) -> None:
+    if not (workspace / ".dvc").is_dir():
+        dvc(workspace, "init", "--no-scm", "-q")
+        dvc(workspace, "config", "core.autostage", "false")
+    dvc(workspace, "remote", "add", "-d", "-f", REMOTE_NAME, remote)
+
+
+def _count(output: str, verb: str) -> int:
+    match = re.search(rf"(\d+) files? {verb}", output)
+    return int(match.group(1)) if match else 0
+
+
+def _folder_stats(path: Path) -> tuple[int, int]:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def revision_of(dvc_file: Path) -> str:
+    data = yaml.safe_load(dvc_file.read_text())
+    return str(data["outs"][0]["md5"])
+
+
+def push(workspace: Path, dataset_id: str) -> Transfer:
+    folder = workspace / "datasets" / dataset_id
+    if not folder.is_dir():
+        raise NotFoundError(f"no dataset folder datasets/{dataset_id}", field="dataset_ids")
+    dvc(workspace, "add", "-q", f"datasets/{dataset_id}")
+    dvc_file = workspace / "datasets" / f"{dataset_id}.dvc"
+    output = dvc(workspace, "push", "-r", REMOTE_NAME, str(dvc_file.relative_to(workspace)))
+    revision = revision_of(dvc_file)
+    keep = workspace / "datasets" / ".revisions" / dataset_id / f"{revision}.dvc"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(dvc_file, keep)
+    _, size = _folder_stats(folder)
+    pushed = _count(output, "pushed")
+    return Transfer(dataset_id, pushed, size if pushed else 0, revision)
+
+
+def pull(workspace: Path, dataset_id: str, revision: str = "") -> Transfer:
+    dvc_file = workspace / "datasets" / f"{dataset_id}.dvc"
+    if revision:
+        kept = workspace / "datasets" / ".revisions" / dataset_id / f"{revision}.dvc"
+        if not kept.exists():
+            raise NotFoundError(
+                f"dataset {dataset_id} has no pushed revision {revision}", field="dvc_revision"
+            )
+        shutil.copyfile(kept, dvc_file)
+    if not dvc_file.exists():
+        raise NotFoundError(
+            f"dataset {dataset_id} was never pushed (no datasets/{dataset_id}.dvc)",
+            field="dataset_ids",
+        )
+    output = dvc(
+        workspace, "pull", "-r", REMOTE_NAME, "--force", str(dvc_file.relative_to(workspace))
+    )
+    _, size = _folder_stats(workspace / "datasets" / dataset_id)
+    fetched = _count(output, "fetched") or _count(output, "added") or _count(output, "modified")
+    return Transfer(dataset_id, fetched, size if fetched else 0, revision_of(dvc_file))

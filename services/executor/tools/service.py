@@ -1,0 +1,383 @@
+"""The AcuVue research tools, each governed: checked, transacted, audited."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from arc_common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from arc_common.models import CheckpointInfo, Lease, MetricMode, PreprocessingChain, Tool
+from arc_common.paths import resolve_in_root
+from services.executor.runs import REPO_ROOT, RunManager
+from services.executor.settings import ExecutorSettings
+from services.executor.tools import checkpoints as ckpt
+from services.executor.tools import dvcsync, patches
+from services.executor.tools.governed import Governed
+from services.executor.tools.preprocess import PreprocessResult, preprocess
+
+SPLITS = {"train", "val", "test"}
+
+
+class Tools:
+    def __init__(self, settings: ExecutorSettings, governed: Governed, runs: RunManager) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.governed = governed
+        self.runs = runs
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.home))
+
+    def _data(self, rel: str, field: str) -> Path:
+        try:
+            inside = resolve_in_root(self.home, rel, field=field)
+        except InvalidArgumentError:
+            if self.settings.data_root is None:
+                raise
+            inside = None
+        if (inside is None or not inside.exists()) and self.settings.data_root is not None:
+            return resolve_in_root(self.settings.data_root, rel, field=field)
+        assert inside is not None
+        return inside
+
+    async def _child(self, request: dict[str, Any], lease: Lease | None) -> Any:
+        """Run a torch tool in a child process (its own process group, no shell)."""
+        env = dict(os.environ)
+        env["CUDA_VISIBLE_DEVICES"] = (
+            ",".join(str(i) for i in lease.gpu_indices) if lease is not None else ""
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.executor.tools.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(REPO_ROOT),
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            out, err = await asyncio.wait_for(
+                process.communicate(json.dumps(request).encode()),
+                timeout=self.settings.tool_timeout_seconds,
+            )
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise UnavailableError(
+                f"{request['tool']} took longer than {self.settings.tool_timeout_seconds:.0f} s"
+            ) from None
+        try:
+            answer = json.loads(out or b"{}")
+        except json.JSONDecodeError:
+            answer = {}
+        if process.returncode != 0 or "result" not in answer:
+            message = answer.get("error") or err.decode(errors="replace").strip()[-500:]
+            raise FailedPreconditionError(f"{request['tool']} failed: {message}")
+        return answer["result"]
+
+    # --- preprocess_dataset -----------------------------------------------------------
+
+    async def preprocess(
+        self,
+        *,
+        caller: str,
+        request_id: str,
+        dataset_id: str,
+        input_path: str,
+        output_path: str,
+        chain: PreprocessingChain,
+    ) -> PreprocessResult:
+        if not dataset_id:
+            raise InvalidArgumentError("dataset_id is required", field="dataset_id")
+        params = {
+            "dataset_id": dataset_id,
+            "input_path": input_path,
+            "output_path": output_path,
+            "chain": chain.model_dump(mode="json"),
+        }
+        await self.governed.check(
+            Tool.PREPROCESS_DATASET, params, caller=caller, request_id=request_id
+        )
+        source = self._data(input_path, "input_path")
+        if not source.is_dir():
+            raise InvalidArgumentError(
+                f"input_path {input_path!r} is not a folder", field="input_path"
+            )
+        output = resolve_in_root(self.home, output_path, field="output_path")
+        async with self.governed.transaction(
+            Tool.PREPROCESS_DATASET, [self._rel(output)], caller=caller, request_id=request_id
+        ):
+            return await asyncio.to_thread(
+                preprocess, dataset_id, source, output, self._rel(output), chain
+            )
+
+    # --- run_evaluation_job -----------------------------------------------------------
+
+    def _checkpoint(self, rel: str) -> Path:
+        path = resolve_in_root(self.home, rel, field="checkpoint_path")
+        if not path.is_file():
+            raise NotFoundError(f"no checkpoint at {rel!r}", field="checkpoint_path")
+        return path
+
+    async def evaluate(
+        self,
+        *,
+        caller: str,
+        request_id: str,
+        checkpoint_path: str,
+        data_path: str,
+        split: str,
+        bootstrap: int,
+        seed: int,
+        lease: Lease | None,
+    ) -> tuple[dict[str, Any], str]:
+        split = split or "test"
+        if split not in SPLITS:
+            raise InvalidArgumentError(f"split must be one of {sorted(SPLITS)}", field="split")
+        if not 0 <= bootstrap <= 10_000:
+            raise InvalidArgumentError(
+                "bootstrap_samples must be in [0, 10000]", field="bootstrap_samples"
+            )
+        params = {
+            "checkpoint_path": checkpoint_path,
+            "data_path": data_path,
+            "split": split,
+            "bootstrap_samples": bootstrap,
+        }
+        await self.governed.check(
+            Tool.RUN_EVALUATION_JOB, params, caller=caller, request_id=request_id
+        )
+        checkpoint = self._checkpoint(checkpoint_path)
+        data = self._data(data_path, "data_path")
+        report_path = checkpoint.with_name(f"{checkpoint.stem}.eval-{split}.json")
+        async with self.governed.transaction(
+            Tool.RUN_EVALUATION_JOB, [self._rel(report_path)], caller=caller, request_id=request_id
+        ):
+            report = await self._child(
+                {
+                    "tool": "evaluate",
+                    "checkpoint": str(checkpoint),
+                    "data_path": str(data),
+                    "split": split,
+                    "bootstrap": bootstrap or 1000,
+                    "seed": seed,
+                },
+                lease,
+            )
+            report["checkpoint_path"] = checkpoint_path
+            report_path.write_text(json.dumps(report, indent=2))
+        return report, self._rel(report_path)
+
+    # --- manage_checkpoints -----------------------------------------------------------
+
+    async def _folder(self, checkpoint_dir: str, run_id: str) -> Path:
+        if run_id:
+            run = await self.runs.get(run_id)
+            assert run.config is not None
+            checkpoint_dir = run.config.checkpoint_dir
+        if not checkpoint_dir:
+            raise InvalidArgumentError("give checkpoint_dir or run_id", field="checkpoint_dir")
+        folder = resolve_in_root(self.home, checkpoint_dir, field="checkpoint_dir")
+        if not folder.is_dir():
+            raise NotFoundError(f"no folder {checkpoint_dir!r}", field="checkpoint_dir")
+        return folder
+
+    async def list_checkpoints(
+        self, *, caller: str, checkpoint_dir: str, run_id: str
+    ) -> list[CheckpointInfo]:
+        await self.governed.check(
+            Tool.MANAGE_CHECKPOINTS,
+            {"action": "list", "checkpoint_dir": checkpoint_dir, "run_id": run_id},
+            caller=caller,
+            request_id="",
+        )
+        folder = await self._folder(checkpoint_dir, run_id)
+        return await asyncio.to_thread(ckpt.list_checkpoints, folder, self.home)
+
+    async def delete(
+        self,
+        *,
+        caller: str,
+        operator: bool,
+        request_id: str,
+        path: str,
+        retention: tuple[str, int, str, MetricMode] | None,
+    ) -> list[str]:
+        if retention is not None:
+            if not operator:
+                raise PermissionDeniedError(
+                    "only an operator may apply a retention rule", field="retention"
+                )
+            folder_rel, keep, metric, mode = retention
+            if keep < 0:
+                raise InvalidArgumentError(
+                    "retention.keep_best must be >= 0", field="retention.keep_best"
+                )
+            params: dict[str, Any] = {
+                "action": "retention",
+                "checkpoint_dir": folder_rel,
+                "keep_best": keep,
+                "metric": metric or "val_auc",
+            }
+            await self.governed.check(
+                Tool.MANAGE_CHECKPOINTS, params, caller=caller, request_id=request_id
+            )
+            folder = await self._folder(folder_rel, "")
+            infos = await asyncio.to_thread(ckpt.list_checkpoints, folder, self.home)
+            victims = [
+                self.home / i.path
+                for i in ckpt.retention_victims(
+                    infos, keep=keep, metric=metric or "val_auc", mode=mode
+                )
+            ]
+        else:
+            if not path:
+                raise InvalidArgumentError("give path or retention", field="path")
+            await self.governed.check(
+                Tool.MANAGE_CHECKPOINTS,
+                {"action": "delete", "path": path},
+                caller=caller,
+                request_id=request_id,
+            )
+            victims = [self._checkpoint(path)]
+        if not victims:
+            return []
+        touched = [self._rel(p) for v in victims for p in ckpt.companions(v)]
+        async with self.governed.transaction(
+            Tool.MANAGE_CHECKPOINTS, touched, caller=caller, request_id=request_id
+        ):
+            for victim in victims:
+                for item in ckpt.companions(victim):
+                    item.unlink(missing_ok=True)
+        return [self._rel(v) for v in victims]
+
+    # --- generate_visualizations -----------------------------------------------------------
+
+    async def visualize(
+        self,
+        *,
+        caller: str,
+        request_id: str,
+        checkpoint_path: str,
+        data_path: str,
+        split: str,
+        count: int,
+        output_dir: str,
+    ) -> tuple[list[dict[str, Any]], str]:
+        split = split or "test"
+        count = count or 8
+        if split not in SPLITS:
+            raise InvalidArgumentError(f"split must be one of {sorted(SPLITS)}", field="split")
+        if not 1 <= count <= 256:
+            raise InvalidArgumentError("num_images must be in [1, 256]", field="num_images")
+        params = {
+            "checkpoint_path": checkpoint_path,
+            "data_path": data_path,
+            "num_images": count,
+            "output_dir": output_dir,
+        }
+        await self.governed.check(
+            Tool.GENERATE_VISUALIZATIONS, params, caller=caller, request_id=request_id
+        )
+        checkpoint = self._checkpoint(checkpoint_path)
+        data = self._data(data_path, "data_path")
+        output = (
+            resolve_in_root(self.home, output_dir, field="output_dir")
+            if output_dir
+            else checkpoint.parent.parent / "gradcam"
+        )
+        async with self.governed.transaction(
+            Tool.GENERATE_VISUALIZATIONS, [self._rel(output)], caller=caller, request_id=request_id
+        ):
+            images = await self._child(
+                {
+                    "tool": "gradcam",
+                    "checkpoint": str(checkpoint),
+                    "data_path": str(data),
+                    "split": split,
+                    "output": str(output),
+                    "count": count,
+                },
+                None,
+            )
+        for image in images:
+            image["path"] = self._rel(output / image["path"])
+        return images, self._rel(output / "index.json")
+
+    # --- sync_datasets -----------------------------------------------------------
+
+    async def sync(
+        self, *, caller: str, request_id: str, push: bool, dataset_ids: list[str], remote: str
+    ) -> list[dvcsync.Transfer]:
+        if not dataset_ids:
+            raise InvalidArgumentError(
+                "dataset_ids must name at least one dataset", field="dataset_ids"
+            )
+        for index, dataset_id in enumerate(dataset_ids):
+            resolve_in_root(self.home / "datasets", dataset_id, field=f"dataset_ids[{index}]")
+            if "/" in dataset_id:
+                raise InvalidArgumentError("a dataset id has no '/'", field=f"dataset_ids[{index}]")
+        params = {"direction": "push" if push else "pull", "dataset_ids": dataset_ids}
+        await self.governed.check(Tool.SYNC_DATASETS, params, caller=caller, request_id=request_id)
+        target = remote or self.settings.dvc_remote or str(self.home / "dvc-remote")
+        touched = [f"datasets/{d}.dvc" for d in dataset_ids]
+        if not push:
+            touched += [f"datasets/{d}" for d in dataset_ids]
+        async with self.governed.transaction(
+            Tool.SYNC_DATASETS, touched, caller=caller, request_id=request_id
+        ):
+            await asyncio.to_thread(dvcsync.ensure_repo, self.home, target)
+            out = []
+            for dataset_id in dataset_ids:
+                action = dvcsync.push if push else dvcsync.pull
+                out.append(await asyncio.to_thread(action, self.home, dataset_id))
+        return out
+
+    # --- apply_code_patch -----------------------------------------------------------
+
+    async def patch(
+        self, *, caller: str, request_id: str, repository: str, patch: str, message: str
+    ) -> tuple[str, patches.PatchPlan]:
+        if repository not in self.settings.repositories:
+            known = ", ".join(sorted(self.settings.repositories)) or "none"
+            raise NotFoundError(
+                f"no registered repository {repository!r} (registered: {known})", field="repository"
+            )
+        repo = resolve_in_root(
+            self.home, self.settings.repositories[repository], field="repository"
+        )
+        patches.ensure_repository(repo)
+        plan = patches.plan(patch, repo)
+        await self.governed.check(
+            Tool.APPLY_CODE_PATCH,
+            {"repository": repository, "patch": patch, "message": message[:500]},
+            caller=caller,
+            request_id=request_id,
+        )
+        repo_rel = self._rel(repo)
+        touched = [f"{repo_rel}/{f}" for f in plan.files] + [
+            f"{repo_rel}/.git/index",
+            f"{repo_rel}/.git/HEAD",
+            f"{repo_rel}/.git/refs/heads",
+            f"{repo_rel}/.git/packed-refs",
+        ]
+        async with self.governed.transaction(
+            Tool.APPLY_CODE_PATCH, touched, caller=caller, request_id=request_id
+        ):
+            sha = await asyncio.to_thread(patches.apply, repo, patch, message, plan.sha256)
+        return sha, plan

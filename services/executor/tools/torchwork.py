@@ -1,0 +1,221 @@
+"""The tools that need torch: evaluation and Grad-CAM. They run in a child process
+(``python -m services.executor.tools.worker``) so the executor never loads torch and a
+tool on a leased GPU gets ``CUDA_VISIBLE_DEVICES`` of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from arc_common.models import ArchitectureFamily, ArchitectureSpec, PreprocessingChain
+from services.executor.protocol import checkpoint_is_intact
+from services.executor.trainer import metrics as M
+from services.executor.trainer.models import build_model
+from services.executor.trainer.transforms import build_transforms
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any], torch.device]:
+    if not checkpoint_is_intact(path):
+        raise ValueError(
+            f"checkpoint {path.name} is torn or has no matching checksum file; refusing to load"
+        )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    spec = ArchitectureSpec.model_validate({**payload["architecture"], "pretrained": False})
+    model = build_model(spec)
+    model.load_state_dict(payload["model_state_dict"])
+    return model.to(device).eval(), payload, device
+
+
+def split_samples(data_path: Path, split: str, class_names: list[str]) -> list[tuple[Path, int]]:
+    """Images of ``split`` (a split folder when there is one, else the whole folder)."""
+    root = data_path / split if (data_path / split).is_dir() else data_path
+    samples = []
+    for index, name in enumerate(class_names):
+        folder = root / name
+        if folder.is_dir():
+            samples += [
+                (p, index) for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
+            ]
+    if not samples:
+        raise ValueError(f"no images of classes {class_names} under {root}")
+    return samples
+
+
+def _transform(payload: dict[str, Any]) -> Any:
+    chain = PreprocessingChain.model_validate(payload.get("preprocessing") or {})
+    return build_transforms(chain, int(payload.get("image_size", 224)), train=False)
+
+
+def _bootstrap_auc(
+    labels: np.ndarray, probs: np.ndarray, samples: int, seed: int
+) -> tuple[float, float]:
+    if samples <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        index = rng.integers(0, len(labels), len(labels))
+        value = M.auc(labels[index], probs[index])
+        if not np.isnan(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, samples: list[tuple[Path, int]], transform: Any, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    labels, probs = [], []
+    for start in range(0, len(samples), 32):
+        chunk = samples[start : start + 32]
+        batch = torch.stack([transform(Image.open(p).convert("RGB")) for p, _ in chunk])
+        logits = model(batch.to(device)).float()
+        probs.append(torch.softmax(logits, 1).cpu().numpy())
+        labels += [label for _, label in chunk]
+    return np.array(labels), np.concatenate(probs)
+
+
+def evaluate(
+    checkpoint: Path, data_path: Path, split: str, *, bootstrap: int, seed: int
+) -> dict[str, Any]:
+    model, payload, device = load_checkpoint(checkpoint)
+    class_names: list[str] = payload["class_names"]
+    samples = split_samples(data_path, split, class_names)
+    labels, probs = predict(model, samples, _transform(payload), device)
+    summary = M.summarize(labels, probs)
+    scores = probs[:, 1] if probs.shape[1] == 2 else probs.max(1)
+    positives = (labels == 1).astype(np.int64)
+    fpr, tpr, thresholds = M.roc_curve(positives, scores)
+    low, high = _bootstrap_auc(labels, probs, bootstrap, seed)
+    matrix = M.confusion_matrix(labels, probs.argmax(1), len(class_names))
+    return {
+        "checkpoint_path": "",
+        "split": split,
+        "num_samples": len(labels),
+        "auc": summary.auc,
+        "auc_ci_lower": low,
+        "auc_ci_upper": high,
+        "accuracy": summary.accuracy,
+        "sensitivity": summary.sensitivity,
+        "specificity": summary.specificity,
+        "sensitivity_at_90_specificity": M.sensitivity_at_specificity(positives, scores, 0.90),
+        "sensitivity_at_95_specificity": M.sensitivity_at_specificity(positives, scores, 0.95),
+        "f1": summary.f1,
+        "confusion_matrix": matrix.ravel().tolist(),
+        "num_classes": len(class_names),
+        "roc_curve": [
+            {
+                "false_positive_rate": float(f),
+                "true_positive_rate": float(t),
+                "threshold": float(min(th, 1e300)),
+            }
+            for f, t, th in zip(fpr, tpr, thresholds, strict=True)
+        ],
+        "class_names": class_names,
+        "labels": labels.tolist(),
+        "scores": scores.tolist(),
+    }
+
+
+# --- Grad-CAM ---------------------------------------------------------------------------------
+
+
+def _target_layer(model: nn.Module, family: ArchitectureFamily) -> tuple[nn.Module, bool]:
+    """The layer whose activations explain the prediction; True when it yields tokens (ViT)."""
+    if family is ArchitectureFamily.VIT:
+        encoder: Any = getattr(model, "encoder")  # noqa: B009
+        return encoder.layers[-1].ln_1, True
+    last: nn.Module | None = None
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            last = module
+    if last is None:
+        raise ValueError("the model has no convolution to explain")
+    return last, False
+
+
+def _heatmap(values: np.ndarray) -> np.ndarray:
+    """A blue-cyan-yellow-red colour map for values in [0, 1] (no matplotlib needed)."""
+    v = np.clip(values, 0, 1)
+    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+
+
+def gradcam(
+    checkpoint: Path, data_path: Path, split: str, output: Path, *, count: int
+) -> list[dict[str, Any]]:
+    model, payload, device = load_checkpoint(checkpoint)
+    class_names: list[str] = payload["class_names"]
+    family = ArchitectureFamily(payload["architecture"]["family"])
+    transform = _transform(payload)
+    samples = split_samples(data_path, split, class_names)
+    # An even pick across classes, so the maps of each class can be compared.
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    chosen: list[tuple[Path, int]] = []
+    while len(chosen) < min(count, len(samples)):
+        for items in by_class.values():
+            if items and len(chosen) < count:
+                chosen.append(items.pop(0))
+    layer, tokens = _target_layer(model, family)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        store["activation"] = out
+        out.register_hook(lambda grad: store.__setitem__("gradient", grad))  # type: ignore[no-untyped-call]
+
+    handle = layer.register_forward_hook(keep)
+    output.mkdir(parents=True, exist_ok=True)
+    entries = []
+    try:
+        for number, (path, label) in enumerate(chosen):
+            original = Image.open(path).convert("RGB")
+            batch = transform(original).unsqueeze(0).to(device).requires_grad_(True)
+            model.zero_grad(set_to_none=True)
+            logits = model(batch)
+            probs = torch.softmax(logits.float(), 1)[0]
+            predicted = int(probs.argmax())
+            logits[0, predicted].backward()
+            activation, gradient = store["activation"].detach(), store["gradient"].detach()
+            if tokens:  # ViT: drop the class token, lay the patch tokens out on their grid
+                activation, gradient = activation[:, 1:, :], gradient[:, 1:, :]
+                side = round(activation.shape[1] ** 0.5)
+                activation = activation.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+                gradient = gradient.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            weights = gradient.mean(dim=(2, 3), keepdim=True)
+            cam = torch.relu((weights * activation).sum(1))[0]
+            cam = cam / cam.max() if float(cam.max()) > 0 else cam
+            cam_image = Image.fromarray((cam.cpu().numpy() * 255).astype(np.uint8)).resize(
+                original.size, Image.Resampling.BILINEAR
+            )
+            heat = _heatmap(np.asarray(cam_image, dtype=np.float64) / 255.0)
+            overlay = (0.55 * np.asarray(original) + 0.45 * heat).astype(np.uint8)
+            name = f"gradcam_{number:03d}_{class_names[label]}_as_{class_names[predicted]}.png"
+            Image.fromarray(overlay).save(output / name)
+            entries.append(
+                {
+                    "path": name,
+                    "source_image": str(path),
+                    "true_class": class_names[label],
+                    "predicted_class": class_names[predicted],
+                    "probability": float(probs[predicted]),
+                }
+            )
+    finally:
+        handle.remove()
+    (output / "index.json").write_text(json.dumps({"images": entries}, indent=2))
+    return entries

@@ -1,0 +1,311 @@
+"""Each research tool through real servers, governed end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc import aio
+from PIL import Image
+from sklearn import metrics as skm
+
+from arc.common.v1 import common_pb2
+from arc.executor.v1 import executor_pb2
+from arc.governance.v1 import governance_pb2
+from arc_common.auth import Role
+from arc_common.convert import dict_to_proto
+from tests.integration.tools.conftest import SIZE, Tools, git
+
+CHECKPOINT = "runs/r1/checkpoints/best.pt"
+
+
+def tree_digest(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_file() and not path.is_symlink() and not rel.startswith(skip):
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def chain(*steps: dict[str, object]) -> common_pb2.PreprocessingChain:
+    return dict_to_proto({"chain_id": "c1", "steps": list(steps)}, common_pb2.PreprocessingChain)
+
+
+async def test_preprocess_manifest_corrupt_images_and_reuse(tools: Tools) -> None:
+    source = tools.home / "datasets" / "raw"
+    shutil.copytree(tools.home / "datasets" / "fundus" / "train", source)
+    (source / "normal" / "broken.png").write_bytes(b"not a png at all")
+    request = executor_pb2.PreprocessDatasetRequest(
+        request_id="pp-1",
+        dataset_id="raw-clahe",
+        input_path="datasets/raw",
+        output_path="datasets/raw-clahe",
+        chain=chain(
+            {"type": "resize", "params": {"size": 32}},
+            {"type": "clahe"},
+            {"type": "green_channel"},
+            {"type": "horizontal_flip"},
+        ),
+    )
+    reply = await tools.executor().PreprocessDataset(request)
+    manifest = reply.manifest
+    assert not reply.reused
+    assert dict(manifest.images_per_class) == {"glaucoma": 12, "normal": 12}
+    assert (manifest.image_width, manifest.image_height) == (32, 32)
+    assert [f for f in reply.failed_images if "broken.png" in f]
+    out = tools.home / "datasets" / "raw-clahe"
+    for rel, digest in manifest.checksums.items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
+    image = np.asarray(Image.open(out / next(iter(manifest.checksums))))
+    assert (image[..., 0] == image[..., 1]).all()  # green channel copied to all three
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["chain_hash"] == manifest.chain_hash
+    assert on_disk["skipped_augmentations"] == ["horizontal_flip"]
+    again = await tools.executor().PreprocessDataset(request)
+    assert again.reused and again.manifest.chain_hash == manifest.chain_hash
+
+
+async def test_denied_call_changes_nothing_and_is_audited(tools: Tools) -> None:
+    before = tree_digest(tools.home, skip=("governance", "executor.sqlite3", "gpu_manager"))
+    with pytest.raises(aio.AioRpcError) as info:
+        await tools.executor().PreprocessDataset(
+            executor_pb2.PreprocessDatasetRequest(
+                dataset_id="x", input_path="runs/r1", output_path="elsewhere/out", chain=chain()
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "output_path" in (info.value.details() or "")
+    assert not (tools.home / "elsewhere").exists()
+    after = tree_digest(tools.home, skip=("governance", "executor.sqlite3", "gpu_manager"))
+    assert after == before
+    records = await tools.governance().ListAuditRecords(
+        governance_pb2.ListAuditRecordsRequest(decision=governance_pb2.DECISION_OUTCOME_DENIED)
+    )
+    assert [r.tool for r in records.records] == [governance_pb2.TOOL_PREPROCESS_DATASET]
+    assert records.records[0].caller == "agent"
+
+
+async def test_evaluation_agrees_with_sklearn(tools: Tools) -> None:
+    reply = await tools.executor().EvaluateCheckpoint(
+        executor_pb2.EvaluateCheckpointRequest(
+            checkpoint_path=CHECKPOINT,
+            data_path="datasets/fundus",
+            split="test",
+            bootstrap_samples=200,
+            seed=1,
+        )
+    )
+    report = reply.report
+    stored = json.loads((tools.home / reply.report_path).read_text())
+    labels = np.array(stored["labels"])
+    scores = np.array(stored["scores"])
+    predictions = (scores >= 0.5).astype(int)
+    assert report.num_samples == len(labels) == 12
+    assert report.auc == pytest.approx(skm.roc_auc_score(labels, scores))
+    assert report.accuracy == pytest.approx(skm.accuracy_score(labels, predictions))
+    assert report.sensitivity == pytest.approx(skm.recall_score(labels, predictions))
+    assert report.specificity == pytest.approx(
+        skm.recall_score(1 - labels, 1 - predictions, zero_division=0)
+    )
+    assert report.f1 == pytest.approx(skm.f1_score(labels, predictions, zero_division=0))
+    assert (
+        list(report.confusion_matrix) == skm.confusion_matrix(labels, predictions).ravel().tolist()
+    )
+    assert report.auc_ci_lower <= report.auc <= report.auc_ci_upper
+    assert report.roc_curve[0].false_positive_rate == 0
+    assert report.roc_curve[-1].true_positive_rate == 1
+    assert 0 <= report.sensitivity_at_95_specificity <= report.sensitivity_at_90_specificity <= 1
+
+
+async def test_list_delete_and_retention(tools: Tools) -> None:
+    executor = tools.executor()
+    listing = await executor.ListCheckpoints(
+        executor_pb2.ListCheckpointsRequest(checkpoint_dir="runs/r1/checkpoints")
+    )
+    by_kind = {c.kind: c for c in listing.checkpoints}
+    assert set(by_kind) == {common_pb2.CHECKPOINT_KIND_BEST, common_pb2.CHECKPOINT_KIND_LAST}
+    assert by_kind[common_pb2.CHECKPOINT_KIND_LAST].epoch == 2
+    assert "val_auc" in by_kind[common_pb2.CHECKPOINT_KIND_BEST].metrics
+    assert all(c.size_bytes > 0 and c.sha256 for c in listing.checkpoints)
+    with pytest.raises(aio.AioRpcError) as info:
+        await executor.DeleteCheckpoint(
+            executor_pb2.DeleteCheckpointRequest(
+                retention=executor_pb2.RetentionRule(
+                    checkpoint_dir="runs/r1/checkpoints", keep_best=1, metric="val_auc"
+                )
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    reply = await tools.executor(Role.OPERATOR).DeleteCheckpoint(
+        executor_pb2.DeleteCheckpointRequest(
+            retention=executor_pb2.RetentionRule(
+                checkpoint_dir="runs/r1/checkpoints",
+                keep_best=1,
+                metric="val_auc",
+                mode=common_pb2.METRIC_MODE_MAX,
+            )
+        )
+    )
+    assert len(reply.deleted_paths) == 1
+    remaining = sorted(p.name for p in (tools.home / "runs/r1/checkpoints").glob("*.pt"))
+    assert len(remaining) == 1
+    deleted = await executor.DeleteCheckpoint(
+        executor_pb2.DeleteCheckpointRequest(path=f"runs/r1/checkpoints/{remaining[0]}")
+    )
+    assert deleted.deleted_paths == [f"runs/r1/checkpoints/{remaining[0]}"]
+    assert not list((tools.home / "runs/r1/checkpoints").iterdir())
+
+
+async def test_gradcam_pngs_differ_between_classes(tools: Tools) -> None:
+    reply = await tools.executor().GenerateVisualizations(
+        executor_pb2.GenerateVisualizationsRequest(
+            checkpoint_path=CHECKPOINT, data_path="datasets/fundus", split="test", num_images=4
+        )
+    )
+    assert len(reply.images) == 4
+    index = json.loads((tools.home / reply.index_path).read_text())
+    assert len(index["images"]) == 4
+    by_class: dict[str, np.ndarray] = {}
+    for image in reply.images:
+        pixels = np.asarray(Image.open(tools.home / image.path), dtype=np.float64)
+        assert pixels.shape == (SIZE, SIZE, 3)
+        by_class.setdefault(image.true_class, pixels)
+    assert set(by_class) == {"glaucoma", "normal"}
+    assert np.abs(by_class["glaucoma"] - by_class["normal"]).mean() > 1.0
+
+
+async def test_failing_tool_is_rolled_back_exactly(tools: Tools) -> None:
+    output = tools.home / "runs" / "r1" / "cams"
+    output.mkdir()
+    (output / "keep.txt").write_text("from before")
+    before = tree_digest(output)
+    bad = tools.home / "datasets" / "fundus" / "test" / "normal" / "zz_corrupt.png"
+    bad.write_bytes(b"\x89PNG broken")
+    with pytest.raises(aio.AioRpcError) as info:
+        await tools.executor().GenerateVisualizations(
+            executor_pb2.GenerateVisualizationsRequest(
+                checkpoint_path=CHECKPOINT,
+                data_path="datasets/fundus",
+                split="test",
+                num_images=12,
+                output_dir="runs/r1/cams",
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert tree_digest(output) == before  # the PNGs written before the failure are gone
+    records = await tools.governance().ListAuditRecords(governance_pb2.ListAuditRecordsRequest())
+    assert any(r.action == "rollback_transaction" for r in records.records)
+
+
+async def test_dvc_push_delete_pull_identical(tools: Tools) -> None:
+    dataset = tools.home / "datasets" / "acuvue_small"
+    shutil.copytree(tools.home / "datasets" / "fundus" / "val", dataset)
+    before = tree_digest(dataset)
+    executor = tools.executor()
+    pushed = await executor.SyncDatasets(
+        executor_pb2.SyncDatasetsRequest(
+            direction=executor_pb2.SYNC_DIRECTION_PUSH, dataset_ids=["acuvue_small"]
+        )
+    )
+    # DVC moves every file plus the directory's listing object.
+    assert pushed.transfers[0].files_transferred == len(before) + 1
+    revision = pushed.transfers[0].revision
+    assert (tools.home / "dvc-remote").is_dir()
+    shutil.rmtree(dataset)
+    shutil.rmtree(tools.home / ".dvc" / "cache")
+    pulled = await executor.SyncDatasets(
+        executor_pb2.SyncDatasetsRequest(
+            direction=executor_pb2.SYNC_DIRECTION_PULL, dataset_ids=["acuvue_small"]
+        )
+    )
+    assert pulled.transfers[0].revision == revision
+    assert pulled.transfers[0].files_transferred >= 1
+    assert tree_digest(dataset) == before
+
+
+async def test_valid_patch_is_committed_with_its_hash(tools: Tools) -> None:
+    repo = tools.home / "code" / "models"
+    patch = (
+        "--- a/net.py\n+++ b/net.py\n@@ -1,3 +1,3 @@\n import torch\n \n-WIDTH = 64\n+WIDTH = 128\n"
+    )
+    reply = await tools.executor().ApplyCodePatch(
+        executor_pb2.ApplyCodePatchRequest(
+            repository="models", patch=patch, message="wider network"
+        )
+    )
+    assert (repo / "net.py").read_text() == "import torch\n\nWIDTH = 128\n"
+    assert reply.files_changed == ["net.py"] and (reply.lines_added, reply.lines_removed) == (1, 1)
+    assert git(repo, "rev-parse", "HEAD").strip() == reply.commit_sha
+    assert f"Arc-Patch-SHA256: {reply.patch_sha256}" in git(repo, "log", "-1", "--format=%B")
+    assert reply.patch_sha256 == hashlib.sha256(patch.encode()).hexdigest()
+
+
+MALICIOUS = {
+    "traversal": "--- a/../../escape.txt\n+++ b/../../escape.txt\n@@ -0,0 +1 @@\n+pwned\n",
+    "absolute": "--- /dev/null\n+++ /tmp/arc-absolute-pwned\n@@ -0,0 +1 @@\n+pwned\n",
+    "git_hooks": (
+        "diff --git a/.git/hooks/post-commit b/.git/hooks/post-commit\nnew file mode 100755\n"
+        "--- /dev/null\n+++ b/.git/hooks/post-commit\n@@ -0,0 +1,2 @@\n"
+        "+#!/bin/sh\n+touch /tmp/pwned\n"
+    ),
+    "symlink_then_write": (
+        "diff --git a/link b/link\nnew file mode 120000\n--- /dev/null\n+++ b/link\n"
+        "@@ -0,0 +1 @@\n+../../..\n\\ No newline at end of file\n"
+        "diff --git a/link/escape.txt b/link/escape.txt\nnew file mode 100644\n"
+        "--- /dev/null\n+++ b/link/escape.txt\n@@ -0,0 +1 @@\n+pwned\n"
+    ),
+    "binary": (
+        "diff --git a/blob.bin b/blob.bin\nnew file mode 100644\nindex 0000000..1111111\n"
+        "GIT binary patch\nliteral 4\nLcmZ?wWMBXQ01E&B\n\nliteral 0\nHcmV?d00001\n"
+    ),
+    "oversize": "--- a/net.py\n+++ b/net.py\n@@ -1,3 +1,503 @@\n import torch\n \n WIDTH = 64\n"
+    + "".join(f"+LINE_{n} = {n}\n" for n in range(500)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALICIOUS))
+async def test_malicious_patches_apply_nothing(tools: Tools, name: str) -> None:
+    repo = tools.home / "code" / "models"
+    (repo / "existing_link").symlink_to(tools.home.parent)
+    head = git(repo, "rev-parse", "HEAD")
+    outside = tree_digest(
+        tools.home.parent, skip=("ws/governance", "ws/executor.sqlite3", "ws/gpu_manager")
+    )
+    inside = tree_digest(repo, skip=(".git",))
+    with pytest.raises(aio.AioRpcError) as info:
+        await tools.executor().ApplyCodePatch(
+            executor_pb2.ApplyCodePatchRequest(repository="models", patch=MALICIOUS[name])
+        )
+    assert info.value.code() in {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert tree_digest(repo, skip=(".git",)) == inside
+    assert (
+        tree_digest(
+            tools.home.parent, skip=("ws/governance", "ws/executor.sqlite3", "ws/gpu_manager")
+        )
+        == outside
+    )
+    assert not Path("/tmp/arc-absolute-pwned").exists()
+
+
+async def test_write_through_existing_symlink_refused(tools: Tools) -> None:
+    repo = tools.home / "code" / "models"
+    (repo / "existing_link").symlink_to(tools.home.parent)
+    patch = "--- /dev/null\n+++ b/existing_link/escape.txt\n@@ -0,0 +1 @@\n+pwned\n"
+    with pytest.raises(aio.AioRpcError) as info:
+        await tools.executor().ApplyCodePatch(
+            executor_pb2.ApplyCodePatchRequest(repository="models", patch=patch)
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "symlink" in (info.value.details() or "")
+    assert not (tools.home.parent / "escape.txt").exists()
