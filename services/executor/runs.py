@@ -188,6 +188,20 @@ class RunManager:
         assert inside is not None
         return inside
 
+    async def _checkout_revision(self, data_path: str, revision: str) -> None:
+        """Bring ``datasets/<id>`` to the DVC revision the spec names, before training."""
+        from services.executor.tools import dvcsync
+
+        parts = data_path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "datasets":
+            raise InvalidArgumentError(
+                "dataset.dvc_revision needs dataset.data_path of the form datasets/<id>",
+                field="dataset.dvc_revision",
+            )
+        remote = self.settings.dvc_remote or str(self.home / "dvc-remote")
+        await asyncio.to_thread(dvcsync.ensure_repo, self.home, remote)
+        await asyncio.to_thread(dvcsync.pull, self.home, parts[1], revision)
+
     async def start(self, config: TrainingJobConfig, lease: Lease, *, request_id: str) -> Run:
         if request_id:
             async with self._db.execute(
@@ -199,6 +213,8 @@ class RunManager:
         spec = config.experiment_spec
         checkpoint_dir = resolve_in_root(self.home, config.checkpoint_dir, field="checkpoint_dir")
         log_dir = resolve_in_root(self.home, config.log_dir, field="log_dir")
+        if spec.dataset.dvc_revision:
+            await self._checkout_revision(spec.dataset.data_path, spec.dataset.dvc_revision)
         data_path = self._resolve_data(spec.dataset.data_path)
         if not data_path.is_dir():
             raise InvalidArgumentError(

@@ -90,9 +90,10 @@ class Tools:
     tokens: TokenStore
     executor_port: int
     governance_port: int
+    gpu_port: int
     channels: list[aio.Channel] = field(default_factory=list)
 
-    def _channel(self, port: int, role: Role) -> aio.Channel:
+    def channel(self, port: int, role: Role) -> aio.Channel:
         channel = create_channel(
             f"127.0.0.1:{port}", token=self.tokens.token_for(role), default_timeout=300
         )
@@ -100,10 +101,10 @@ class Tools:
         return channel
 
     def executor(self, role: Role = Role.AGENT) -> executor_pb2_grpc.ExecutorServiceStub:
-        return executor_pb2_grpc.ExecutorServiceStub(self._channel(self.executor_port, role))
+        return executor_pb2_grpc.ExecutorServiceStub(self.channel(self.executor_port, role))
 
     def governance(self, role: Role = Role.OPERATOR) -> governance_pb2_grpc.GovernanceServiceStub:
-        return governance_pb2_grpc.GovernanceServiceStub(self._channel(self.governance_port, role))
+        return governance_pb2_grpc.GovernanceServiceStub(self.channel(self.governance_port, role))
 
 
 @pytest.fixture
@@ -155,7 +156,7 @@ async def tools(tmp_path: Path, trained: Path) -> AsyncIterator[Tools]:
             on_shutdown=[executor.stop],
         )
     )
-    suite = Tools(home, tokens, servers[2].port, servers[0].port)
+    suite = Tools(home, tokens, servers[2].port, servers[0].port, servers[1].port)
     yield suite
     for channel in suite.channels:
         await channel.close()

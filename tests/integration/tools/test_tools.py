@@ -309,3 +309,32 @@ async def test_write_through_existing_symlink_refused(tools: Tools) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "symlink" in (info.value.details() or "")
     assert not (tools.home.parent / "escape.txt").exists()
+
+
+async def test_spec_revision_is_checked_out_through_dvc_before_training(tools: Tools) -> None:
+    from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
+    from tests.integration.executor.conftest import job_config
+
+    dataset = tools.home / "datasets" / "versioned"
+    shutil.copytree(tools.home / "datasets" / "fundus", dataset)
+    executor = tools.executor(Role.SERVICE)
+    push = executor_pb2.SyncDatasetsRequest(
+        direction=executor_pb2.SYNC_DIRECTION_PUSH, dataset_ids=["versioned"]
+    )
+    first = (await executor.SyncDatasets(push)).transfers[0].revision
+    version_one = tree_digest(dataset)
+    victim = next((dataset / "train" / "normal").glob("*.png"))
+    victim.unlink()
+    second = (await executor.SyncDatasets(push)).transfers[0].revision
+    assert second != first
+    config = job_config("job-dvc")
+    config.experiment_spec.dataset.data_path = "datasets/versioned"
+    config.experiment_spec.dataset.dvc_revision = first
+    config.experiment_spec.dataset.image_size = SIZE
+    config.experiment_spec.hyperparameters.epochs = 1
+    assert tree_digest(dataset) != version_one
+    gpu = gpu_pb2_grpc.GpuManagerServiceStub(tools.channel(tools.gpu_port, Role.SERVICE))
+    granted = (await gpu.AcquireLease(gpu_pb2.AcquireLeaseRequest(job_id="job-dvc"))).lease
+    run = (await executor.StartRun(executor_pb2.StartRunRequest(config=config, lease=granted))).run
+    assert tree_digest(dataset) == version_one  # back at the revision the spec named
+    await executor.CancelRun(executor_pb2.CancelRunRequest(run_id=run.run_id))
