@@ -56,7 +56,7 @@ def _transform(payload: dict[str, Any]) -> Any:
 
 
 def _bootstrap_auc(
-    labels: np.ndarray, probs: np.ndarray, samples: int, seed: int
+    labels: np.ndarray, probs: np.ndarray, samples: int, seed: int, positive: int
 ) -> tuple[float, float]:
     if samples <= 0:
         return float("nan"), float("nan")
@@ -64,7 +64,7 @@ def _bootstrap_auc(
     values = []
     for _ in range(samples):
         index = rng.integers(0, len(labels), len(labels))
-        value = M.auc(labels[index], probs[index])
+        value = M.auc(labels[index], probs[index], positive)
         if not np.isnan(value):
             values.append(value)
     if not values:
@@ -93,11 +93,12 @@ def evaluate(
     class_names: list[str] = payload["class_names"]
     samples = split_samples(data_path, split, class_names)
     labels, probs = predict(model, samples, _transform(payload), device)
-    summary = M.summarize(labels, probs)
-    scores = probs[:, 1] if probs.shape[1] == 2 else probs.max(1)
-    positives = (labels == 1).astype(np.int64)
+    positive = M.positive_index(class_names)
+    summary = M.summarize(labels, probs, positive)
+    scores = probs[:, positive] if probs.shape[1] == 2 else probs.max(1)
+    positives = (labels == positive).astype(np.int64)
     fpr, tpr, thresholds = M.roc_curve(positives, scores)
-    low, high = _bootstrap_auc(labels, probs, bootstrap, seed)
+    low, high = _bootstrap_auc(labels, probs, bootstrap, seed, positive)
     matrix = M.confusion_matrix(labels, probs.argmax(1), len(class_names))
     return {
         "checkpoint_path": "",
@@ -123,6 +124,7 @@ def evaluate(
             for f, t, th in zip(fpr, tpr, thresholds, strict=True)
         ],
         "class_names": class_names,
+        "positive_class": class_names[positive] if len(class_names) == 2 else "",
         "labels": labels.tolist(),
         "scores": scores.tolist(),
     }
@@ -131,18 +133,38 @@ def evaluate(
 # --- Grad-CAM ---------------------------------------------------------------------------------
 
 
-def _target_layer(model: nn.Module, family: ArchitectureFamily) -> tuple[nn.Module, bool]:
-    """The layer whose activations explain the prediction; True when it yields tokens (ViT)."""
+MIN_CAM_SIDE = 7
+
+
+@torch.no_grad()
+def _target_layer(
+    model: nn.Module, family: ArchitectureFamily, example: torch.Tensor
+) -> tuple[nn.Module, bool]:
+    """The layer whose activations explain the prediction; True when it yields tokens (ViT).
+
+    For CNNs: the last convolution whose map is still at least 7x7 at this input size (on
+    small images the very last one is 2x2 and shows nothing), else the largest one.
+    """
     if family is ArchitectureFamily.VIT:
         encoder: Any = getattr(model, "encoder")  # noqa: B009
         return encoder.layers[-1].ln_1, True
-    last: nn.Module | None = None
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            last = module
-    if last is None:
+    sides: list[tuple[nn.Module, int]] = []
+    hooks = [
+        module.register_forward_hook(lambda m, _i, out: sides.append((m, min(out.shape[-2:]))))
+        for module in model.modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    try:
+        model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not sides:
         raise ValueError("the model has no convolution to explain")
-    return last, False
+    large = [m for m, side in sides if side >= MIN_CAM_SIDE]
+    if large:
+        return large[-1], False
+    return max(sides, key=lambda item: item[1])[0], False
 
 
 def _heatmap(values: np.ndarray) -> np.ndarray:
@@ -171,7 +193,8 @@ def gradcam(
         for items in by_class.values():
             if items and len(chosen) < count:
                 chosen.append(items.pop(0))
-    layer, tokens = _target_layer(model, family)
+    first = transform(Image.open(chosen[0][0]).convert("RGB")).unsqueeze(0).to(device)
+    layer, tokens = _target_layer(model, family, first)
     store: dict[str, torch.Tensor] = {}
 
     def keep(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:

@@ -36,12 +36,23 @@ def binary_auc(labels: NDArray[np.int64], scores: NDArray[np.float64]) -> float:
     return float(u / (positives * negatives))
 
 
-def auc(labels: NDArray[np.int64], probabilities: NDArray[np.float64]) -> float:
-    """Binary AUC on the positive class (index 1), or macro one-vs-rest for more classes."""
+POSITIVE_NAMES = ("glaucoma", "positive", "disease", "abnormal", "referable")
+
+
+def positive_index(class_names: list[str]) -> int:
+    """The class a binary task detects: glaucoma (or another disease name), else index 1."""
+    for index, name in enumerate(class_names):
+        if name.lower() in POSITIVE_NAMES:
+            return index
+    return 1
+
+
+def auc(labels: NDArray[np.int64], probabilities: NDArray[np.float64], positive: int = 1) -> float:
+    """Binary AUC on the positive class, or macro one-vs-rest for more classes."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels)
     if probabilities.shape[1] == 2:
-        return binary_auc((labels == 1).astype(np.int64), probabilities[:, 1])
+        return binary_auc((labels == positive).astype(np.int64), probabilities[:, positive])
     values = [
         binary_auc((labels == k).astype(np.int64), probabilities[:, k])
         for k in range(probabilities.shape[1])
@@ -71,16 +82,18 @@ def _safe_div(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
-def summarize(labels: NDArray[np.int64], probabilities: NDArray[np.float64]) -> Summary:
-    """Accuracy, AUC, and sensitivity/specificity/F1 of the positive class (index 1);
-    macro averages over one-vs-rest for more than two classes."""
+def summarize(
+    labels: NDArray[np.int64], probabilities: NDArray[np.float64], positive: int = 1
+) -> Summary:
+    """Accuracy, AUC, and sensitivity/specificity/F1 of the positive class; macro averages
+    over one-vs-rest for more than two classes."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels)
     k = probabilities.shape[1]
     predictions = probabilities.argmax(axis=1)
     matrix = confusion_matrix(labels, predictions, k)
     accuracy = _safe_div(np.trace(matrix), matrix.sum())
-    positives = [1] if k == 2 else list(range(k))
+    positives = [positive] if k == 2 else list(range(k))
     sens, spec, f1s = [], [], []
     for c in positives:
         tp = matrix[c, c]
@@ -92,7 +105,7 @@ def summarize(labels: NDArray[np.int64], probabilities: NDArray[np.float64]) -> 
         f1s.append(_safe_div(2 * tp, 2 * tp + fp + fn))
     return Summary(
         accuracy=accuracy,
-        auc=auc(labels, probabilities),
+        auc=auc(labels, probabilities, positive),
         sensitivity=float(np.nanmean(sens)) if not np.all(np.isnan(sens)) else float("nan"),
         specificity=float(np.nanmean(spec)) if not np.all(np.isnan(spec)) else float("nan"),
         f1=float(np.nanmean(f1s)) if not np.all(np.isnan(f1s)) else float("nan"),

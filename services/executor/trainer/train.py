@@ -172,6 +172,7 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         splits.test, batch_size=batch, shuffle=False, seed=seed, workers=workers, cuda=cuda
     )
 
+    positive = M.positive_index(splits.class_names)
     model = build_model(spec.architecture).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -272,7 +273,7 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         labels, probs, val_loss = predict(
             model, val_loader, device, amp=amp, channels_last=channels_last
         )
-        summary = M.summarize(labels, probs) if len(labels) else None
+        summary = M.summarize(labels, probs, positive) if len(labels) else None
         epoch_metrics = {
             "train_loss": epoch_loss / max(seen, 1),
             "val_loss": val_loss,
@@ -313,7 +314,7 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
     labels, probs, test_loss = predict(
         model, test_loader, device, amp=amp, channels_last=channels_last
     )
-    test = M.summarize(labels, probs) if len(labels) else None
+    test = M.summarize(labels, probs, positive) if len(labels) else None
     test_metrics = {
         "test_loss": test_loss,
         "test_accuracy": test.accuracy if test else float("nan"),

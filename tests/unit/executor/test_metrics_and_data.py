@@ -48,6 +48,15 @@ def test_multiclass_auc_matches_sklearn_macro_ovr() -> None:
     )
 
 
+def test_positive_class_is_the_disease() -> None:
+    assert M.positive_index(["glaucoma", "normal"]) == 0
+    assert M.positive_index(["cats", "dogs"]) == 1
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    assert M.summarize(labels, probs, positive=0).sensitivity == 1.0
+    assert M.auc(labels, probs, positive=0) == 1.0
+
+
 def test_single_class_auc_is_nan() -> None:
     assert np.isnan(M.binary_auc(np.ones(5, dtype=np.int64), np.linspace(0, 1, 5)))
 

@@ -1,0 +1,390 @@
+"""ArcClient: one typed async client for the four services.
+
+It connects with the workspace's operator token by default (or any token given), sets a
+deadline on every unary call, returns domain models and raises ``arc_common.errors``
+(``ArcError`` and its subclasses, with ``.status`` naming the gRPC code), never
+``grpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from grpc import aio
+
+from arc.common.v1 import common_pb2
+from arc.executor.v1 import executor_pb2, executor_pb2_grpc
+from arc.governance.v1 import governance_pb2, governance_pb2_grpc
+from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
+from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from arc_common.channel import create_channel
+from arc_common.convert import to_model, to_proto
+from arc_common.models import (
+    TERMINAL_STATES,
+    AuditRecord,
+    Decision,
+    Experiment,
+    ExperimentSpec,
+    Gpu,
+    Job,
+    JobEvent,
+    JobState,
+    Mode,
+    PendingRequest,
+    SchedulerStatus,
+    Tool,
+)
+from arc_common.rpc import unary
+from arc_common.status import error_from_status
+
+DEFAULT_PORT_BASE = 50051
+
+
+@dataclass(frozen=True)
+class Addresses:
+    scheduler: str
+    gpu_manager: str
+    governance: str
+    executor: str
+
+    @classmethod
+    def from_port_base(cls, base: int = DEFAULT_PORT_BASE, host: str = "127.0.0.1") -> Addresses:
+        return cls(
+            f"{host}:{base}", f"{host}:{base + 1}", f"{host}:{base + 2}", f"{host}:{base + 3}"
+        )
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    ok: bool
+    records_checked: int
+    first_bad_sequence: int
+    reason: str
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("ARC_HOME", ".arc"))
+
+
+class ArcClient:
+    def __init__(
+        self,
+        addresses: Addresses | None = None,
+        *,
+        token: str | None = None,
+        home: Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.addresses = addresses or Addresses.from_port_base()
+        if token is None:
+            token_file = (home or default_home()) / "auth_token"
+            token = token_file.read_text().strip() if token_file.exists() else None
+        self._token = token
+        self._timeout = timeout
+        self._channels: dict[str, aio.Channel] = {}
+
+    def _channel(self, target: str) -> aio.Channel:
+        if target not in self._channels:
+            self._channels[target] = create_channel(
+                target, token=self._token, default_timeout=self._timeout
+            )
+        return self._channels[target]
+
+    @property
+    def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceStub:
+        return scheduler_pb2_grpc.SchedulerServiceStub(self._channel(self.addresses.scheduler))
+
+    @property
+    def gpu_manager(self) -> gpu_pb2_grpc.GpuManagerServiceStub:
+        return gpu_pb2_grpc.GpuManagerServiceStub(self._channel(self.addresses.gpu_manager))
+
+    @property
+    def governance(self) -> governance_pb2_grpc.GovernanceServiceStub:
+        return governance_pb2_grpc.GovernanceServiceStub(self._channel(self.addresses.governance))
+
+    @property
+    def executor(self) -> executor_pb2_grpc.ExecutorServiceStub:
+        return executor_pb2_grpc.ExecutorServiceStub(self._channel(self.addresses.executor))
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> ArcClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- scheduler ---------------------------------------------------------------------------
+
+    async def create_experiment(self, spec: ExperimentSpec) -> tuple[Experiment, str]:
+        reply = await unary(
+            self.scheduler.CreateExperiment(
+                scheduler_pb2.CreateExperimentRequest(
+                    spec=to_proto(spec, common_pb2.ExperimentSpec)
+                )
+            )
+        )
+        return to_model(reply.experiment, Experiment), reply.duplicate_of
+
+    def _submit_request(
+        self,
+        spec: ExperimentSpec | None,
+        *,
+        experiment_id: str = "",
+        priority: int | None = None,
+        max_retries: int = 0,
+        timeout_seconds: int = 0,
+        request_id: str = "",
+    ) -> scheduler_pb2.SubmitJobRequest:
+        request = scheduler_pb2.SubmitJobRequest(
+            experiment_id=experiment_id,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            request_id=request_id,
+        )
+        if spec is not None:
+            request.spec.CopyFrom(to_proto(spec, common_pb2.ExperimentSpec))
+        if priority is not None:
+            request.priority = priority
+        return request
+
+    async def submit(self, spec: ExperimentSpec | None = None, **options: Any) -> Job:
+        reply = await unary(self.scheduler.SubmitJob(self._submit_request(spec, **options)))
+        return to_model(reply.job, Job)
+
+    async def submit_many(
+        self, specs: list[ExperimentSpec], *, request_id: str = "", **options: Any
+    ) -> list[Job]:
+        reply = await unary(
+            self.scheduler.SubmitJobs(
+                scheduler_pb2.SubmitJobsRequest(
+                    request_id=request_id,
+                    jobs=[self._submit_request(spec, **options) for spec in specs],
+                )
+            )
+        )
+        return [to_model(r.job, Job) for r in reply.results]
+
+    async def job(self, job_id: str) -> Job:
+        reply = await unary(self.scheduler.GetJob(scheduler_pb2.GetJobRequest(job_id=job_id)))
+        return to_model(reply.job, Job)
+
+    async def jobs(self, *, state: JobState | None = None, experiment_id: str = "") -> list[Job]:
+        out: list[Job] = []
+        token = ""
+        while True:
+            reply = await unary(
+                self.scheduler.ListJobs(
+                    scheduler_pb2.ListJobsRequest(
+                        page_size=500,
+                        page_token=token,
+                        experiment_id=experiment_id,
+                        state=common_pb2.JobState.Value(f"JOB_STATE_{state.value.upper()}")
+                        if state
+                        else common_pb2.JOB_STATE_UNSPECIFIED,
+                    )
+                )
+            )
+            out += [to_model(j, Job) for j in reply.jobs]
+            token = reply.next_page_token
+            if not token:
+                return out
+
+    async def cancel(self, job_id: str, reason: str = "") -> Job:
+        reply = await unary(
+            self.scheduler.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job_id, reason=reason))
+        )
+        return to_model(reply.job, Job)
+
+    async def status(self) -> SchedulerStatus:
+        reply = await unary(
+            self.scheduler.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())
+        )
+        return to_model(reply.status, SchedulerStatus)
+
+    async def experiment(self, experiment_id: str) -> Experiment:
+        reply = await unary(
+            self.scheduler.GetExperiment(
+                scheduler_pb2.GetExperimentRequest(experiment_id=experiment_id)
+            )
+        )
+        return to_model(reply.experiment, Experiment)
+
+    async def watch(self, job_id: str, from_sequence: int = 0) -> AsyncIterator[JobEvent]:
+        call = self.scheduler.WatchJob(
+            scheduler_pb2.WatchJobRequest(job_id=job_id, from_sequence=from_sequence)
+        )
+        try:
+            async for reply in call:
+                yield to_model(reply.event, JobEvent)
+        except aio.AioRpcError as exc:
+            raise error_from_status(exc.code(), exc.details() or exc.code().name) from None
+        finally:
+            call.cancel()
+
+    async def wait(self, job_id: str, *, poll_seconds: float = 0.5) -> Job:
+        while True:
+            job = await self.job(job_id)
+            if job.state in TERMINAL_STATES:
+                return job
+            await asyncio.sleep(poll_seconds)
+
+    # --- gpu-manager -------------------------------------------------------------------------
+
+    async def gpus(self) -> list[Gpu]:
+        reply = await unary(self.gpu_manager.ListGpus(gpu_pb2.ListGpusRequest()))
+        return [to_model(g, Gpu) for g in reply.gpus]
+
+    # --- governance ----------------------------------------------------------------------------
+
+    async def validate(
+        self, tool: Tool, parameters: dict[str, Any], *, dry_run: bool = True
+    ) -> Decision:
+        struct = Struct()
+        struct.update(parameters)
+        reply = await unary(
+            self.governance.ValidateToolRequest(
+                governance_pb2.ValidateToolRequestRequest(
+                    tool=governance_pb2.Tool.Value(f"TOOL_{tool.value.upper()}"),
+                    parameters=struct,
+                    dry_run=dry_run,
+                )
+            )
+        )
+        return to_model(reply.decision, Decision)
+
+    async def mode(self) -> tuple[Mode, str]:
+        reply = await unary(self.governance.GetMode(governance_pb2.GetModeRequest()))
+        return Mode(governance_pb2.Mode.Name(reply.mode).removeprefix("MODE_").lower()), (
+            reply.policy_version
+        )
+
+    async def set_mode(self, mode: Mode, reason: str = "") -> Mode:
+        reply = await unary(
+            self.governance.SetMode(
+                governance_pb2.SetModeRequest(
+                    mode=governance_pb2.Mode.Value(f"MODE_{mode.value.upper()}"), reason=reason
+                )
+            )
+        )
+        return Mode(governance_pb2.Mode.Name(reply.previous_mode).removeprefix("MODE_").lower())
+
+    async def pending(self) -> list[PendingRequest]:
+        reply = await unary(
+            self.governance.ListPendingRequests(
+                governance_pb2.ListPendingRequestsRequest(page_size=1000)
+            )
+        )
+        return [to_model(p, PendingRequest) for p in reply.pending_requests]
+
+    async def decide(
+        self, pending_request_id: str, *, approve: bool, reason: str = ""
+    ) -> PendingRequest:
+        if approve:
+            reply = await unary(
+                self.governance.ApproveRequest(
+                    governance_pb2.ApproveRequestRequest(
+                        pending_request_id=pending_request_id, reason=reason
+                    )
+                )
+            )
+        else:
+            reply = await unary(
+                self.governance.RejectRequest(
+                    governance_pb2.RejectRequestRequest(
+                        pending_request_id=pending_request_id, reason=reason
+                    )
+                )
+            )
+        return to_model(reply.pending_request, PendingRequest)
+
+    async def audit(self, *, caller: str = "", limit: int = 1000) -> list[AuditRecord]:
+        out: list[AuditRecord] = []
+        token = ""
+        while len(out) < limit:
+            reply = await unary(
+                self.governance.ListAuditRecords(
+                    governance_pb2.ListAuditRecordsRequest(
+                        page_size=min(500, limit - len(out)), page_token=token, caller=caller
+                    )
+                )
+            )
+            out += [to_model(r, AuditRecord) for r in reply.records]
+            token = reply.next_page_token
+            if not token:
+                break
+        return out
+
+    async def verify_audit(self) -> AuditCheck:
+        reply = await unary(self.governance.VerifyAuditLog(governance_pb2.VerifyAuditLogRequest()))
+        return AuditCheck(reply.ok, reply.records_checked, reply.first_bad_sequence, reply.reason)
+
+    # --- executor tools ------------------------------------------------------------------------
+
+    async def visualize(
+        self,
+        checkpoint_path: str,
+        data_path: str,
+        *,
+        split: str = "test",
+        num_images: int = 8,
+        output_dir: str = "",
+    ) -> tuple[list[dict[str, Any]], str]:
+        reply = await unary(
+            self.executor.GenerateVisualizations(
+                executor_pb2.GenerateVisualizationsRequest(
+                    checkpoint_path=checkpoint_path,
+                    data_path=data_path,
+                    split=split,
+                    num_images=num_images,
+                    output_dir=output_dir,
+                ),
+                timeout=max(self._timeout, 600),
+            )
+        )
+        images = [
+            {
+                "path": i.path,
+                "true_class": i.true_class,
+                "predicted_class": i.predicted_class,
+                "probability": i.probability,
+            }
+            for i in reply.images
+        ]
+        return images, reply.index_path
+
+    async def evaluate(
+        self,
+        checkpoint_path: str,
+        data_path: str,
+        *,
+        split: str = "test",
+        bootstrap_samples: int = 1000,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        reply = await unary(
+            self.executor.EvaluateCheckpoint(
+                executor_pb2.EvaluateCheckpointRequest(
+                    checkpoint_path=checkpoint_path,
+                    data_path=data_path,
+                    split=split,
+                    bootstrap_samples=bootstrap_samples,
+                    seed=seed,
+                ),
+                timeout=max(self._timeout, 600),
+            )
+        )
+        report: dict[str, Any] = json_format.MessageToDict(
+            reply.report, preserving_proto_field_name=True
+        )
+        return report

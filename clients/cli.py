@@ -1,0 +1,514 @@
+"""The ``arc`` command: run the suite, submit and watch experiments, govern, audit.
+
+Exit codes tell errors apart: 0 ok, 1 unexpected, 2 usage, 3 not found, 4 invalid request
+or state, 5 not allowed (credentials, role, policy), 6 a service is unreachable, 7 out of
+GPUs or budget, 8 the job ended without completing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from arc_common import errors
+from arc_common.models import Job, JobState, Mode
+from clients.arc_client import DEFAULT_PORT_BASE, Addresses, ArcClient
+from clients.orchestrator import interpret
+from clients.suite import LocalSuite
+
+EXIT_CODES: list[tuple[type[errors.ArcError], int]] = [
+    (errors.NotFoundError, 3),
+    (errors.InvalidArgumentError, 4),
+    (errors.AlreadyExistsError, 4),
+    (errors.FailedPreconditionError, 4),
+    (errors.PermissionDeniedError, 5),
+    (errors.UnauthenticatedError, 5),
+    (errors.UnavailableError, 6),
+    (errors.DeadlineExceededError, 6),
+    (errors.ResourceExhaustedError, 7),
+]
+JOB_NOT_COMPLETED = 8
+
+
+class Out:
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def data(self, value: Any) -> None:
+        print(json.dumps(value, indent=2, default=str))
+
+    def table(self, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+        if self.json:
+            self.data(rows)
+            return
+        if not rows:
+            print("(none)")
+            return
+        cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
+        widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+        print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3f}"
+    if hasattr(value, "value"):
+        return str(value.value)
+    return str(value)
+
+
+def client_for(args: argparse.Namespace) -> ArcClient:
+    return ArcClient(
+        Addresses.from_port_base(args.port_base), token=args.token, home=Path(args.home)
+    )
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    best = job.result.best_metrics if job.result else {}
+    return {
+        "job": job.job_id,
+        "experiment": job.experiment_id,
+        "state": job.state.value if job.state else "",
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "node": job.node,
+        "gpus": ",".join(map(str, job.gpu_indices)),
+        "test_auc": best.get("test_auc", math.nan),
+        "waiting_for": job.pending_reason,
+    }
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+async def cmd_submit(args: argparse.Namespace, out: Out) -> int:
+    text = Path(args.file).read_text()
+    loaded = yaml.safe_load(text)
+    proposals = loaded if isinstance(loaded, list) else [loaded]
+    specs = []
+    for index, proposal in enumerate(proposals):
+        result = interpret(proposal)
+        if result.spec is None:
+            print(
+                f"proposal {index} in {args.file} cannot run:\n{result.feedback()}", file=sys.stderr
+            )
+            return 4
+        specs.append(result.spec)
+    options: dict[str, Any] = {"max_retries": args.max_retries, "timeout_seconds": args.timeout}
+    if args.priority is not None:
+        options["priority"] = args.priority
+    async with client_for(args) as client:
+        jobs = await client.submit_many(specs, **options)
+    out.table(
+        [_job_row(j) | {"position": j.queue_position} for j in jobs],
+        ["job", "experiment", "state", "priority", "position"],
+    )
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        job = await client.job(args.job)
+    if out.json:
+        out.data(job.model_dump(mode="json"))
+        return 0
+    row = _job_row(job)
+    for key in ("job", "experiment", "state", "priority", "attempt", "node", "gpus"):
+        print(f"{key:12} {_fmt(row[key])}")
+    if job.pending_reason:
+        print(f"{'waiting for':12} {job.pending_reason}")
+    if job.error_message:
+        print(f"{'error':12} {job.error_message.splitlines()[0]}")
+    if job.result and job.result.best_metrics:
+        for name, value in sorted(job.result.best_metrics.items()):
+            print(f"  {name:22} {_fmt(value)}")
+    return 0
+
+
+async def cmd_queue(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        status = await client.status()
+    if out.json:
+        out.data(status.model_dump(mode="json"))
+        return 0
+    print(
+        f"queued {status.queue_length}  running {status.running_jobs}  "
+        f"free GPUs {status.available_gpus}"
+        + (f"  DOWN: {', '.join(status.down_nodes)}" if status.down_nodes else "")
+    )
+    out.table(
+        [_job_row(j) | {"position": j.queue_position} for j in status.queued_jobs],
+        ["position", "job", "experiment", "priority", "waiting_for"],
+    )
+    return 0
+
+
+async def cmd_gpus(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        gpus = await client.gpus()
+    out.table(
+        [
+            {
+                "gpu": g.index,
+                "name": g.name,
+                "util_%": g.utilization_percent,
+                "mem_used_gib": g.memory_used_bytes / 2**30,
+                "mem_total_gib": g.memory_total_bytes / 2**30,
+                "temp_c": g.temperature_celsius,
+                "reserved": g.reserved,
+                "job": g.lease_holder,
+                "backend": g.backend.value if g.backend else "",
+            }
+            for g in gpus
+        ],
+        [
+            "gpu",
+            "name",
+            "util_%",
+            "mem_used_gib",
+            "mem_total_gib",
+            "temp_c",
+            "reserved",
+            "job",
+            "backend",
+        ],
+    )
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        job = await client.cancel(args.job, args.reason)
+    out.table([_job_row(job)], ["job", "state", "attempt"])
+    return 0
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / max(total, 1))
+    return "#" * filled + "-" * (width - filled)
+
+
+async def watch_job(client: ArcClient, job_id: str, *, label: str = "", stream: Any = None) -> Job:
+    """Follow a job's events, drawing one progress line: epoch, loss, AUC."""
+    stream = stream or sys.stdout
+    tty = stream.isatty()
+    job = await client.job(job_id)
+    epochs = 0
+    spec_epochs = 0
+    loss = auc = math.nan
+    state = job.state.value if job.state else ""
+    async for event in client.watch(job_id):
+        if event.state_change is not None and event.state_change.state is not None:
+            state = event.state_change.state.value
+            if not tty:
+                print(f"{label or job_id}: {state} {event.state_change.reason}", file=stream)
+        elif event.metric is not None:
+            metric = event.metric
+            if metric.name == "train_loss":
+                loss, epochs = metric.value, metric.epoch
+            elif metric.name == "val_auc":
+                auc = metric.value
+                if not tty:
+                    print(
+                        f"{label or job_id}: epoch {epochs} loss {loss:.4f} val_auc {auc:.4f}",
+                        file=stream,
+                    )
+        if tty:
+            spec_epochs = spec_epochs or epochs
+            line = (
+                f"\r{label or job_id} [{_bar(epochs, max(spec_epochs, epochs, 1))}] "
+                f"epoch {epochs} loss {loss:.4f} AUC {auc:.3f} {state:10}"
+            )
+            stream.write(line)
+            stream.flush()
+    if tty:
+        stream.write("\n")
+    return await client.job(job_id)
+
+
+async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        job = await watch_job(client, args.job)
+    print(
+        f"{job.job_id} ended {job.state.value if job.state else '?'}"
+        + (f": {job.error_message.splitlines()[0]}" if job.error_message else "")
+    )
+    return 0 if job.state is JobState.COMPLETED else JOB_NOT_COMPLETED
+
+
+def leaderboard_rows(jobs: list[Job]) -> list[dict[str, Any]]:
+    rows = []
+    for job in jobs:
+        if job.state is not JobState.COMPLETED or job.result is None:
+            continue
+        best = job.result.best_metrics
+        rows.append(
+            {
+                "experiment": job.experiment_id,
+                "job": job.job_id,
+                "auc": best.get("test_auc", math.nan),
+                "sensitivity": best.get("test_sensitivity", math.nan),
+                "specificity": best.get("test_specificity", math.nan),
+                "val_auc": best.get("val_auc", math.nan),
+                "seconds": job.result.duration_seconds,
+            }
+        )
+    return sorted(rows, key=lambda r: -r["auc"] if not math.isnan(r["auc"]) else math.inf)
+
+
+async def cmd_results(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        jobs = await client.jobs(experiment_id=args.experiment or "")
+    out.table(
+        leaderboard_rows(jobs),
+        ["experiment", "job", "auc", "sensitivity", "specificity", "val_auc", "seconds"],
+    )
+    return 0
+
+
+async def cmd_audit(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        if args.action == "verify":
+            check = await client.verify_audit()
+            if out.json:
+                out.data(check.__dict__)
+            elif check.ok:
+                print(f"audit log OK: {check.records_checked} records, chain intact")
+            else:
+                print(f"audit log TAMPERED at record {check.first_bad_sequence}: {check.reason}")
+            return 0 if check.ok else 5
+        records = await client.audit(caller=args.caller or "", limit=args.limit)
+    out.table(
+        [
+            {
+                "seq": r.sequence,
+                "time": r.time.isoformat(timespec="seconds") if r.time else "",
+                "caller": r.caller,
+                "action": r.action,
+                "tool": r.tool.value if r.tool else "",
+                "decision": r.decision.value if r.decision else "",
+                "outcome": r.outcome[:60],
+            }
+            for r in records
+        ],
+        ["seq", "time", "caller", "action", "tool", "decision", "outcome"],
+    )
+    return 0
+
+
+async def cmd_mode(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        if args.mode:
+            previous = await client.set_mode(Mode(args.mode), args.reason)
+            print(f"mode {previous.value} -> {args.mode}")
+            return 0
+        mode, version = await client.mode()
+    if out.json:
+        out.data({"mode": mode.value, "policy_version": version})
+    else:
+        print(f"mode {mode.value} (policy {version})")
+    return 0
+
+
+async def cmd_decide(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as client:
+        if not args.id:
+            pending = await client.pending()
+            out.table(
+                [
+                    {
+                        "id": p.pending_request_id,
+                        "caller": p.caller,
+                        "tool": p.tool.value if p.tool else "",
+                        "expires": p.expire_time,
+                    }
+                    for p in pending
+                ],
+                ["id", "caller", "tool", "expires"],
+            )
+            return 0
+        decided = await client.decide(
+            args.id, approve=args.command == "approve", reason=args.reason
+        )
+    print(f"{decided.pending_request_id}: {decided.state.value if decided.state else '?'}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, out: Out) -> int:
+    from services.executor.synth import generate_dataset
+
+    splits: tuple[float, float, float] | None = None
+    if args.splits:
+        parts = [float(x) for x in args.splits.split(",")]
+        if len(parts) != 3 or abs(sum(parts) - 1) > 1e-6:
+            raise errors.InvalidArgumentError(
+                f"--splits needs three fractions that sum to 1 (got {args.splits!r})"
+            )
+        splits = (parts[0], parts[1], parts[2])
+    target = Path(args.home) / args.out
+    counts = generate_dataset(
+        target, count=args.count, size=args.size, seed=args.seed, splits=splits
+    )
+    if out.json:
+        out.data({"path": str(target), "images_per_class": counts})
+    else:
+        print(f"wrote {sum(counts.values())} fundus images to {target}: {counts}")
+    return 0
+
+
+async def cmd_up(args: argparse.Namespace, out: Out) -> int:
+    home = Path(args.home).resolve()
+    suite = LocalSuite(home, args.port_base)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await suite.start()
+        a = suite.addresses
+        print(
+            f"ARC suite up in {home}\n  scheduler   {a.scheduler}\n  gpu-manager {a.gpu_manager}\n"
+            f"  governance  {a.governance}\n  executor    {a.executor}\n"
+            f"  operator token: {home / 'auth_token'}   logs: {home / 'logs'}\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        while not stop.is_set() and suite.alive():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if not suite.alive():
+            print("a service exited; stopping the rest (see the logs)", file=sys.stderr)
+    finally:
+        codes = suite.stop()
+        print(f"stopped: {codes}", flush=True)
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+async def cmd_demo(args: argparse.Namespace, out: Out) -> int:
+    from clients.demo import run_demo
+
+    return await run_demo(Path(args.home).resolve(), args.port_base, keep=args.keep)
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arc", description="ARC Experiment Engine")
+    p.add_argument(
+        "--home",
+        default=os.environ.get("ARC_HOME", ".arc"),
+        help="workspace (default $ARC_HOME or ./.arc)",
+    )
+    p.add_argument(
+        "--port-base",
+        type=int,
+        default=DEFAULT_PORT_BASE,
+        help="scheduler port; gpu-manager, governance, executor follow",
+    )
+    p.add_argument("--token", help="bearer token (default: $ARC_HOME/auth_token)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start all four services (Ctrl-C stops them)")
+    s = sub.add_parser(
+        "submit", help="submit a spec or proposal (YAML or JSON; a list for a sweep)"
+    )
+    s.add_argument("file")
+    s.add_argument("--priority", type=int)
+    s.add_argument("--max-retries", type=int, default=0)
+    s.add_argument("--timeout", type=int, default=0, help="seconds (0: the spec's limit)")
+    for name, help_text in (("status", "one job"), ("watch", "follow a job live")):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("job")
+    c = sub.add_parser("cancel", help="cancel a job")
+    c.add_argument("job")
+    c.add_argument("--reason", default="")
+    sub.add_parser("queue", help="the queue and running jobs")
+    sub.add_parser("gpus", help="GPUs with telemetry and lease holders")
+    r = sub.add_parser("results", help="leaderboard of completed jobs")
+    r.add_argument("--experiment")
+    a = sub.add_parser("audit", help="the audit log")
+    a.add_argument("action", choices=["list", "verify"])
+    a.add_argument("--caller")
+    a.add_argument("--limit", type=int, default=100)
+    m = sub.add_parser("mode", help="show or set the governance mode (operator)")
+    m.add_argument("mode", nargs="?", choices=[x.value for x in Mode])
+    m.add_argument("--reason", default="")
+    for name in ("approve", "reject"):
+        d = sub.add_parser(name, help=f"{name} a pending request (no id: list them)")
+        d.add_argument("id", nargs="?")
+        d.add_argument("--reason", default="")
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="generate synthetic fundus images")
+    synth.add_argument("--out", default="datasets/fundus", help="path inside the workspace")
+    synth.add_argument("--count", type=int, default=200)
+    synth.add_argument("--size", type=int, default=96)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--splits", default="0.7,0.15,0.15", help="train,val,test fractions ('' for one folder)"
+    )
+    demo = sub.add_parser("demo", help="start the suite, run a small sweep, show results, stop")
+    demo.add_argument("--keep", action="store_true", help="leave the suite running afterwards")
+    return p
+
+
+COMMANDS = {
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "queue": cmd_queue,
+    "gpus": cmd_gpus,
+    "cancel": cmd_cancel,
+    "watch": cmd_watch,
+    "results": cmd_results,
+    "audit": cmd_audit,
+    "mode": cmd_mode,
+    "approve": cmd_decide,
+    "reject": cmd_decide,
+    "up": cmd_up,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = Out(args.json)
+    started = time.monotonic()
+    try:
+        if args.command == "data":
+            return cmd_data(args, out)
+        return asyncio.run(COMMANDS[args.command](args, out))
+    except errors.ArcError as exc:
+        code = next((c for cls, c in EXIT_CODES if isinstance(exc, cls)), 1)
+        hint = {
+            6: " (is the suite running? start it with `arc up`)",
+            5: " (check the token: --token or $ARC_HOME/auth_token)",
+        }.get(code, "")
+        print(f"arc {args.command}: {exc.status or 'error'}: {exc}{hint}", file=sys.stderr)
+        return code
+    except FileNotFoundError as exc:
+        print(f"arc {args.command}: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if os.environ.get("ARC_CLI_TIMING"):
+            print(f"({time.monotonic() - started:.2f} s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The orchestrator adapter: experiment proposals as agents write them -> specs -> results.
+
+Agents write proposals loosely: ``{"model": "resnet50", "lr": 3e-4, "batch": 32}``, with
+fields missing or out of range. ``interpret`` turns a proposal into an ``ExperimentSpec``
+plus feedback an LLM can act on: every problem, each with a concrete suggestion, and the
+defaults that were filled in. ``Orchestrator`` submits single proposals or batches and waits
+for ``ExperimentResult``s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from arc_common.errors import ArcError
+from arc_common.models import (
+    ArchitectureFamily,
+    ExperimentResult,
+    ExperimentSpec,
+    Job,
+    describe_errors,
+)
+from clients.arc_client import ArcClient
+
+# What agents write -> where it belongs in the spec.
+ALIASES: dict[str, str] = {
+    "id": "experiment_id",
+    "name": "experiment_id",
+    "experiment": "experiment_id",
+    "model": "architecture.variant",
+    "arch": "architecture.variant",
+    "architecture_name": "architecture.variant",
+    "variant": "architecture.variant",
+    "family": "architecture.family",
+    "pretrained": "architecture.pretrained",
+    "num_classes": "architecture.num_classes",
+    "dropout": "architecture.dropout",
+    "lr": "hyperparameters.optimizer.learning_rate",
+    "learning_rate": "hyperparameters.optimizer.learning_rate",
+    "optimizer": "hyperparameters.optimizer.type",
+    "weight_decay": "hyperparameters.optimizer.weight_decay",
+    "momentum": "hyperparameters.optimizer.momentum",
+    "batch": "hyperparameters.batch_size",
+    "batch_size": "hyperparameters.batch_size",
+    "epochs": "hyperparameters.epochs",
+    "seed": "hyperparameters.seed",
+    "schedule": "hyperparameters.lr_schedule.type",
+    "lr_schedule": "hyperparameters.lr_schedule.type",
+    "dataset": "dataset.dataset_id",
+    "dataset_id": "dataset.dataset_id",
+    "data_path": "dataset.data_path",
+    "image_size": "dataset.image_size",
+    "novelty": "novelty_class",
+    "max_training_time": "max_training_time_seconds",
+    "time_limit": "max_training_time_seconds",
+    "gpu": "gpu_allocation.gpu_indices",
+    "gpus": "gpu_allocation.gpu_count",
+}
+
+# torchvision classifiers agents name most; anything else is checked by the trainer.
+KNOWN_VARIANTS = (
+    [f"resnet{n}" for n in (18, 34, 50, 101, 152)]
+    + [f"efficientnet_b{n}" for n in range(8)]
+    + ["efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"]
+    + [f"densenet{n}" for n in (121, 161, 169, 201)]
+    + ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"]
+    + [f"convnext_{s}" for s in ("tiny", "small", "base", "large")]
+    + ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"]
+    + ["regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_x_400mf"]
+    + ["swin_t", "swin_s", "swin_b", "swin_v2_t"]
+    + ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn"]
+)
+
+PRIORITY_WORDS = {
+    "lowest": 0,
+    "low": 2,
+    "normal": 5,
+    "medium": 5,
+    "high": 8,
+    "highest": 10,
+    "urgent": 10,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "architecture.family": None,  # inferred from the variant
+    "architecture.num_classes": 2,
+    "hyperparameters.batch_size": 32,
+    "hyperparameters.epochs": 10,
+    "hyperparameters.optimizer.learning_rate": 0.001,
+    "dataset.dataset_id": "acuvue",
+    "dataset.data_path": "datasets/fundus",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    message: str
+    suggestion: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}. Suggestion: {self.suggestion}"
+
+
+@dataclass
+class Interpretation:
+    spec: ExperimentSpec | None
+    problems: list[Problem] = field(default_factory=list)
+    assumed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.spec is not None
+
+    def feedback(self) -> str:
+        """One message for the agent: what is wrong and what to send instead."""
+        if self.ok and not self.assumed:
+            return "The proposal is valid."
+        lines = [f"- {p}" for p in self.problems]
+        lines += [f"- assumed {a}" for a in self.assumed]
+        head = (
+            "The proposal was accepted with assumptions:"
+            if self.ok
+            else ("The proposal cannot run yet. Fix every item and resend:")
+        )
+        return "\n".join([head, *lines])
+
+
+def _set(target: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target = target[part]
+    target[parts[-1]] = value
+
+
+def _get(source: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(source, dict) or part not in source:
+            return None
+        source = source[part]
+    return source
+
+
+def _family_of(variant: str) -> str | None:
+    for family in sorted(ArchitectureFamily, key=lambda f: -len(f.value)):
+        if variant.startswith(family.value):
+            return family.value
+    return None
+
+
+def _normalize_variant(text: str) -> str:
+    """'ResNet-50' -> 'resnet50', 'MobileNet-V3-Small' -> 'mobilenet_v3_small'."""
+    name = text.strip().lower().replace("-", "_").replace(" ", "_")
+    if name not in KNOWN_VARIANTS and name.replace("_", "") in KNOWN_VARIANTS:
+        return name.replace("_", "")
+    return name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:100] or "experiment"
+
+
+def _suggest(path: str, message: str, value: Any) -> str:
+    bound = re.search(r"(less|greater) than(?: or equal to)? (-?[\d.e+-]+)", message)
+    if bound:
+        return f"set {path} to {bound.group(2)} or a value inside the range"
+    if "pattern" in message and path.endswith("experiment_id"):
+        return f"use letters, digits, '.', '_' or '-', e.g. {_slug(str(value))!r}"
+    if "sum to 1" in message:
+        return "use train_split 0.8, val_split 0.1, test_split 0.1"
+    if "valid integer" in message:
+        return f"use a whole number for {path}" + (
+            f", e.g. {DEFAULTS[path]}" if DEFAULTS.get(path) is not None else ""
+        )
+    if "valid number" in message:
+        return f"use a number for {path}"
+    if "Input should be" in message and "'" in message:
+        options = re.findall(r"'([^']+)'", message.split("(got", maxsplit=1)[0])
+        close = difflib.get_close_matches(str(value).lower(), options, n=1)
+        return f"use {close[0]!r}" if close else f"use one of {options}"
+    if "Field required" in message:
+        default = DEFAULTS.get(path)
+        return f"add {path}" + (f" (e.g. {default!r})" if default is not None else "")
+    if "not a" in message and "model" in message:
+        return "pick a variant of the family, or change the family"
+    return "correct the value"
+
+
+def interpret(proposal: dict[str, Any], *, defaults: bool = True) -> Interpretation:
+    """A proposal as an agent wrote it -> a spec, or every problem with a suggestion."""
+    problems: list[Problem] = []
+    assumed: list[str] = []
+    raw = copy.deepcopy(proposal)
+    data: dict[str, Any] = {}
+    for key, value in raw.items():
+        target = ALIASES.get(key)
+        if target is not None and not isinstance(value, dict):
+            _set(data, target, value)
+        elif key in ExperimentSpec.model_fields:
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key].update(value)
+            else:
+                data[key] = value
+        else:
+            close = difflib.get_close_matches(
+                key, [*ALIASES, *ExperimentSpec.model_fields], n=1, cutoff=0.6
+            )
+            problems.append(
+                Problem(
+                    key,
+                    "is not a field of an experiment",
+                    f"rename it to {close[0]!r}" if close else "remove it",
+                )
+            )
+    # Forgiving readings of common shapes.
+    optimizer = _get(data, "hyperparameters.optimizer")
+    if isinstance(optimizer, str):
+        _set(data, "hyperparameters.optimizer", {"type": optimizer})
+    for path in (
+        "hyperparameters.optimizer.type",
+        "architecture.family",
+        "novelty_class",
+        "hyperparameters.lr_schedule.type",
+    ):
+        value = _get(data, path)
+        if isinstance(value, str):
+            _set(data, path, value.strip().lower())
+    priority = data.get("priority")
+    if isinstance(priority, str) and priority.lower() in PRIORITY_WORDS:
+        data["priority"] = PRIORITY_WORDS[priority.lower()]
+        assumed.append(f"priority {data['priority']} for {priority!r}")
+    gpu = _get(data, "gpu_allocation.gpu_indices")
+    if isinstance(gpu, int | str) and not isinstance(gpu, bool):
+        text = str(gpu).upper().removeprefix("GPU")
+        if text == "AUTO":
+            data["gpu_allocation"].pop("gpu_indices")
+        elif text.isdigit():
+            _set(data, "gpu_allocation.gpu_indices", [int(text)])
+            _set(data, "gpu_allocation.preference", "specific")
+    variant = _get(data, "architecture.variant")
+    if isinstance(variant, str):
+        name = _normalize_variant(variant)
+        if name not in KNOWN_VARIANTS:
+            close = difflib.get_close_matches(name, KNOWN_VARIANTS, n=1, cutoff=0.75)
+            if close:
+                problems.append(
+                    Problem(
+                        "architecture.variant",
+                        f"{variant!r} is not a torchvision model",
+                        f"use {close[0]!r}",
+                    )
+                )
+        _set(data, "architecture.variant", name)
+        if _get(data, "architecture.family") is None:
+            family = _family_of(name)
+            if family:
+                _set(data, "architecture.family", family)
+    if defaults:
+        for path, value in DEFAULTS.items():
+            if value is not None and _get(data, path) is None:
+                _set(data, path, value)
+                assumed.append(f"{path} = {value!r} (not given)")
+    if not data.get("experiment_id"):
+        variant_name = _get(data, "architecture.variant") or "model"
+        lr = _get(data, "hyperparameters.optimizer.learning_rate")
+        data["experiment_id"] = _slug(f"{variant_name}-lr{lr}")
+        assumed.append(f"experiment_id = {data['experiment_id']!r} (not given)")
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        for path, message in describe_errors(exc):
+            value = _get(data, path) if path != "(request)" else None
+            problems.append(Problem(path, message, _suggest(path, message, value)))
+        return Interpretation(None, problems, assumed)
+    if problems:
+        return Interpretation(None, problems, assumed)
+    return Interpretation(spec, problems, assumed)
+
+
+@dataclass
+class Outcome:
+    proposal: dict[str, Any]
+    interpretation: Interpretation
+    job: Job | None = None
+    error: str = ""
+
+
+class Orchestrator:
+    """What the multi-agent orchestrator calls: proposals in, results out."""
+
+    def __init__(self, client: ArcClient) -> None:
+        self.client = client
+
+    async def submit(
+        self, proposals: list[dict[str, Any]], *, request_id: str = "", **options: Any
+    ) -> list[Outcome]:
+        outcomes = [Outcome(p, interpret(p)) for p in proposals]
+        valid = [o for o in outcomes if o.interpretation.spec is not None]
+        if not valid:
+            return outcomes
+        try:
+            jobs = await self.client.submit_many(
+                [o.interpretation.spec for o in valid if o.interpretation.spec],
+                request_id=request_id,
+                **options,
+            )
+        except ArcError as exc:  # the batch is all-or-nothing
+            for outcome in valid:
+                outcome.error = str(exc)
+            return outcomes
+        for outcome, job in zip(valid, jobs, strict=True):
+            outcome.job = job
+        return outcomes
+
+    async def run(self, proposals: list[dict[str, Any]], **options: Any) -> list[ExperimentResult]:
+        """Submit and wait; one result per proposal (failed ones carry the reason)."""
+        outcomes = await self.submit(proposals, **options)
+
+        async def finish(outcome: Outcome) -> ExperimentResult:
+            if outcome.job is None:
+                return ExperimentResult(
+                    error_message=outcome.error or outcome.interpretation.feedback()
+                )
+            job = await self.client.wait(outcome.job.job_id)
+            return job.result or ExperimentResult(job_id=job.job_id, state=job.state)
+
+        return list(await asyncio.gather(*(finish(o) for o in outcomes)))
