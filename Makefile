@@ -54,5 +54,12 @@ test: install protos-check lint
 test-long: install
 	ARC_TEST_LONG=1 $(BIN)/pytest -q
 
+# The whole engine on this machine in a few minutes: suite up, sweep, leaderboard, Grad-CAM,
+# audit check, suite down. ARC_DEMO_HOME and ARC_DEMO_PORT_BASE move it elsewhere.
+ARC_DEMO_HOME ?= .arc-demo
+ARC_DEMO_PORT_BASE ?= 50051
+demo: install
+	$(BIN)/arc --home $(ARC_DEMO_HOME) --port-base $(ARC_DEMO_PORT_BASE) demo
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

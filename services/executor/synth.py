@@ -102,15 +102,21 @@ def generate_dataset(
     out.mkdir(parents=True, exist_ok=True)
     labels = np.array([i < round(count * glaucoma_fraction) for i in range(count)])
     rng.shuffle(labels)
-    split_names: list[str] = []
+    split_names: list[str] = [""] * count
     if splits is not None:
-        n_train = round(count * splits[0])
-        n_val = round(count * splits[1])
-        split_names = ["train"] * n_train + ["val"] * n_val + ["test"] * (count - n_train - n_val)
+        # Stratified: every split gets both classes in the same proportion.
+        for value in (True, False):
+            members = [i for i in range(count) if bool(labels[i]) is value]
+            n_train = round(len(members) * splits[0])
+            n_val = round(len(members) * splits[1])
+            for rank, index in enumerate(members):
+                split_names[index] = (
+                    "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+                )
     per_class: dict[str, int] = dict.fromkeys(CLASSES, 0)
     for index, glaucoma in enumerate(labels):
         sample = make_fundus(rng, size=size, glaucoma=bool(glaucoma))
-        folder = out / split_names[index] if split_names else out
+        folder = out / split_names[index] if split_names[index] else out
         target = folder / sample.label
         target.mkdir(parents=True, exist_ok=True)
         sample.image.save(target / f"fundus_{index:05d}.png", optimize=False)

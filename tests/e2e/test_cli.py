@@ -1,0 +1,224 @@
+"""The suite as a person starts it (``arc up``), driven through the ``arc`` command and
+grpcurl; and the compose file checked against the compose specification."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+ARC = str(BIN / "arc")
+SERVICES = {
+    0: "arc.scheduler.v1.SchedulerService",
+    1: "arc.gpu.v1.GpuManagerService",
+    2: "arc.governance.v1.GovernanceService",
+    3: "arc.executor.v1.ExecutorService",
+}
+
+
+def free_port_base() -> int:
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base > 60000:
+            continue
+        sockets = []
+        try:
+            for offset in range(4):
+                s = socket.socket()
+                s.bind(("127.0.0.1", base + offset))
+                sockets.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no four free consecutive ports")
+
+
+class Suite:
+    def __init__(self, home: Path, base: int, process: subprocess.Popen[str]) -> None:
+        self.home = home
+        self.base = base
+        self.process = process
+
+    def arc(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ARC, "--home", str(self.home), "--port-base", str(self.base), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    home = tmp_path_factory.mktemp("arc-up")
+    base = free_port_base()
+    process = subprocess.Popen(
+        [ARC, "--home", str(home), "--port-base", str(base), "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "ARC_GPU_MANAGER_BACKEND": "simulated"},
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 120
+    lines = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if "Ctrl-C stops everything" in line or not line:
+            break
+    assert any("ARC suite up" in line for line in lines), "".join(lines)
+    yield Suite(home, base, process)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        print(rest)
+    process.stdout.close()
+
+
+def test_cli_runs_a_tiny_experiment(suite: Suite) -> None:
+    made = suite.arc("data", "synth", "--count", "24", "--size", "32", "--seed", "2")
+    assert made.returncode == 0, made.stderr
+    spec = {
+        "name": "cli-tiny",
+        "model": "resnet18",
+        "lr": 0.001,
+        "batch": 8,
+        "epochs": 1,
+        "data_path": "datasets/fundus",
+        "image_size": 32,
+        "priority": 6,
+    }
+    (suite.home / "spec.yaml").write_text(yaml.safe_dump(spec))
+    submitted = suite.arc("--json", "submit", str(suite.home / "spec.yaml"))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)[0]["job"]
+    watched = suite.arc("watch", job_id)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "epoch 1" in watched.stdout and "completed" in watched.stdout
+    results = json.loads(suite.arc("--json", "results").stdout)
+    assert [r["job"] for r in results] == [job_id]
+    assert 0.0 <= results[0]["auc"] <= 1.0
+    status = suite.arc("status", job_id)
+    assert "completed" in status.stdout and "test_auc" in status.stdout
+    gpus = suite.arc("gpus")
+    assert "simulated" in gpus.stdout and "True" in gpus.stdout  # GPU2 reserved
+    queue = json.loads(suite.arc("--json", "queue").stdout)
+    assert queue["queue_length"] == 0
+    verify = suite.arc("audit", "verify")
+    assert verify.returncode == 0 and "OK" in verify.stdout
+    audit = suite.arc("--json", "audit", "list")
+    assert any(r["action"] == "validate" for r in json.loads(audit.stdout))
+    assert "autonomous" in suite.arc("mode").stdout
+
+
+def test_cli_exit_codes_tell_errors_apart(suite: Suite) -> None:
+    missing = suite.arc("status", "job-does-not-exist")
+    assert missing.returncode == 3 and "NOT_FOUND" in missing.stderr
+    (suite.home / "bad.yaml").write_text("model: resnet18\nlr: 7\n")
+    bad = suite.arc("submit", str(suite.home / "bad.yaml"))
+    assert bad.returncode == 4 and "learning_rate" in bad.stderr and "Suggestion" in bad.stderr
+    forbidden = suite.arc("--token", "wrong-token", "queue")
+    assert forbidden.returncode == 5 and "UNAUTHENTICATED" in forbidden.stderr
+    down = subprocess.run(
+        [ARC, "--port-base", "1", "--home", str(suite.home), "queue"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert down.returncode == 6 and "arc up" in down.stderr
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "grpcurl"), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_grpcurl_smoke(suite: Suite) -> None:
+    token = (suite.home / "auth_token").read_text().strip()
+    for offset, service in SERVICES.items():
+        address = f"127.0.0.1:{suite.base + offset}"
+        listed = grpcurl("-plaintext", address, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert service in listed.stdout and "grpc.health.v1.Health" in listed.stdout
+        health = grpcurl(
+            "-plaintext",
+            "-d",
+            json.dumps({"service": service}),
+            address,
+            "grpc.health.v1.Health/Check",
+        )
+        assert '"SERVING"' in health.stdout
+    gpu = f"127.0.0.1:{suite.base + 1}"
+    described = grpcurl("-plaintext", gpu, "describe", "arc.gpu.v1.GpuManagerService")
+    assert "AcquireLease" in described.stdout
+    without = grpcurl("-plaintext", gpu, "arc.gpu.v1.GpuManagerService/ListGpus")
+    assert without.returncode != 0 and "Unauthenticated" in without.stderr
+    with_token = grpcurl(
+        "-plaintext",
+        "-H",
+        f"authorization: Bearer {token}",
+        gpu,
+        "arc.gpu.v1.GpuManagerService/ListGpus",
+    )
+    assert with_token.returncode == 0, with_token.stderr
+    listing = json.loads(with_token.stdout)
+    assert len(listing["gpus"]) == 3 and listing["reserved_count"] == 1
+
+
+def test_arc_up_stops_cleanly_on_sigint(suite: Suite) -> None:
+    suite.process.send_signal(signal.SIGINT)
+    rest, _ = suite.process.communicate(timeout=90)
+    assert suite.process.returncode == 0, rest
+    assert "stopped" in rest
+
+
+def test_compose_file_validates(tmp_path: Path) -> None:
+    checker = str(BIN / "check-jsonschema")
+    compose = REPO_ROOT / "docker-compose.yml"
+    ok = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(compose)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    data = yaml.safe_load(compose.read_text())
+    assert set(data["services"]) == {"scheduler", "gpu-manager", "governance", "executor"}
+    for name in ("gpu-manager", "executor"):
+        devices = data["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia"
+    broken = tmp_path / "broken.yml"
+    data["services"]["scheduler"]["healthcheck"]["interval"] = ["not", "a", "duration"]
+    broken.write_text(yaml.safe_dump(data))
+    bad = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode != 0
