@@ -32,7 +32,7 @@ def free_port_base() -> int:
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
+            base: int = probe.getsockname()[1]
         if base > 60000:
             continue
         sockets = []
