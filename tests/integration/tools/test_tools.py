@@ -188,7 +188,7 @@ async def test_failing_tool_is_rolled_back_exactly(tools: Tools) -> None:
     output.mkdir()
     (output / "keep.txt").write_text("from before")
     before = tree_digest(output)
-    bad = tools.home / "datasets" / "fundus" / "test" / "normal" / "zz_corrupt.png"
+    bad = tools.home / "datasets" / "fundus" / "test" / "normal" / "aa_corrupt.png"
     bad.write_bytes(b"\x89PNG broken")
     with pytest.raises(aio.AioRpcError) as info:
         await tools.executor().GenerateVisualizations(
