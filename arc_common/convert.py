@@ -63,22 +63,25 @@ def enum_from_str(enum: _Descriptor, value: str) -> int:
 E = TypeVar("E", bound=Enum)
 
 
-def enum_field(message: Message, name: str, enum_cls: type[E], *, default: E | None = None) -> E:
+def enum_field(
+    message: Message, name: str, enum_cls: type[E], *, default: E | None = None, path: str = ""
+) -> E:
     """A request's enum field as a model enum; unset gives ``default``, unknown values and
-    unset-without-default are INVALID_ARGUMENT naming the field."""
+    unset-without-default are INVALID_ARGUMENT naming the field (``path`` when nested)."""
+    label = path or name
     field = message.DESCRIPTOR.fields_by_name[name]
     value = enum_to_str(field.enum_type, getattr(message, name))
     if value is None and default is not None:
         return default
     allowed = ", ".join(m.name for m in enum_cls)
     if value is None:
-        raise InvalidArgumentError(f"{name} is required (one of {allowed})", field=name)
+        raise InvalidArgumentError(f"{label} is required (one of {allowed})", field=label)
     try:
         return enum_cls(value)
     except ValueError:
         raise InvalidArgumentError(
-            f"{name} {getattr(message, name)} is not a known value (one of {allowed})",
-            field=name,
+            f"{label} {getattr(message, name)} is not a known value (one of {allowed})",
+            field=label,
         ) from None
 
 

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from arc_common.errors import InvalidArgumentError
 
 MAX_PATH_LENGTH = 1024
+MAX_NAME_BYTES = 255  # what the filesystem allows for one name
 
 
 def check_relative_path(value: str) -> str:
@@ -21,6 +22,8 @@ def check_relative_path(value: str) -> str:
     if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":"):
         raise ValueError("must be relative to the workspace, not absolute")
     parts = PurePosixPath(value.replace("\\", "/")).parts
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
+        raise ValueError(f"each name in the path must be at most {MAX_NAME_BYTES} bytes")
     if ".." in parts:
         raise ValueError("must not contain '..' (it would escape the workspace)")
     normalized = str(PurePosixPath(*parts)) if parts else "."

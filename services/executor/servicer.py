@@ -8,7 +8,7 @@ from typing import Any
 from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc_common import auth
-from arc_common.convert import dict_to_proto, enum_to_str, to_model, to_proto
+from arc_common.convert import dict_to_proto, enum_field, enum_to_str, to_model, to_proto
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.models import Lease, MetricMode, PreprocessingChain, TrainingJobConfig
 from arc_common.pagination import paginate
@@ -137,8 +137,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         retention = None
         if request.WhichOneof("target") == "retention":
             rule = request.retention
-            mode = enum_to_str(common_pb2.MetricMode.DESCRIPTOR, rule.mode) or "max"
-            retention = (rule.checkpoint_dir, rule.keep_best, rule.metric, MetricMode(mode))
+            mode = enum_field(
+                rule, "mode", MetricMode, default=MetricMode.MAX, path="retention.mode"
+            )
+            retention = (rule.checkpoint_dir, rule.keep_best, rule.metric, mode)
         deleted = await self._tools.delete(
             caller=identity.name,
             operator=identity.role is auth.Role.OPERATOR,
@@ -169,7 +171,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self, request: executor_pb2.SyncDatasetsRequest, context: Any
     ) -> executor_pb2.SyncDatasetsResponse:
         direction = enum_to_str(executor_pb2.SyncDirection.DESCRIPTOR, request.direction)
-        if direction not in {"push", "pull"}:
+        if direction not in {"push", "pull"}:  # unset or a value this server does not know
             raise InvalidArgumentError("direction must be PUSH or PULL", field="direction")
         transfers = await self._tools.sync(
             caller=_identity().name,

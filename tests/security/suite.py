@@ -1,0 +1,71 @@
+"""The four services as real processes on one workspace, for the security and fault tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from tests.helpers import ServiceProcess
+
+
+class ProcessSuite:
+    def __init__(self, home: Path, *, data_root: Path | None = None) -> None:
+        self.home = home
+        self.data_root = data_root
+        self.gpu = ServiceProcess(
+            "services.gpu_manager", home, env={"ARC_GPU_MANAGER_BACKEND": "simulated"}
+        )
+        self.governance = ServiceProcess("services.governance", home)
+        self.executor: ServiceProcess | None = None
+        self.scheduler: ServiceProcess | None = None
+
+    async def start(self) -> None:
+        await asyncio.gather(self.gpu.start(), self.governance.start())
+        env = {
+            "ARC_EXECUTOR_GPU_MANAGER_ADDRESS": f"127.0.0.1:{self.gpu.port}",
+            "ARC_EXECUTOR_GOVERNANCE_ADDRESS": f"127.0.0.1:{self.governance.port}",
+            "ARC_EXECUTOR_APPROVAL_WAIT_SECONDS": "0",
+        }
+        if self.data_root is not None:
+            env["ARC_EXECUTOR_DATA_ROOT"] = str(self.data_root)
+        self.executor = ServiceProcess("services.executor", self.home, env=env)
+        await self.executor.start()
+        nodes = [
+            {
+                "name": "local",
+                "gpu_manager": f"127.0.0.1:{self.gpu.port}",
+                "executor": f"127.0.0.1:{self.executor.port}",
+            }
+        ]
+        self.scheduler = ServiceProcess(
+            "services.scheduler",
+            self.home,
+            env={
+                "ARC_SCHEDULER_NODES": json.dumps(nodes),
+                "ARC_SCHEDULER_GOVERNANCE_ADDRESS": f"127.0.0.1:{self.governance.port}",
+            },
+        )
+        await self.scheduler.start()
+
+    @property
+    def processes(self) -> dict[str, ServiceProcess]:
+        out = {"gpu_manager": self.gpu, "governance": self.governance}
+        if self.executor is not None:
+            out["executor"] = self.executor
+        if self.scheduler is not None:
+            out["scheduler"] = self.scheduler
+        return out
+
+    def ports(self) -> dict[str, int]:
+        return {name: p.port for name, p in self.processes.items()}
+
+    def alive(self) -> dict[str, bool]:
+        return {
+            name: p.process is not None and p.process.poll() is None
+            for name, p in self.processes.items()
+        }
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.kill()
