@@ -19,14 +19,17 @@ from tests.conftest import REPO_ROOT
 class ServiceProcess:
     """``python -m services.<name>`` on a free port, as a user starts it."""
 
-    def __init__(self, module: str, home: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, module: str, home: Path, *, env: dict[str, str] | None = None, port: int = 0
+    ) -> None:
         self.module = module
         self.home = home
         self.env = {**os.environ, **(env or {})}
         self.port_file = home / f".{module.rsplit('.', 1)[-1]}.port"
         self.process: subprocess.Popen[str] | None = None
         self.log_path = home / f"{module.rsplit('.', 1)[-1]}.log"
-        self.port = 0
+        self.port = port
+        self.fixed_port = port
 
     async def start(self, startup_seconds: float = 60) -> int:
         self.home.mkdir(parents=True, exist_ok=True)
