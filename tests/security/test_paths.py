@@ -222,12 +222,9 @@ def test_shell_metacharacters_reach_nothing_but_literals(
         grpc.insecure_channel(f"127.0.0.1:{suite.ports()['executor']}") as channel,
         pytest.raises(grpc.RpcError),
     ):
-        if True:
-            STUBS["executor"](channel).ApplyCodePatch(
-                executor_pb2.ApplyCodePatchRequest(
-                    repository="models", patch=hostile, message=hostile
-                ),
-                metadata=[("authorization", f"Bearer {token}")],
-                timeout=30,
-            )
+        STUBS["executor"](channel).ApplyCodePatch(
+            executor_pb2.ApplyCodePatchRequest(repository="models", patch=hostile, message=hostile),
+            metadata=[("authorization", f"Bearer {token}")],
+            timeout=30,
+        )
     assert not marker.exists()
