@@ -41,7 +41,7 @@ class ServiceProcess:
                 "-m",
                 self.module,
                 "--port",
-                "0",
+                str(self.fixed_port),
                 "--home",
                 str(self.home),
                 "--port-file",

@@ -537,9 +537,11 @@ class Scheduler:
         out: list[Gpu] = []
         for node in self.nodes.values():
             if node.up and self._clock() - node.gpus_time > max_age:
-                with contextlib.suppress(ArcError):
+                try:
                     node.gpus = await node.client.list_gpus()
                     node.gpus_time = self._clock()
+                except ArcError as exc:  # down until the probe sees it answer again
+                    self._node_failed(node, exc)
             out.extend(node.gpus if node.up else [])
         return out
 

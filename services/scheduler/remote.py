@@ -99,7 +99,7 @@ class GrpcNode:
         )
 
     async def list_gpus(self) -> list[Gpu]:
-        reply = await unary(self._gpu.ListGpus(gpu_pb2.ListGpusRequest(), timeout=10))
+        reply = await unary(self._gpu.ListGpus(gpu_pb2.ListGpusRequest(), timeout=3))
         return [to_model(g, Gpu).model_copy(update={"node": self.name}) for g in reply.gpus]
 
     async def start_run(self, config: TrainingJobConfig, lease: Lease, *, request_id: str) -> Run:
