@@ -16,6 +16,7 @@ from arc_common.logs import configure_logging
 from arc_common.models import RunEvent
 from arc_common.server import Registration, run_server
 from services.executor.leases import GrpcLeaseChecker
+from services.executor.ledger import ToolLedger
 from services.executor.runs import RunManager
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
@@ -32,6 +33,7 @@ class Executor:
     events: EventLog[RunEvent]
     channels: list[object]
     tools: Tools
+    ledger: ToolLedger
 
     async def stop(self) -> None:
         await self.runs.close()
@@ -66,12 +68,14 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
         governance_channel = create_channel(settings.governance_address, token=token)
         channels.append(governance_channel)
     governed = Governed(governance_channel, approval_wait_seconds=settings.approval_wait_seconds)
-    return Executor(runs, db, events, channels, Tools(settings, governed, runs))
+    ledger = ToolLedger(db)
+    await ledger.open()
+    return Executor(runs, db, events, channels, Tools(settings, governed, runs), ledger)
 
 
 def registration(executor: Executor) -> Registration:
     return Registration(
-        servicer=ExecutorServicer(executor.runs, executor.tools),
+        servicer=ExecutorServicer(executor.runs, executor.tools, executor.ledger),
         add_to_server=executor_pb2_grpc.add_ExecutorServiceServicer_to_server,
         descriptor=executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
     )

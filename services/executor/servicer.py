@@ -12,6 +12,7 @@ from arc_common.convert import dict_to_proto, enum_field, enum_to_str, to_model,
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.models import Lease, MetricMode, PreprocessingChain, TrainingJobConfig
 from arc_common.pagination import paginate
+from services.executor.ledger import ToolLedger
 from services.executor.runs import RunManager
 from services.executor.tools.service import Tools
 
@@ -23,10 +24,15 @@ def _identity() -> auth.Identity:
     return identity
 
 
+def _key(rpc: str, request_id: str) -> str:
+    return f"{_identity().name}:{rpc}:{request_id}" if request_id else ""
+
+
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
-    def __init__(self, runs: RunManager, tools: Tools) -> None:
+    def __init__(self, runs: RunManager, tools: Tools, ledger: ToolLedger) -> None:
         self._runs = runs
         self._tools = tools
+        self._ledger = ledger
 
     async def StartRun(
         self, request: executor_pb2.StartRunRequest, context: Any
@@ -74,6 +80,15 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def PreprocessDataset(
         self, request: executor_pb2.PreprocessDatasetRequest, context: Any
     ) -> executor_pb2.PreprocessDatasetResponse:
+        return await self._ledger.once(
+            _key("PreprocessDataset", request.request_id),
+            executor_pb2.PreprocessDatasetResponse,
+            lambda: self._PreprocessDataset(request),
+        )
+
+    async def _PreprocessDataset(
+        self, request: executor_pb2.PreprocessDatasetRequest
+    ) -> executor_pb2.PreprocessDatasetResponse:
         chain = to_model(request.chain, PreprocessingChain, prefix="chain")
         result = await self._tools.preprocess(
             caller=_identity().name,
@@ -96,6 +111,15 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
 
     async def EvaluateCheckpoint(
         self, request: executor_pb2.EvaluateCheckpointRequest, context: Any
+    ) -> executor_pb2.EvaluateCheckpointResponse:
+        return await self._ledger.once(
+            _key("EvaluateCheckpoint", request.request_id),
+            executor_pb2.EvaluateCheckpointResponse,
+            lambda: self._EvaluateCheckpoint(request),
+        )
+
+    async def _EvaluateCheckpoint(
+        self, request: executor_pb2.EvaluateCheckpointRequest
     ) -> executor_pb2.EvaluateCheckpointResponse:
         lease = (
             to_model(request.lease, Lease, prefix="lease") if request.HasField("lease") else None
@@ -133,6 +157,15 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def DeleteCheckpoint(
         self, request: executor_pb2.DeleteCheckpointRequest, context: Any
     ) -> executor_pb2.DeleteCheckpointResponse:
+        return await self._ledger.once(
+            _key("DeleteCheckpoint", request.request_id),
+            executor_pb2.DeleteCheckpointResponse,
+            lambda: self._DeleteCheckpoint(request),
+        )
+
+    async def _DeleteCheckpoint(
+        self, request: executor_pb2.DeleteCheckpointRequest
+    ) -> executor_pb2.DeleteCheckpointResponse:
         identity = _identity()
         retention = None
         if request.WhichOneof("target") == "retention":
@@ -153,6 +186,15 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def GenerateVisualizations(
         self, request: executor_pb2.GenerateVisualizationsRequest, context: Any
     ) -> executor_pb2.GenerateVisualizationsResponse:
+        return await self._ledger.once(
+            _key("GenerateVisualizations", request.request_id),
+            executor_pb2.GenerateVisualizationsResponse,
+            lambda: self._GenerateVisualizations(request),
+        )
+
+    async def _GenerateVisualizations(
+        self, request: executor_pb2.GenerateVisualizationsRequest
+    ) -> executor_pb2.GenerateVisualizationsResponse:
         images, index = await self._tools.visualize(
             caller=_identity().name,
             request_id=request.request_id,
@@ -169,6 +211,15 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
 
     async def SyncDatasets(
         self, request: executor_pb2.SyncDatasetsRequest, context: Any
+    ) -> executor_pb2.SyncDatasetsResponse:
+        return await self._ledger.once(
+            _key("SyncDatasets", request.request_id),
+            executor_pb2.SyncDatasetsResponse,
+            lambda: self._SyncDatasets(request),
+        )
+
+    async def _SyncDatasets(
+        self, request: executor_pb2.SyncDatasetsRequest
     ) -> executor_pb2.SyncDatasetsResponse:
         direction = enum_to_str(executor_pb2.SyncDirection.DESCRIPTOR, request.direction)
         if direction not in {"push", "pull"}:  # unset or a value this server does not know
@@ -194,6 +245,15 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
 
     async def ApplyCodePatch(
         self, request: executor_pb2.ApplyCodePatchRequest, context: Any
+    ) -> executor_pb2.ApplyCodePatchResponse:
+        return await self._ledger.once(
+            _key("ApplyCodePatch", request.request_id),
+            executor_pb2.ApplyCodePatchResponse,
+            lambda: self._ApplyCodePatch(request),
+        )
+
+    async def _ApplyCodePatch(
+        self, request: executor_pb2.ApplyCodePatchRequest
     ) -> executor_pb2.ApplyCodePatchResponse:
         sha, plan = await self._tools.patch(
             caller=_identity().name,

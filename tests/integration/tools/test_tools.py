@@ -67,6 +67,9 @@ async def test_preprocess_manifest_corrupt_images_and_reuse(tools: Tools) -> Non
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["chain_hash"] == manifest.chain_hash
     assert on_disk["skipped_augmentations"] == ["horizontal_flip"]
+    retried = await tools.executor().PreprocessDataset(request)
+    assert retried == reply  # the same request id: the first answer, not a second run
+    request.request_id = "pp-2"
     again = await tools.executor().PreprocessDataset(request)
     assert again.reused and again.manifest.chain_hash == manifest.chain_hash
 
