@@ -57,8 +57,14 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def CancelRun(
         self, request: executor_pb2.CancelRunRequest, context: Any
     ) -> executor_pb2.CancelRunResponse:
-        run = await self._runs.cancel(request.run_id, request.reason)
-        return executor_pb2.CancelRunResponse(run=to_proto(run, executor_pb2.Run))
+        async def cancel() -> executor_pb2.CancelRunResponse:
+            run = await self._runs.cancel(request.run_id, request.reason)
+            return executor_pb2.CancelRunResponse(run=to_proto(run, executor_pb2.Run))
+
+        # A retried cancel (same request_id) gets the first answer, not FAILED_PRECONDITION.
+        return await self._ledger.once(
+            _key("CancelRun", request.request_id), executor_pb2.CancelRunResponse, cancel
+        )
 
     async def StreamRunEvents(
         self, request: executor_pb2.StreamRunEventsRequest, context: Any
