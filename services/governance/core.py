@@ -310,7 +310,7 @@ class Governance:
                         f"{limits.gpu_hours_per_cycle:g} h for {call.caller}, "
                         f"{used:.2f} h used",
                         actual=f"{hours:.2f} GPU-hours",
-                        suggested=str(int(left * 3600 / gpus)) if left > 0 else "",
+                        suggested=str(int(left * 3600 / gpus)) if left * 3600 / gpus >= 1 else "",
                     )
                 )
             running = await self._open_jobs(call.caller)
