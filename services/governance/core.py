@@ -303,6 +303,7 @@ class Governance:
                 gpus = len(allocation.get("gpu_indices") or []) or int(
                     allocation.get("gpu_count") or 1
                 )
+                seconds_left = int(left * 3600 / gpus)
                 violations.append(
                     Violation(
                         field="max_training_time_seconds",
@@ -310,7 +311,7 @@ class Governance:
                         f"{limits.gpu_hours_per_cycle:g} h for {call.caller}, "
                         f"{used:.2f} h used",
                         actual=f"{hours:.2f} GPU-hours",
-                        suggested=str(int(left * 3600 / gpus)) if left * 3600 / gpus >= 1 else "",
+                        suggested=str(seconds_left) if seconds_left >= 1 else "",
                     )
                 )
             running = await self._open_jobs(call.caller)

@@ -69,11 +69,12 @@ async def test_mixed_load(tmp_path: Path) -> None:
             experiment = spec(
                 f"load-{counter}", gpu_allocation={"preference": "specific", "gpu_indices": [2]}
             )
-            return scheduler.SubmitJob(
+            call: Awaitable[Any] = scheduler.SubmitJob(
                 scheduler_pb2.SubmitJobRequest(spec=experiment, request_id=f"load-{counter}"),
                 metadata=auth,
                 timeout=30,
             )
+            return call
 
         calls: dict[str, Callable[[], Awaitable[Any]]] = {
             "GetSchedulerStatus": lambda: scheduler.GetSchedulerStatus(
