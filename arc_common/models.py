@@ -31,6 +31,12 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SPLIT_TOLERANCE = 1e-6
 
 WorkspacePath = Annotated[str, AfterValidator(check_relative_path)]
+
+
+def _optional_path(value: str) -> str:
+    return check_relative_path(value) if value else value
+
+
 Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
@@ -334,6 +340,7 @@ class TrainingJobConfig(_Spec):
     log_dir: WorkspacePath
     timeout_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
     max_retries: Annotated[int, Field(ge=0, le=10)] = 0
+    resume_from: Annotated[str, AfterValidator(_optional_path)] = ""
 
 
 # --- results -------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ class TrainerInput(BaseModel):
     log_dir: str
     workers: int = 0
     log_every_steps: int = 10
+    # Absolute path of an earlier attempt's checkpoint to resume from ("" for a fresh start).
+    resume_from: str = ""
     # Fault injection for the tests of the executor's failure handling ("nan_loss_at_step:N").
     inject: str = ""
 

@@ -216,6 +216,10 @@ class RunManager:
         if spec.dataset.dvc_revision:
             await self._checkout_revision(spec.dataset.data_path, spec.dataset.dvc_revision)
         data_path = self._resolve_data(spec.dataset.data_path)
+        resume = ""
+        if config.resume_from:
+            candidate = resolve_in_root(self.home, config.resume_from, field="config.resume_from")
+            resume = str(candidate) if candidate.is_file() else ""  # the trainer verifies it
         if not data_path.is_dir():
             raise InvalidArgumentError(
                 f"dataset.data_path {spec.dataset.data_path!r} is not a directory "
@@ -257,7 +261,7 @@ class RunManager:
                 ),
             )
             try:
-                await self._spawn(live, checkpoint_dir, log_dir, data_path)
+                await self._spawn(live, checkpoint_dir, log_dir, data_path, resume)
             except Exception as exc:
                 await self._finish(live, JobState.FAILED, f"could not start the trainer: {exc}")
                 raise
@@ -265,7 +269,7 @@ class RunManager:
         return await self.get(run_id)
 
     async def _spawn(
-        self, live: LiveRun, checkpoint_dir: Path, log_dir: Path, data_path: Path
+        self, live: LiveRun, checkpoint_dir: Path, log_dir: Path, data_path: Path, resume: str
     ) -> None:
         run = live.run
         assert run.config is not None and run.lease is not None
@@ -279,6 +283,7 @@ class RunManager:
             log_dir=str(log_dir),
             workers=workers if workers >= 0 else 0,
             log_every_steps=self.settings.log_every_steps,
+            resume_from=resume,
             inject=os.environ.get("ARC_TRAINER_INJECT", ""),
         )
         input_path = await asyncio.to_thread(_write_input, inp, checkpoint_dir, log_dir)

@@ -667,6 +667,12 @@ class Scheduler:
     async def _start_run(self, job: JobRecord, node: NodeState) -> None:
         assert job.lease is not None
         attempt_dir = f"runs/{job.job_id}/attempt-{job.attempt}"
+        # A retry resumes from the last checkpoint of the attempt before (when it is intact).
+        resume = (
+            f"runs/{job.job_id}/attempt-{job.attempt - 1}/checkpoints/last.pt"
+            if job.attempt > 1
+            else ""
+        )
         config = TrainingJobConfig(
             job_id=job.job_id,
             experiment_spec=job.spec,
@@ -675,6 +681,7 @@ class Scheduler:
             log_dir=f"{attempt_dir}/logs",
             timeout_seconds=job.timeout_seconds,
             max_retries=job.max_retries,
+            resume_from=resume,
         )
         try:
             run = await node.client.start_run(

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 from tests.helpers import ServiceProcess
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 class ProcessSuite:
-    def __init__(self, home: Path, *, data_root: Path | None = None) -> None:
+    """With ``fixed_ports`` every service keeps its port across restarts (kill tests)."""
+
+    def __init__(
+        self, home: Path, *, data_root: Path | None = None, fixed_ports: bool = False
+    ) -> None:
         self.home = home
         self.data_root = data_root
+        self._fixed = fixed_ports
         self.gpu = ServiceProcess(
-            "services.gpu_manager", home, env={"ARC_GPU_MANAGER_BACKEND": "simulated"}
+            "services.gpu_manager",
+            home,
+            port=self._port(),
+            env={"ARC_GPU_MANAGER_BACKEND": "simulated"},
         )
-        self.governance = ServiceProcess("services.governance", home)
+        self.governance = ServiceProcess("services.governance", home, port=self._port())
         self.executor: ServiceProcess | None = None
         self.scheduler: ServiceProcess | None = None
+
+    def _port(self) -> int:
+        return free_port() if self._fixed else 0
 
     async def start(self) -> None:
         await asyncio.gather(self.gpu.start(), self.governance.start())
@@ -29,7 +48,7 @@ class ProcessSuite:
         }
         if self.data_root is not None:
             env["ARC_EXECUTOR_DATA_ROOT"] = str(self.data_root)
-        self.executor = ServiceProcess("services.executor", self.home, env=env)
+        self.executor = ServiceProcess("services.executor", self.home, env=env, port=self._port())
         await self.executor.start()
         nodes = [
             {
@@ -41,6 +60,7 @@ class ProcessSuite:
         self.scheduler = ServiceProcess(
             "services.scheduler",
             self.home,
+            port=self._port(),
             env={
                 "ARC_SCHEDULER_NODES": json.dumps(nodes),
                 "ARC_SCHEDULER_GOVERNANCE_ADDRESS": f"127.0.0.1:{self.governance.port}",

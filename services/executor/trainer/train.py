@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,13 @@ from arc_common.models import (
     MetricResult,
     OptimizerType,
 )
-from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, TrainerInput, file_sha256
+from services.executor.protocol import (
+    CHECKSUM_SUFFIX,
+    META_SUFFIX,
+    TrainerInput,
+    checkpoint_is_intact,
+    file_sha256,
+)
 from services.executor.trainer import metrics as M
 from services.executor.trainer.data import load_splits, loader
 from services.executor.trainer.models import build_model
@@ -187,10 +194,7 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         int(inp.inject.split(":")[1]) if inp.inject.startswith("nan_loss_at_step") else -1
     )
 
-    report.state(
-        "running",
-        f"training on {device.type}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else ""),
-    )
+    where = f"training on {device.type}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else "")
     best_value: float | None = None
     best_epoch = 0
     best_metrics: dict[str, float] = {}
@@ -214,6 +218,17 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
                 "preprocessing": spec.preprocessing.model_dump(mode="json"),
                 "experiment_id": spec.experiment_id,
                 "job_id": config.job_id,
+                # What a retried attempt needs to go on where this one stopped.
+                "optimizer_state_dict": optimizer.state_dict(),
+                "scheduler_state_dict": scheduler.state_dict() if scheduler else None,
+                "progress": {
+                    "step": step,
+                    "first_loss": first_loss,
+                    "best_value": best_value,
+                    "best_epoch": best_epoch,
+                    "best_metrics": best_metrics,
+                    "epochs_without_improvement": epochs_without_improvement,
+                },
             },
         )
         info = CheckpointInfo(
@@ -234,7 +249,36 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         checkpoints[:] = [c for c in checkpoints if c.kind is not kind] + [info]
         return info
 
-    for epoch in range(1, spec.hyperparameters.epochs + 1):
+    start_epoch = 1
+    resume = Path(inp.resume_from) if inp.resume_from else None
+    if resume is not None:
+        if checkpoint_is_intact(resume):
+            payload = torch.load(resume, map_location=device, weights_only=False)
+            model.load_state_dict(payload["model_state_dict"])
+            if payload.get("optimizer_state_dict"):
+                optimizer.load_state_dict(payload["optimizer_state_dict"])
+            if scheduler is not None and payload.get("scheduler_state_dict"):
+                scheduler.load_state_dict(payload["scheduler_state_dict"])
+            progress = payload.get("progress") or {}
+            step = int(progress.get("step", 0))
+            first_loss = progress.get("first_loss")
+            best_value = progress.get("best_value")
+            best_epoch = int(progress.get("best_epoch", 0))
+            best_metrics = dict(progress.get("best_metrics") or {})
+            epochs_without_improvement = int(progress.get("epochs_without_improvement", 0))
+            start_epoch = int(payload["epoch"]) + 1
+            previous_best = resume.with_name("best.pt")
+            if checkpoint_is_intact(previous_best):  # the best so far travels with the run
+                for suffix in ("", CHECKSUM_SUFFIX, META_SUFFIX):
+                    source = previous_best.with_name(previous_best.name + suffix)
+                    if source.exists():
+                        shutil.copyfile(source, checkpoint_dir / source.name)
+            where += f"; resumed from epoch {payload['epoch']} of {resume.name}"
+        else:
+            where += f"; {resume} is torn or unverified, so starting from scratch"
+    report.state("running", where)
+
+    for epoch in range(start_epoch, spec.hyperparameters.epochs + 1):
         model.train()
         epoch_loss = 0.0
         seen = 0
