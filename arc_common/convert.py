@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
 
-from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
@@ -103,6 +102,23 @@ def _scalar_out(field: _Descriptor, value: Any) -> Any:
     return value
 
 
+def struct_to_dict(struct: Struct) -> dict[str, Any]:
+    """A Struct as plain Python; unlike json_format it keeps NaN and infinities, so the
+    caller's validation (not the decoder) says what is wrong with them."""
+    return {key: _value(value) for key, value in struct.fields.items()}
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    if kind in (None, "null_value"):
+        return None
+    return getattr(value, kind)
+
+
 def message_to_dict(message: Message) -> Any:
     """A plain dict (or datetime / dict for well-known types) ready for ``model_validate``."""
     descriptor: _Descriptor = message.DESCRIPTOR
@@ -110,7 +126,8 @@ def message_to_dict(message: Message) -> Any:
         assert isinstance(message, Timestamp)
         return message.ToDatetime(tzinfo=UTC)
     if descriptor.full_name == _STRUCT:
-        return json_format.MessageToDict(message)
+        assert isinstance(message, Struct)
+        return struct_to_dict(message)
     out: dict[str, Any] = {}
     for field in descriptor.fields:
         value = getattr(message, field.name)

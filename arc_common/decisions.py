@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from arc_common.errors import ArcError, PermissionDeniedError, ResourceExhaustedError
+from arc_common.errors import (
+    ArcError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
 from arc_common.models import Decision, Tool, Violation
 
 
@@ -23,9 +28,17 @@ def describe(decision: Decision) -> str:
     return "; ".join(parts) if parts else decision.reason
 
 
+MALFORMED = ("must be finite", "must be a number")
+
+
 def denial_error(tool: Tool, decision: Decision) -> ArcError:
-    """RESOURCE_EXHAUSTED when only quotas refuse; PERMISSION_DENIED otherwise."""
+    """INVALID_ARGUMENT for malformed values (NaN, infinities, text for numbers),
+    RESOURCE_EXHAUSTED when only quotas refuse, PERMISSION_DENIED otherwise. The decision
+    is in the audit log either way."""
     message = f"{tool.value} denied by policy {decision.policy_version}: {describe(decision)}"
+    malformed = [v for v in decision.violations if v.constraint in MALFORMED]
+    if malformed:
+        return InvalidArgumentError(message, field=malformed[0].field)
     if decision.violations and all(is_quota(v) for v in decision.violations):
         return ResourceExhaustedError(message, field=decision.violations[0].field)
     field = decision.violations[0].field if decision.violations else None

@@ -292,6 +292,10 @@ async def cmd_audit(args: argparse.Namespace, out: Out) -> int:
                 print(f"audit log TAMPERED at record {check.first_bad_sequence}: {check.reason}")
             return 0 if check.ok else 5
         records = await client.audit(caller=args.caller or "", limit=args.limit)
+    if args.action == "export":  # JSON lines, one record each, for other tools
+        for record in records:
+            print(record.model_dump_json())
+        return 0
     out.table(
         [
             {
@@ -441,8 +445,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("gpus", help="GPUs with telemetry and lease holders")
     r = sub.add_parser("results", help="leaderboard of completed jobs")
     r.add_argument("--experiment")
-    a = sub.add_parser("audit", help="the audit log")
-    a.add_argument("action", choices=["list", "verify"])
+    a = sub.add_parser("audit", help="the audit log (export: JSON lines)")
+    a.add_argument("action", choices=["list", "verify", "export"])
     a.add_argument("--caller")
     a.add_argument("--limit", type=int, default=100)
     m = sub.add_parser("mode", help="show or set the governance mode (operator)")

@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from google.protobuf import json_format
-
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc_common import auth
-from arc_common.convert import enum_field, enum_to_str, to_proto
+from arc_common.convert import enum_field, enum_to_str, struct_to_dict, to_proto
 from arc_common.decisions import denial_error
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.models import DecisionOutcome, Mode, Tool
@@ -55,7 +53,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
         call = ToolCall(
             caller=caller_name(request.on_behalf_of),
             tool=tool,
-            parameters=json_format.MessageToDict(request.parameters),
+            parameters=struct_to_dict(request.parameters),
             request_id=request.request_id,
             dry_run=request.dry_run,
             cycle_id=request.cycle_id,

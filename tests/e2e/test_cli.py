@@ -130,6 +130,8 @@ def test_cli_runs_a_tiny_experiment(suite: Suite) -> None:
     audit = suite.arc("--json", "audit", "list")
     assert any(r["action"] == "validate" for r in json.loads(audit.stdout))
     assert "autonomous" in suite.arc("mode").stdout
+    exported = suite.arc("audit", "export").stdout.splitlines()
+    assert exported and all(json.loads(line)["hash"] for line in exported)
 
 
 def test_cli_exit_codes_tell_errors_apart(suite: Suite) -> None:

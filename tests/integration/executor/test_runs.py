@@ -235,3 +235,16 @@ async def test_stale_token_and_bad_paths_are_refused(suite: Suite, tmp_path: Pat
     with pytest.raises(aio.AioRpcError) as info:
         await executor.GetRun(executor_pb2.GetRunRequest(run_id="nope"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_timeout_ends_timed_out_with_no_process_left(suite: Suite) -> None:
+    lease = await suite.lease("job-timeout")
+    config = job_config("job-timeout", hyperparameters={"epochs": 200})
+    config.timeout_seconds = 4
+    run = (
+        await suite.executor().StartRun(executor_pb2.StartRunRequest(config=config, lease=lease))
+    ).run
+    final = await wait_done(suite, run.run_id, timeout=60)
+    assert final.state == common_pb2.JOB_STATE_TIMED_OUT
+    assert "timed out after 4 s" in final.error_message
+    assert process_group_members(run.pid) == []

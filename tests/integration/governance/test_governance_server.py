@@ -290,3 +290,20 @@ def test_default_policy_written_on_first_start(tmp_path: Path) -> None:
     )
     assert (tmp_path / "policy.yaml").exists()
     assert process.stdout.strip().startswith("2026.1+")
+
+
+async def test_malformed_values_are_invalid_argument_and_audited(governance: Client) -> None:
+    with pytest.raises(aio.AioRpcError) as info:
+        await governance.stub(Role.AGENT).ValidateToolRequest(
+            gpb.ValidateToolRequestRequest(
+                tool=gpb.TOOL_RUN_TRAINING_JOB,
+                parameters=training(lr=float("nan")),
+                request_id="nan-1",
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hyperparameters.optimizer.learning_rate" in (info.value.details() or "")
+    records = await governance.stub(Role.OPERATOR).ListAuditRecords(
+        gpb.ListAuditRecordsRequest(decision=gpb.DECISION_OUTCOME_DENIED)
+    )
+    assert any("must be finite" in r.outcome for r in records.records)
