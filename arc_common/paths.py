@@ -32,6 +32,20 @@ def check_relative_path(value: str) -> str:
     return normalized
 
 
+def resolve_data(workspace: Path, data_root: Path | None, relative: str, *, field: str) -> Path:
+    """A dataset inside the workspace, or else inside the configured data root."""
+    try:
+        inside: Path | None = resolve_in_root(workspace, relative, field=field)
+    except InvalidArgumentError:
+        if data_root is None:
+            raise
+        inside = None
+    if (inside is None or not inside.exists()) and data_root is not None:
+        return resolve_in_root(data_root, relative, field=field)
+    assert inside is not None
+    return inside
+
+
 def resolve_in_root(root: Path, relative: str, *, field: str) -> Path:
     """Resolve ``relative`` under ``root`` following symlinks; refuse anything that escapes.
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
+from arc_common import sqlite
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
@@ -44,11 +45,7 @@ class Executor:
 
 
 async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Executor:
-    settings.home.mkdir(parents=True, exist_ok=True)
-    db = await aiosqlite.connect(settings.home / DB_FILE)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=FULL")
-    await db.execute("PRAGMA busy_timeout=5000")
+    db = await sqlite.connect(settings.home / DB_FILE)
     events = EventLog(
         db,
         model=RunEvent,

@@ -46,7 +46,7 @@ from arc_common.models import (
     StateChange,
     TrainingJobConfig,
 )
-from arc_common.paths import resolve_in_root
+from arc_common.paths import resolve_data, resolve_in_root
 from services.executor.protocol import TrainerInput, TrainerMessage, load_message
 from services.executor.settings import ExecutorSettings
 
@@ -176,17 +176,9 @@ class RunManager:
     # --- start -------------------------------------------------------------------------------
 
     def _resolve_data(self, data_path: str) -> Path:
-        """Inside the workspace, or else inside the configured data root."""
-        try:
-            inside = resolve_in_root(self.home, data_path, field="dataset.data_path")
-        except InvalidArgumentError:
-            if self.settings.data_root is None:
-                raise
-            inside = None
-        if (inside is None or not inside.exists()) and self.settings.data_root is not None:
-            return resolve_in_root(self.settings.data_root, data_path, field="dataset.data_path")
-        assert inside is not None
-        return inside
+        return resolve_data(
+            self.home, self.settings.data_root, data_path, field="dataset.data_path"
+        )
 
     async def _checkout_revision(self, data_path: str, revision: str) -> None:
         """Bring ``datasets/<id>`` to the DVC revision the spec names, before training."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiosqlite
 
+from arc_common import sqlite
 from arc_common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -148,10 +149,7 @@ class Governance:
             shutil.copyfile(DEFAULT_POLICY_PATH, self.policy_path)
             logger.info("wrote the default policy to %s", self.policy_path)
         self.policy = Policy.load(self.policy_path)  # a broken file at startup is fatal
-        self._db = await aiosqlite.connect(self._dir / "governance.sqlite3")
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = await sqlite.connect(self._dir / "governance.sqlite3")
         await self._db.executescript(SCHEMA)
         await self._db.commit()
         self.audit = AuditLog(self._db, self._dir / "audit_anchor.json")

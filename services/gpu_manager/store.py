@@ -13,6 +13,8 @@ from typing import Protocol
 
 import aiosqlite
 
+from arc_common import sqlite
+
 
 @dataclass
 class LeaseRecord:
@@ -91,11 +93,7 @@ class SqliteLeaseStore:
         return self._db
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = await sqlite.connect(self._path)
         await self._db.executescript(_SCHEMA)
         await self._db.commit()
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiosqlite
 from grpc import aio
 
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from arc_common import sqlite
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
@@ -39,14 +39,6 @@ class SchedulerApp:
             await channel.close()
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=FULL")
-    await db.execute("PRAGMA busy_timeout=10000")
-    return db
-
-
 async def build_scheduler(settings: SchedulerSettings, tokens: TokenStore) -> SchedulerApp:
     token = settings.service_token or tokens.token_for(Role.SERVICE)
     channels: list[aio.Channel] = []
@@ -69,7 +61,7 @@ async def build_scheduler(settings: SchedulerSettings, tokens: TokenStore) -> Sc
 
     await store.open()
     # Its own connection: the store groups its writes in transactions of its own.
-    events_db = await _connect(settings.home / DB_FILE)
+    events_db = await sqlite.connect(settings.home / DB_FILE)
     events = EventLog(
         events_db,
         model=JobEvent,

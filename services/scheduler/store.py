@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 from pydantic import BaseModel, ConfigDict
 
+from arc_common import sqlite
 from arc_common.models import ExperimentResult, ExperimentSpec, JobState, Lease
 
 logger = logging.getLogger(__name__)
@@ -93,11 +94,7 @@ class SchedulerStore:
         return self._db
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = await sqlite.connect(self._path)
         await self._db.executescript(SCHEMA)
         await self._db.commit()
         self._task = asyncio.create_task(self._writer(), name="scheduler-store-writer")

@@ -19,7 +19,7 @@ from arc_common.errors import (
     UnavailableError,
 )
 from arc_common.models import CheckpointInfo, Lease, MetricMode, PreprocessingChain, Tool
-from arc_common.paths import resolve_in_root
+from arc_common.paths import resolve_data, resolve_in_root
 from services.executor.runs import REPO_ROOT, RunManager
 from services.executor.settings import ExecutorSettings
 from services.executor.tools import checkpoints as ckpt
@@ -41,16 +41,7 @@ class Tools:
         return str(path.relative_to(self.home))
 
     def _data(self, rel: str, field: str) -> Path:
-        try:
-            inside = resolve_in_root(self.home, rel, field=field)
-        except InvalidArgumentError:
-            if self.settings.data_root is None:
-                raise
-            inside = None
-        if (inside is None or not inside.exists()) and self.settings.data_root is not None:
-            return resolve_in_root(self.settings.data_root, rel, field=field)
-        assert inside is not None
-        return inside
+        return resolve_data(self.home, self.settings.data_root, rel, field=field)
 
     async def _child(self, request: dict[str, Any], lease: Lease | None) -> Any:
         """Run a torch tool in a child process (its own process group, no shell)."""
