@@ -514,6 +514,13 @@ class JobEvent(_Resource):
     source_sequence: int = 0
 
 
+class EvaluationJob(_Spec):
+    checkpoint_path: WorkspacePath
+    data_path: WorkspacePath
+    split: Annotated[str, Field(pattern=r"^(train|val|test)?$")] = "test"
+    bootstrap_samples: Annotated[int, Field(ge=0, le=10_000)] = 1000
+
+
 class Experiment(_Resource):
     spec: ExperimentSpec
     state: JobState | None = None

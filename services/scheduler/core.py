@@ -41,6 +41,7 @@ from arc_common.models import (
     TERMINAL_STATES,
     CheckpointInfo,
     DecisionOutcome,
+    EvaluationJob,
     Experiment,
     ExperimentResult,
     ExperimentSpec,
@@ -98,6 +99,7 @@ class Submission:
     max_retries: int = 0
     timeout_seconds: int = 0
     request_id: str = ""
+    evaluation: EvaluationJob | None = None
 
 
 def _queue_key(job: JobRecord) -> tuple[int, int, str]:
@@ -166,7 +168,13 @@ class Scheduler:
             last = await self.events.read_last(job.job_id)
             if last is not None:
                 job.run_sequence = max(job.run_sequence, last.source_sequence)
-            if job.run_id:
+            if job.evaluation is not None:  # cheap to redo; the request id dedupes it
+                self._tasks.append(
+                    asyncio.create_task(
+                        self._requeue(job, "scheduler restarted during the evaluation")
+                    )
+                )
+            elif job.run_id:
                 self._watch(job)
             else:
                 # The lease may or may not have been granted: the request ids make the
@@ -283,6 +291,22 @@ class Scheduler:
             raise denial_error(Tool.RUN_TRAINING_JOB, decision)
         return decision.outcome or DecisionOutcome.ALLOWED
 
+    async def _evaluation_check(
+        self, evaluation: EvaluationJob, *, caller: str, request_id: str
+    ) -> DecisionOutcome:
+        if self.governance is None:
+            return DecisionOutcome.ALLOWED
+        decision = await self.governance.validate(
+            Tool.RUN_EVALUATION_JOB,
+            evaluation.model_dump(mode="json"),
+            dry_run=False,
+            request_id=request_id,
+            on_behalf_of=caller,
+        )
+        if decision.outcome is DecisionOutcome.DENIED:
+            raise denial_error(Tool.RUN_EVALUATION_JOB, decision)
+        return decision.outcome or DecisionOutcome.ALLOWED
+
     def _write_spec_file(self, spec: ExperimentSpec) -> None:
         folder = self.home / "experiments" / spec.experiment_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -395,8 +419,8 @@ class Scheduler:
         existing = [self._existing(s.request_id) for s in submissions]
         if all(e is not None for e in existing):
             return [e for e in existing if e is not None]
-        for spec, earlier in zip(specs, existing, strict=True):
-            if earlier is None and len(submissions) > 1:
+        for submission, spec, earlier in zip(submissions, specs, existing, strict=True):
+            if earlier is None and len(submissions) > 1 and submission.evaluation is None:
                 await self._governance_check(spec, caller=caller, dry_run=True)
         created: list[JobRecord] = []
         new_experiments: list[ExperimentSpec] = []
@@ -405,9 +429,14 @@ class Scheduler:
                 created.append(earlier)
                 continue
             job_id = f"job-{uuid.uuid4().hex[:12]}"
-            outcome = await self._governance_check(
-                spec, caller=caller, dry_run=False, request_id=f"job:{job_id}"
-            )
+            if submission.evaluation is not None:
+                outcome = await self._evaluation_check(
+                    submission.evaluation, caller=caller, request_id=f"job:{job_id}"
+                )
+            else:
+                outcome = await self._governance_check(
+                    spec, caller=caller, dry_run=False, request_id=f"job:{job_id}"
+                )
             async with self._lock:
                 again = self._existing(submission.request_id)
                 if again is not None:  # a concurrent retry got here first
@@ -434,6 +463,7 @@ class Scheduler:
                     timeout_seconds=submission.timeout_seconds or spec.max_training_time_seconds,
                     create_time=_now(),
                     approval=f"job:{job_id}" if outcome is DecisionOutcome.PENDING_APPROVAL else "",
+                    evaluation=submission.evaluation,
                 )
                 await self._save(job)  # committed before anyone hears of the job
                 self._index(job)
@@ -581,9 +611,14 @@ class Scheduler:
         if not job.approval or self.governance is None:
             return True
         try:
-            outcome = await self._governance_check(
-                job.spec, caller=job.caller, dry_run=False, request_id=job.approval
-            )
+            if job.evaluation is not None:
+                outcome = await self._evaluation_check(
+                    job.evaluation, caller=job.caller, request_id=job.approval
+                )
+            else:
+                outcome = await self._governance_check(
+                    job.spec, caller=job.caller, dry_run=False, request_id=job.approval
+                )
         except ArcError as exc:
             if isinstance(exc, UnavailableError):
                 return False
@@ -658,7 +693,10 @@ class Scheduler:
                     run_id="",
                     run_sequence=0,
                 )
-            await self._start_run(job, node)
+            if job.evaluation is not None:
+                self._watchers[job.job_id] = asyncio.create_task(self._evaluate(job, node))
+            else:
+                await self._start_run(job, node)
             return ""
         if len(reasons) == 1:
             return reasons[0].split(": ", 1)[1] if len(self.nodes) == 1 else reasons[0]
@@ -709,6 +747,53 @@ class Scheduler:
             with contextlib.suppress(ArcError):
                 await node.client.cancel_run(run.run_id, job.cancel_requested)
         self._watch(job)
+
+    async def _evaluate(self, job: JobRecord, node: NodeState) -> None:
+        """An evaluation job: the executor's EvaluateCheckpoint on the leased GPU."""
+        assert job.lease is not None and job.evaluation is not None
+        await self._set_state(job, JobState.RUNNING, f"evaluating on {node.client.name}")
+        started = self._clock()
+        try:
+            report = await node.client.evaluate(
+                job.evaluation,
+                job.lease,
+                request_id=f"{job.job_id}:attempt-{job.attempt}",
+                seconds=job.timeout_seconds,
+            )
+        except asyncio.CancelledError:
+            await self._release(job)
+            reason = job.cancel_requested or "cancelled"
+            await self._set_state(job, JobState.CANCELLED, reason, error_message=reason)
+            self._event(job, result=self._result(job))
+            raise
+        except ArcError as exc:
+            await self._on_run_end(job, JobState.FAILED, str(exc), None)
+            return
+        split = job.evaluation.split or "test"
+        names = (
+            "auc",
+            "auc_ci_lower",
+            "auc_ci_upper",
+            "accuracy",
+            "sensitivity",
+            "specificity",
+            "sensitivity_at_90_specificity",
+            "sensitivity_at_95_specificity",
+            "f1",
+        )
+        metrics = {
+            f"{split}_{name}": float(report[name])
+            for name in names
+            if isinstance(report.get(name), int | float)
+        }
+        result = ExperimentResult(
+            experiment_id=job.experiment_id,
+            job_id=job.job_id,
+            state=JobState.COMPLETED,
+            best_metrics=metrics,
+            duration_seconds=self._clock() - started,
+        )
+        await self._on_run_end(job, JobState.COMPLETED, "evaluated", result)
 
     async def _relaunch(self, job: JobRecord) -> None:
         node = self.nodes.get(job.node)
@@ -894,6 +979,9 @@ class Scheduler:
             job.cancel_requested = reason
             await self._save(job)
         node = self.nodes.get(job.node)
+        task = self._watchers.get(job_id)
+        if job.evaluation is not None and task is not None:
+            task.cancel()
         if job.run_id and node is not None:
             try:
                 await node.client.cancel_run(job.run_id, reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 
@@ -20,6 +21,7 @@ from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.convert import to_model, to_proto
 from arc_common.models import (
     Decision,
+    EvaluationJob,
     Gpu,
     GpuAllocation,
     GpuPreference,
@@ -49,6 +51,9 @@ class NodeClient(Protocol):
     async def get_run(self, run_id: str) -> Run: ...
     async def cancel_run(self, run_id: str, reason: str) -> Run: ...
     def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
+    async def evaluate(
+        self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
+    ) -> dict[str, Any]: ...
 
 
 class GovernanceClient(Protocol):
@@ -128,6 +133,27 @@ class GrpcNode:
             )
         )
         return to_model(reply.run, Run)
+
+    async def evaluate(
+        self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
+    ) -> dict[str, Any]:
+        reply = await unary(
+            self._executor.EvaluateCheckpoint(
+                executor_pb2.EvaluateCheckpointRequest(
+                    request_id=request_id,
+                    checkpoint_path=evaluation.checkpoint_path,
+                    data_path=evaluation.data_path,
+                    split=evaluation.split,
+                    bootstrap_samples=evaluation.bootstrap_samples,
+                    lease=to_proto(lease, gpu_pb2.Lease),
+                ),
+                timeout=seconds,
+            )
+        )
+        report: dict[str, Any] = json_format.MessageToDict(
+            reply.report, preserving_proto_field_name=True
+        )
+        return report
 
     async def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]:
         call = self._executor.StreamRunEvents(

@@ -10,7 +10,7 @@ from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common import auth
 from arc_common.convert import enum_to_str, to_model, to_proto
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
-from arc_common.models import ExperimentSpec, JobState, NoveltyClass
+from arc_common.models import EvaluationJob, ExperimentSpec, JobState, NoveltyClass
 from arc_common.pagination import paginate
 from services.scheduler.core import Scheduler, Submission
 
@@ -38,7 +38,13 @@ def _submission(request: scheduler_pb2.SubmitJobRequest, prefix: str = "") -> Su
         if request.HasField("spec")
         else None
     )
+    evaluation = (
+        to_model(request.evaluation, EvaluationJob, prefix=f"{prefix}evaluation")
+        if request.HasField("evaluation")
+        else None
+    )
     return Submission(
+        evaluation=evaluation,
         spec=spec,
         experiment_id=request.experiment_id,
         priority=request.priority if request.HasField("priority") else None,

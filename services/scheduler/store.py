@@ -18,7 +18,7 @@ import aiosqlite
 from pydantic import BaseModel, ConfigDict
 
 from arc_common import sqlite
-from arc_common.models import ExperimentResult, ExperimentSpec, JobState, Lease
+from arc_common.models import EvaluationJob, ExperimentResult, ExperimentSpec, JobState, Lease
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class JobRecord(BaseModel):
     error_message: str = ""
     not_before: float = 0.0
     approval: str = ""  # governance pending_request_id while waiting for an operator
+    evaluation: EvaluationJob | None = None  # an evaluation job instead of a training run
     cancel_requested: str = ""
 
 

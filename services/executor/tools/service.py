@@ -65,6 +65,11 @@ class Tools:
                 process.communicate(json.dumps(request).encode()),
                 timeout=self.settings.tool_timeout_seconds,
             )
+        except asyncio.CancelledError:  # the caller went away: nothing may keep running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

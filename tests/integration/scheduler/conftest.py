@@ -175,6 +175,7 @@ async def make_suite(tmp_path: Path, tiny_data: Path) -> AsyncIterator[Factory]:
                 home=gpu_settings.home,
                 port=0,
                 data_root=tiny_data,
+                governance_address=f"127.0.0.1:{servers[0].port}",
                 gpu_manager_address=f"127.0.0.1:{gpu_server.port}",
                 heartbeat_seconds=1.0,
                 cancel_grace_seconds=1.0,

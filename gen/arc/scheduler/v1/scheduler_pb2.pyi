@@ -417,6 +417,7 @@ class SubmitJobRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    EVALUATION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     experiment_id: _builtins.str
     """A stored experiment to run ..."""
@@ -429,6 +430,10 @@ class SubmitJobRequest(_message.Message):
     def spec(self) -> _common_pb2.ExperimentSpec:
         """... or a spec that is created on the fly."""
 
+    @_builtins.property
+    def evaluation(self) -> Global___EvaluationJob:
+        """Set for an evaluation job: evaluate a checkpoint on a leased GPU instead of training."""
+
     def __init__(
         self,
         *,
@@ -438,16 +443,51 @@ class SubmitJobRequest(_message.Message):
         priority: _builtins.int | None = ...,
         max_retries: _builtins.int = ...,
         timeout_seconds: _builtins.int = ...,
+        evaluation: Global___EvaluationJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "priority", b"priority", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "evaluation", b"evaluation", "priority", b"priority", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "experiment_id", b"experiment_id", "max_retries", b"max_retries", "priority", b"priority", "request_id", b"request_id", "spec", b"spec", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "evaluation", b"evaluation", "experiment_id", b"experiment_id", "max_retries", b"max_retries", "priority", b"priority", "request_id", b"request_id", "spec", b"spec", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___SubmitJobRequest: _TypeAlias = SubmitJobRequest  # noqa: Y015
+
+@_typing.final
+class EvaluationJob(_message.Message):
+    """What an evaluation job evaluates; the job runs the executor's EvaluateCheckpoint with a
+    lease and reports the metrics in its result's best_metrics.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_PATH_FIELD_NUMBER: _builtins.int
+    DATA_PATH_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_SAMPLES_FIELD_NUMBER: _builtins.int
+    checkpoint_path: _builtins.str
+    """Workspace-relative, on the machine that runs the job."""
+    data_path: _builtins.str
+    split: _builtins.str
+    """"train", "val" or "test" (default "test")."""
+    bootstrap_samples: _builtins.int
+    def __init__(
+        self,
+        *,
+        checkpoint_path: _builtins.str = ...,
+        data_path: _builtins.str = ...,
+        split: _builtins.str = ...,
+        bootstrap_samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_samples", b"bootstrap_samples", "checkpoint_path", b"checkpoint_path", "data_path", b"data_path", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationJob: _TypeAlias = EvaluationJob  # noqa: Y015
 
 @_typing.final
 class SubmitJobResponse(_message.Message):
