@@ -210,7 +210,7 @@ def gradcam(
             batch = transform(original).unsqueeze(0).to(device).requires_grad_(True)
             model.zero_grad(set_to_none=True)
             logits = model(batch)
-            probs = torch.softmax(logits.float(), 1)[0]
+            probs = torch.softmax(logits.float(), 1)[0].detach()
             predicted = int(probs.argmax())
             logits[0, predicted].backward()
             activation, gradient = store["activation"].detach(), store["gradient"].detach()
