@@ -84,6 +84,7 @@ class ToolCall:
     request_id: str = ""
     dry_run: bool = False
     cycle_id: int = 0
+    invalid_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,8 @@ class Governance:
     # --- decisions -------------------------------------------------------------------------
 
     async def validate(self, call: ToolCall, *, wait_seconds: float = 0.0) -> Decision:
+        if call.invalid_reason:
+            return await self._record_invalid(call)
         if not call.dry_run and call.request_id:
             earlier = await self._earlier_decision(call)
             if earlier is not None:
@@ -212,6 +215,27 @@ class Governance:
                     return earlier
             decision = await self._decide(call)
         return await self._maybe_wait(call, decision, wait_seconds)
+
+    async def _record_invalid(self, call: ToolCall) -> Decision:
+        """A call another service refused as malformed: audited as a denial."""
+        reason = call.invalid_reason[:2000]
+        record = await self.log.append(
+            caller=call.caller,
+            action="invalid_request",
+            tool=call.tool,
+            parameters=call.parameters,
+            decision=DecisionOutcome.DENIED,
+            outcome=f"invalid: {reason}",
+            policy_version=self.policy.version,
+            detail=f"request_id={call.request_id}",
+        )
+        return Decision(
+            outcome=DecisionOutcome.DENIED,
+            allowed=False,
+            policy_version=self.policy.version,
+            reason=f"invalid request: {reason}",
+            audit_sequence=record.sequence,
+        )
 
     async def _earlier_decision(self, call: ToolCall) -> Decision | None:
         async with self.db.execute(

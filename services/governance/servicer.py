@@ -57,9 +57,14 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             request_id=request.request_id,
             dry_run=request.dry_run,
             cycle_id=request.cycle_id,
+            invalid_reason=request.invalid_reason,
         )
         decision = await self._gov.validate(call, wait_seconds=request.wait_for_approval_seconds)
-        if not request.dry_run and decision.outcome is DecisionOutcome.DENIED:
+        if (
+            not request.dry_run
+            and not request.invalid_reason
+            and decision.outcome is DecisionOutcome.DENIED
+        ):
             raise denial_error(tool, decision)
         return governance_pb2.ValidateToolRequestResponse(
             decision=to_proto(decision, governance_pb2.Decision)

@@ -307,6 +307,19 @@ class Scheduler:
             raise denial_error(Tool.RUN_EVALUATION_JOB, decision)
         return decision.outcome or DecisionOutcome.ALLOWED
 
+    async def audit_invalid(
+        self, tool: Tool, parameters: dict[str, Any], reason: str, *, caller: str
+    ) -> None:
+        """Record a refused malformed request in governance's audit log (best effort)."""
+        if self.governance is None:
+            return
+        try:
+            await self.governance.validate(
+                tool, parameters, dry_run=True, on_behalf_of=caller, invalid_reason=reason
+            )
+        except ArcError as exc:
+            logger.warning("could not audit an invalid request: %s", exc)
+
     def _write_spec_file(self, spec: ExperimentSpec) -> None:
         folder = self.home / "experiments" / spec.experiment_id
         folder.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,7 @@ class GovernanceClient(Protocol):
         request_id: str = "",
         on_behalf_of: str = "",
         cycle_id: int = 0,
+        invalid_reason: str = "",
     ) -> Decision: ...
 
 
@@ -181,6 +182,7 @@ class GrpcGovernance:
         request_id: str = "",
         on_behalf_of: str = "",
         cycle_id: int = 0,
+        invalid_reason: str = "",
     ) -> Decision:
         struct = Struct()
         struct.update(parameters)
@@ -193,6 +195,7 @@ class GrpcGovernance:
                     dry_run=dry_run,
                     cycle_id=cycle_id,
                     on_behalf_of=on_behalf_of,
+                    invalid_reason=invalid_reason,
                 ),
                 timeout=RPC_TIMEOUT,
             )

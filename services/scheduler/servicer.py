@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
+
+from google.protobuf.message import Message
 
 from arc.common.v1 import common_pb2
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common import auth
-from arc_common.convert import enum_to_str, to_model, to_proto
+from arc_common.convert import enum_to_str, message_to_dict, to_model, to_proto
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
-from arc_common.models import EvaluationJob, ExperimentSpec, JobState, NoveltyClass
+from arc_common.models import EvaluationJob, ExperimentSpec, JobState, NoveltyClass, Tool
 from arc_common.pagination import paginate
 from services.scheduler.core import Scheduler, Submission
 
@@ -61,12 +63,22 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def _job(self, job_id: str) -> scheduler_pb2.Job:
         return to_proto(self._s.view(self._s.job(job_id)), scheduler_pb2.Job)
 
+    async def _audited(self, request: Message, error: InvalidArgumentError) -> NoReturn:
+        """A malformed request is refused with INVALID_ARGUMENT and its denial audited."""
+        await self._s.audit_invalid(
+            Tool.RUN_TRAINING_JOB, message_to_dict(request), str(error), caller=_caller()
+        )
+        raise error
+
     async def CreateExperiment(
         self, request: scheduler_pb2.CreateExperimentRequest, context: Any
     ) -> scheduler_pb2.CreateExperimentResponse:
         if not request.HasField("spec"):
             raise InvalidArgumentError("spec is required", field="spec")
-        spec = to_model(request.spec, ExperimentSpec, prefix="spec")
+        try:
+            spec = to_model(request.spec, ExperimentSpec, prefix="spec")
+        except InvalidArgumentError as exc:
+            await self._audited(request, exc)
         experiment, duplicate = await self._s.create_experiment(spec, caller=_caller())
         response = scheduler_pb2.CreateExperimentResponse(
             experiment=to_proto(experiment, scheduler_pb2.Experiment), duplicate_of=duplicate
@@ -116,7 +128,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def SubmitJob(
         self, request: scheduler_pb2.SubmitJobRequest, context: Any
     ) -> scheduler_pb2.SubmitJobResponse:
-        [job] = await self._s.submit([_submission(request)], caller=_caller())
+        try:
+            submission = _submission(request)
+        except InvalidArgumentError as exc:
+            await self._audited(request, exc)
+        [job] = await self._s.submit([submission], caller=_caller())
         return await self._reply(job.job_id)
 
     async def SubmitJobs(
@@ -132,7 +148,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         for index, item in enumerate(request.jobs):
             if not item.request_id and request.request_id:
                 item.request_id = f"{request.request_id}:{index}"
-            submissions.append(_submission(item, f"jobs[{index}]."))
+            try:
+                submissions.append(_submission(item, f"jobs[{index}]."))
+            except InvalidArgumentError as exc:
+                await self._audited(item, exc)
         jobs = await self._s.submit(submissions, caller=_caller())
         return scheduler_pb2.SubmitJobsResponse(
             results=[await self._reply(job.job_id) for job in jobs]

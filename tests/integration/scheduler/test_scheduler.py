@@ -188,3 +188,30 @@ async def test_gpu_lease_released_after_completion(make_suite: Factory) -> None:
     )
     assert [g.lease_holder for g in status.status.gpus] == [""]
     assert status.status.gpus[0].backend == gpu_pb2.GPU_BACKEND_SIMULATED
+
+
+async def test_malformed_values_are_invalid_argument_and_audited(make_suite: Factory) -> None:
+    from arc.governance.v1 import governance_pb2, governance_pb2_grpc
+    from arc_common.channel import create_channel
+
+    suite = await make_suite()
+    bad = spec(
+        "malformed",
+        hyperparameters={"optimizer": {"learning_rate": float("nan")}, "batch_size": -4},
+    )
+    with pytest.raises(aio.AioRpcError) as info:
+        await suite.submit(bad, priority=11)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert "spec.hyperparameters.optimizer.learning_rate" in details
+    assert "spec.hyperparameters.batch_size" in details
+    channel = create_channel(
+        f"127.0.0.1:{suite.servers[0].port}", token=suite.tokens.token_for(Role.OPERATOR)
+    )
+    suite.channels.append(channel)
+    records = await governance_pb2_grpc.GovernanceServiceStub(channel).ListAuditRecords(
+        governance_pb2.ListAuditRecordsRequest(decision=governance_pb2.DECISION_OUTCOME_DENIED)
+    )
+    invalid = [r for r in records.records if r.action == "invalid_request"]
+    assert len(invalid) == 1 and invalid[0].caller == "agent"
+    assert "learning_rate" in invalid[0].outcome

@@ -359,6 +359,7 @@ class ValidateToolRequestRequest(_message.Message):
     CYCLE_ID_FIELD_NUMBER: _builtins.int
     ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     WAIT_FOR_APPROVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    INVALID_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     tool: Global___Tool.ValueType
     dry_run: _builtins.bool
@@ -369,6 +370,10 @@ class ValidateToolRequestRequest(_message.Message):
     """Service and operator callers may act for an agent: budgets and audit use this name."""
     wait_for_approval_seconds: _builtins.int
     """In SUPERVISED mode, wait up to this long for an operator's decision before answering."""
+    invalid_reason: _builtins.str
+    """The caller already refused the call as malformed (a NaN, a count out of range): the
+    denial is recorded in the audit log with this reason and a DENIED decision returned.
+    """
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -381,10 +386,11 @@ class ValidateToolRequestRequest(_message.Message):
         cycle_id: _builtins.int = ...,
         on_behalf_of: _builtins.str = ...,
         wait_for_approval_seconds: _builtins.int = ...,
+        invalid_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "dry_run", b"dry_run", "on_behalf_of", b"on_behalf_of", "parameters", b"parameters", "request_id", b"request_id", "tool", b"tool", "wait_for_approval_seconds", b"wait_for_approval_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle_id", b"cycle_id", "dry_run", b"dry_run", "invalid_reason", b"invalid_reason", "on_behalf_of", b"on_behalf_of", "parameters", b"parameters", "request_id", b"request_id", "tool", b"tool", "wait_for_approval_seconds", b"wait_for_approval_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
