@@ -54,6 +54,13 @@ test: install protos-check lint
 test-long: install
 	ARC_TEST_LONG=1 $(BIN)/pytest -q
 
+# Ratios against baselines measured in the same run; results in bench/results/latest.json.
+bench: install
+	$(PY) -m bench.run
+
+bench-quick: install
+	$(PY) -m bench.run --quick
+
 # The whole engine on this machine in a few minutes: suite up, sweep, leaderboard, Grad-CAM,
 # audit check, suite down. ARC_DEMO_HOME and ARC_DEMO_PORT_BASE move it elsewhere.
 ARC_DEMO_HOME ?= .arc-demo
