@@ -330,7 +330,13 @@ class Tools:
                 raise InvalidArgumentError("a dataset id has no '/'", field=f"dataset_ids[{index}]")
         params = {"direction": "push" if push else "pull", "dataset_ids": dataset_ids}
         await self.governed.check(Tool.SYNC_DATASETS, params, caller=caller, request_id=request_id)
-        target = remote or self.settings.dvc_remote or str(self.home / "dvc-remote")
+        # Another remote may only be a folder inside the workspace: no agent points DVC at
+        # an arbitrary path of this machine.
+        target = (
+            str(resolve_in_root(self.home, remote, field="remote"))
+            if remote
+            else self.settings.dvc_remote or str(self.home / "dvc-remote")
+        )
         touched = [f"datasets/{d}.dvc" for d in dataset_ids]
         if not push:
             touched += [f"datasets/{d}" for d in dataset_ids]
