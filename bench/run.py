@@ -217,7 +217,7 @@ def main() -> int:
     print(
         f"SubmitJob {s['submit_per_s']:.0f}/s (p50 {s['submit_p50_ms']:.1f} ms, "
         f"p99 {s['submit_p99_ms']:.1f} ms); echo {s['echo_per_s']:.0f}/s; "
-        f"scheduler RSS {q['rss_mib_' + str(q['queued_large'])]:.0f} MiB with "
+        f"scheduler RSS {q['large']['rss_mib']:.0f} MiB with "
         f"{q['queued_large']} queued"
     )
     out = REPO / "bench" / "results" / "latest.json"
