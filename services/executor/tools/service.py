@@ -30,6 +30,14 @@ from services.executor.tools.preprocess import PreprocessResult, preprocess
 SPLITS = {"train", "val", "test"}
 
 
+def _split(split: str) -> str:
+    """The split a tool reads: test unless named; one of train, val, test."""
+    split = split or "test"
+    if split not in SPLITS:
+        raise InvalidArgumentError(f"split must be one of {sorted(SPLITS)}", field="split")
+    return split
+
+
 class Tools:
     def __init__(self, settings: ExecutorSettings, governed: Governed, runs: RunManager) -> None:
         self.settings = settings
@@ -142,9 +150,7 @@ class Tools:
         seed: int,
         lease: Lease | None,
     ) -> tuple[dict[str, Any], str]:
-        split = split or "test"
-        if split not in SPLITS:
-            raise InvalidArgumentError(f"split must be one of {sorted(SPLITS)}", field="split")
+        split = _split(split)
         if not 0 <= bootstrap <= 10_000:
             raise InvalidArgumentError(
                 "bootstrap_samples must be in [0, 10000]", field="bootstrap_samples"
@@ -275,10 +281,8 @@ class Tools:
         count: int,
         output_dir: str,
     ) -> tuple[list[dict[str, Any]], str]:
-        split = split or "test"
+        split = _split(split)
         count = count or 8
-        if split not in SPLITS:
-            raise InvalidArgumentError(f"split must be one of {sorted(SPLITS)}", field="split")
         if not 1 <= count <= 256:
             raise InvalidArgumentError("num_images must be in [1, 256]", field="num_images")
         params = {
