@@ -475,7 +475,8 @@ class Governance:
             reason=row[9],
         )
 
-    async def get_pending(self, pending_request_id: str) -> PendingRequest:
+    async def _pending_row(self, pending_request_id: str) -> Any:
+        """The stored row (with the cycle and GPU-hours an approval charges)."""
         async with self.db.execute(
             "SELECT * FROM pending WHERE pending_request_id = ?", (pending_request_id,)
         ) as cursor:
@@ -484,7 +485,10 @@ class Governance:
             raise NotFoundError(
                 f"no pending request {pending_request_id!r}", field="pending_request_id"
             )
-        return self._pending_from_row(row)
+        return row
+
+    async def get_pending(self, pending_request_id: str) -> PendingRequest:
+        return self._pending_from_row(await self._pending_row(pending_request_id))
 
     async def list_pending(self, *, offset: int, limit: int) -> tuple[list[PendingRequest], bool]:
         await self.expire_pending()
@@ -500,14 +504,7 @@ class Governance:
     ) -> PendingRequest:
         await self.expire_pending()
         async with self._lock:
-            async with self.db.execute(
-                "SELECT * FROM pending WHERE pending_request_id = ?", (pending_request_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
-                raise NotFoundError(
-                    f"no pending request {pending_request_id!r}", field="pending_request_id"
-                )
+            row = await self._pending_row(pending_request_id)
             pending = self._pending_from_row(row)
             state = PendingRequestState.APPROVED if approve else PendingRequestState.REJECTED
             if pending.state is state:
