@@ -148,6 +148,11 @@ async def run_server(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     handle = await start_server(settings, registrations, tokens=tokens, on_shutdown=on_shutdown)
+    await serve_until_signal(handle, settings.grace_seconds)
+
+
+async def serve_until_signal(handle: ServerHandle, grace_seconds: float) -> None:
+    """Wait for SIGTERM or SIGINT (or the server ending), then stop gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,8 +160,8 @@ async def run_server(
     waiter = asyncio.create_task(handle.wait())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    logger.info("shutting down (grace %.1fs)", settings.grace_seconds)
-    await handle.stop(settings.grace_seconds)
+    logger.info("shutting down (grace %.1fs)", grace_seconds)
+    await handle.stop(grace_seconds)
     stopper.cancel()
     await waiter
     logger.info("stopped")

@@ -15,7 +15,7 @@ from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
 from arc_common.logs import configure_logging
 from arc_common.models import RunEvent
-from arc_common.server import Registration, run_server
+from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
 from services.executor.leases import GrpcLeaseChecker
 from services.executor.ledger import ToolLedger
 from services.executor.runs import RunManager
@@ -78,10 +78,17 @@ def registration(executor: Executor) -> Registration:
     )
 
 
-async def serve(settings: ExecutorSettings) -> None:
-    tokens = TokenStore.ensure(settings.home)
+async def start(settings: ExecutorSettings, tokens: TokenStore) -> ServerHandle:
+    """The service, serving (tests and ``serve`` share this)."""
     executor = await build_executor(settings, tokens)
-    await run_server(settings, [registration(executor)], tokens=tokens, on_shutdown=[executor.stop])
+    return await start_server(
+        settings, [registration(executor)], tokens=tokens, on_shutdown=[executor.stop]
+    )
+
+
+async def serve(settings: ExecutorSettings) -> None:
+    handle = await start(settings, TokenStore.ensure(settings.home))
+    await serve_until_signal(handle, settings.grace_seconds)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
 from arc_common.errors import ArcError
 from arc_common.logs import configure_logging
-from arc_common.server import Registration, run_server
+from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
 from services.governance.core import Governance, GovernanceConfig
 from services.governance.servicer import GovernanceServicer
 from services.governance.settings import GovernanceSettings
@@ -50,11 +50,33 @@ async def housekeeping(governance: Governance, interval: float) -> None:
             logger.exception("governance housekeeping failed")
 
 
-async def serve(settings: GovernanceSettings) -> None:
-    tokens = TokenStore.ensure(settings.home)
+async def start(settings: GovernanceSettings, tokens: TokenStore) -> ServerHandle:
+    """The service, serving (tests and ``serve`` share this)."""
+    handle, _ = await _start(settings, tokens)
+    return handle
+
+
+async def _start(
+    settings: GovernanceSettings, tokens: TokenStore
+) -> tuple[ServerHandle, Governance]:
     governance = build_governance(settings)
     await governance.open()
     task = asyncio.create_task(housekeeping(governance, settings.housekeeping_interval_seconds))
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await governance.close()
+
+    handle = await start_server(
+        settings, [registration(governance)], tokens=tokens, on_shutdown=[stop]
+    )
+    return handle, governance
+
+
+async def serve(settings: GovernanceSettings) -> None:
+    handle, governance = await _start(settings, TokenStore.ensure(settings.home))
 
     def reload() -> None:
         async def run() -> None:
@@ -64,14 +86,7 @@ async def serve(settings: GovernanceSettings) -> None:
         asyncio.get_running_loop().create_task(run())
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
-
-    async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await governance.close()
-
-    await run_server(settings, [registration(governance)], tokens=tokens, on_shutdown=[stop])
+    await serve_until_signal(handle, settings.grace_seconds)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
 from arc_common.logs import configure_logging
-from arc_common.server import Registration, run_server
+from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
 from services.gpu_manager.backends import create_backend
 from services.gpu_manager.manager import GpuManager
 from services.gpu_manager.servicer import GpuManagerServicer
@@ -35,11 +35,18 @@ def build_manager(settings: GpuManagerSettings) -> GpuManager:
     return GpuManager(settings, backend=backend, store=SqliteLeaseStore(settings.home / DB_FILE))
 
 
-async def serve(settings: GpuManagerSettings) -> None:
-    tokens = TokenStore.ensure(settings.home)
+async def start(settings: GpuManagerSettings, tokens: TokenStore) -> ServerHandle:
+    """The service, serving (tests and ``serve`` share this)."""
     manager = build_manager(settings)
     await manager.start()
-    await run_server(settings, [registration(manager)], tokens=tokens, on_shutdown=[manager.stop])
+    return await start_server(
+        settings, [registration(manager)], tokens=tokens, on_shutdown=[manager.stop]
+    )
+
+
+async def serve(settings: GpuManagerSettings) -> None:
+    handle = await start(settings, TokenStore.ensure(settings.home))
+    await serve_until_signal(handle, settings.grace_seconds)
 
 
 def main() -> None:

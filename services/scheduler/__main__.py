@@ -16,7 +16,7 @@ from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
 from arc_common.logs import configure_logging
 from arc_common.models import JobEvent
-from arc_common.server import Registration, run_server
+from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
 from services.scheduler.core import Scheduler
 from services.scheduler.remote import GrpcGovernance, GrpcNode, NodeClient
 from services.scheduler.servicer import SchedulerServicer
@@ -84,10 +84,15 @@ def registration(app: SchedulerApp) -> Registration:
     )
 
 
-async def serve(settings: SchedulerSettings) -> None:
-    tokens = TokenStore.ensure(settings.home)
+async def start(settings: SchedulerSettings, tokens: TokenStore) -> ServerHandle:
+    """The service, serving (tests and ``serve`` share this)."""
     app = await build_scheduler(settings, tokens)
-    await run_server(settings, [registration(app)], tokens=tokens, on_shutdown=[app.stop])
+    return await start_server(settings, [registration(app)], tokens=tokens, on_shutdown=[app.stop])
+
+
+async def serve(settings: SchedulerSettings) -> None:
+    handle = await start(settings, TokenStore.ensure(settings.home))
+    await serve_until_signal(handle, settings.grace_seconds)
 
 
 def main() -> None:

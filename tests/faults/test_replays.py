@@ -3,7 +3,6 @@ no duplicate job, lease, run, transaction or tool execution."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from arc_common.auth import Role, TokenStore
 from tests.faults.proxy import DroppingProxy
 from tests.integration.executor.conftest import job_config
 from tests.integration.scheduler.conftest import spec
+from tests.integration.tools.conftest import git
 from tests.security.suite import ProcessSuite
 
 REPLAYS = 3
@@ -34,12 +34,6 @@ async def until_ok(call: Callable[[], Awaitable[Any]]) -> Any:
             if exc.code().name != "UNAVAILABLE":
                 raise
     raise AssertionError("never got a reply through")
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
-    ).stdout
 
 
 async def test_replays_through_a_lossy_proxy(tmp_path: Path, data_root: Path) -> None:

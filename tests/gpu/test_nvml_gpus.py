@@ -11,8 +11,7 @@ from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.models import GpuBackend
-from arc_common.server import start_server
-from services.gpu_manager.__main__ import build_manager, registration
+from services.gpu_manager import __main__ as gpu_main
 from services.gpu_manager.backends import create_backend
 from services.gpu_manager.settings import GpuManagerSettings
 
@@ -41,11 +40,7 @@ async def test_nvml_lists_the_real_gpus() -> None:
 async def test_gpu_manager_leases_a_real_gpu(tmp_path: Path) -> None:
     settings = GpuManagerSettings(home=tmp_path, port=0, backend="nvml", reserved_gpus=())
     tokens = TokenStore.ensure(tmp_path)
-    manager = build_manager(settings)
-    await manager.start()
-    handle = await start_server(
-        settings, [registration(manager)], tokens=tokens, on_shutdown=[manager.stop]
-    )
+    handle = await gpu_main.start(settings, tokens)
     try:
         async with create_channel(
             f"127.0.0.1:{handle.port}", token=tokens.token_for(Role.SERVICE)

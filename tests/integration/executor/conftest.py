@@ -16,12 +16,10 @@ from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
-from arc_common.server import start_server
 from services.executor import __main__ as executor_main
 from services.executor.settings import ExecutorSettings
 from services.executor.synth import generate_dataset
-from services.gpu_manager.__main__ import build_manager
-from services.gpu_manager.__main__ import registration as gpu_registration
+from services.gpu_manager import __main__ as gpu_main
 from services.gpu_manager.settings import GpuManagerSettings
 
 IMAGE_SIZE = 48
@@ -111,11 +109,7 @@ async def suite(tmp_path: Path, data_root: Path) -> AsyncIterator[Suite]:
     home = tmp_path / "ws"
     tokens = TokenStore.ensure(home)
     gpu_settings = GpuManagerSettings(home=home, port=0, backend="simulated")
-    manager = build_manager(gpu_settings)
-    await manager.start()
-    gpu = await start_server(
-        gpu_settings, [gpu_registration(manager)], tokens=tokens, on_shutdown=[manager.stop]
-    )
+    gpu = await gpu_main.start(gpu_settings, tokens)
     settings = ExecutorSettings(
         home=home,
         port=0,
@@ -126,13 +120,7 @@ async def suite(tmp_path: Path, data_root: Path) -> AsyncIterator[Suite]:
         event_flush_ms=10,
         log_every_steps=2,
     )
-    executor = await executor_main.build_executor(settings, tokens)
-    server = await start_server(
-        settings,
-        [executor_main.registration(executor)],
-        tokens=tokens,
-        on_shutdown=[executor.stop],
-    )
+    server = await executor_main.start(settings, tokens)
     suite = Suite(home, tokens, gpu.port, server.port)
     yield suite
     for channel in suite.channels:

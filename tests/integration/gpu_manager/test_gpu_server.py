@@ -16,8 +16,8 @@ from arc.common.v1 import common_pb2
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
-from arc_common.server import ServerHandle, start_server
-from services.gpu_manager.__main__ import build_manager, registration
+from arc_common.server import ServerHandle
+from services.gpu_manager import __main__ as gpu_main
 from services.gpu_manager.settings import GpuManagerSettings
 from tests.helpers import ServiceProcess
 
@@ -43,11 +43,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Running]:
         home=tmp_path, port=0, backend="simulated", telemetry_interval_ms=50
     )
     tokens = TokenStore.ensure(tmp_path)
-    manager = build_manager(settings)
-    await manager.start()
-    handle = await start_server(
-        settings, [registration(manager)], tokens=tokens, on_shutdown=[manager.stop]
-    )
+    handle = await gpu_main.start(settings, tokens)
     running = Running(handle, tokens, [])
     yield running
     for channel in running.channels:

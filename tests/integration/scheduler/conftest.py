@@ -17,15 +17,13 @@ from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
-from arc_common.server import ServerHandle, start_server
+from arc_common.server import ServerHandle
 from services.executor import __main__ as executor_main
 from services.executor.settings import ExecutorSettings
 from services.executor.synth import generate_dataset
-from services.governance.__main__ import build_governance
-from services.governance.__main__ import registration as governance_registration
+from services.governance import __main__ as governance_main
 from services.governance.settings import GovernanceSettings
-from services.gpu_manager.__main__ import build_manager
-from services.gpu_manager.__main__ import registration as gpu_registration
+from services.gpu_manager import __main__ as gpu_main
 from services.gpu_manager.settings import GpuManagerSettings
 from services.scheduler import __main__ as scheduler_main
 from services.scheduler.settings import NodeAddress, SchedulerSettings
@@ -141,16 +139,7 @@ async def make_suite(tmp_path: Path, tiny_data: Path) -> AsyncIterator[Factory]:
         tokens = TokenStore.ensure(home)
         servers: list[ServerHandle] = []
         governance_settings = GovernanceSettings(home=home, port=0)
-        governance = build_governance(governance_settings)
-        await governance.open()
-        servers.append(
-            await start_server(
-                governance_settings,
-                [governance_registration(governance)],
-                tokens=tokens,
-                on_shutdown=[governance.close],
-            )
-        )
+        servers.append(await governance_main.start(governance_settings, tokens))
         nodes = []
         for index in range(machines):
             name = f"m{index}"
@@ -163,14 +152,7 @@ async def make_suite(tmp_path: Path, tiny_data: Path) -> AsyncIterator[Factory]:
                 node_name=name,
             )
             TokenStore.ensure(gpu_settings.home)
-            manager = build_manager(gpu_settings)
-            await manager.start()
-            gpu_server = await start_server(
-                gpu_settings,
-                [gpu_registration(manager)],
-                tokens=tokens,
-                on_shutdown=[manager.stop],
-            )
+            gpu_server = await gpu_main.start(gpu_settings, tokens)
             executor_settings = ExecutorSettings(
                 home=gpu_settings.home,
                 port=0,
@@ -182,13 +164,7 @@ async def make_suite(tmp_path: Path, tiny_data: Path) -> AsyncIterator[Factory]:
                 event_flush_ms=10,
                 log_every_steps=1,
             )
-            executor = await executor_main.build_executor(executor_settings, tokens)
-            executor_server = await start_server(
-                executor_settings,
-                [executor_main.registration(executor)],
-                tokens=tokens,
-                on_shutdown=[executor.stop],
-            )
+            executor_server = await executor_main.start(executor_settings, tokens)
             servers += [gpu_server, executor_server]
             nodes.append(
                 NodeAddress(
@@ -208,10 +184,7 @@ async def make_suite(tmp_path: Path, tiny_data: Path) -> AsyncIterator[Factory]:
             event_flush_ms=10,
             **scheduler_settings,
         )
-        app = await scheduler_main.build_scheduler(settings, tokens)
-        scheduler_server = await start_server(
-            settings, [scheduler_main.registration(app)], tokens=tokens, on_shutdown=[app.stop]
-        )
+        scheduler_server = await scheduler_main.start(settings, tokens)
         servers.append(scheduler_server)
         suite = Suite(home, tokens, scheduler_server.port, servers)
         suites.append(suite)

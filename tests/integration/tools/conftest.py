@@ -17,16 +17,14 @@ from arc.governance.v1 import governance_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.models import TrainingJobConfig
-from arc_common.server import ServerHandle, start_server
+from arc_common.server import ServerHandle
 from services.executor import __main__ as executor_main
 from services.executor.protocol import TrainerInput
 from services.executor.settings import ExecutorSettings
 from services.executor.synth import generate_dataset
-from services.governance.__main__ import build_governance
-from services.governance.__main__ import registration as governance_registration
+from services.governance import __main__ as governance_main
 from services.governance.settings import GovernanceSettings
-from services.gpu_manager.__main__ import build_manager
-from services.gpu_manager.__main__ import registration as gpu_registration
+from services.gpu_manager import __main__ as gpu_main
 from services.gpu_manager.settings import GpuManagerSettings
 
 SIZE = 40
@@ -122,24 +120,9 @@ async def tools(tmp_path: Path, trained: Path) -> AsyncIterator[Tools]:
     tokens = TokenStore.ensure(home)
     servers: list[ServerHandle] = []
     governance_settings = GovernanceSettings(home=home, port=0)
-    governance = build_governance(governance_settings)
-    await governance.open()
-    servers.append(
-        await start_server(
-            governance_settings,
-            [governance_registration(governance)],
-            tokens=tokens,
-            on_shutdown=[governance.close],
-        )
-    )
+    servers.append(await governance_main.start(governance_settings, tokens))
     gpu_settings = GpuManagerSettings(home=home, port=0, backend="simulated")
-    manager = build_manager(gpu_settings)
-    await manager.start()
-    servers.append(
-        await start_server(
-            gpu_settings, [gpu_registration(manager)], tokens=tokens, on_shutdown=[manager.stop]
-        )
-    )
+    servers.append(await gpu_main.start(gpu_settings, tokens))
     settings = ExecutorSettings(
         home=home,
         port=0,
@@ -147,15 +130,7 @@ async def tools(tmp_path: Path, trained: Path) -> AsyncIterator[Tools]:
         governance_address=f"127.0.0.1:{servers[0].port}",
         approval_wait_seconds=0,
     )
-    executor = await executor_main.build_executor(settings, tokens)
-    servers.append(
-        await start_server(
-            settings,
-            [executor_main.registration(executor)],
-            tokens=tokens,
-            on_shutdown=[executor.stop],
-        )
-    )
+    servers.append(await executor_main.start(settings, tokens))
     suite = Tools(home, tokens, servers[2].port, servers[0].port, servers[1].port)
     yield suite
     for channel in suite.channels:
