@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiosqlite
 from grpc import aio
@@ -24,6 +25,35 @@ from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import SchedulerStore
 
 DB_FILE = "scheduler.sqlite3"
+# Job events in a file of their own: SQLite has one writer per file, and the state's group
+# commits should never queue behind an event flush (or the other way round).
+EVENTS_FILE = "scheduler_events.sqlite3"
+EVENTS_TABLE = "job_events"
+
+
+async def move_events(events_db: aiosqlite.Connection, old_file: Path) -> None:
+    """Job events of a scheduler from before EVENTS_FILE lived in DB_FILE: move them once
+    (the store has opened ``old_file`` already)."""
+    await events_db.execute("ATTACH DATABASE ? AS old", (str(old_file),))
+    try:
+        async with events_db.execute(
+            "SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = ?", (EVENTS_TABLE,)
+        ) as cursor:
+            if await cursor.fetchone() is None:
+                return
+        await events_db.execute(
+            f"CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (key TEXT NOT NULL, sequence INTEGER "
+            "NOT NULL, event TEXT NOT NULL, PRIMARY KEY (key, sequence)) WITHOUT ROWID"
+        )
+        await events_db.execute(
+            f"INSERT OR IGNORE INTO {EVENTS_TABLE} SELECT key, sequence, event "
+            f"FROM old.{EVENTS_TABLE}"
+        )
+        await events_db.commit()  # copied first: a crash before the DROP copies again
+        await events_db.execute(f"DROP TABLE old.{EVENTS_TABLE}")
+        await events_db.commit()
+    finally:
+        await events_db.execute("DETACH DATABASE old")
 
 
 @dataclass
@@ -60,12 +90,12 @@ async def build_scheduler(settings: SchedulerSettings, tokens: TokenStore) -> Sc
         await scheduler_ref[0].write_jsonl(events)
 
     await store.open()
-    # Its own connection: the store groups its writes in transactions of its own.
-    events_db = await sqlite.connect(settings.home / DB_FILE)
+    events_db = await sqlite.connect(settings.home / EVENTS_FILE)
+    await move_events(events_db, settings.home / DB_FILE)
     events = EventLog(
         events_db,
         model=JobEvent,
-        table="job_events",
+        table=EVENTS_TABLE,
         key_field="job_id",
         flush_ms=settings.event_flush_ms,
         on_commit=mirror,

@@ -26,6 +26,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from arc_common.batch import Batcher
 from arc_common.decisions import denial_error
 from arc_common.errors import (
     AlreadyExistsError,
@@ -136,6 +137,8 @@ class Scheduler:
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in nodes}
         self.jobs: dict[str, JobRecord] = {}
         self._by_request: dict[str, str] = {}
+        self._inflight: dict[str, asyncio.Future[JobRecord]] = {}
+        self._spec_files = Batcher(self._write_spec_files, name="spec-files")
         self._queue: SortedList = SortedList()
         self._experiments: dict[str, tuple[ExperimentSpec, str, datetime]] = {}
         self._by_hash: dict[str, str] = {}
@@ -199,6 +202,7 @@ class Scheduler:
         for task in [*self._tasks, *self._watchers.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._spec_files.close()
         await self.events.close()
         await self.store.close()
 
@@ -215,6 +219,11 @@ class Scheduler:
     def _remember_experiment(self, spec: ExperimentSpec, digest: str, created: datetime) -> None:
         self._experiments[spec.experiment_id] = (spec, digest, created)
         self._by_hash.setdefault(digest, spec.experiment_id)
+
+    def _forget_experiment(self, experiment_id: str, digest: str) -> None:
+        self._experiments.pop(experiment_id, None)
+        if self._by_hash.get(digest) == experiment_id:
+            del self._by_hash[digest]
 
     # --- persistence and events ---------------------------------------------------------------
 
@@ -320,12 +329,14 @@ class Scheduler:
         except ArcError as exc:
             logger.warning("could not audit an invalid request: %s", exc)
 
-    def _write_spec_file(self, spec: ExperimentSpec) -> None:
-        folder = self.home / "experiments" / spec.experiment_id
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".spec.json.tmp"
-        tmp.write_text(spec.model_dump_json(indent=2))
-        tmp.replace(folder / "spec.json")
+    def _write_spec_files(self, specs: list[ExperimentSpec]) -> None:
+        """``experiments/<id>/spec.json`` for people and tools (the database is the truth)."""
+        for spec in specs:
+            folder = self.home / "experiments" / spec.experiment_id
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ".spec.json.tmp"
+            tmp.write_text(spec.model_dump_json(indent=2))
+            tmp.replace(folder / "spec.json")
 
     async def create_experiment(
         self, spec: ExperimentSpec, *, caller: str
@@ -343,9 +354,14 @@ class Scheduler:
                 )
             duplicate = self._by_hash.get(digest, "")
             created = _now()
-            await self.store.write(self.store.put_experiment(spec, digest, created))
+            # Reserved before the write, so a concurrent submission cannot claim the id.
             self._remember_experiment(spec, digest, created)
-        await asyncio.to_thread(self._write_spec_file, spec)
+            try:
+                await self.store.write(self.store.put_experiment(spec, digest, created))
+            except BaseException:
+                self._forget_experiment(spec.experiment_id, digest)
+                raise
+        await self._spec_files.submit(spec)
         return self.experiment(spec.experiment_id), duplicate
 
     def experiment(self, experiment_id: str) -> Experiment:
@@ -435,11 +451,17 @@ class Scheduler:
         for submission, spec, earlier in zip(submissions, specs, existing, strict=True):
             if earlier is None and len(submissions) > 1 and submission.evaluation is None:
                 await self._governance_check(spec, caller=caller, dry_run=True)
-        created: list[JobRecord] = []
-        new_experiments: list[ExperimentSpec] = []
-        for submission, spec, earlier in zip(submissions, specs, existing, strict=True):
+        results: list[JobRecord | None] = [None] * len(submissions)
+        waits: dict[int, asyncio.Future[JobRecord]] = {}
+        new_jobs: list[JobRecord] = []
+        new_experiments: list[tuple[ExperimentSpec, str]] = []
+        writes = []
+        loop = asyncio.get_running_loop()
+        for index, (submission, spec, earlier) in enumerate(
+            zip(submissions, specs, existing, strict=True)
+        ):
             if earlier is not None:
-                created.append(earlier)
+                results[index] = earlier
                 continue
             job_id = f"job-{uuid.uuid4().hex[:12]}"
             if submission.evaluation is not None:
@@ -450,48 +472,75 @@ class Scheduler:
                 outcome = await self._governance_check(
                     spec, caller=caller, dry_run=False, request_id=f"job:{job_id}"
                 )
-            async with self._lock:
-                again = self._existing(submission.request_id)
-                if again is not None:  # a concurrent retry got here first
-                    created.append(again)
-                    continue
-                if spec.experiment_id not in self._experiments:
-                    digest = content_hash(spec)
-                    created_at = _now()
-                    await self.store.write(self.store.put_experiment(spec, digest, created_at))
-                    self._remember_experiment(spec, digest, created_at)
-                    new_experiments.append(spec)
-                self._seq += 1
-                job = JobRecord(
-                    job_id=job_id,
-                    seq=self._seq,
-                    experiment_id=spec.experiment_id,
-                    spec=spec,
-                    caller=caller,
-                    request_id=submission.request_id,
-                    priority=submission.priority
-                    if submission.priority is not None
-                    else spec.effective_priority,
-                    max_retries=submission.max_retries,
-                    timeout_seconds=submission.timeout_seconds or spec.max_training_time_seconds,
-                    create_time=_now(),
-                    approval=f"job:{job_id}" if outcome is DecisionOutcome.PENDING_APPROVAL else "",
-                    evaluation=submission.evaluation,
-                )
-                await self._save(job)  # committed before anyone hears of the job
-                self._index(job)
-                self._queue.add(_queue_key(job))
-                self._event(
-                    job,
-                    state_change=JobStateChange(
-                        state=JobState.QUEUED, reason=f"submitted by {caller}", attempt=1
-                    ),
-                )
-                created.append(job)
-        for spec in new_experiments:
-            await asyncio.to_thread(self._write_spec_file, spec)
+            # From here to the commit nothing awaits: the request id and the experiment id
+            # are reserved in memory, so concurrent submissions need no lock and their
+            # writes share one group commit.
+            again = self._existing(submission.request_id)
+            if again is not None:  # a concurrent retry got here first
+                results[index] = again
+                continue
+            inflight = self._inflight.get(submission.request_id)
+            if inflight is not None:  # ... and is being committed right now
+                waits[index] = inflight
+                continue
+            if spec.experiment_id not in self._experiments:
+                digest = content_hash(spec)
+                created_at = _now()
+                self._remember_experiment(spec, digest, created_at)
+                writes.append(self.store.put_experiment(spec, digest, created_at))
+                new_experiments.append((spec, digest))
+            self._seq += 1
+            job = JobRecord(
+                job_id=job_id,
+                seq=self._seq,
+                experiment_id=spec.experiment_id,
+                spec=spec,
+                caller=caller,
+                request_id=submission.request_id,
+                priority=submission.priority
+                if submission.priority is not None
+                else spec.effective_priority,
+                max_retries=submission.max_retries,
+                timeout_seconds=submission.timeout_seconds or spec.max_training_time_seconds,
+                create_time=_now(),
+                approval=f"job:{job_id}" if outcome is DecisionOutcome.PENDING_APPROVAL else "",
+                evaluation=submission.evaluation,
+            )
+            writes.append(self.store.put_job(job))
+            new_jobs.append(job)
+            results[index] = job
+            if submission.request_id:
+                self._inflight[submission.request_id] = loop.create_future()
+        try:
+            if writes:
+                await self.store.write(*writes)  # committed before anyone hears of the jobs
+        except BaseException as exc:
+            for spec, digest in new_experiments:
+                self._forget_experiment(spec.experiment_id, digest)
+            for job in new_jobs:
+                future = self._inflight.pop(job.request_id, None)
+                if future is not None:
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: a concurrent retry may not be waiting
+            raise
+        for job in new_jobs:
+            self._index(job)
+            self._queue.add(_queue_key(job))
+            self._event(
+                job,
+                state_change=JobStateChange(
+                    state=JobState.QUEUED, reason=f"submitted by {caller}", attempt=1
+                ),
+            )
+            future = self._inflight.pop(job.request_id, None)
+            if future is not None:
+                future.set_result(job)
+        for index, future in waits.items():
+            results[index] = await future
+        for spec, _ in new_experiments:  # a convenience copy; the database has the truth
+            self._spec_files.post(spec)
         self._wake.set()
-        return created
+        return [job for job in results if job is not None]
 
     # --- views -----------------------------------------------------------------------------------
 
@@ -588,8 +637,16 @@ class Scheduler:
             out.extend(node.gpus if node.up else [])
         return out
 
-    async def available_gpus(self) -> int:
-        return sum(1 for g in await self.gpus() if not g.reserved and not g.lease_holder)
+    def available_gpus(self) -> int:
+        """From the last listing (the probe refreshes it every few seconds): answering a
+        submission never waits on a machine."""
+        return sum(
+            1
+            for node in self.nodes.values()
+            if node.up
+            for g in node.gpus
+            if not g.reserved and not g.lease_holder
+        )
 
     async def status(self) -> SchedulerStatus:
         gpus = await self.gpus()

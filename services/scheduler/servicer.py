@@ -122,7 +122,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.SubmitJobResponse(
             job=self._job(job_id),
             queue_position=self._s.queue_position(job),
-            available_gpus=await self._s.available_gpus(),
+            available_gpus=self._s.available_gpus(),
         )
 
     async def SubmitJob(

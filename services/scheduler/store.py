@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
-import aiosqlite
 from pydantic import BaseModel, ConfigDict
 
 from arc_common import sqlite
 from arc_common.models import EvaluationJob, ExperimentResult, ExperimentSpec, JobState, Lease
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -77,27 +82,78 @@ class JobRecord(BaseModel):
     cancel_requested: str = ""
 
 
-Write = Callable[[aiosqlite.Connection], Awaitable[None]]
+@dataclass(frozen=True)
+class Write:
+    """One row: ``INSERT INTO <table> (<columns>) VALUES (...) <tail>``; writes of the same
+    shape in a group go to the database as one multi-row statement."""
+
+    table: str
+    columns: tuple[str, ...]
+    values: tuple[Any, ...]
+    tail: str = ""
+    verb: str = "INSERT"
+
+    @property
+    def shape(self) -> tuple[str, str, tuple[str, ...], str]:
+        return (self.verb, self.table, self.columns, self.tail)
+
+
+ROWS_PER_STATEMENT = 400  # well under SQLite's 32,766 bound parameters
+
+
+def _statement(shape: tuple[str, str, tuple[str, ...], str], rows: int) -> str:
+    verb, table, columns, tail = shape
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    return (
+        f"{verb} INTO {table} ({', '.join(columns)}) VALUES "
+        + ", ".join([one] * rows)
+        + (f" {tail}" if tail else "")
+    )
+
+
+def _apply(db: sqlite3.Connection, writes: list[Write]) -> None:
+    """Rows of the same shape in one statement each (a GIL round trip per statement, not
+    per row: the store thread then hardly waits on the busy event loop)."""
+    by_shape: dict[tuple[str, str, tuple[str, ...], str], list[Write]] = {}
+    for write in writes:
+        by_shape.setdefault(write.shape, []).append(write)
+    for shape, group in by_shape.items():
+        for first in range(0, len(group), ROWS_PER_STATEMENT):
+            chunk = group[first : first + ROWS_PER_STATEMENT]
+            db.execute(_statement(shape, len(chunk)), [v for write in chunk for v in write.values])
 
 
 class SchedulerStore:
+    """One plain SQLite connection owned by one thread: a whole group (its BEGIN, every
+    write, the COMMIT) is a single hop to that thread, so a group of 100 submissions costs
+    one fsync and one thread switch, not hundreds."""
+
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._db: aiosqlite.Connection | None = None
-        self._pending: list[tuple[Write, asyncio.Future[None]]] = []
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-store")
+        self._pending: list[tuple[list[Write], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def db(self) -> aiosqlite.Connection:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._db is None:
             raise RuntimeError("store is not open")
-        return self._db
+        db = self._db
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, db)
 
     async def open(self) -> None:
-        self._db = await sqlite.connect(self._path)
-        await self._db.executescript(SCHEMA)
-        await self._db.commit()
+        def connect() -> sqlite3.Connection:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA busy_timeout={sqlite.BUSY_TIMEOUT_MS}")
+            db.executescript(SCHEMA)
+            return db
+
+        loop = asyncio.get_running_loop()
+        self._db = await loop.run_in_executor(self._thread, connect)
         self._task = asyncio.create_task(self._writer(), name="scheduler-store-writer")
 
     async def close(self) -> None:
@@ -108,51 +164,74 @@ class SchedulerStore:
             self._task = None
         await self._drain()
         if self._db is not None:
-            await self._db.close()
-            self._db = None
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+        self._thread.shutdown(wait=True)
 
     async def write(self, *writes: Write) -> None:
-        """Run ``writes`` in the next group; returns once that group is committed."""
+        """Commit ``writes`` (together, all or none) in the next group; returns once that
+        group is committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def together(db: aiosqlite.Connection) -> None:
-            for write in writes:
-                await write(db)
-
-        self._pending.append((together, future))
+        self._pending.append((list(writes), future))
         self._wake.set()
         await future
+
+    @staticmethod
+    def _commit_group(
+        batch: list[tuple[list[Write], asyncio.Future[None]]], db: sqlite3.Connection
+    ) -> list[BaseException | None]:
+        """In the store's thread: the whole group in one transaction. Should it fail (a
+        constraint, say), each caller's writes go again in a savepoint of their own, so
+        one bad write fails alone."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            _apply(db, [write for writes, _ in batch for write in writes])
+            db.execute("COMMIT")
+            return [None] * len(batch)
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if len(batch) == 1:
+                raise
+        outcomes: list[BaseException | None] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for writes, _ in batch:
+                db.execute("SAVEPOINT one")
+                try:
+                    _apply(db, writes)
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO one")
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+                db.execute("RELEASE one")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return outcomes
 
     async def _drain(self) -> None:
         if not self._pending or self._db is None:
             return
         batch, self._pending = self._pending, []
-        done: list[asyncio.Future[None]] = []
         try:
-            # One transaction for the group; each write in a savepoint so one failing
-            # write (a constraint, say) fails alone.
-            if not self._db.in_transaction:
-                await self._db.execute("BEGIN IMMEDIATE")
-            for write, future in batch:
-                await self._db.execute("SAVEPOINT one")
-                try:
-                    await write(self._db)
-                except Exception as exc:
-                    await self._db.execute("ROLLBACK TO one")
-                    future.set_exception(exc)
-                else:
-                    done.append(future)
-                await self._db.execute("RELEASE one")
-            await self._db.commit()
+            outcomes = await self._run(functools.partial(self._commit_group, batch))
         except Exception as exc:
             logger.exception("scheduler store commit failed")
-            for future in done:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for future in done:
-            if not future.done():
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if outcome is None:
                 future.set_result(None)
+            else:
+                future.set_exception(outcome)
 
     async def _writer(self) -> None:
         while True:
@@ -164,48 +243,50 @@ class SchedulerStore:
 
     @staticmethod
     def put_job(job: JobRecord) -> Write:
-        data = job.model_dump_json()
-
-        async def write(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "INSERT INTO jobs (job_id, seq, request_id, experiment_id, state, data) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
-                "state = excluded.state, data = excluded.data",
-                (job.job_id, job.seq, job.request_id, job.experiment_id, job.state.value, data),
-            )
-
-        return write
+        return Write(
+            "jobs",
+            ("job_id", "seq", "request_id", "experiment_id", "state", "data"),
+            (
+                job.job_id,
+                job.seq,
+                job.request_id,
+                job.experiment_id,
+                job.state.value,
+                job.model_dump_json(),
+            ),
+            tail="ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, data = excluded.data",
+        )
 
     @staticmethod
     def put_experiment(spec: ExperimentSpec, content_hash: str, create_time: datetime) -> Write:
-        async def write(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    spec.experiment_id,
-                    content_hash,
-                    spec.cycle_id,
-                    spec.novelty_class.value,
-                    create_time.isoformat(),
-                    spec.model_dump_json(),
-                ),
-            )
-
-        return write
+        # A concurrent submission of the same new experiment writes it twice: same row.
+        return Write(
+            "experiments",
+            ("experiment_id", "content_hash", "cycle_id", "novelty_class", "create_time", "spec"),
+            (
+                spec.experiment_id,
+                content_hash,
+                spec.cycle_id,
+                spec.novelty_class.value,
+                create_time.isoformat(),
+                spec.model_dump_json(),
+            ),
+            verb="INSERT OR IGNORE",
+        )
 
     async def load_jobs(self) -> list[JobRecord]:
-        async with self.db.execute("SELECT data FROM jobs ORDER BY seq") as cursor:
-            return [JobRecord.model_validate_json(row[0]) async for row in cursor]
+        rows = await self._run(
+            lambda db: db.execute("SELECT data FROM jobs ORDER BY seq").fetchall()
+        )
+        return [JobRecord.model_validate_json(row[0]) for row in rows]
 
     async def load_experiments(self) -> list[tuple[ExperimentSpec, str, datetime]]:
-        async with self.db.execute(
-            "SELECT spec, content_hash, create_time FROM experiments ORDER BY create_time"
-        ) as cursor:
-            return [
-                (
-                    ExperimentSpec.model_validate_json(row[0]),
-                    row[1],
-                    datetime.fromisoformat(row[2]),
-                )
-                async for row in cursor
-            ]
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT spec, content_hash, create_time FROM experiments ORDER BY create_time"
+            ).fetchall()
+        )
+        return [
+            (ExperimentSpec.model_validate_json(r[0]), r[1], datetime.fromisoformat(r[2]))
+            for r in rows
+        ]
