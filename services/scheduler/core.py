@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
 import statistics
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -140,6 +141,8 @@ class Scheduler:
         self._inflight: dict[str, asyncio.Future[JobRecord]] = {}
         self._spec_files = Batcher(self._write_spec_files, name="spec-files")
         self._queue: SortedList = SortedList()
+        self._shapes: Counter[tuple[Any, ...]] = Counter()  # queued jobs per GPU request
+        self._active: set[str] = set()  # STARTING or RUNNING
         self._experiments: dict[str, tuple[ExperimentSpec, str, datetime]] = {}
         self._by_hash: dict[str, str] = {}
         self._experiment_jobs: dict[str, list[str]] = defaultdict(list)
@@ -164,7 +167,7 @@ class Scheduler:
         for job in await self.store.load_jobs():
             self._index(job)
             if job.state is JobState.QUEUED:
-                self._queue.add(_queue_key(job))
+                self._enqueue(job)
             elif job.state in (JobState.STARTING, JobState.RUNNING):
                 resume.append(job)
         for job in resume:
@@ -206,8 +209,49 @@ class Scheduler:
         await self.events.close()
         await self.store.close()
 
+    def _track(self, job: JobRecord) -> None:
+        """The running set and the queued shapes follow every change of state."""
+        if job.state in (JobState.RUNNING, JobState.STARTING):
+            self._active.add(job.job_id)
+        else:
+            self._active.discard(job.job_id)
+
+    def _enqueue(self, job: JobRecord) -> None:
+        key = _queue_key(job)
+        if key not in self._queue:
+            self._queue.add(key)
+            self._shapes[_shape(job)] += 1
+
+    def _dequeue(self, job: JobRecord) -> None:
+        key = _queue_key(job)
+        if key in self._queue:
+            self._queue.remove(key)
+            shape = _shape(job)
+            self._shapes[shape] -= 1
+            if not self._shapes[shape]:
+                del self._shapes[shape]
+
+    def _in_order(self, chunk: int = 64) -> Iterator[tuple[int, int, str]]:
+        """The queue in dispatch order, read a chunk at a time after the last key seen, so
+        jobs may come and go while a pass awaits."""
+        last: tuple[int, int, str] | None = None
+        while True:
+            keys = (
+                self._queue.islice(0, chunk)
+                if last is None
+                else itertools.islice(
+                    self._queue.irange(minimum=last, inclusive=(False, True)), chunk
+                )
+            )
+            batch = list(keys)
+            if not batch:
+                return
+            yield from batch
+            last = batch[-1]
+
     def _index(self, job: JobRecord) -> None:
         self.jobs[job.job_id] = job
+        self._track(job)
         self._seq = max(self._seq, job.seq)
         if job.request_id:
             self._by_request[job.request_id] = job.job_id
@@ -240,9 +284,10 @@ class Scheduler:
         job.state = state
         for key, value in updates.items():
             setattr(job, key, value)
+        self._track(job)
         if state in TERMINAL_STATES:
             job.end_time = _now()
-            self._queue.discard(_queue_key(job))
+            self._dequeue(job)
         await self._save(job)
         self._event(
             job,
@@ -525,7 +570,7 @@ class Scheduler:
             raise
         for job in new_jobs:
             self._index(job)
-            self._queue.add(_queue_key(job))
+            self._enqueue(job)
             self._event(
                 job,
                 state_change=JobStateChange(
@@ -648,15 +693,14 @@ class Scheduler:
             if not g.reserved and not g.lease_holder
         )
 
-    async def status(self) -> SchedulerStatus:
+    async def status(self, *, queued_limit: int | None = None) -> SchedulerStatus:
+        """Counts and the head of the queue: the cost does not grow with the queue."""
         gpus = await self.gpus()
-        limit = self.settings.status_queued_limit
+        limit = self.settings.status_queued_limit if queued_limit is None else queued_limit
         queued = [self.view(self.jobs[key[2]]) for key in self._queue.islice(0, limit)]
         return SchedulerStatus(
             queue_length=len(self._queue),
-            running_jobs=sum(
-                1 for j in self.jobs.values() if j.state in (JobState.RUNNING, JobState.STARTING)
-            ),
+            running_jobs=len(self._active),
             available_gpus=sum(1 for g in gpus if not g.reserved and not g.lease_holder),
             gpus=gpus,
             queued_jobs=queued,
@@ -707,7 +751,11 @@ class Scheduler:
         now = self._clock()
         if not any(node.up for node in self.nodes.values()):
             return
-        for key in list(self._queue):
+        # In dispatch order, until every kind of GPU request still queued is blocked: a long
+        # queue of jobs that cannot start costs one look per kind, not one per job.
+        for key in self._in_order():
+            if len(blocked) >= len(self._shapes):
+                break
             job = self.jobs[key[2]]
             if job.state is not JobState.QUEUED or job.not_before > now:
                 continue
@@ -752,7 +800,7 @@ class Scheduler:
                     with contextlib.suppress(ArcError):
                         await node.client.release(lease)
                     return ""
-                self._queue.discard(_queue_key(job))
+                self._dequeue(job)
                 await self._set_state(
                     job,
                     JobState.STARTING,
@@ -903,7 +951,7 @@ class Scheduler:
             run_sequence=0,
             not_before=self._clock() + delay,
         )
-        self._queue.add(_queue_key(job))
+        self._enqueue(job)
         self._wake.set()
 
     # --- following runs -----------------------------------------------------------------------
@@ -1042,7 +1090,7 @@ class Scheduler:
                     field="job_id",
                 )
             if job.state is JobState.QUEUED:
-                self._queue.discard(_queue_key(job))
+                self._dequeue(job)
                 await self._set_state(job, JobState.CANCELLED, reason, error_message=reason)
                 self._event(job, result=self._result(job))
                 return job

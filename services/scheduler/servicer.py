@@ -183,7 +183,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def GetSchedulerStatus(
         self, request: scheduler_pb2.GetSchedulerStatusRequest, context: Any
     ) -> scheduler_pb2.GetSchedulerStatusResponse:
-        status = await self._s.status()
+        if not 0 <= request.queued_limit <= 1000:
+            raise InvalidArgumentError(
+                f"queued_limit must be between 0 and 1000 (got {request.queued_limit})",
+                field="queued_limit",
+            )
+        status = await self._s.status(queued_limit=request.queued_limit or None)
         return scheduler_pb2.GetSchedulerStatusResponse(
             status=to_proto(status, scheduler_pb2.SchedulerStatus)
         )

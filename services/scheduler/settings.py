@@ -40,4 +40,4 @@ class SchedulerSettings(ServiceSettings):
     dispatch_interval_seconds: float = Field(default=1.0, gt=0)
     event_flush_ms: int = Field(default=20, ge=1, le=1000)
     # GetSchedulerStatus lists at most this many queued jobs (queue_length counts all).
-    status_queued_limit: int = Field(default=1000, ge=0)
+    status_queued_limit: int = Field(default=20, ge=0, le=1000)

@@ -100,7 +100,11 @@ async def sigkill_and_restart(
             )
             reply = await stub.SubmitJobs(batch, timeout=300)
             accepted += [r.job.job_id for r in reply.results]
-        before = (await stub.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())).status
+        before = (
+            await stub.GetSchedulerStatus(
+                scheduler_pb2.GetSchedulerStatusRequest(queued_limit=1000)
+            )
+        ).status
         order = [j.job_id for j in before.queued_jobs]
         assert sorted(order) == sorted(accepted) and before.queue_length == queued
         watched = long_jobs[0].job_id
@@ -115,7 +119,11 @@ async def sigkill_and_restart(
         await scheduler.start()
         channel = scheduler.channel(token)
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-        after = (await stub.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())).status
+        after = (
+            await stub.GetSchedulerStatus(
+                scheduler_pb2.GetSchedulerStatusRequest(queued_limit=1000)
+            )
+        ).status
         assert [j.job_id for j in after.queued_jobs] == order  # 0 lost, same order
         for job_id, run_id in run_ids.items():
             job = (await stub.GetJob(scheduler_pb2.GetJobRequest(job_id=job_id))).job

@@ -215,3 +215,37 @@ async def test_malformed_values_are_invalid_argument_and_audited(make_suite: Fac
     invalid = [r for r in records.records if r.action == "invalid_request"]
     assert len(invalid) == 1 and invalid[0].caller == "agent"
     assert "learning_rate" in invalid[0].outcome
+
+
+async def test_status_lists_the_head_of_the_queue_and_counts_the_rest(make_suite: Factory) -> None:
+    suite = await make_suite()
+    running = await suite.submit(spec("head-run", epochs=300))
+    await suite.wait(running.job_id, lambda j: j.state == RUNNING)
+    stub = suite.stub()
+    batch = scheduler_pb2.SubmitJobsRequest(
+        jobs=[
+            scheduler_pb2.SubmitJobRequest(spec=spec(f"head-{n}"), priority=n % 3)
+            for n in range(30)
+        ]
+    )
+    await stub.SubmitJobs(batch)
+    status = (await stub.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())).status
+    assert status.queue_length == 30 and status.running_jobs == 1
+    assert len(status.queued_jobs) == 20  # the head; ListJobs pages through the rest
+    assert [j.queue_position for j in status.queued_jobs] == list(range(1, 21))
+    assert [j.priority for j in status.queued_jobs][:10] == [2] * 10
+    wider = await stub.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest(queued_limit=25))
+    assert len(wider.status.queued_jobs) == 25
+    assert [j.job_id for j in wider.status.queued_jobs[:20]] == [
+        j.job_id for j in status.queued_jobs
+    ]
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest(queued_limit=1001))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "queued_limit" in (info.value.details() or "")
+    await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=running.job_id))
+    after = (await stub.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())).status
+    assert after.running_jobs <= 1  # the next job of the queue may be starting already
+    for job in (await stub.ListJobs(scheduler_pb2.ListJobsRequest(page_size=100))).jobs:
+        if job.state in (common_pb2.JOB_STATE_QUEUED, RUNNING, common_pb2.JOB_STATE_STARTING):
+            await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job.job_id))

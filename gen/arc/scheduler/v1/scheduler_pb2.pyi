@@ -232,7 +232,7 @@ class SchedulerStatus(_message.Message):
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[_gpu_pb2.Gpu]: ...
     @_builtins.property
     def queued_jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
-        """In dispatch order."""
+        """The head of the queue in dispatch order (GetSchedulerStatusRequest.queued_limit)."""
 
     @_builtins.property
     def down_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -697,12 +697,19 @@ Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015
 class GetSchedulerStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    QUEUED_LIMIT_FIELD_NUMBER: _builtins.int
+    queued_limit: _builtins.int
+    """How many queued jobs to list, from the head of the queue: 0 means 20, at most 1000.
+    The whole queue pages through ListJobs (state JOB_STATE_QUEUED).
+    """
     def __init__(
         self,
+        *,
+        queued_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued_limit", b"queued_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
