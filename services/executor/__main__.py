@@ -23,6 +23,7 @@ from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
 from services.executor.tools.governed import Governed
 from services.executor.tools.service import Tools
+from services.executor.warm import WarmPool
 
 DB_FILE = "executor.sqlite3"
 
@@ -56,7 +57,11 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
     await events.open()
     token = settings.service_token or tokens.token_for(Role.SERVICE)
     channel = create_channel(settings.gpu_manager_address, token=token)
-    runs = RunManager(settings, db, events, GrpcLeaseChecker(channel))
+    pool = None
+    if settings.warm_pool:
+        pool = WarmPool(settings.home / "logs" / "warm-pool.log")
+        await pool.start()  # ready in a few seconds; runs before that start cold
+    runs = RunManager(settings, db, events, GrpcLeaseChecker(channel), pool)
     await runs.open()
     await runs.recover()
     channels = [channel]

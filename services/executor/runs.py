@@ -49,6 +49,7 @@ from arc_common.models import (
 from arc_common.paths import resolve_data, resolve_in_root
 from services.executor.protocol import TrainerInput, TrainerMessage, load_message
 from services.executor.settings import ExecutorSettings
+from services.executor.warm import PoolUnavailable, WarmPool
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,18 @@ CREATE INDEX IF NOT EXISTS runs_request ON runs(request_id);
 
 TRAINER_MODULE = "services.executor.trainer"
 STEP_LOSS = "train_step_loss"
+
+
+class TrainerProcess(Protocol):
+    """A cold ``asyncio.subprocess.Process`` or a ``WarmProcess`` forked by the pool."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
 
 
 class LeaseChecker(Protocol):
@@ -100,6 +113,25 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def process_start_time(pid: int) -> int:
+    """When ``pid`` started (clock ticks since boot; 0 if it is gone): with the pid, it
+    tells a process from a later one that reuses the number."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[-1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _is_that_run(pgid: int, started: int, run_id: str) -> bool:
+    """The process group of a run from before a restart is still that run's: its leader
+    started when recorded (a forked warm trainer), or a member's command line names the
+    run (a cold one, or a workspace from before start times were recorded)."""
+    if started and process_start_time(pgid) == started:
+        return True
+    return any(run_id in _cmdline(pid) for pid in process_group_members(pgid))
+
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -114,7 +146,7 @@ def _write_input(inp: TrainerInput, checkpoint_dir: Path, log_dir: Path) -> Path
 @dataclass
 class LiveRun:
     run: Run
-    process: asyncio.subprocess.Process | None = None
+    process: TrainerProcess | None = None
     stop_reason: str = ""
     stop_state: JobState | None = None
     trainer_state: JobState | None = None
@@ -132,8 +164,10 @@ class RunManager:
         db: aiosqlite.Connection,
         events: EventLog[RunEvent],
         leases: LeaseChecker,
+        pool: WarmPool | None = None,
     ) -> None:
         self.settings = settings
+        self.pool = pool
         self.home = settings.home.resolve()
         self._db = db
         self.events = events
@@ -143,18 +177,36 @@ class RunManager:
 
     async def open(self) -> None:
         await self._db.executescript(SCHEMA)
+        async with self._db.execute("PRAGMA table_info(runs)") as cursor:
+            columns = {row[1] async for row in cursor}
+        if "pgid_start" not in columns:  # a workspace from before the warm pool
+            await self._db.execute(
+                "ALTER TABLE runs ADD COLUMN pgid_start INTEGER NOT NULL DEFAULT 0"
+            )
         await self._db.commit()
 
     # --- storage ---------------------------------------------------------------------------
 
-    async def _save(self, run: Run, *, request_id: str = "", pgid: int | None = None) -> None:
+    async def _save(
+        self, run: Run, *, request_id: str = "", pgid: int | None = None, pgid_start: int = 0
+    ) -> None:
         state = run.state.value if run.state else ""
         await self._db.execute(
-            "INSERT INTO runs (run_id, job_id, request_id, state, run, pgid) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
+            "INSERT INTO runs (run_id, job_id, request_id, state, run, pgid, pgid_start) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET "
             "state = excluded.state, run = excluded.run, "
-            "pgid = CASE WHEN excluded.pgid > 0 THEN excluded.pgid ELSE runs.pgid END",
-            (run.run_id, run.job_id, request_id, state, run.model_dump_json(), pgid or 0),
+            "pgid = CASE WHEN excluded.pgid > 0 THEN excluded.pgid ELSE runs.pgid END, "
+            "pgid_start = CASE WHEN excluded.pgid > 0 THEN excluded.pgid_start "
+            "ELSE runs.pgid_start END",
+            (
+                run.run_id,
+                run.job_id,
+                request_id,
+                state,
+                run.model_dump_json(),
+                pgid or 0,
+                pgid_start,
+            ),
         )
         await self._db.commit()
 
@@ -292,22 +344,34 @@ class RunManager:
                 open(log_dir / "stdout.log", "ab") as stdout,  # noqa: ASYNC230 - instant
                 open(log_dir / "stderr.log", "ab") as stderr,  # noqa: ASYNC230
             ):
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    TRAINER_MODULE,
-                    "--input",
-                    str(input_path),
-                    "--metrics-fd",
-                    str(write_fd),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=stderr,
-                    pass_fds=(write_fd,),
-                    env=env,
-                    cwd=str(REPO_ROOT),
-                    start_new_session=True,  # its own process group: cancel reaches all
-                )
+                process: TrainerProcess | None = None
+                if self.pool is not None:
+                    try:
+                        process = await self.pool.spawn(
+                            input_path=str(input_path),
+                            fds=(write_fd, stdout.fileno(), stderr.fileno()),
+                            env=env,
+                            cwd=str(REPO_ROOT),
+                        )
+                    except PoolUnavailable as exc:
+                        logger.warning("run %s starts cold: %s", run.run_id, exc)
+                if process is None:
+                    process = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        TRAINER_MODULE,
+                        "--input",
+                        str(input_path),
+                        "--metrics-fd",
+                        str(write_fd),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=stdout,
+                        stderr=stderr,
+                        pass_fds=(write_fd,),
+                        env=env,
+                        cwd=str(REPO_ROOT),
+                        start_new_session=True,  # its own process group: cancel reaches all
+                    )
         except BaseException:
             os.close(read_fd)
             raise
@@ -315,7 +379,7 @@ class RunManager:
             os.close(write_fd)
         live.process = process
         live.run = run.model_copy(update={"pid": process.pid, "start_time": datetime.now(UTC)})
-        await self._save(live.run, pgid=process.pid)
+        await self._save(live.run, pgid=process.pid, pgid_start=process_start_time(process.pid))
         live.tasks.append(asyncio.create_task(self._read_pipe(live, read_fd)))
         logger.info(
             "run %s started: pid %d, GPUs %s", run.run_id, process.pid, run.lease.gpu_indices
@@ -514,19 +578,21 @@ class RunManager:
         for live in list(self._live.values()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done.wait(), timeout=30)
+        if self.pool is not None:
+            await self.pool.close()
 
     # --- restart -------------------------------------------------------------------------------
 
     async def recover(self) -> int:
         """Runs that were live when the executor died: kill what is left, report them lost."""
         async with self._db.execute(
-            "SELECT run, pgid FROM runs WHERE state IN (?, ?, ?)",
+            "SELECT run, pgid, pgid_start FROM runs WHERE state IN (?, ?, ?)",
             (JobState.QUEUED.value, JobState.STARTING.value, JobState.RUNNING.value),
         ) as cursor:
-            rows = [(Run.model_validate_json(r[0]), int(r[1])) async for r in cursor]
-        for run, pgid in rows:
+            rows = [(Run.model_validate_json(r[0]), int(r[1]), int(r[2])) async for r in cursor]
+        for run, pgid, started in rows:
             killed = ""
-            if pgid and any(run.run_id in _cmdline(pid) for pid in process_group_members(pgid)):
+            if pgid and _is_that_run(pgid, started, run.run_id):
                 await self._kill_group(pgid, grace=self.settings.cancel_grace_seconds)
                 killed = f"; its process group {pgid} was killed"
             reason = f"lost: the executor restarted while the run was live{killed}"

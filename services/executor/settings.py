@@ -28,6 +28,9 @@ class ExecutorSettings(ServiceSettings):
     # DataLoader workers per run; -1 picks 0 on CPU and up to 4 on CUDA.
     dataloader_workers: int = Field(default=-1, ge=-1, le=32)
     log_every_steps: int = Field(default=10, ge=1)
+    # Fork trainers from a process with torch already imported (off: each run cold-starts
+    # a Python process that imports torch, seconds per run).
+    warm_pool: bool = True
     # Events are committed in groups at most this often (one fsync per group, not per event).
     event_flush_ms: int = Field(default=20, ge=1, le=1000)
     stderr_tail_lines: int = Field(default=20, ge=1, le=500)

@@ -76,19 +76,18 @@ def _limit_resources() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--metrics-fd", type=int, required=True)
-    args = parser.parse_args()
+def run(input_path: str, metrics_fd: int) -> int:
+    """One run, start to end: the cold ``python -m`` entry and the warm pool's forked child
+    (services.executor.warm) both come here."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     _limit_resources()
-    inp = TrainerInput.model_validate_json(Path(args.input).read_text())
-    stream = os.fdopen(args.metrics_fd, "w", buffering=1 << 16)
+    inp = TrainerInput.model_validate_json(Path(input_path).read_text())
+    stream = os.fdopen(metrics_fd, "w", buffering=1 << 16)
     channel = Channel(stream)
-    # Imported here so that a bad input fails fast, before torch loads.
+    # Imported here so that a bad input fails fast, before torch loads (a warm child has
+    # it loaded already).
     from services.executor.trainer.train import Pruned, Reporter, train
 
     reporter = Reporter(metrics=channel.metrics, checkpoint=channel.checkpoint, state=channel.state)
@@ -107,6 +106,14 @@ def main() -> int:
     channel.flush()
     logger.info("run completed: %s", {k: round(v, 4) for k, v in result.best_metrics.items()})
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--metrics-fd", type=int, required=True)
+    args = parser.parse_args()
+    return run(args.input, args.metrics_fd)
 
 
 if __name__ == "__main__":
