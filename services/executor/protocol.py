@@ -32,7 +32,9 @@ class TrainerInput(BaseModel):
     log_every_steps: int = 10
     # Absolute path of an earlier attempt's checkpoint to resume from ("" for a fresh start).
     resume_from: str = ""
-    # Fault injection for the tests of the executor's failure handling ("nan_loss_at_step:N").
+    # Fault injection for the tests of the executor's failure handling ("nan_loss_at_step:N")
+    # and the benchmark's probe of the metrics path ("metrics_flood:N"), from the executor's
+    # ARC_TRAINER_INJECT (never from the API).
     inject: str = ""
 
 

@@ -21,18 +21,28 @@ class ProcessSuite:
     """With ``fixed_ports`` every service keeps its port across restarts (kill tests)."""
 
     def __init__(
-        self, home: Path, *, data_root: Path | None = None, fixed_ports: bool = False
+        self,
+        home: Path,
+        *,
+        data_root: Path | None = None,
+        fixed_ports: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``env`` goes to every service (each reads only its own ARC_<SERVICE>_ settings)
+        and wins over the suite's own wiring."""
         self.home = home
         self.data_root = data_root
         self._fixed = fixed_ports
+        self._env = env or {}
         self.gpu = ServiceProcess(
             "services.gpu_manager",
             home,
             port=self._port(),
-            env={"ARC_GPU_MANAGER_BACKEND": "simulated"},
+            env={"ARC_GPU_MANAGER_BACKEND": "simulated", **self._env},
         )
-        self.governance = ServiceProcess("services.governance", home, port=self._port())
+        self.governance = ServiceProcess(
+            "services.governance", home, port=self._port(), env=self._env
+        )
         self.executor: ServiceProcess | None = None
         self.scheduler: ServiceProcess | None = None
 
@@ -45,6 +55,7 @@ class ProcessSuite:
             "ARC_EXECUTOR_GPU_MANAGER_ADDRESS": f"127.0.0.1:{self.gpu.port}",
             "ARC_EXECUTOR_GOVERNANCE_ADDRESS": f"127.0.0.1:{self.governance.port}",
             "ARC_EXECUTOR_APPROVAL_WAIT_SECONDS": "0",
+            **self._env,
         }
         if self.data_root is not None:
             env["ARC_EXECUTOR_DATA_ROOT"] = str(self.data_root)
@@ -64,6 +75,7 @@ class ProcessSuite:
             env={
                 "ARC_SCHEDULER_NODES": json.dumps(nodes),
                 "ARC_SCHEDULER_GOVERNANCE_ADDRESS": f"127.0.0.1:{self.governance.port}",
+                **self._env,
             },
         )
         await self.scheduler.start()

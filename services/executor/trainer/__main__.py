@@ -15,10 +15,11 @@ import sys
 import threading
 import time
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from arc_common.models import CheckpointInfo, JobState, MetricResult
+from arc_common.models import CheckpointInfo, ExperimentResult, JobState, MetricResult
 from services.executor.protocol import TrainerInput, TrainerMessage, dump
 
 logger = logging.getLogger("arc.trainer")
@@ -76,6 +77,31 @@ def _limit_resources() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _metrics_flood(inp: TrainerInput, channel: Channel, count: int) -> int:
+    """The benchmark's probe of the metrics path (ARC_TRAINER_INJECT=metrics_flood:N on
+    the executor): ``count`` step losses as fast as the channel takes them, then a result;
+    no training."""
+    channel.state(JobState.RUNNING.value, "metrics flood (benchmark probe)")
+    now = datetime.now(UTC)
+    for step in range(1, count + 1):
+        channel.metrics(
+            [MetricResult(name="train_step_loss", value=1.0 / step, step=step, epoch=1, time=now)]
+        )
+    channel.send(
+        TrainerMessage(
+            kind="result",
+            result=ExperimentResult(
+                experiment_id=inp.config.experiment_spec.experiment_id,
+                job_id=inp.config.job_id,
+                state=JobState.COMPLETED,
+                best_metrics={"metrics_sent": float(count)},
+            ),
+        )
+    )
+    channel.flush()
+    return 0
+
+
 def run(input_path: str, metrics_fd: int) -> int:
     """One run, start to end: the cold ``python -m`` entry and the warm pool's forked child
     (services.executor.warm) both come here."""
@@ -86,6 +112,8 @@ def run(input_path: str, metrics_fd: int) -> int:
     inp = TrainerInput.model_validate_json(Path(input_path).read_text())
     stream = os.fdopen(metrics_fd, "w", buffering=1 << 16)
     channel = Channel(stream)
+    if inp.inject.startswith("metrics_flood:"):
+        return _metrics_flood(inp, channel, int(inp.inject.split(":")[1]))
     # Imported here so that a bad input fails fast, before torch loads (a warm child has
     # it loaded already).
     from services.executor.trainer.train import Pruned, Reporter, train

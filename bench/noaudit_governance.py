@@ -1,0 +1,28 @@
+"""The baseline of measure 8: the governance service as it is, except that its audit log
+keeps nothing (no row, no chain, no anchor). Never a way to run governance: only the
+benchmark starts it. ``python -m bench.noaudit_governance`` takes the service's flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arc_common.models import AuditRecord
+from services.governance import core
+from services.governance.audit import AuditLog
+
+
+class NoAudit(AuditLog):
+    async def append(self, **_: Any) -> AuditRecord:
+        self._head_sequence += 1
+        return AuditRecord(sequence=self._head_sequence)
+
+
+def main() -> None:
+    setattr(core, "AuditLog", NoAudit)  # noqa: B010 - the one thing this baseline changes
+    from services.governance.__main__ import main as serve
+
+    serve()
+
+
+if __name__ == "__main__":
+    main()
