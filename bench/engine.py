@@ -428,13 +428,18 @@ def raw_kill(home: Path, job_id: str) -> float:
 
 
 async def metrics_path(home: Path, *, count: int) -> dict[str, Any]:
+    make_dataset(home, count=16)  # the executor checks it is there; the probe reads none
     async with running_suite(home, env={"ARC_TRAINER_INJECT": f"metrics_flood:{count}"}) as bench:
         stub = bench.scheduler()
         spec = dict_to_proto(spec_dict("m6", epochs=1), common_pb2.ExperimentSpec)
         reply = await stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec))
         metrics, state, seen_end = await watch(stub, reply.job.job_id)
         if state != common_pb2.JOB_STATE_COMPLETED or len(metrics) != count:
-            raise RuntimeError(f"metrics flood: {state}, {len(metrics)} of {count} metrics")
+            job = (await stub.GetJob(scheduler_pb2.GetJobRequest(job_id=reply.job.job_id))).job
+            raise RuntimeError(
+                f"metrics flood ended {common_pb2.JobState.Name(state)} with "  # type: ignore[arg-type]
+                f"{len(metrics)} of {count} metrics: {job.error_message}"
+            )
         first_emitted = min(seconds_of(m.time) for m in metrics)
         engine_rate = count / (seen_end - first_emitted)
     bare_rate = await bare_stream_rate(count)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import statistics
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,15 @@ async def main_async(quick: bool, only: set[int]) -> dict[str, Any]:
     def wanted(*numbers: int) -> bool:
         return not only or bool(only.intersection(numbers))
 
+    try:
+        await measure_all(results, quick, wanted)
+    except Exception as exc:  # what was measured so far still counts, and says what broke
+        logging.exception("benchmark failed")
+        results["error"] = f"{type(exc).__name__}: {exc}"
+    return results
+
+
+async def measure_all(results: dict[str, Any], quick: bool, wanted: Callable[..., bool]) -> None:
     with tempfile.TemporaryDirectory(prefix="arc-bench-") as tmp:
         home = Path(tmp)
         if wanted(1, 2):
@@ -134,7 +145,6 @@ async def main_async(quick: bool, only: set[int]) -> dict[str, Any]:
                         )
         if not quick and wanted(6):
             results["metrics_path"] = await engine.metrics_path(home / "metrics", count=20_000)
-    return results
 
 
 TARGETS: list[tuple[str, str, str, str, str]] = [
@@ -246,6 +256,8 @@ def main() -> int:
         print(f"{row['measure']:52} {row['ratio']:8.3f}  {row['target']:8} {mark}")
     for line in details(results):
         print(line)
+    if "error" in results:
+        print(f"INCOMPLETE: {results['error']}")
     print(f"({time.monotonic() - began:.0f} s, {'quick' if args.quick else 'full'} run)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -262,7 +274,7 @@ def main() -> int:
             indent=2,
         )
     )
-    return 0
+    return 1 if "error" in results else 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ hash(n) = SHA-256(previous_hash || canonical JSON of record n without its hash).
 byte, deleting, reordering or inserting a row breaks the chain at that row's sequence
 number. Truncating the tail leaves a valid chain, so the head hash and count are also
 written to an anchor file after every commit; a log shorter than its anchor is truncated.
+Records of concurrent callers share one commit and one anchor write (group commit); each
+caller is answered only once its record is committed and anchored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from arc_common.models import AuditRecord, DecisionOutcome, Tool
 logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
+# Records a crash can leave committed but not yet anchored (those of the groups in flight).
+MAX_UNANCHORED = 10_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -133,6 +137,11 @@ class AuditLog:
         self._lock = asyncio.Lock()
         self._head_sequence = 0
         self._head_hash = GENESIS_HASH
+        self._anchored = 0  # records up to this one are committed and anchored
+        self._unwritten: list[AuditRow] = []  # chained, waiting for the next group commit
+        self._committing: asyncio.Future[None] | None = None
+        self._commits_begun = 0
+        self._commits_done = 0
 
     async def open(self) -> None:
         await self._db.executescript(SCHEMA)
@@ -143,14 +152,18 @@ class AuditLog:
             row = await cursor.fetchone()
         if row is not None:
             self._head_sequence, self._head_hash = int(row[0]), str(row[1])
+        self._anchored = self._head_sequence
         anchor = self.read_anchor()
         if anchor is None:
-            self._write_anchor()
+            self._write_anchor(self._head_sequence, self._head_hash)
             return
         count, head = anchor
-        if self._head_sequence == count + 1:
-            # A crash between the row's commit and the anchor's write: catch the anchor up.
-            self._write_anchor()
+        if count < self._head_sequence <= count + MAX_UNANCHORED and await self._chains_to(
+            count, head
+        ):
+            # A crash between a group's commit and its anchor: the records after the
+            # anchor chain onto it, so catch the anchor up.
+            self._write_anchor(self._head_sequence, self._head_hash)
         elif self._head_sequence < count:
             # The tail was cut off. Keep chaining from the anchor so the gap stays visible.
             logger.error(
@@ -159,6 +172,13 @@ class AuditLog:
                 count,
             )
             self._head_sequence, self._head_hash = count, head
+
+    async def _chains_to(self, count: int, head: str) -> bool:
+        if count == 0:
+            return head == GENESIS_HASH
+        async with self._db.execute("SELECT hash FROM audit WHERE sequence = ?", (count,)) as cur:
+            row = await cur.fetchone()
+        return row is not None and str(row[0]) == head
 
     def read_anchor(self) -> tuple[int, str] | None:
         try:
@@ -169,10 +189,10 @@ class AuditLog:
         except (ValueError, KeyError, TypeError):
             return (-1, "")
 
-    def _write_anchor(self) -> None:
+    def _write_anchor(self, count: int, head: str) -> None:
         tmp = self._anchor_path.with_suffix(".tmp")
         with tmp.open("w") as handle:
-            json.dump({"count": self._head_sequence, "head_hash": self._head_hash}, handle)
+            json.dump({"count": count, "head_hash": head}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(self._anchor_path)
@@ -188,8 +208,13 @@ class AuditLog:
         outcome: str = "",
         policy_version: str = "",
         detail: str = "",
+        wait: bool = True,
     ) -> AuditRecord:
-        async with self._lock:
+        """Chain a record onto the log. With ``wait`` it returns once the record is
+        committed and anchored; without, the caller must ``await durable()`` before it
+        acts on the record (so that it can leave a lock first). The chain is extended at
+        once, in call order; the rows reach the database with the next group commit."""
+        if True:  # no await until the row is chained: the order of calls is the order
             row = AuditRow(
                 sequence=self._head_sequence + 1,
                 time=datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -204,11 +229,41 @@ class AuditLog:
                 previous_hash=self._head_hash,
             )
             row = AuditRow(**{**asdict(row), "hash": row.compute_hash()})
-            await self._db.execute(_INSERT, tuple(asdict(row)[f] for f in _FIELDS))
-            await self._db.commit()
+            self._unwritten.append(row)
             self._head_sequence, self._head_hash = row.sequence, row.hash
-            self._write_anchor()
-            return row.to_model()
+        if wait:
+            await self.durable()
+        return row.to_model()
+
+    async def durable(self) -> None:
+        """Returns once a commit that began after this call has completed: every write made
+        on the connection before the call (records, decisions, budgets) is then committed
+        and every record anchored. Group commit: the callers that arrive while one commit
+        is on its way share the next commit and the next anchor write."""
+        ticket = self._commits_begun + 1
+        while self._commits_done < ticket:
+            if self._committing is None or self._committing.done():
+                self._committing = asyncio.ensure_future(self._commit())
+            await asyncio.shield(self._committing)
+
+    async def _commit(self) -> None:
+        async with self._lock:  # no record joins between the commit and its anchor
+            self._commits_begun += 1
+            number = self._commits_begun
+            rows = list(self._unwritten)
+            try:
+                await self._db.executemany(
+                    _INSERT, [tuple(asdict(row)[f] for f in _FIELDS) for row in rows]
+                )
+                await self._db.commit()
+            except Exception:
+                await self._db.rollback()  # the rows stay queued for the next commit
+                raise
+            del self._unwritten[: len(rows)]
+            if rows:
+                self._write_anchor(rows[-1].sequence, rows[-1].hash)
+                self._anchored = rows[-1].sequence
+            self._commits_done = number
 
     async def verify(self) -> VerifyResult:
         async with self._lock:

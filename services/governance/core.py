@@ -208,12 +208,17 @@ class Governance:
             earlier = await self._earlier_decision(call)
             if earlier is not None:
                 return await self._maybe_wait(call, earlier, wait_seconds)
+        if call.dry_run:  # counts nothing: no lock, and its audit shares group commits
+            return await self._decide(call)
         async with self._lock:
-            if not call.dry_run and call.request_id:
+            if call.request_id:
                 earlier = await self._earlier_decision(call)
                 if earlier is not None:
                     return earlier
             decision = await self._decide(call)
+        # Outside the lock: the next decision may go ahead (it sees this one's uncommitted
+        # rows on the same connection) while this one waits for its group's commit.
+        await self.log.durable()
         return await self._maybe_wait(call, decision, wait_seconds)
 
     async def _record_invalid(self, call: ToolCall) -> Decision:
@@ -427,6 +432,7 @@ class Governance:
             or decision.reason,
             policy_version=policy.version,
             detail=f"request_id={call.request_id}",
+            wait=False,  # the caller awaits durable() once it has left the lock
         )
         decision = decision.model_copy(update={"audit_sequence": record.sequence})
         if call.request_id:
@@ -434,7 +440,6 @@ class Governance:
                 "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?)",
                 (call.caller, call.request_id, decision.model_dump_json()),
             )
-        await self.db.commit()
         return decision
 
     async def _charge(self, caller: str, cycle_id: int, hours: float) -> None:

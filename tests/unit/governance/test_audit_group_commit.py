@@ -1,0 +1,91 @@
+"""Group commit of the audit log: concurrent callers share commits and anchor writes, each
+is answered only once its record is durable, and a crash between a group's commit and its
+anchor is caught up at the next start (but a forged tail is not)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+from arc_common.models import Tool
+from services.governance.core import ToolCall
+from tests.unit.governance.test_governance_core import FakeClock, open_gov, training
+
+
+async def test_concurrent_validations_share_commits_and_all_are_durable(tmp_path: Path) -> None:
+    gov = await open_gov(tmp_path / "ws", FakeClock())
+    calls = [
+        ToolCall(caller="agent", tool=Tool.RUN_TRAINING_JOB, parameters=training(), dry_run=True)
+        for _ in range(60)
+    ]
+    decisions = await asyncio.gather(*(gov.validate(call) for call in calls))
+    sequences = sorted(d.audit_sequence for d in decisions)
+    assert sequences == list(range(sequences[0], sequences[0] + 60))  # one record each
+    assert gov.log._commits_done < 60  # grouped: fewer commits than records
+    anchor = json.loads((gov.home / "governance" / "audit_anchor.json").read_text())
+    assert anchor["count"] == sequences[-1]
+    result = await gov.log.verify()
+    assert result.ok and result.records_checked == sequences[-1]
+    await gov.close()
+
+
+async def test_decisions_are_committed_before_the_answer(tmp_path: Path) -> None:
+    clock = FakeClock()
+    gov = await open_gov(tmp_path / "ws", clock)
+    calls = [
+        ToolCall(
+            caller="agent",
+            tool=Tool.RUN_TRAINING_JOB,
+            parameters=training(hours=0.1),
+            request_id=f"r{n}",
+        )
+        for n in range(10)
+    ]
+    decisions = await asyncio.gather(*(gov.validate(call) for call in calls))
+    # Read through another connection: what was answered is on disk.
+    with sqlite3.connect(gov.home / "governance" / "governance.sqlite3") as conn:
+        stored = {row[0] for row in conn.execute("SELECT request_id FROM decisions")}
+        audited = conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'validate'").fetchone()
+    assert stored == {f"r{n}" for n in range(10)} and audited[0] == 10
+    assert all(d.audit_sequence > 0 for d in decisions)
+    await gov.close()
+
+
+async def test_records_committed_but_not_anchored_are_caught_up(tmp_path: Path) -> None:
+    clock = FakeClock()
+    home = tmp_path / "ws"
+    gov = await open_gov(home, clock)
+    for n in range(3):
+        await gov.log.append(caller="c", action="test", detail=f"anchored {n}")
+    for n in range(5):  # committed by someone else's commit; the crash comes before the anchor
+        await gov.log.append(caller="c", action="test", detail=f"late {n}", wait=False)
+    await gov.db.commit()
+    await gov.close()
+    anchor = json.loads((home / "governance" / "audit_anchor.json").read_text())
+    assert anchor["count"] < 8 + 1
+
+    again = await open_gov(home, clock)
+    result = await again.log.verify()
+    assert result.ok, result.reason
+    anchor = json.loads((home / "governance" / "audit_anchor.json").read_text())
+    assert anchor["count"] == result.records_checked
+    await again.close()
+
+
+async def test_a_tail_that_does_not_chain_to_the_anchor_is_not_caught_up(tmp_path: Path) -> None:
+    clock = FakeClock()
+    home = tmp_path / "ws"
+    gov = await open_gov(home, clock)
+    for n in range(3):
+        await gov.log.append(caller="c", action="test", detail=f"record {n}")
+    count = (await gov.log.verify()).records_checked
+    await gov.close()
+    anchor_path = home / "governance" / "audit_anchor.json"
+    # The anchor says fewer records, with a head that is not the hash of that record.
+    anchor_path.write_text(json.dumps({"count": count - 1, "head_hash": "f" * 64}))
+    again = await open_gov(home, clock)
+    result = await again.log.verify()
+    assert not result.ok
+    await again.close()
