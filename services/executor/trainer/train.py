@@ -4,6 +4,8 @@ early for a reason that is not a failure."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import random
@@ -34,7 +36,6 @@ from services.executor.protocol import (
     META_SUFFIX,
     TrainerInput,
     checkpoint_is_intact,
-    file_sha256,
 )
 from services.executor.trainer import metrics as M
 from services.executor.trainer.data import load_splits, loader
@@ -127,13 +128,21 @@ def predict(
     return np.concatenate(labels), np.concatenate(probs), total_loss / count
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
+def serialize_checkpoint(payload: dict[str, Any]) -> tuple[bytes, str]:
+    """The checkpoint's bytes and their SHA-256 (hashed in memory: no second read)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def write_checkpoint(path: Path, data: bytes, digest: str) -> None:
     """Atomic: temp file, fsync, rename; the checksum file is renamed last."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    with tmp.open("rb+") as handle:
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
         os.fsync(handle.fileno())
-    digest = file_sha256(tmp)
     sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
     sidecar_tmp = sidecar.with_name(f".{sidecar.name}.tmp")
     sidecar_tmp.write_text(f"{digest}  {path.name}\n")
@@ -144,6 +153,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
+    data, digest = serialize_checkpoint(payload)
+    write_checkpoint(path, data, digest)
     return digest
 
 
@@ -203,10 +217,8 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
     step = 0
     checkpoints: list[CheckpointInfo] = []
 
-    def write(kind: CheckpointKind, epoch: int, epoch_metrics: dict[str, float]) -> CheckpointInfo:
-        path = checkpoint_dir / f"{kind.value}.pt"
-        digest = save_checkpoint(
-            path,
+    def serialize(epoch: int, epoch_metrics: dict[str, float]) -> tuple[bytes, str]:
+        return serialize_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT,
                 "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -229,8 +241,18 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
                     "best_metrics": best_metrics,
                     "epochs_without_improvement": epochs_without_improvement,
                 },
-            },
+            }
         )
+
+    def write(
+        kind: CheckpointKind,
+        epoch: int,
+        epoch_metrics: dict[str, float],
+        serialized: tuple[bytes, str],
+    ) -> CheckpointInfo:
+        path = checkpoint_dir / f"{kind.value}.pt"
+        data, digest = serialized
+        write_checkpoint(path, data, digest)
         info = CheckpointInfo(
             path=str(path.relative_to(inp.workspace)),
             epoch=epoch,
@@ -250,6 +272,7 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         return info
 
     start_epoch = 1
+    last_epoch = 0
     resume = Path(inp.resume_from) if inp.resume_from else None
     if resume is not None:
         if checkpoint_is_intact(resume):
@@ -331,30 +354,36 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         for name, value in epoch_metrics.items():
             split = name.split("_", 1)[0] if name.startswith(("train", "val")) else "train"
             report.metric(name, value, step=step, epoch=epoch, split=split)
-        write(CheckpointKind.LAST, epoch, epoch_metrics)
         current = epoch_metrics.get(monitor, float("nan"))
-        if (
+        improved = (
             best_value is None
             or math.isnan(best_value)
             or _improved(current, best_value, early.mode, early.min_delta)
-        ):
+        )
+        if improved:
             best_value = current
             best_epoch = epoch
             best_metrics = dict(epoch_metrics)
             epochs_without_improvement = 0
-            write(CheckpointKind.BEST, epoch, epoch_metrics)
         else:
             epochs_without_improvement += 1
-            if early.enabled and epochs_without_improvement >= early.patience:
-                report.state(
-                    "running",
-                    f"early stopping: {monitor} did not improve for {early.patience} epochs "
-                    f"(best {best_value:.4f} at epoch {best_epoch})",
-                )
-                break
+        # Serialized once: when this epoch is also the best, best.pt gets the same bytes.
+        serialized = serialize(epoch, epoch_metrics)
+        write(CheckpointKind.LAST, epoch, epoch_metrics, serialized)
+        last_epoch = epoch
+        if improved:
+            write(CheckpointKind.BEST, epoch, epoch_metrics, serialized)
+        elif early.enabled and epochs_without_improvement >= early.patience:
+            report.state(
+                "running",
+                f"early stopping: {monitor} did not improve for {early.patience} epochs "
+                f"(best {best_value:.4f} at epoch {best_epoch})",
+            )
+            break
 
-    best_state = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(best_state["model_state_dict"])
+    if best_epoch != last_epoch:  # the model in memory is the best one otherwise
+        best_state = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)
+        model.load_state_dict(best_state["model_state_dict"])
     labels, probs, test_loss = predict(
         model, test_loader, device, amp=amp, channels_last=channels_last
     )
