@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install protos protos-check lint format test test-long bench bench-quick demo clean
+.PHONY: install protos protos-check lint format test test-long bench bench-quick bench-gpu demo clean
 
 # Idempotent: re-runs pip only when pyproject.toml changed since the last install.
 install: $(VENV)/.installed
@@ -60,6 +60,10 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench.run --quick
+
+# On a GPU machine: NVML, CUDA training, the gap between jobs on a real GPU (a few minutes).
+bench-gpu: install
+	$(PY) -m bench.gpu
 
 # The whole engine on this machine in a few minutes: suite up, sweep, leaderboard, Grad-CAM,
 # audit check, suite down. ARC_DEMO_HOME and ARC_DEMO_PORT_BASE move it elsewhere.

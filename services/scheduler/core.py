@@ -656,6 +656,10 @@ class Scheduler:
             error_message=job.error_message,
         )
 
+    def ended(self, job_id: str) -> bool:
+        """The job is terminal and its final state change is in the event log's queue."""
+        return self._finished[job_id].is_set()
+
     def job(self, job_id: str) -> JobRecord:
         job = self.jobs.get(job_id)
         if job is None:

@@ -204,6 +204,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         async for event in self._s.events.follow(
             job.job_id,
             request.from_sequence,
-            is_finished=lambda: job.state.is_terminal,
+            # Not job.state: it turns terminal before the state change is appended (the
+            # row is saved first), and a watcher must not stop short of that event.
+            is_finished=lambda: self._s.ended(job.job_id),
         ):
             yield scheduler_pb2.WatchJobResponse(event=to_proto(event, scheduler_pb2.JobEvent))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -12,6 +13,7 @@ from arc.common.v1 import common_pb2
 from arc.gpu.v1 import gpu_pb2
 from arc.scheduler.v1 import scheduler_pb2
 from arc_common.auth import Role
+from services.scheduler.store import SchedulerStore, Write
 from tests.integration.scheduler.conftest import Factory, Suite, spec
 
 RUNNING = common_pb2.JOB_STATE_RUNNING
@@ -249,3 +251,36 @@ async def test_status_lists_the_head_of_the_queue_and_counts_the_rest(make_suite
     for job in (await stub.ListJobs(scheduler_pb2.ListJobsRequest(page_size=100))).jobs:
         if job.state in (common_pb2.JOB_STATE_QUEUED, RUNNING, common_pb2.JOB_STATE_STARTING):
             await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job.job_id))
+
+
+async def test_watch_ends_with_the_final_state_change_even_when_the_save_is_slow(
+    make_suite: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job turns terminal in memory before its state change is appended (the row is saved
+    first): a watcher that wakes in between must still wait for that event."""
+    original = SchedulerStore.write
+
+    async def slow_write(self: SchedulerStore, *writes: Write) -> None:
+        await original(self, *writes)
+        if any(w.table == "jobs" and w.values[4] == "cancelled" for w in writes):
+            await asyncio.sleep(1.5)  # longer than a watcher's idle wake-up (1 s)
+
+    monkeypatch.setattr(SchedulerStore, "write", slow_write)
+    suite = await make_suite()
+    running = await suite.submit(spec("w-run", epochs=300))
+    await suite.wait(running.job_id, lambda j: j.state == RUNNING)
+    stub = suite.stub()
+    queued = await suite.submit(spec("w-queued"))
+    seen: list[int] = []
+
+    async def watch() -> None:
+        async for reply in stub.WatchJob(scheduler_pb2.WatchJobRequest(job_id=queued.job_id)):
+            if reply.event.WhichOneof("payload") == "state_change":
+                seen.append(reply.event.state_change.state)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)
+    await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=queued.job_id))
+    await asyncio.wait_for(watcher, 30)
+    assert seen[-1] == common_pb2.JOB_STATE_CANCELLED
+    await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=running.job_id))
