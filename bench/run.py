@@ -203,9 +203,10 @@ def details(results: dict[str, Any]) -> list[str]:
     if "gap" in results:
         g = results["gap"]
         out.append(
-            f"gap {g['gap_s']:.2f} s between {g['job_seconds']:.0f} s jobs (job A's last "
-            f"validation/checkpoint/test {g['a_epilogue_s']:.2f} s, engine "
-            f"{g['engine_gap_s']:.2f} s)"
+            f"gap {g['gap_s']:.2f} s between {g['job_seconds']:.0f} s jobs (to the end of "
+            f"B's first step {g['gap_to_first_step_done_s']:.2f} s): A's last "
+            f"validation/checkpoint/test {g['a_epilogue_s']:.2f} s, then the engine "
+            f"{g['engine_gap_s']:.2f} s"
         )
     if "metrics_path" in results:
         m = results["metrics_path"]
