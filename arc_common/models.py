@@ -235,7 +235,8 @@ class Hyperparameters(_Spec):
     batch_size: Annotated[int, Field(ge=1, le=4096)]
     epochs: Annotated[int, Field(ge=1, le=10_000)]
     optimizer: OptimizerSpec
-    lr_schedule: LrSchedule = LrSchedule()
+    # Factories, not instances: pydantic deep-copies an instance default on every parse.
+    lr_schedule: LrSchedule = Field(default_factory=LrSchedule)
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
 
 
@@ -317,13 +318,13 @@ class ExperimentSpec(_Spec):
     architecture: ArchitectureSpec
     hyperparameters: Hyperparameters
     dataset: DatasetSpec
-    preprocessing: PreprocessingChain = PreprocessingChain()
+    preprocessing: PreprocessingChain = Field(default_factory=PreprocessingChain)
     cycle_id: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     novelty_class: NoveltyClass = NoveltyClass.EXPLOIT
     priority: Annotated[int, Field(ge=0, le=10)] | None = None
     max_training_time_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
-    gpu_allocation: GpuAllocation = GpuAllocation()
-    early_stopping: EarlyStopping = EarlyStopping()
+    gpu_allocation: GpuAllocation = Field(default_factory=GpuAllocation)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
 
     @property
     def effective_priority(self) -> int:
