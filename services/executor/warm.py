@@ -63,6 +63,10 @@ class WarmPool:
         self.info: dict[str, Any] = {}
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def available(self) -> bool:
         return self._sock is not None and not self._gone.is_set()
 
@@ -98,10 +102,18 @@ class WarmPool:
         self._reader = asyncio.create_task(self._read(), name="warm-pool-reader")
 
     async def wait_ready(self, seconds: float | None = None) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.shield(self._ready.wait()), seconds or self._ready_seconds
+        """Until the pool is warm (True) or gone (False: a crash while importing)."""
+        waits = [
+            asyncio.create_task(self._ready.wait()),
+            asyncio.create_task(self._gone.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waits, timeout=seconds or self._ready_seconds, return_when="FIRST_COMPLETED"
             )
+        finally:
+            for task in waits:
+                task.cancel()
         return self._ready.is_set() and self.available
 
     async def _read(self) -> None:
