@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,26 +105,40 @@ class Suite:
         return [reply.event async for reply in stream]
 
 
-@pytest.fixture
-async def suite(tmp_path: Path, data_root: Path) -> AsyncIterator[Suite]:
-    home = tmp_path / "ws"
+@asynccontextmanager
+async def running_suite(
+    home: Path, data_root: Path, *, backend: str = "simulated", **executor: Any
+) -> AsyncIterator[Suite]:
+    """A gpu-manager (``backend``) and an executor on ``home``, served in this process."""
     tokens = TokenStore.ensure(home)
-    gpu_settings = GpuManagerSettings(home=home, port=0, backend="simulated")
+    gpu_settings = GpuManagerSettings(home=home, port=0, backend=backend)
     gpu = await gpu_main.start(gpu_settings, tokens)
     settings = ExecutorSettings(
         home=home,
         port=0,
         gpu_manager_address=f"127.0.0.1:{gpu.port}",
         data_root=data_root,
+        **executor,
+    )
+    server = await executor_main.start(settings, tokens)
+    suite = Suite(home, tokens, gpu.port, server.port)
+    try:
+        yield suite
+    finally:
+        for channel in suite.channels:
+            await channel.close()
+        await server.stop(0)
+        await gpu.stop(0)
+
+
+@pytest.fixture
+async def suite(tmp_path: Path, data_root: Path) -> AsyncIterator[Suite]:
+    async with running_suite(
+        tmp_path / "ws",
+        data_root,
         heartbeat_seconds=0.3,
         cancel_grace_seconds=2.0,
         event_flush_ms=10,
         log_every_steps=2,
-    )
-    server = await executor_main.start(settings, tokens)
-    suite = Suite(home, tokens, gpu.port, server.port)
-    yield suite
-    for channel in suite.channels:
-        await channel.close()
-    await server.stop(0)
-    await gpu.stop(0)
+    ) as suite:
+        yield suite
