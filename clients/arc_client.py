@@ -206,9 +206,13 @@ class ArcClient:
         )
         return to_model(reply.job, Job)
 
-    async def status(self) -> SchedulerStatus:
+    async def status(self, *, queued_limit: int = 0) -> SchedulerStatus:
+        """Counts, GPUs and the head of the queue (``queued_limit`` jobs; 0: the server's
+        default of 20)."""
         reply = await unary(
-            self.scheduler.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())
+            self.scheduler.GetSchedulerStatus(
+                scheduler_pb2.GetSchedulerStatusRequest(queued_limit=queued_limit)
+            )
         )
         return to_model(reply.status, SchedulerStatus)
 

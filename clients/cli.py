@@ -141,7 +141,7 @@ async def cmd_status(args: argparse.Namespace, out: Out) -> int:
 
 async def cmd_queue(args: argparse.Namespace, out: Out) -> int:
     async with client_for(args) as client:
-        status = await client.status()
+        status = await client.status(queued_limit=args.limit)
     if out.json:
         out.data(status.model_dump(mode="json"))
         return 0
@@ -154,6 +154,9 @@ async def cmd_queue(args: argparse.Namespace, out: Out) -> int:
         [_job_row(j) | {"position": j.queue_position} for j in status.queued_jobs],
         ["position", "job", "experiment", "priority", "waiting_for"],
     )
+    more = status.queue_length - len(status.queued_jobs)
+    if more > 0:
+        print(f"... and {more} more (arc queue --limit N, up to 1000)")
     return 0
 
 
@@ -441,7 +444,10 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a job")
     c.add_argument("job")
     c.add_argument("--reason", default="")
-    sub.add_parser("queue", help="the queue and running jobs")
+    q = sub.add_parser("queue", help="the queue and running jobs")
+    q.add_argument(
+        "--limit", type=int, default=0, help="queued jobs to list (default 20, at most 1000)"
+    )
     sub.add_parser("gpus", help="GPUs with telemetry and lease holders")
     r = sub.add_parser("results", help="leaderboard of completed jobs")
     r.add_argument("--experiment")

@@ -125,6 +125,9 @@ def test_cli_runs_a_tiny_experiment(suite: Suite) -> None:
     assert "simulated" in gpus.stdout and "True" in gpus.stdout  # GPU2 reserved
     queue = json.loads(suite.arc("--json", "queue").stdout)
     assert queue["queue_length"] == 0
+    assert suite.arc("queue", "--limit", "5").returncode == 0
+    too_many = suite.arc("queue", "--limit", "1001")
+    assert too_many.returncode != 0 and "queued_limit" in too_many.stdout + too_many.stderr
     verify = suite.arc("audit", "verify")
     assert verify.returncode == 0 and "OK" in verify.stdout
     audit = suite.arc("--json", "audit", "list")
