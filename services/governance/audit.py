@@ -137,7 +137,6 @@ class AuditLog:
         self._lock = asyncio.Lock()
         self._head_sequence = 0
         self._head_hash = GENESIS_HASH
-        self._anchored = 0  # records up to this one are committed and anchored
         self._unwritten: list[AuditRow] = []  # chained, waiting for the next group commit
         self._committing: asyncio.Future[None] | None = None
         self._commits_begun = 0
@@ -152,7 +151,6 @@ class AuditLog:
             row = await cursor.fetchone()
         if row is not None:
             self._head_sequence, self._head_hash = int(row[0]), str(row[1])
-        self._anchored = self._head_sequence
         anchor = self.read_anchor()
         if anchor is None:
             self._write_anchor(self._head_sequence, self._head_hash)
@@ -214,23 +212,23 @@ class AuditLog:
         committed and anchored; without, the caller must ``await durable()`` before it
         acts on the record (so that it can leave a lock first). The chain is extended at
         once, in call order; the rows reach the database with the next group commit."""
-        if True:  # no await until the row is chained: the order of calls is the order
-            row = AuditRow(
-                sequence=self._head_sequence + 1,
-                time=datetime.now(UTC).isoformat(timespec="microseconds"),
-                caller=caller,
-                tool=tool.value if tool else "",
-                parameters_digest=digest(parameters) if parameters is not None else "",
-                decision=decision.value if decision else "",
-                outcome=outcome,
-                policy_version=policy_version,
-                action=action,
-                detail=detail,
-                previous_hash=self._head_hash,
-            )
-            row = AuditRow(**{**asdict(row), "hash": row.compute_hash()})
-            self._unwritten.append(row)
-            self._head_sequence, self._head_hash = row.sequence, row.hash
+        # No await until the row is chained: the order of calls is the order of records.
+        row = AuditRow(
+            sequence=self._head_sequence + 1,
+            time=datetime.now(UTC).isoformat(timespec="microseconds"),
+            caller=caller,
+            tool=tool.value if tool else "",
+            parameters_digest=digest(parameters) if parameters is not None else "",
+            decision=decision.value if decision else "",
+            outcome=outcome,
+            policy_version=policy_version,
+            action=action,
+            detail=detail,
+            previous_hash=self._head_hash,
+        )
+        row = AuditRow(**{**asdict(row), "hash": row.compute_hash()})
+        self._unwritten.append(row)
+        self._head_sequence, self._head_hash = row.sequence, row.hash
         if wait:
             await self.durable()
         return row.to_model()
@@ -262,7 +260,6 @@ class AuditLog:
             del self._unwritten[: len(rows)]
             if rows:
                 self._write_anchor(rows[-1].sequence, rows[-1].hash)
-                self._anchored = rows[-1].sequence
             self._commits_done = number
 
     async def verify(self) -> VerifyResult:
