@@ -15,20 +15,26 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from arc_common.models import AuditRecord, DecisionOutcome, Tool
+from arc_common.sqlite import BUSY_TIMEOUT_MS
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 GENESIS_HASH = "0" * 64
 # Records a crash can leave committed but not yet anchored (those of the groups in flight).
 MAX_UNANCHORED = 10_000
+ANCHOR_BYTES = 512
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -76,7 +82,7 @@ def digest(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AuditRow:
     sequence: int
     time: str
@@ -91,8 +97,11 @@ class AuditRow:
     previous_hash: str
     hash: str = ""
 
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS)
+
     def compute_hash(self) -> str:
-        body = {k: v for k, v in asdict(self).items() if k != "hash"}
+        body = {name: getattr(self, name) for name in _FIELDS[:-1]}
         return hashlib.sha256((self.previous_hash + canonical_json(body)).encode()).hexdigest()
 
     def to_model(self) -> AuditRecord:
@@ -130,35 +139,60 @@ class AuditFilter:
     end_time: datetime | None = None
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    # Opened on the loop's thread, then written only by the writer thread.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return db
+
+
 class AuditLog:
-    def __init__(self, db: aiosqlite.Connection, anchor_path: Path) -> None:
-        self._db = db
+    """The log in a SQLite file of its own (``audit.sqlite3``) with a writer thread of its
+    own: one hop per group (its transaction and its anchor write, both fsync'd, which leave
+    the loop free), not one per statement. Reads (verify, list, export) run on connections
+    of their own in a thread."""
+
+    def __init__(self, path: Path, anchor_path: Path, *, legacy: Path | None = None) -> None:
+        self._path = path
         self._anchor_path = anchor_path
-        self._lock = asyncio.Lock()
+        self._legacy = legacy  # a database that still holds an ``audit`` table: moved once
+        self._db: sqlite3.Connection | None = None
         self._head_sequence = 0
         self._head_hash = GENESIS_HASH
         self._unwritten: list[AuditRow] = []  # chained, waiting for the next group commit
-        self._committing: asyncio.Future[None] | None = None
-        self._commits_begun = 0
-        self._commits_done = 0
+        self._durable_sequence = 0  # committed and anchored up to here
+        self._next_group: asyncio.Future[None] | None = None  # for records not yet written
+        self._in_flight: tuple[int, asyncio.Future[None]] | None = None  # (last, done)
+        self._writer: asyncio.Future[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        # Held from a group's commit to its anchor write, and by a reader while it takes its
+        # snapshot and reads the anchor: the two always agree.
+        self._anchor_lock = threading.Lock()
+        self._anchor_fd: int | None = None
+        self.commits = 0
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("audit log is not open")
+        return self._db
 
     async def open(self) -> None:
-        await self._db.executescript(SCHEMA)
-        await self._db.commit()
-        async with self._db.execute(
+        self._db = db = _connect(self._path)
+        db.executescript(SCHEMA)
+        self._move_legacy(db)
+        row = db.execute(
             "SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1"
-        ) as cursor:
-            row = await cursor.fetchone()
+        ).fetchone()
         if row is not None:
             self._head_sequence, self._head_hash = int(row[0]), str(row[1])
         anchor = self.read_anchor()
+        count, head = anchor if anchor is not None else (self._head_sequence, self._head_hash)
         if anchor is None:
             self._write_anchor(self._head_sequence, self._head_hash)
-            return
-        count, head = anchor
-        if count < self._head_sequence <= count + MAX_UNANCHORED and await self._chains_to(
-            count, head
-        ):
+        elif count < self._head_sequence <= count + MAX_UNANCHORED and self._chains_to(count, head):
             # A crash between a group's commit and its anchor: the records after the
             # anchor chain onto it, so catch the anchor up.
             self._write_anchor(self._head_sequence, self._head_hash)
@@ -170,12 +204,43 @@ class AuditLog:
                 count,
             )
             self._head_sequence, self._head_hash = count, head
+        self._durable_sequence = self._head_sequence
 
-    async def _chains_to(self, count: int, head: str) -> bool:
+    def _move_legacy(self, db: sqlite3.Connection) -> None:
+        """Workspaces made before the log had its own file keep it in the governance
+        database: copy it over verbatim (the chain is unchanged), then drop it there. Two
+        transactions, copy first: a crash between them leaves a copy to drop next time."""
+        if self._legacy is None or not self._legacy.exists():
+            return
+        db.execute("ATTACH DATABASE ? AS legacy", (str(self._legacy),))
+        try:
+            found = db.execute(
+                "SELECT 1 FROM legacy.sqlite_master WHERE type = 'table' AND name = 'audit'"
+            ).fetchone()
+            if found is None:
+                return
+            columns = ", ".join(_FIELDS)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute("SELECT COUNT(*) FROM main.audit").fetchone()[0] == 0:
+                    db.execute(
+                        f"INSERT INTO main.audit ({columns}) "
+                        f"SELECT {columns} FROM legacy.audit ORDER BY rowid"
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            moved = db.execute("SELECT COUNT(*) FROM main.audit").fetchone()[0]
+            db.execute("DROP TABLE legacy.audit")
+            logger.info("audit log moved to %s (%d records)", self._path, moved)
+        finally:
+            db.execute("DETACH DATABASE legacy")
+
+    def _chains_to(self, count: int, head: str) -> bool:
         if count == 0:
             return head == GENESIS_HASH
-        async with self._db.execute("SELECT hash FROM audit WHERE sequence = ?", (count,)) as cur:
-            row = await cur.fetchone()
+        row = self.db.execute("SELECT hash FROM audit WHERE sequence = ?", (count,)).fetchone()
         return row is not None and str(row[0]) == head
 
     def read_anchor(self) -> tuple[int, str] | None:
@@ -188,14 +253,30 @@ class AuditLog:
             return (-1, "")
 
     def _write_anchor(self, count: int, head: str) -> None:
-        tmp = self._anchor_path.with_suffix(".tmp")
-        with tmp.open("w") as handle:
-            json.dump({"count": count, "head_hash": head}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self._anchor_path)
+        """Overwrite the anchor in place: JSON padded to one 512-byte sector (a sector is
+        written whole or not at all), then fdatasync. No temporary file, no rename: the
+        anchor is written once per group commit."""
+        body = json.dumps({"count": count, "head_hash": head}).encode()
+        if self._anchor_fd is None:
+            self._anchor_fd = os.open(self._anchor_path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.pwrite(self._anchor_fd, body.ljust(ANCHOR_BYTES), 0)
+        if os.fstat(self._anchor_fd).st_size != ANCHOR_BYTES:
+            os.ftruncate(self._anchor_fd, ANCHOR_BYTES)  # an anchor written otherwise
+            os.fsync(self._anchor_fd)
+        else:
+            os.fdatasync(self._anchor_fd)
 
-    async def append(
+    async def close(self) -> None:
+        if self._db is not None:
+            await self.durable()
+            self._db.close()
+            self._db = None
+        self._thread.shutdown(wait=True)
+        if self._anchor_fd is not None:
+            os.close(self._anchor_fd)
+            self._anchor_fd = None
+
+    def append_nowait(
         self,
         *,
         caller: str,
@@ -206,13 +287,9 @@ class AuditLog:
         outcome: str = "",
         policy_version: str = "",
         detail: str = "",
-        wait: bool = True,
-    ) -> AuditRecord:
-        """Chain a record onto the log. With ``wait`` it returns once the record is
-        committed and anchored; without, the caller must ``await durable()`` before it
-        acts on the record (so that it can leave a lock first). The chain is extended at
-        once, in call order; the rows reach the database with the next group commit."""
-        # No await until the row is chained: the order of calls is the order of records.
+    ) -> AuditRow:
+        """Chain a record onto the log at once, in call order. It reaches the disk with the
+        next group commit: ``await durable()`` before acting on it."""
         row = AuditRow(
             sequence=self._head_sequence + 1,
             time=datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -226,96 +303,144 @@ class AuditLog:
             detail=detail,
             previous_hash=self._head_hash,
         )
-        row = AuditRow(**{**asdict(row), "hash": row.compute_hash()})
+        row.hash = row.compute_hash()
         self._unwritten.append(row)
         self._head_sequence, self._head_hash = row.sequence, row.hash
-        if wait:
-            await self.durable()
-        return row.to_model()
+        return row
+
+    async def append(self, **fields: Any) -> AuditRow:
+        """Chain a record and return once it is committed and anchored (with the records
+        of every caller that arrived meanwhile: one commit, one anchor write)."""
+        record = self.append_nowait(**fields)
+        await self.durable()
+        return record
+
+    def is_durable(self) -> bool:
+        """Whether every record chained so far is committed and anchored."""
+        return self._durable_sequence >= self._head_sequence
 
     async def durable(self) -> None:
-        """Returns once a commit that began after this call has completed: every write made
-        on the connection before the call (records, decisions, budgets) is then committed
-        and every record anchored. Group commit: the callers that arrive while one commit
-        is on its way share the next commit and the next anchor write."""
-        ticket = self._commits_begun + 1
-        while self._commits_done < ticket:
-            if self._committing is None or self._committing.done():
-                self._committing = asyncio.ensure_future(self._commit())
-            await asyncio.shield(self._committing)
+        """Returns once every record chained before the call is committed and anchored.
+        Group commit: one group is on its way to the disk at a time; the records chained
+        meanwhile all go with the next one (one transaction, one anchor write)."""
+        target = self._head_sequence
+        while self._durable_sequence < target:
+            if self._in_flight is not None and target <= self._in_flight[0]:
+                waiter = self._in_flight[1]
+            else:
+                if self._next_group is None:
+                    self._next_group = asyncio.get_running_loop().create_future()
+                waiter = self._next_group
+                if self._writer is None or self._writer.done():
+                    self._writer = asyncio.ensure_future(self._write_groups())
+            await asyncio.shield(waiter)
 
-    async def _commit(self) -> None:
-        async with self._lock:  # no record joins between the commit and its anchor
-            self._commits_begun += 1
-            number = self._commits_begun
-            rows = list(self._unwritten)
+    async def _write_groups(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._unwritten:
+            rows, self._unwritten = self._unwritten, []
+            waiter = self._next_group or loop.create_future()
+            self._next_group = None
+            self._in_flight = (rows[-1].sequence, waiter)
             try:
-                await self._db.executemany(
-                    _INSERT, [tuple(asdict(row)[f] for f in _FIELDS) for row in rows]
-                )
-                await self._db.commit()
-            except Exception:
-                await self._db.rollback()  # the rows stay queued for the next commit
+                await loop.run_in_executor(self._thread, self._write, rows)
+            except Exception as exc:  # every caller of the group gets the error
+                logger.exception("audit commit failed")
+                self._unwritten[:0] = rows  # still chained: they go with the next commit
+                waiter.set_exception(exc)
+                waiter.exception()  # retrieved: a group nobody waits on is not an error
+                return
+            finally:
+                self._in_flight = None
+            self._durable_sequence = rows[-1].sequence
+            waiter.set_result(None)
+
+    def _write(self, rows: list[AuditRow]) -> None:
+        """On the writer thread: commit the group, then anchor its last record."""
+        db = self.db
+        with self._anchor_lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(_INSERT, [row.values() for row in rows])
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            del self._unwritten[: len(rows)]
-            if rows:
-                self._write_anchor(rows[-1].sequence, rows[-1].hash)
-            self._commits_done = number
+            self.commits += 1
+            self._write_anchor(rows[-1].sequence, rows[-1].hash)
+
+    async def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run a read on a connection of its own, in a thread, once every record chained
+        before the call is on disk."""
+        await self.durable()
+
+        def run() -> _T:
+            db = sqlite3.connect(self._path)
+            try:
+                return query(db)
+            finally:
+                db.close()
+
+        return await asyncio.to_thread(run)
 
     async def verify(self) -> VerifyResult:
-        async with self._lock:
-            previous = GENESIS_HASH
-            expected = 1
-            async with self._db.execute(
-                f"SELECT {', '.join(_FIELDS)} FROM audit ORDER BY rowid"
-            ) as cursor:
-                async for raw in cursor:
-                    row = AuditRow(*raw)
-                    if row.sequence != expected:
-                        return VerifyResult(
-                            False,
-                            expected - 1,
-                            expected,
-                            f"record {expected} is missing or out of order "
-                            f"(found {row.sequence} in its place)",
-                        )
-                    if row.previous_hash != previous:
-                        return VerifyResult(
-                            False,
-                            expected - 1,
-                            row.sequence,
-                            f"record {row.sequence} does not chain to record {row.sequence - 1}",
-                        )
-                    if row.compute_hash() != row.hash:
-                        return VerifyResult(
-                            False,
-                            expected - 1,
-                            row.sequence,
-                            f"record {row.sequence} was altered (hash mismatch)",
-                        )
-                    previous = row.hash
-                    expected += 1
-            count = expected - 1
+        return await self._read(self._verify)
+
+    def _verify(self, db: sqlite3.Connection) -> VerifyResult:
+        with self._anchor_lock:  # the snapshot and the anchor of the same commit
+            db.execute("BEGIN")
+            db.execute("SELECT COUNT(*) FROM audit").fetchone()
             anchor = self.read_anchor()
-            if anchor is not None:
-                anchor_count, anchor_head = anchor
-                if count < anchor_count:
-                    return VerifyResult(
-                        False,
-                        count,
-                        count + 1,
-                        f"log truncated: {count} records, the anchor records {anchor_count}",
-                    )
-                if count > anchor_count:
-                    return VerifyResult(
-                        False,
-                        count,
-                        anchor_count + 1,
-                        f"records after {anchor_count} were added outside the service",
-                    )
-                if previous != anchor_head:
-                    return VerifyResult(False, count, count, "head hash differs from the anchor")
-            return VerifyResult(True, count, 0, "", previous)
+        previous = GENESIS_HASH
+        expected = 1
+        for raw in db.execute(f"SELECT {', '.join(_FIELDS)} FROM audit ORDER BY rowid"):
+            row = AuditRow(*raw)
+            if row.sequence != expected:
+                return VerifyResult(
+                    False,
+                    expected - 1,
+                    expected,
+                    f"record {expected} is missing or out of order "
+                    f"(found {row.sequence} in its place)",
+                )
+            if row.previous_hash != previous:
+                return VerifyResult(
+                    False,
+                    expected - 1,
+                    row.sequence,
+                    f"record {row.sequence} does not chain to record {row.sequence - 1}",
+                )
+            if row.compute_hash() != row.hash:
+                return VerifyResult(
+                    False,
+                    expected - 1,
+                    row.sequence,
+                    f"record {row.sequence} was altered (hash mismatch)",
+                )
+            previous = row.hash
+            expected += 1
+        db.execute("COMMIT")
+        count = expected - 1
+        if anchor is not None:
+            anchor_count, anchor_head = anchor
+            if count < anchor_count:
+                return VerifyResult(
+                    False,
+                    count,
+                    count + 1,
+                    f"log truncated: {count} records, the anchor records {anchor_count}",
+                )
+            if count > anchor_count:
+                return VerifyResult(
+                    False,
+                    count,
+                    anchor_count + 1,
+                    f"records after {anchor_count} were added outside the service",
+                )
+            if previous != anchor_head:
+                return VerifyResult(False, count, count, "head hash differs from the anchor")
+        return VerifyResult(True, count, 0, "", previous)
 
     async def list(
         self, flt: AuditFilter, *, offset: int, limit: int
@@ -337,11 +462,9 @@ class AuditLog:
             clauses.append("time < ?")
             args.append(flt.end_time.astimezone(UTC).isoformat(timespec="microseconds"))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self._db.execute(
-            f"SELECT {', '.join(_FIELDS)} FROM audit {where} ORDER BY sequence LIMIT ? OFFSET ?",
-            (*args, limit + 1, offset),
-        ) as cursor:
-            rows = [AuditRow(*raw) async for raw in cursor]
+        query = f"SELECT {', '.join(_FIELDS)} FROM audit {where} ORDER BY sequence LIMIT ? OFFSET ?"
+        raws = await self._read(lambda db: db.execute(query, (*args, limit + 1, offset)).fetchall())
+        rows = [AuditRow(*raw) for raw in raws]
         return [r.to_model() for r in rows[:limit]], len(rows) > limit
 
     async def export_jsonl(self, path: Path, flt: AuditFilter | None = None) -> int:

@@ -42,6 +42,7 @@ from arc_common.models import (
     Violation,
 )
 from arc_common.paths import resolve_in_root
+from arc_common.sqlite import GroupCommit
 from services.governance.audit import AuditLog
 from services.governance.policy import DEFAULT_POLICY_PATH, Policy, PolicyError
 from services.governance.snapshots import has_manifest, restore_snapshot, take_snapshot
@@ -128,6 +129,7 @@ class Governance:
         self._lock = asyncio.Lock()
         self._calls: dict[str, deque[float]] = defaultdict(deque)
         self._decided = asyncio.Condition()
+        self._committed = GroupCommit(self._commit)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -153,7 +155,11 @@ class Governance:
         self._db = await sqlite.connect(self._dir / "governance.sqlite3")
         await self._db.executescript(SCHEMA)
         await self._db.commit()
-        self.audit = AuditLog(self._db, self._dir / "audit_anchor.json")
+        self.audit = AuditLog(
+            self._dir / "audit.sqlite3",
+            self._dir / "audit_anchor.json",
+            legacy=self._dir / "governance.sqlite3",
+        )
         await self.audit.open()
         async with self._db.execute("SELECT value FROM state WHERE key = 'mode'") as cursor:
             row = await cursor.fetchone()
@@ -167,6 +173,9 @@ class Governance:
         )
 
     async def close(self) -> None:
+        if self.audit is not None:
+            await self.audit.close()
+            self.audit = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -218,7 +227,7 @@ class Governance:
             decision = await self._decide(call)
         # Outside the lock: the next decision may go ahead (it sees this one's uncommitted
         # rows on the same connection) while this one waits for its group's commit.
-        await self.log.durable()
+        await self._committed.wait()
         return await self._maybe_wait(call, decision, wait_seconds)
 
     async def _record_invalid(self, call: ToolCall) -> Decision:
@@ -422,7 +431,7 @@ class Governance:
             decision = decision.model_copy(update={"pending_request_id": pending_id})
         elif decision.allowed and hours:
             await self._charge(call.caller, call.cycle_id, hours)
-        record = await self.log.append(
+        record = self.log.append_nowait(  # committed with the decision, out of the lock
             caller=call.caller,
             action="validate",
             tool=call.tool,
@@ -432,7 +441,6 @@ class Governance:
             or decision.reason,
             policy_version=policy.version,
             detail=f"request_id={call.request_id}",
-            wait=False,  # the caller awaits durable() once it has left the lock
         )
         decision = decision.model_copy(update={"audit_sequence": record.sequence})
         if call.request_id:
@@ -441,6 +449,15 @@ class Governance:
                 (call.caller, call.request_id, decision.model_dump_json()),
             )
         return decision
+
+    async def _commit(self) -> None:
+        """Audit first, then the decisions, budgets and approvals that rest on it: a
+        decision never reaches the disk without its record: no await between the check that
+        every record is durable and queueing the commit, so every row it commits was
+        written after its record was on disk."""
+        while not self.log.is_durable():
+            await self.log.durable()
+        await self.db.commit()
 
     async def _charge(self, caller: str, cycle_id: int, hours: float) -> None:
         await self.db.execute(

@@ -9,7 +9,10 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from arc_common.models import Tool
+from services.governance.audit import SCHEMA
 from services.governance.core import ToolCall
 from tests.unit.governance.test_governance_core import FakeClock, open_gov, training
 
@@ -23,7 +26,7 @@ async def test_concurrent_validations_share_commits_and_all_are_durable(tmp_path
     decisions = await asyncio.gather(*(gov.validate(call) for call in calls))
     sequences = sorted(d.audit_sequence for d in decisions)
     assert sequences == list(range(sequences[0], sequences[0] + 60))  # one record each
-    assert gov.log._commits_done < 60  # grouped: fewer commits than records
+    assert gov.log.commits < 60  # grouped: fewer commits than records
     anchor = json.loads((gov.home / "governance" / "audit_anchor.json").read_text())
     assert anchor["count"] == sequences[-1]
     result = await gov.log.verify()
@@ -47,21 +50,26 @@ async def test_decisions_are_committed_before_the_answer(tmp_path: Path) -> None
     # Read through another connection: what was answered is on disk.
     with sqlite3.connect(gov.home / "governance" / "governance.sqlite3") as conn:
         stored = {row[0] for row in conn.execute("SELECT request_id FROM decisions")}
+    with sqlite3.connect(gov.home / "governance" / "audit.sqlite3") as conn:
         audited = conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'validate'").fetchone()
     assert stored == {f"r{n}" for n in range(10)} and audited[0] == 10
     assert all(d.audit_sequence > 0 for d in decisions)
     await gov.close()
 
 
-async def test_records_committed_but_not_anchored_are_caught_up(tmp_path: Path) -> None:
+async def test_records_committed_but_not_anchored_are_caught_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     home = tmp_path / "ws"
     gov = await open_gov(home, clock)
     for n in range(3):
         await gov.log.append(caller="c", action="test", detail=f"anchored {n}")
-    for n in range(5):  # committed by someone else's commit; the crash comes before the anchor
-        await gov.log.append(caller="c", action="test", detail=f"late {n}", wait=False)
-    await gov.db.commit()
+    for n in range(5):  # committed, but the crash comes before the anchor
+        gov.log.append_nowait(caller="c", action="test", detail=f"late {n}")
+    with monkeypatch.context() as patch:
+        patch.setattr(gov.log, "_write_anchor", lambda count, head: None)
+        await gov.log.durable()
     await gov.close()
     anchor = json.loads((home / "governance" / "audit_anchor.json").read_text())
     assert anchor["count"] < 8 + 1
@@ -89,3 +97,40 @@ async def test_a_tail_that_does_not_chain_to_the_anchor_is_not_caught_up(tmp_pat
     result = await again.log.verify()
     assert not result.ok
     await again.close()
+
+
+async def test_a_log_kept_in_the_governance_database_moves_to_its_own_file(
+    tmp_path: Path,
+) -> None:
+    """Workspaces from before the audit log had its own file: the same chain, verified,
+    and no second copy left behind."""
+    clock = FakeClock()
+    home = tmp_path / "ws"
+    gov = await open_gov(home, clock)
+    for n in range(6):
+        await gov.log.append(caller="c", action="test", detail=f"record {n}")
+    before = await gov.log.verify()
+    await gov.close()
+    folder = home / "governance"
+    with sqlite3.connect(folder / "governance.sqlite3") as old:  # the old layout
+        old.executescript(SCHEMA)
+        old.execute("ATTACH DATABASE ? AS moved", (str(folder / "audit.sqlite3"),))
+        old.execute("INSERT INTO main.audit SELECT * FROM moved.audit")
+        old.commit()
+        old.execute("DETACH DATABASE moved")
+    for suffix in ("", "-wal", "-shm"):
+        (folder / f"audit.sqlite3{suffix}").unlink(missing_ok=True)
+
+    again = await open_gov(home, clock)
+    result = await again.log.verify()
+    assert (result.ok, result.records_checked, result.head_hash) == (
+        True,
+        before.records_checked,
+        before.head_hash,
+    )
+    record = await again.log.append(caller="c", action="test", detail="after the move")
+    assert record.sequence == before.records_checked + 1 and (await again.log.verify()).ok
+    await again.close()
+    with sqlite3.connect(folder / "governance.sqlite3") as old:
+        tables = {r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "audit" not in tables

@@ -246,7 +246,7 @@ async def filled_log(gov: Governance, count: int = 8) -> Path:
         await gov.log.append(caller="c", action="test", detail=f"record {n}")
     result = await gov.log.verify()
     assert result.ok
-    return gov.home / "governance" / "governance.sqlite3"
+    return gov.home / "governance" / "audit.sqlite3"
 
 
 def tamper(db: Path, *statements: str) -> None:
