@@ -160,13 +160,21 @@ class EventLog(Generic[E]):
         self, key: str, after: int, *, is_finished: Callable[[], bool]
     ) -> AsyncIterator[E]:
         """Events after ``after`` from the store, then live ones as they commit."""
+        async for batch in self.follow_batches(key, after, is_finished=is_finished):
+            for event in batch:
+                yield event
+
+    async def follow_batches(
+        self, key: str, after: int, *, is_finished: Callable[[], bool], limit: int = 500
+    ) -> AsyncIterator[list[E]]:
+        """``follow`` a read at a time: each list holds what was committed since the last
+        one (at most ``limit``), in sequence order."""
         last = after
         while True:
-            events = await self.read(key, last)
-            for event in events:
-                yield event
-                last = _sequence(event)
+            events = await self.read(key, last, limit)
             if events:
+                yield events
+                last = _sequence(events[-1])
                 continue
             if (
                 (key in self._closed or is_finished())

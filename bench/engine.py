@@ -155,15 +155,18 @@ async def watch(stub: scheduler_pb2_grpc.SchedulerServiceStub, job_id: str) -> W
     """A job's events until it ends."""
     metrics: list[common_pb2.MetricResult] = []
     running = 0.0
-    async for reply in stub.WatchJob(scheduler_pb2.WatchJobRequest(job_id=job_id)):
-        event = reply.event
-        kind = event.WhichOneof("payload")
-        if kind == "metric":
-            metrics.append(event.metric)
-        elif kind == "state_change" and event.state_change.state == common_pb2.JOB_STATE_RUNNING:
-            running = seconds_of(event.time)
-        elif kind == "state_change" and event.state_change.state in TERMINAL:
-            return Watched(metrics, event.state_change.state, time.time(), running)
+    request = scheduler_pb2.WatchJobRequest(job_id=job_id, max_events_per_response=256)
+    async for reply in stub.WatchJob(request):
+        for event in reply.events:
+            kind = event.WhichOneof("payload")
+            if kind == "metric":
+                metrics.append(event.metric)
+            elif kind != "state_change":
+                continue
+            elif event.state_change.state == common_pb2.JOB_STATE_RUNNING:
+                running = seconds_of(event.time)
+            elif event.state_change.state in TERMINAL:
+                return Watched(metrics, event.state_change.state, time.time(), running)
     raise RuntimeError(f"the watch of {job_id} ended before the job")
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from arc_common.models import AuditRecord
 from services.governance import core
-from services.governance.audit import AuditLog
+from services.governance.audit import AuditLog, AuditRow
 
 
 class NoAudit(AuditLog):
-    async def append(self, **_: Any) -> AuditRecord:
+    def append_nowait(self, **_: Any) -> AuditRow:
         self._head_sequence += 1
-        return AuditRecord(sequence=self._head_sequence)
+        self._durable_sequence = self._head_sequence  # nothing to write, so nothing waits
+        return AuditRow(self._head_sequence, "", "", "", "", "", "", "", "", "", "")
 
 
 def main() -> None:

@@ -224,13 +224,20 @@ class ArcClient:
         )
         return to_model(reply.experiment, Experiment)
 
-    async def watch(self, job_id: str, from_sequence: int = 0) -> AsyncIterator[JobEvent]:
+    async def watch(
+        self, job_id: str, from_sequence: int = 0, *, batch: int = 256
+    ) -> AsyncIterator[JobEvent]:
+        """A job's events after ``from_sequence``, until it ends; they arrive up to
+        ``batch`` per message (1: one per message)."""
         call = self.scheduler.WatchJob(
-            scheduler_pb2.WatchJobRequest(job_id=job_id, from_sequence=from_sequence)
+            scheduler_pb2.WatchJobRequest(
+                job_id=job_id, from_sequence=from_sequence, max_events_per_response=batch
+            )
         )
         try:
             async for reply in call:
-                yield to_model(reply.event, JobEvent)
+                for event in reply.events if batch > 1 else [reply.event]:
+                    yield to_model(event, JobEvent)
         except aio.AioRpcError as exc:
             raise error_from_status(exc.code(), exc.details() or exc.code().name) from None
         finally:

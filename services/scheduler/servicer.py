@@ -10,9 +10,23 @@ from google.protobuf.message import Message
 from arc.common.v1 import common_pb2
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common import auth
-from arc_common.convert import enum_to_str, message_to_dict, to_model, to_proto
+from arc_common.convert import (
+    enum_to_str,
+    fill_metric,
+    message_to_dict,
+    set_timestamp,
+    to_model,
+    to_proto,
+)
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
-from arc_common.models import EvaluationJob, ExperimentSpec, JobState, NoveltyClass, Tool
+from arc_common.models import (
+    EvaluationJob,
+    ExperimentSpec,
+    JobEvent,
+    JobState,
+    NoveltyClass,
+    Tool,
+)
 from arc_common.pagination import paginate
 from services.scheduler.core import Scheduler, Submission
 
@@ -54,6 +68,22 @@ def _submission(request: scheduler_pb2.SubmitJobRequest, prefix: str = "") -> Su
         timeout_seconds=int(request.timeout_seconds),
         request_id=request.request_id,
     )
+
+
+MAX_EVENTS_PER_RESPONSE = 1000
+
+
+def event_to_proto(event: JobEvent) -> scheduler_pb2.JobEvent:
+    """A job event as its message; metric events, most of a training's, by a direct path."""
+    if event.metric is None:
+        return to_proto(event, scheduler_pb2.JobEvent)
+    message = scheduler_pb2.JobEvent(
+        sequence=event.sequence, job_id=event.job_id, source_sequence=event.source_sequence
+    )
+    if event.time is not None:
+        set_timestamp(message.time, event.time)
+    fill_metric(message.metric, event.metric)
+    return message
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -200,12 +230,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise InvalidArgumentError(
                 f"from_sequence must be >= 0 (got {request.from_sequence})", field="from_sequence"
             )
+        size = request.max_events_per_response
+        if not 0 <= size <= MAX_EVENTS_PER_RESPONSE:
+            raise InvalidArgumentError(
+                f"max_events_per_response must be 0..{MAX_EVENTS_PER_RESPONSE} (got {size})",
+                field="max_events_per_response",
+            )
         job = self._s.job(request.job_id)
-        async for event in self._s.events.follow(
+        async for batch in self._s.events.follow_batches(
             job.job_id,
             request.from_sequence,
             # Not job.state: it turns terminal before the state change is appended (the
             # row is saved first), and a watcher must not stop short of that event.
             is_finished=lambda: self._s.ended(job.job_id),
+            limit=max(size, 500),
         ):
-            yield scheduler_pb2.WatchJobResponse(event=to_proto(event, scheduler_pb2.JobEvent))
+            events = [event_to_proto(event) for event in batch]
+            if size <= 1:
+                for event in events:
+                    yield scheduler_pb2.WatchJobResponse(event=event)
+            else:
+                for first in range(0, len(events), size):
+                    yield scheduler_pb2.WatchJobResponse(events=events[first : first + size])

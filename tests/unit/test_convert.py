@@ -206,3 +206,37 @@ def test_unset_optional_zero_is_kept_apart_from_absent() -> None:
     assert convert.to_model(spec, models.ExperimentSpec).priority == 0
     spec.ClearField("priority")
     assert convert.to_model(spec, models.ExperimentSpec).priority is None
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 11, 29, 5, 21, 7, 123456, tzinfo=UTC),
+        datetime(1969, 7, 20, 20, 17, 40, 5, tzinfo=UTC),  # before the epoch
+        None,
+    ],
+)
+def test_metric_fast_paths_match_the_generic_conversion(when: datetime | None) -> None:
+    """The direct paths that carry metrics (run events out of the executor, into the
+    scheduler, job events out of WatchJob) give what the generic conversion gives."""
+    from services.executor.servicer import run_event_to_proto
+    from services.scheduler.remote import run_event_from_proto
+    from services.scheduler.servicer import event_to_proto
+
+    metrics = [
+        models.MetricResult(name="val_auc", value=0.75, step=7, epoch=2, split="val", time=when),
+        models.MetricResult(name="train_step_loss", value=-1.5e-300, step=2**40),
+    ]
+    run_event = models.RunEvent(
+        sequence=3, run_id="r", time=when, metrics=models.MetricBatch(metrics=metrics)
+    )
+    message = run_event_to_proto(run_event)
+    assert message == convert.to_proto(run_event, executor_pb2.RunEvent)
+    assert run_event_from_proto(message) == convert.to_model(message, models.RunEvent)
+    assert run_event_from_proto(message) == run_event
+    empty = models.RunEvent(sequence=4, run_id="r", metrics=models.MetricBatch())
+    assert run_event_to_proto(empty) == convert.to_proto(empty, executor_pb2.RunEvent)
+    assert run_event_to_proto(empty).WhichOneof("payload") == "metrics"
+    for metric in metrics:
+        event = models.JobEvent(sequence=9, job_id="j", time=when, metric=metric, source_sequence=3)
+        assert event_to_proto(event) == convert.to_proto(event, scheduler_pb2.JobEvent)

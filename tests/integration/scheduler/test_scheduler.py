@@ -145,6 +145,24 @@ async def test_watch_job_resumes_without_gap_or_duplicate(make_suite: Factory) -
         )
     ]
     assert rest == full[middle:]
+    # Batched: the same events, at most 4 to a message; resuming works the same way.
+    sizes: list[int] = []
+    batched: list[scheduler_pb2.JobEvent] = []
+    request = scheduler_pb2.WatchJobRequest(job_id=job.job_id, max_events_per_response=4)
+    async for reply in stub.WatchJob(request):
+        assert not reply.HasField("event")
+        sizes.append(len(reply.events))
+        batched.extend(reply.events)
+    assert batched == full and max(sizes) <= 4 and min(sizes) >= 1
+    request.from_sequence = middle
+    assert [e async for r in stub.WatchJob(request) for e in r.events] == full[middle:]
+    for bad in (-1, 1001):
+        with pytest.raises(aio.AioRpcError) as info:
+            request.max_events_per_response = bad
+            async for _ in stub.WatchJob(request):
+                pass
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "max_events_per_response" in (info.value.details() or "")
     final = await suite.job(job.job_id)
     assert final.result.best_metrics["test_auc"] >= 0
     experiment = await stub.GetExperiment(scheduler_pb2.GetExperimentRequest(experiment_id="watch"))

@@ -741,18 +741,25 @@ class WatchJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     from_sequence: _builtins.int
     """Events with a sequence greater than this; 0 replays from the start."""
+    max_events_per_response: _builtins.int
+    """0 or 1: one event per response, in `event`. N > 1 (at most 1000): up to N events per
+    response, in `events`, in sequence order (a fast metric stream costs one message per
+    batch, not one per metric). The events themselves are the same either way.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         from_sequence: _builtins.int = ...,
+        max_events_per_response: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_sequence", b"from_sequence", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_sequence", b"from_sequence", "job_id", b"job_id", "max_events_per_response", b"max_events_per_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -763,16 +770,24 @@ class WatchJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___JobEvent: ...
+    def event(self) -> Global___JobEvent:
+        """Set when max_events_per_response is 0 or 1."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
+        """Set when max_events_per_response is above 1: one or more events, oldest first."""
+
     def __init__(
         self,
         *,
         event: Global___JobEvent | None = ...,
+        events: _abc.Iterable[Global___JobEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
