@@ -4,6 +4,9 @@
 transaction every ``flush_ms`` (one fsync per group, not per event). Readers only ever see
 committed events, so after a crash no sequence number is reused or skipped, and a consumer
 that reconnects with the last number it saw gets no gap and no duplicate.
+
+The newest committed events of the keys written last stay in memory (``TAIL_EVENTS`` for
+each of ``TAIL_KEYS`` keys): a live follower reads them from there, not back from SQLite.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -22,6 +27,9 @@ from pydantic import BaseModel
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=BaseModel)
+
+TAIL_EVENTS = 4096
+TAIL_KEYS = 64
 
 
 def _sequence(event: BaseModel) -> int:
@@ -58,6 +66,9 @@ class EventLog(Generic[E]):
         self._changed = asyncio.Condition()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # key -> its newest committed events, without gaps; the least recently written
+        # key goes first when there are too many. Events are frozen: shared safely.
+        self._tails: OrderedDict[str, deque[E]] = OrderedDict()
 
     async def open(self) -> None:
         await self._db.execute(
@@ -117,6 +128,7 @@ class EventLog(Generic[E]):
         for event in batch:
             key = self._key(event)
             self._committed[key] = max(self._committed.get(key, 0), _sequence(event))
+            self._keep(key, event)
         if self._on_commit is not None:
             try:
                 await self._on_commit(batch)
@@ -136,7 +148,33 @@ class EventLog(Generic[E]):
                 logger.exception("event flush failed; retrying")
                 self._wake.set()
 
+    def _keep(self, key: str, event: E) -> None:
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = deque(maxlen=TAIL_EVENTS)
+            if len(self._tails) > TAIL_KEYS:
+                self._tails.popitem(last=False)
+        else:
+            self._tails.move_to_end(key)
+        if tail and _sequence(tail[-1]) + 1 != _sequence(event):
+            tail.clear()  # never a gap inside a tail
+        tail.append(event)
+
+    def _from_tail(self, key: str, after: int, limit: int) -> list[E] | None:
+        """The committed events after ``after`` from memory, or None when the tail does not
+        reach back that far."""
+        tail = self._tails.get(key)
+        if not tail:
+            return None
+        start = after + 1 - _sequence(tail[0])
+        if start < 0:
+            return None
+        return list(itertools.islice(tail, start, start + limit))
+
     async def read(self, key: str, after: int, limit: int = 500) -> list[E]:
+        recent = self._from_tail(key, after, limit)
+        if recent is not None:
+            return recent
         async with self._db.execute(
             f"SELECT event FROM {self._table} WHERE key = ? AND sequence > ? "
             "ORDER BY sequence LIMIT ?",
@@ -176,11 +214,9 @@ class EventLog(Generic[E]):
                 yield events
                 last = _sequence(events[-1])
                 continue
-            if (
-                (key in self._closed or is_finished())
-                and self._committed.get(key, 0) <= last
-                and not any(self._key(e) == key for e in self._queue)
-            ):
+            # Done once every event numbered so far was seen: one still queued, or in a
+            # group on its way to the disk, is not committed yet but will come.
+            if (key in self._closed or is_finished()) and self.last_sequence(key) <= last:
                 return
             async with self._changed:
                 with contextlib.suppress(TimeoutError):

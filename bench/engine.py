@@ -149,24 +149,26 @@ class Watched:
     state: int
     seen_end: float  # when this client saw the end
     running_time: float  # the RUNNING state change: the trainer's loop begins
+    last_metric: float  # when this client received the last metric
 
 
 async def watch(stub: scheduler_pb2_grpc.SchedulerServiceStub, job_id: str) -> Watched:
     """A job's events until it ends."""
     metrics: list[common_pb2.MetricResult] = []
-    running = 0.0
+    running = last_metric = 0.0
     request = scheduler_pb2.WatchJobRequest(job_id=job_id, max_events_per_response=256)
     async for reply in stub.WatchJob(request):
         for event in reply.events:
             kind = event.WhichOneof("payload")
             if kind == "metric":
                 metrics.append(event.metric)
+                last_metric = time.time()
             elif kind != "state_change":
                 continue
             elif event.state_change.state == common_pb2.JOB_STATE_RUNNING:
                 running = seconds_of(event.time)
             elif event.state_change.state in TERMINAL:
-                return Watched(metrics, event.state_change.state, time.time(), running)
+                return Watched(metrics, event.state_change.state, time.time(), running, last_metric)
     raise RuntimeError(f"the watch of {job_id} ended before the job")
 
 
@@ -434,11 +436,15 @@ async def metrics_path(home: Path, *, count: int) -> dict[str, Any]:
                 f"metrics flood ended {common_pb2.JobState.Name(state)} with "  # type: ignore[arg-type]
                 f"{len(metrics)} of {count} metrics: {job.error_message}"
             )
+        # From the trainer stamping the first metric to this client holding the last: the
+        # path's throughput. The job's own ending (exit, release, final state) comes after
+        # and is reported on its own.
         first_emitted = min(seconds_of(m.time) for m in metrics)
-        engine_rate = count / (seen_end - first_emitted)
+        engine_rate = count / (watched.last_metric - first_emitted)
     bare_rate = await bare_stream_rate(count)
     return {
         "metrics": count,
+        "end_seen_after_last_metric_s": seen_end - watched.last_metric,
         "engine_per_s": engine_rate,
         "bare_stream_per_s": bare_rate,
         "ratio": engine_rate / bare_rate,

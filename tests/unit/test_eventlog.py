@@ -1,0 +1,72 @@
+"""The event log: followers read the newest committed events from memory and everything
+older from SQLite, identically; a follower of a finished key stops only after the events
+still on their way to the disk."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from arc_common import eventlog, sqlite
+from arc_common.eventlog import EventLog
+from arc_common.models import JobEvent, MetricResult
+
+
+async def open_log(path: Path) -> EventLog[JobEvent]:
+    log = EventLog(await sqlite.connect(path), model=JobEvent, table="events", key_field="job_id")
+    await log.open()
+    return log
+
+
+def metric(step: int) -> dict[str, Any]:
+    return {"metric": MetricResult(name="train_step_loss", value=1 / step, step=step)}
+
+
+async def test_memory_and_disk_give_the_same_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(eventlog, "TAIL_EVENTS", 8)
+    log = await open_log(tmp_path / "events.sqlite3")
+    for step in range(1, 21):
+        log.append("a", **metric(step))
+        log.append("b", **metric(step))
+    await log.flush()
+    cold = await open_log(tmp_path / "events.sqlite3")  # nothing in memory: all from disk
+    for after in (0, 5, 12, 13, 19, 20):
+        for key in ("a", "b"):
+            assert await log.read(key, after, limit=4) == await cold.read(key, after, limit=4)
+    recent = await log.read("a", 15)
+    assert [e.sequence for e in recent] == [16, 17, 18, 19, 20]
+    assert [e.sequence for e in await log.read("a", 0, limit=50)] == list(range(1, 21))
+    for each in (log, cold):
+        await each.close()
+        await each._db.close()
+
+
+async def test_a_finished_key_is_followed_to_the_events_still_being_committed(
+    tmp_path: Path,
+) -> None:
+    log = await open_log(tmp_path / "events.sqlite3")
+    log.append("job", **metric(1))
+    await log.flush()  # the key has a tail in memory: the follower reads from there
+    for step in range(2, 6):
+        log.append("job", **metric(step))
+    db = log._db
+    real_commit = db.commit
+
+    async def slow_commit() -> None:
+        await asyncio.sleep(0.3)
+        await real_commit()
+
+    db.commit = slow_commit  # type: ignore[method-assign]
+    flushing = asyncio.create_task(log.flush())
+    await asyncio.sleep(0.05)  # the group has left the queue and is not committed yet
+    seen = [e.sequence async for e in log.follow("job", 0, is_finished=lambda: True)]
+    await flushing
+    assert seen == [1, 2, 3, 4, 5]
+    db.commit = real_commit  # type: ignore[method-assign]
+    await log.close()
+    await db.close()
