@@ -176,10 +176,16 @@ async def watch(stub: scheduler_pb2_grpc.SchedulerServiceStub, job_id: str) -> W
 
 
 def start_bare_trainer(
-    home: Path, job_id: str, spec: dict[str, Any], *, session: bool = False
+    home: Path,
+    job_id: str,
+    spec: dict[str, Any],
+    *,
+    session: bool = False,
+    step_metrics: bool = True,
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """The trainer as a plain ``python -m services.executor.trainer`` (cold, no services):
-    the process, the read end of its metrics pipe, its folder."""
+    the process, the read end of its metrics pipe, its folder. Without ``step_metrics``
+    it reports per epoch only (streaming off)."""
     config = TrainingJobConfig.model_validate(config_dict(job_id, spec))
     folder = home / "bare" / job_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,7 +196,7 @@ def start_bare_trainer(
         data_path=str(home / "datasets" / "bench"),
         checkpoint_dir=str(folder / "checkpoints"),
         log_dir=str(folder),
-        log_every_steps=1,
+        log_every_steps=1 if step_metrics else 1 << 40,
     )
     (folder / "input.json").write_text(inp.model_dump_json())
     read_fd, write_fd = os.pipe()
@@ -216,9 +222,10 @@ def start_bare_trainer(
 
 
 def bare_training(home: Path, job_id: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """The same training as a bare script, start to exit."""
+    """The same training as a bare script, start to exit, streaming off: no step metrics,
+    only the epoch summaries, read by this process."""
     began = time.perf_counter()
-    process, read_fd, folder = start_bare_trainer(home, job_id, spec)
+    process, read_fd, folder = start_bare_trainer(home, job_id, spec, step_metrics=False)
     with os.fdopen(read_fd, "rb") as pipe:
         lines = pipe.read().splitlines()
     code = process.wait()
@@ -228,9 +235,7 @@ def bare_training(home: Path, job_id: str, spec: dict[str, Any]) -> dict[str, An
     metrics = [m for line in lines for m in load_message(line).metrics]
     return {
         "wall_s": wall,
-        "images_per_second": statistics.mean(
-            m.value for m in metrics if m.name == "images_per_second"
-        ),
+        "epoch_images_per_second": [m.value for m in metrics if m.name == "images_per_second"],
         "steps": max(m.step for m in metrics),
     }
 
@@ -249,27 +254,76 @@ async def suite_training(bench: Bench, job_id: str, spec: dict[str, Any]) -> dic
         raise RuntimeError(f"the benchmark job ended {state}: {job.job.error_message}")
     return {
         "wall_s": wall,
-        "images_per_second": statistics.mean(
-            m.value for m in metrics if m.name == "images_per_second"
-        ),
+        "epoch_images_per_second": [m.value for m in metrics if m.name == "images_per_second"],
         "step_metrics_streamed": sum(1 for m in metrics if m.name == "train_step_loss"),
         "metrics": metrics,
     }
 
 
-async def training_overhead(bench: Bench, *, epochs: int) -> dict[str, Any]:
-    spec = spec_dict("m3-suite", epochs=epochs)
+async def training_overhead(bench: Bench, *, epochs: int, rounds: int) -> dict[str, Any]:
+    """``rounds`` pairs of the same training, bare and through the suite, in alternating
+    order (this machine's speed drifts). 3: the median walls; 7: the median epoch
+    throughputs, every step's loss streamed to a watcher against the bare trainer's pipe."""
     await suite_training(bench, "m3-warmup", spec_dict("m3-warmup", epochs=1))
-    bare = await asyncio.to_thread(bare_training, bench.home, "m3-bare", spec)
-    suite = await suite_training(bench, "m3-suite", spec)
-    suite.pop("metrics")
+    bare: list[dict[str, Any]] = []
+    suite: list[dict[str, Any]] = []
+    for n in range(rounds):
+        spec = spec_dict(f"m3-{n}", epochs=epochs)
+        for side in ("bare", "suite") if n % 2 == 0 else ("suite", "bare"):
+            if side == "bare":
+                bare.append(await asyncio.to_thread(bare_training, bench.home, f"m3-{n}", spec))
+            else:
+                run = await suite_training(bench, f"m3-{n}", spec)
+                run.pop("metrics")
+                suite.append(run)
+
+    def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "wall_s": statistics.median(r["wall_s"] for r in runs),
+            "walls_s": [r["wall_s"] for r in runs],
+            "images_per_second": statistics.median(
+                v for r in runs for v in r["epoch_images_per_second"]
+            ),
+        }
+
+    b, s = summary(bare), summary(suite)
     return {
         "epochs": epochs,
-        "bare": bare,
-        "suite": suite,
-        "wall_ratio": suite["wall_s"] / bare["wall_s"],
-        # step time = 1 / throughput: streaming every step vs the bare trainer's pipe
-        "step_time_ratio": bare["images_per_second"] / suite["images_per_second"],
+        "rounds": rounds,
+        "bare": b,
+        "suite": {**s, "step_metrics_streamed": suite[-1]["step_metrics_streamed"]},
+        "wall_ratio": s["wall_s"] / b["wall_s"],
+        # step time = 1 / throughput
+        "step_time_ratio": b["images_per_second"] / s["images_per_second"],
+    }
+
+
+async def streaming_cost(home: Path, *, epochs: int) -> dict[str, Any]:
+    """7, paired: one training through the suite whose trainer streams every step's loss in
+    odd epochs and none in even ones (ARC_TRAINER_INJECT=stream_alternate), so streaming on
+    and off are timed by the same process on the same data, a minute apart at most. The
+    first two epochs (warm-up) are left out; each later even epoch is paired with the odd
+    one before it, and the ratio is the median of the pairs' step times."""
+    make_dataset(home, count=320)
+    async with running_suite(home, env={"ARC_TRAINER_INJECT": "stream_alternate"}) as bench:
+        run = await suite_training(bench, "m7", spec_dict("m7", epochs=epochs))
+    per_epoch = {m.epoch: m.value for m in run["metrics"] if m.name == "images_per_second"}
+    streamed = {m.epoch for m in run["metrics"] if m.name == "train_step_loss"}
+    pairs = [
+        (per_epoch[odd], per_epoch[odd + 1])  # (streaming on, off)
+        for odd in range(3, epochs, 2)
+        if odd in per_epoch and odd + 1 in per_epoch
+    ]
+    if not pairs or any(epoch % 2 == 0 for epoch in streamed):
+        raise RuntimeError(f"no usable epoch pairs: {per_epoch}, streamed in {sorted(streamed)}")
+    return {
+        "epochs": epochs,
+        "pairs": len(pairs),
+        "images_per_second_on": [on for on, _ in pairs],
+        "images_per_second_off": [off for _, off in pairs],
+        "step_metrics_streamed": run["step_metrics_streamed"],
+        # step time = 1 / throughput: on / off = off_ips / on_ips
+        "ratio": statistics.median(off / on for on, off in pairs),
     }
 
 

@@ -53,7 +53,7 @@ async def run_all(home: Path, *, job_seconds: float) -> dict[str, Any]:
     async with engine.running_suite(home, env={"ARC_GPU_MANAGER_BACKEND": "nvml"}) as bench:
         results["start"] = await engine.start_latency(bench, tries=3)
         results["cancel"] = await engine.cancel_latency(bench, tries=3)
-        results["training"] = await engine.training_overhead(bench, epochs=3)
+        results["training"] = await engine.training_overhead(bench, epochs=3, rounds=2)
         per_epoch = results["training"]["suite"]["wall_s"] / 3
         results["gap"] = await engine.inter_job_gap(
             bench, epochs=max(2, round(job_seconds / per_epoch))

@@ -33,7 +33,8 @@ class TrainerInput(BaseModel):
     # Absolute path of an earlier attempt's checkpoint to resume from ("" for a fresh start).
     resume_from: str = ""
     # Fault injection for the tests of the executor's failure handling ("nan_loss_at_step:N")
-    # and the benchmark's probe of the metrics path ("metrics_flood:N"), from the executor's
+    # and the benchmark's probes of the metrics path ("metrics_flood:N") and of the step
+    # time with streaming on and off ("stream_alternate"), from the executor's
     # ARC_TRAINER_INJECT (never from the API).
     inject: str = ""
 
