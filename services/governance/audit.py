@@ -267,14 +267,17 @@ class AuditLog:
             os.fdatasync(self._anchor_fd)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self.durable()
-            self._db.close()
-            self._db = None
-        self._thread.shutdown(wait=True)
-        if self._anchor_fd is not None:
-            os.close(self._anchor_fd)
-            self._anchor_fd = None
+        try:
+            if self._db is not None:
+                await self.durable()
+        finally:  # a failed last commit is raised, but the files are still closed
+            self._thread.shutdown(wait=True)
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if self._anchor_fd is not None:
+                os.close(self._anchor_fd)
+                self._anchor_fd = None
 
     def append_nowait(
         self,

@@ -173,9 +173,14 @@ class Governance:
         )
 
     async def close(self) -> None:
-        if self.audit is not None:
-            await self.audit.close()
-            self.audit = None
+        try:
+            if self.audit is not None:
+                await self.audit.close()
+                self.audit = None
+        finally:
+            await self._close_db()
+
+    async def _close_db(self) -> None:
         if self._db is not None:
             await self._db.close()
             self._db = None
