@@ -298,14 +298,17 @@ async def training_overhead(bench: Bench, *, epochs: int, rounds: int) -> dict[s
     }
 
 
-async def streaming_cost(home: Path, *, epochs: int) -> dict[str, Any]:
+async def streaming_cost(
+    home: Path, *, epochs: int, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """7, paired: one training through the suite whose trainer streams every step's loss in
     odd epochs and none in even ones (ARC_TRAINER_INJECT=stream_alternate), so streaming on
     and off are timed by the same process on the same data, a minute apart at most. The
     first two epochs (warm-up) are left out; each later even epoch is paired with the odd
     one before it, and the ratio is the median of the pairs' step times."""
     make_dataset(home, count=320)
-    async with running_suite(home, env={"ARC_TRAINER_INJECT": "stream_alternate"}) as bench:
+    probe = {**(env or {}), "ARC_TRAINER_INJECT": "stream_alternate"}
+    async with running_suite(home, env=probe) as bench:
         run = await suite_training(bench, "m7", spec_dict("m7", epochs=epochs))
     per_epoch = {m.epoch: m.value for m in run["metrics"] if m.name == "images_per_second"}
     streamed = {m.epoch for m in run["metrics"] if m.name == "train_step_loss"}

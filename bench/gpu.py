@@ -58,6 +58,9 @@ async def run_all(home: Path, *, job_seconds: float) -> dict[str, Any]:
         results["gap"] = await engine.inter_job_gap(
             bench, epochs=max(2, round(job_seconds / per_epoch))
         )
+    results["streaming"] = await engine.streaming_cost(
+        home / "streaming", epochs=20, env={"ARC_GPU_MANAGER_BACKEND": "nvml"}
+    )
     return results
 
 
@@ -76,7 +79,9 @@ def main() -> int:
             results = asyncio.run(run_all(Path(tmp), job_seconds=args.job_seconds))
         except Exception as exc:
             results = {"error": f"{type(exc).__name__}: {exc}"}
-    s, g, t, c = (results.get(k, {}) for k in ("start", "gap", "training", "cancel"))
+    s, g, t, c, m = (
+        results.get(k, {}) for k in ("start", "gap", "training", "cancel", "streaming")
+    )
     names = ", ".join(gpu["name"] for gpu in info["gpus"])
     print(f"GPU benchmark on {names} (driver {info['driver']}, CUDA {info['cuda']})")
     if s:
@@ -89,8 +94,11 @@ def main() -> int:
         print(f"9 cancel {c['cancel_s'] * 1000:.0f} ms, ratio {c['ratio']:.2f} to a raw kill")
     if t:
         print(
-            f"3 training suite/bare {t['wall_ratio']:.3f}; 7 step time {t['step_time_ratio']:.3f}"
+            f"3 training suite/bare {t['wall_ratio']:.3f}; "
+            f"7 step time, separate runs {t['step_time_ratio']:.3f}"
         )
+    if m:
+        print(f"7 step time streaming on / off, {m['pairs']} paired epochs: {m['ratio']:.3f}")
     if g:
         print(
             f"5 gap {g['gap_s']:.2f} s between {g['job_seconds']:.0f} s jobs, "
