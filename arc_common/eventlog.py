@@ -5,8 +5,9 @@ transaction every ``flush_ms`` (one fsync per group, not per event). Readers onl
 committed events, so after a crash no sequence number is reused or skipped, and a consumer
 that reconnects with the last number it saw gets no gap and no duplicate.
 
-The newest committed events of the keys written last stay in memory (``TAIL_EVENTS`` for
-each of ``TAIL_KEYS`` keys): a live follower reads them from there, not back from SQLite.
+The newest committed events of the keys written last stay in memory, ``TAIL_WEIGHT`` in all
+(an event weighs what ``weight`` says: a batch of metrics its length): a live follower
+reads them from there, not back from SQLite.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=BaseModel)
 
-TAIL_EVENTS = 4096
-TAIL_KEYS = 64
+TAIL_WEIGHT = 20_000
+
+
+def _one(_: BaseModel) -> int:
+    return 1
 
 
 def _sequence(event: BaseModel) -> int:
@@ -52,6 +56,7 @@ class EventLog(Generic[E]):
         key_field: str,
         flush_ms: int = 20,
         on_commit: Callable[[list[E]], Awaitable[None]] | None = None,
+        weight: Callable[[E], int] = _one,
     ) -> None:
         self._db = db
         self._model = model
@@ -69,6 +74,8 @@ class EventLog(Generic[E]):
         # key -> its newest committed events, without gaps; the least recently written
         # key goes first when there are too many. Events are frozen: shared safely.
         self._tails: OrderedDict[str, deque[E]] = OrderedDict()
+        self._weight = weight
+        self._tail_weight = 0
 
     async def open(self) -> None:
         await self._db.execute(
@@ -151,14 +158,23 @@ class EventLog(Generic[E]):
     def _keep(self, key: str, event: E) -> None:
         tail = self._tails.get(key)
         if tail is None:
-            tail = self._tails[key] = deque(maxlen=TAIL_EVENTS)
-            if len(self._tails) > TAIL_KEYS:
-                self._tails.popitem(last=False)
+            tail = self._tails[key] = deque()
         else:
             self._tails.move_to_end(key)
-        if tail and _sequence(tail[-1]) + 1 != _sequence(event):
-            tail.clear()  # never a gap inside a tail
+            if tail and _sequence(tail[-1]) + 1 != _sequence(event):
+                self._drop(key, len(tail))  # never a gap inside a tail
+                tail = self._tails[key] = deque()
         tail.append(event)
+        self._tail_weight += self._weight(event)
+        while self._tail_weight > TAIL_WEIGHT:  # oldest events of the stalest key first
+            self._drop(next(iter(self._tails)), 1)
+
+    def _drop(self, key: str, count: int) -> None:
+        tail = self._tails[key]
+        for _ in range(count):
+            self._tail_weight -= self._weight(tail.popleft())
+        if not tail:
+            del self._tails[key]
 
     def _from_tail(self, key: str, after: int, limit: int) -> list[E] | None:
         """The committed events after ``after`` from memory, or None when the tail does not

@@ -53,6 +53,7 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
         table="run_events",
         key_field="run_id",
         flush_ms=settings.event_flush_ms,
+        weight=lambda event: len(event.metrics.metrics) if event.metrics else 1,
     )
     await events.open()
     token = settings.service_token or tokens.token_for(Role.SERVICE)

@@ -28,7 +28,7 @@ def metric(step: int) -> dict[str, Any]:
 async def test_memory_and_disk_give_the_same_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(eventlog, "TAIL_EVENTS", 8)
+    monkeypatch.setattr(eventlog, "TAIL_WEIGHT", 12)  # the newest 12 events, all keys together
     log = await open_log(tmp_path / "events.sqlite3")
     for step in range(1, 21):
         log.append("a", **metric(step))
@@ -38,6 +38,7 @@ async def test_memory_and_disk_give_the_same_events(
     for after in (0, 5, 12, 13, 19, 20):
         for key in ("a", "b"):
             assert await log.read(key, after, limit=4) == await cold.read(key, after, limit=4)
+    assert log._tail_weight == 12 and set(log._tails) == {"a", "b"}
     recent = await log.read("a", 15)
     assert [e.sequence for e in recent] == [16, 17, 18, 19, 20]
     assert [e.sequence for e in await log.read("a", 0, limit=50)] == list(range(1, 21))
@@ -68,5 +69,34 @@ async def test_a_finished_key_is_followed_to_the_events_still_being_committed(
     await flushing
     assert seen == [1, 2, 3, 4, 5]
     db.commit = real_commit  # type: ignore[method-assign]
+    await log.close()
+    await db.close()
+
+
+async def test_the_tail_is_bounded_by_weight_and_serves_live_reads(tmp_path: Path) -> None:
+    log = EventLog(
+        await sqlite.connect(tmp_path / "events.sqlite3"),
+        model=JobEvent,
+        table="events",
+        key_field="job_id",
+        weight=lambda event: 5 if event.metric and event.metric.step % 2 else 1,
+    )
+    await log.open()
+    for step in range(1, 4097):  # weighs far more than TAIL_WEIGHT
+        log.append("old", **metric(step))
+    await log.flush()
+    assert log._tail_weight <= eventlog.TAIL_WEIGHT
+    log.append("new", **metric(1))
+    await log.flush()
+    db = log._db
+
+    def no_disk(*_: Any) -> Any:
+        raise AssertionError("read from SQLite, not from memory")
+
+    db.execute = no_disk  # type: ignore[method-assign]
+    assert [e.sequence for e in await log.read("old", 4094)] == [4095, 4096]
+    assert [e.sequence for e in await log.read("new", 0)] == [1]
+    del db.execute  # the real method again
+    assert [e.sequence for e in await log.read("old", 0, limit=3)] == [1, 2, 3]  # from disk
     await log.close()
     await db.close()
