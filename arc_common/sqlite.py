@@ -4,6 +4,7 @@ and group commit, so that concurrent writers share one commit."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,6 +22,17 @@ async def connect(path: Path) -> aiosqlite.Connection:
     return db
 
 
+def connect_sync(path: Path) -> sqlite3.Connection:
+    """The same settings for a plain connection that one thread of the caller's owns (it
+    may be opened on another): transactions are explicit (BEGIN ... COMMIT)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return db
+
+
 class GroupCommit:
     """``await wait()`` returns once a commit that began after the call has completed; the
     callers that arrive while one commit is on its way share the next one. A failed commit
@@ -31,10 +43,6 @@ class GroupCommit:
         self._begun = 0
         self._done = 0
         self._running: asyncio.Future[None] | None = None
-
-    @property
-    def commits(self) -> int:
-        return self._done
 
     async def wait(self) -> None:
         ticket = self._begun + 1

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from arc_common.models import AuditRecord, DecisionOutcome, Tool
-from arc_common.sqlite import BUSY_TIMEOUT_MS
+from arc_common.sqlite import connect_sync
 
 logger = logging.getLogger(__name__)
 
@@ -139,15 +139,6 @@ class AuditFilter:
     end_time: datetime | None = None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # Opened on the loop's thread, then written only by the writer thread.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    return db
-
-
 class AuditLog:
     """The log in a SQLite file of its own (``audit.sqlite3``) with a writer thread of its
     own: one hop per group (its transaction and its anchor write, both fsync'd, which leave
@@ -180,7 +171,7 @@ class AuditLog:
         return self._db
 
     async def open(self) -> None:
-        self._db = db = _connect(self._path)
+        self._db = db = connect_sync(self._path)  # written only by the writer thread
         db.executescript(SCHEMA)
         self._move_legacy(db)
         row = db.execute(

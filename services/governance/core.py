@@ -178,12 +178,9 @@ class Governance:
                 await self.audit.close()
                 self.audit = None
         finally:
-            await self._close_db()
-
-    async def _close_db(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+            if self._db is not None:
+                await self._db.close()
+                self._db = None
 
     # --- policy --------------------------------------------------------------------------
 

@@ -144,11 +144,7 @@ class SchedulerStore:
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA busy_timeout={sqlite.BUSY_TIMEOUT_MS}")
+            db = sqlite.connect_sync(self._path)
             db.executescript(SCHEMA)
             return db
 
