@@ -592,7 +592,9 @@ class RunManager:
             rows = [(Run.model_validate_json(r[0]), int(r[1]), int(r[2])) async for r in cursor]
         for run, pgid, started in rows:
             killed = ""
-            if pgid and _is_that_run(pgid, started, run.run_id):
+            # Its trainer normally stopped as the executor died (its pipe broke); a group
+            # still there (frozen, or a zombie leader's live children) is killed now.
+            if pgid and process_group_members(pgid) and _is_that_run(pgid, started, run.run_id):
                 await self._kill_group(pgid, grace=self.settings.cancel_grace_seconds)
                 killed = f"; its process group {pgid} was killed"
             reason = f"lost: the executor restarted while the run was live{killed}"

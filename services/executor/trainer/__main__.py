@@ -11,6 +11,8 @@ import argparse
 import logging
 import os
 import resource
+import select
+import signal
 import sys
 import threading
 import time
@@ -76,6 +78,29 @@ class Channel:
         self.send(TrainerMessage(kind="state", state=state, reason=reason))
 
 
+def _die_with_executor(metrics_fd: int) -> None:
+    """Stop at once when the executor is gone. It holds the only read end of the metrics
+    pipe, so its death (a kill, a crash) makes the write end report POLLERR: this thread
+    waits for that in poll(), costing nothing meanwhile. A run nobody hears from must not
+    train on, nor write checkpoints that the retry of a restarted executor may be reading;
+    the whole process group goes (DataLoader workers too), as a cancel would take it."""
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(metrics_fd, 0)  # POLLERR and POLLHUP are reported unasked
+        while True:
+            events = poller.poll()
+            if any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events):
+                break
+            if any(mask & select.POLLNVAL for _, mask in events):
+                return  # the pipe was closed here: the run is ending anyway
+        if os.getpgid(0) == os.getpid():  # our own group (the executor starts us so)
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="executor-watch", daemon=True).start()
+
+
 def _limit_resources() -> None:
     # No core dumps of multi-GB processes into the workspace.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -113,6 +138,7 @@ def run(input_path: str, metrics_fd: int) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     _limit_resources()
+    _die_with_executor(metrics_fd)
     inp = TrainerInput.model_validate_json(Path(input_path).read_text())
     stream = os.fdopen(metrics_fd, "w", buffering=1 << 16)
     channel = Channel(stream)

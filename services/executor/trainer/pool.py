@@ -166,7 +166,7 @@ class Pool:
             if self.control.fileno() in readable:
                 data, fds, _, _ = socket.recv_fds(self.control, MAX_MESSAGE, ANSWERS)
                 if not data:
-                    return 0  # the executor is gone; the runs live on in their sessions
+                    return 0  # the executor is gone (its runs see their pipes break and stop)
                 try:
                     request = json.loads(data)
                 except ValueError:

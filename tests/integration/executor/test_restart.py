@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
+
+import pytest
 
 from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -15,9 +18,13 @@ from tests.helpers import ServiceProcess
 from tests.integration.executor.conftest import job_config
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["trainer-stops", "trainer-frozen"])
 async def test_sigkill_executor_then_restart_reports_run_lost(
-    tmp_path: Path, data_root: Path
+    tmp_path: Path, data_root: Path, frozen: bool
 ) -> None:
+    """A trainer sees its executor die (its metrics pipe breaks) and stops with its whole
+    process group. One that cannot (here: stopped with SIGSTOP) is killed by the restarted
+    executor. Either way the run is reported lost."""
     home = tmp_path / "ws"
     gpu = ServiceProcess("services.gpu_manager", home, env={"ARC_GPU_MANAGER_BACKEND": "simulated"})
     await gpu.start()
@@ -47,15 +54,26 @@ async def test_sigkill_executor_then_restart_reports_run_lost(
                 break
             await asyncio.sleep(0.1)
         await channel.close()
+        if frozen:
+            os.killpg(run.pid, signal.SIGSTOP)
         assert await executor.signal_and_wait(signal.SIGKILL) == -signal.SIGKILL
-        assert process_group_members(run.pid), "the trainer lives on in its own process group"
+        if frozen:
+            await asyncio.sleep(1.0)
+            assert process_group_members(run.pid), "a stopped trainer cannot stop itself"
+        else:
+            for _ in range(100):
+                if not process_group_members(run.pid):
+                    break
+                await asyncio.sleep(0.1)
+            assert process_group_members(run.pid) == [], "the trainer outlived its executor"
 
         await executor.start()
         channel = executor.channel(token)
         stub = executor_pb2_grpc.ExecutorServiceStub(channel)
         after = (await stub.GetRun(executor_pb2.GetRunRequest(run_id=run.run_id))).run
         assert after.state == common_pb2.JOB_STATE_FAILED
-        assert "lost" in after.error_message and f"process group {run.pid}" in after.error_message
+        assert "lost" in after.error_message
+        assert (f"process group {run.pid}" in after.error_message) == frozen
         assert process_group_members(run.pid) == []
         events = [
             r.event
