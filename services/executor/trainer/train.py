@@ -4,6 +4,7 @@ early for a reason that is not a failure."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -12,6 +13,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,12 +130,22 @@ def predict(
     return np.concatenate(labels), np.concatenate(probs), total_loss / count
 
 
-def serialize_checkpoint(payload: dict[str, Any]) -> tuple[bytes, str]:
-    """The checkpoint's bytes and their SHA-256 (hashed in memory: no second read)."""
+@dataclass
+class Serialized:
+    """A checkpoint's bytes; their SHA-256 is computed in memory (no second read) the
+    first time it is asked for, by whoever writes them first."""
+
+    data: bytes
+
+    @functools.cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def serialize_checkpoint(payload: dict[str, Any]) -> Serialized:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    data = buffer.getvalue()
-    return data, hashlib.sha256(data).hexdigest()
+    return Serialized(buffer.getvalue())
 
 
 def write_checkpoint(path: Path, data: bytes, digest: str) -> None:
@@ -156,9 +168,9 @@ def write_checkpoint(path: Path, data: bytes, digest: str) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
-    data, digest = serialize_checkpoint(payload)
-    write_checkpoint(path, data, digest)
-    return digest
+    serialized = serialize_checkpoint(payload)
+    write_checkpoint(path, serialized.data, serialized.digest)
+    return serialized.digest
 
 
 def _improved(value: float, best: float, mode: MetricMode, min_delta: float) -> bool:
@@ -167,7 +179,38 @@ def _improved(value: float, best: float, mode: MetricMode, min_delta: float) -> 
     return value > best + min_delta if mode is MetricMode.MAX else value < best - min_delta
 
 
+class CheckpointWriter:
+    """Checkpoints go to disk (write, fsync, checksum) on a thread of their own while the
+    training goes on. An epoch's writes wait for the previous epoch's first, so at most one
+    epoch is in flight: a failed write stops the run an epoch later at the latest, and at
+    most two serialized copies are held."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending: list[Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def settle(self) -> None:
+        """Wait for every write submitted so far; a failed one raises here."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._pool.shutdown(wait=True)  # on any exit: what was submitted reaches the disk
+
+
 def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
+    with CheckpointWriter() as writer:
+        return _train(inp, report, writer)
+
+
+def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> ExperimentResult:
     config = inp.config
     spec = config.experiment_spec
     seed = spec.hyperparameters.seed if spec.hyperparameters.seed is not None else 42
@@ -220,7 +263,7 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
     step = 0
     checkpoints: list[CheckpointInfo] = []
 
-    def serialize(epoch: int, epoch_metrics: dict[str, float]) -> tuple[bytes, str]:
+    def serialize(epoch: int, epoch_metrics: dict[str, float]) -> Serialized:
         return serialize_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -251,11 +294,11 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         kind: CheckpointKind,
         epoch: int,
         epoch_metrics: dict[str, float],
-        serialized: tuple[bytes, str],
+        serialized: Serialized,
     ) -> CheckpointInfo:
         path = checkpoint_dir / f"{kind.value}.pt"
-        data, digest = serialized
-        write_checkpoint(path, data, digest)
+        digest = serialized.digest  # on the writer thread: hashing leaves training alone
+        write_checkpoint(path, serialized.data, digest)
         info = CheckpointInfo(
             path=str(path.relative_to(inp.workspace)),
             epoch=epoch,
@@ -371,11 +414,13 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         else:
             epochs_without_improvement += 1
         # Serialized once: when this epoch is also the best, best.pt gets the same bytes.
+        # Written while the next epoch trains (or the test split runs).
+        writer.settle()
         serialized = serialize(epoch, epoch_metrics)
-        write(CheckpointKind.LAST, epoch, epoch_metrics, serialized)
+        writer.submit(write, CheckpointKind.LAST, epoch, epoch_metrics, serialized)
         last_epoch = epoch
         if improved:
-            write(CheckpointKind.BEST, epoch, epoch_metrics, serialized)
+            writer.submit(write, CheckpointKind.BEST, epoch, epoch_metrics, serialized)
         elif early.enabled and epochs_without_improvement >= early.patience:
             report.state(
                 "running",
@@ -384,6 +429,7 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
             )
             break
 
+    # best.pt of an earlier epoch is on disk already (settled by a later epoch's writes).
     if best_epoch != last_epoch:  # the model in memory is the best one otherwise
         best_state = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)
         model.load_state_dict(best_state["model_state_dict"])
@@ -403,6 +449,7 @@ def train(inp: TrainerInput, report: Reporter) -> ExperimentResult:
         report.metric(name, value, step=step, epoch=best_epoch, split="test")
     best_metrics.update(test_metrics)
     best_metrics["best_epoch"] = float(best_epoch)
+    writer.settle()  # the last checkpoints are on disk before the result says so
     return ExperimentResult(
         experiment_id=spec.experiment_id,
         job_id=config.job_id,
