@@ -148,13 +148,35 @@ def serialize_checkpoint(payload: dict[str, Any]) -> Serialized:
     return Serialized(buffer.getvalue())
 
 
-def write_checkpoint(path: Path, data: bytes, digest: str) -> None:
-    """Atomic: temp file, fsync, rename; the checksum file is renamed last."""
+def _recorded_digest(path: Path) -> str:
+    try:
+        return path.with_name(path.name + CHECKSUM_SUFFIX).read_text().split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def write_checkpoint(path: Path, data: bytes, digest: str, *, same_as: Path | None = None) -> None:
+    """Atomic: temp file, fsync, rename; the checksum file is renamed last.
+
+    ``same_as``: a checkpoint just written with these very bytes (best.pt of the epoch
+    whose last.pt it is). ``path`` becomes a second name of that file (a hard link: no
+    second write and fsync of a file that holds the optimizer state too). Checkpoints are
+    only ever replaced by rename, never written in place, so when last.pt is replaced next
+    epoch best.pt keeps these bytes. Where links are refused the bytes are written."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    tmp.unlink(missing_ok=True)  # left by a kill in the middle of a write
+    linked = False
+    if same_as is not None and _recorded_digest(same_as) == digest:  # its write succeeded
+        try:
+            os.link(same_as, tmp)
+            linked = True
+        except OSError:
+            pass
+    if not linked:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
     sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
     sidecar_tmp = sidecar.with_name(f".{sidecar.name}.tmp")
     sidecar_tmp.write_text(f"{digest}  {path.name}\n")
@@ -295,10 +317,11 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
         epoch: int,
         epoch_metrics: dict[str, float],
         serialized: Serialized,
+        same_as: Path | None = None,
     ) -> CheckpointInfo:
         path = checkpoint_dir / f"{kind.value}.pt"
         digest = serialized.digest  # on the writer thread: hashing leaves training alone
-        write_checkpoint(path, serialized.data, digest)
+        write_checkpoint(path, serialized.data, digest, same_as=same_as)
         info = CheckpointInfo(
             path=str(path.relative_to(inp.workspace)),
             epoch=epoch,
@@ -419,8 +442,15 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
         serialized = serialize(epoch, epoch_metrics)
         writer.submit(write, CheckpointKind.LAST, epoch, epoch_metrics, serialized)
         last_epoch = epoch
-        if improved:
-            writer.submit(write, CheckpointKind.BEST, epoch, epoch_metrics, serialized)
+        if improved:  # the same bytes: a second name for last.pt, written just before
+            writer.submit(
+                write,
+                CheckpointKind.BEST,
+                epoch,
+                epoch_metrics,
+                serialized,
+                checkpoint_dir / f"{CheckpointKind.LAST.value}.pt",
+            )
         elif early.enabled and epochs_without_improvement >= early.patience:
             report.state(
                 "running",
