@@ -11,13 +11,14 @@ caller is answered only once its record is committed and anchored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,10 @@ GENESIS_HASH = "0" * 64
 # Records a crash can leave committed but not yet anchored (those of the groups in flight).
 MAX_UNANCHORED = 10_000
 ANCHOR_BYTES = 512
+# How long a group about to be written waits for records callers have announced
+# (``expecting``) but not yet chained: PostgreSQL's commit_delay, taken only when there are
+# such siblings, so a lone caller never waits.
+GROUP_WAIT_SECONDS = 0.002
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -162,6 +167,8 @@ class AuditLog:
         # snapshot and reads the anchor: the two always agree.
         self._anchor_lock = threading.Lock()
         self._anchor_fd: int | None = None
+        self._expected = 0  # records announced by callers still deciding them
+        self._settled: asyncio.Future[None] | None = None  # resolved once none is expected
         self.commits = 0
 
     @property
@@ -309,6 +316,21 @@ class AuditLog:
         await self.durable()
         return record
 
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce a record this caller is about to chain (a decision being made). While
+        any is announced, a group about to be written waits for them (at most
+        GROUP_WAIT_SECONDS), so that concurrent callers share one commit and one anchor
+        write instead of taking one each: fewer, fuller groups under load."""
+        self._expected += 1
+        try:
+            yield
+        finally:
+            self._expected -= 1
+            settled = self._settled
+            if self._expected == 0 and settled is not None and not settled.done():
+                settled.set_result(None)
+
     def is_durable(self) -> bool:
         """Whether every record chained so far is committed and anchored."""
         return self._durable_sequence >= self._head_sequence
@@ -332,6 +354,11 @@ class AuditLog:
     async def _write_groups(self) -> None:
         loop = asyncio.get_running_loop()
         while self._unwritten:
+            if self._expected:  # siblings still deciding: let their records join this group
+                self._settled = loop.create_future()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled, GROUP_WAIT_SECONDS)
+                self._settled = None
             rows, self._unwritten = self._unwritten, []
             waiter = self._next_group or loop.create_future()
             self._next_group = None

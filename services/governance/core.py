@@ -220,13 +220,17 @@ class Governance:
             if earlier is not None:
                 return await self._maybe_wait(call, earlier, wait_seconds)
         if call.dry_run:  # counts nothing: no lock, and its audit shares group commits
-            return await self._decide(call)
-        async with self._lock:
-            if call.request_id:
-                earlier = await self._earlier_decision(call)
-                if earlier is not None:
-                    return earlier
-            decision = await self._decide(call)
+            with self.log.expecting():
+                decision = await self._decide(call)
+            await self.log.durable()
+            return decision
+        with self.log.expecting():
+            async with self._lock:
+                if call.request_id:
+                    earlier = await self._earlier_decision(call)
+                    if earlier is not None:
+                        return earlier
+                decision = await self._decide(call)
         # Outside the lock: the next decision may go ahead (it sees this one's uncommitted
         # rows on the same connection) while this one waits for its group's commit.
         await self._committed.wait()
@@ -400,8 +404,8 @@ class Governance:
                 policy_version=policy.version,
                 reason="allowed by policy",
             )
-        if call.dry_run:
-            record = await self.log.append(
+        if call.dry_run:  # the caller waits for its record to be durable
+            record = self.log.append_nowait(
                 caller=call.caller,
                 action="validate_dry_run",
                 tool=call.tool,

@@ -134,3 +134,29 @@ async def test_a_log_kept_in_the_governance_database_moves_to_its_own_file(
     with sqlite3.connect(folder / "governance.sqlite3") as old:
         tables = {r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "audit" not in tables
+
+
+async def test_a_group_waits_for_records_announced_but_a_lone_caller_does_not(
+    tmp_path: Path,
+) -> None:
+    from services.governance.audit import GROUP_WAIT_SECONDS, AuditLog
+
+    log = AuditLog(tmp_path / "audit.sqlite3", tmp_path / "anchor.json")
+    await log.open()
+    await log.append(caller="a", action="alone")  # nobody announced: written at once
+    assert log.commits == 1
+
+    with log.expecting():  # a sibling still deciding its record
+        first = asyncio.ensure_future(log.append(caller="a", action="first"))
+        await asyncio.sleep(GROUP_WAIT_SECONDS / 4)
+        assert not first.done() and log.commits == 1  # the group waits for the sibling
+        log.append_nowait(caller="b", action="second")
+    await first
+    await log.durable()
+    assert log.commits == 2  # both records in one group
+
+    with log.expecting():  # a sibling that never comes: the group waits a bounded time
+        await asyncio.wait_for(log.append(caller="a", action="third"), GROUP_WAIT_SECONDS * 50)
+    assert log.commits == 3
+    assert (await log.verify()).ok
+    await log.close()
