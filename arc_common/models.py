@@ -558,6 +558,10 @@ class LogExcerpt(_Resource):
     lines: list[str] = Field(default_factory=list)
 
 
+class DevicesReleased(_Resource):
+    gpu_indices: list[int] = Field(default_factory=list)
+
+
 class RunEvent(_Resource):
     """One numbered event of a run; exactly one payload field is set."""
 
@@ -569,6 +573,7 @@ class RunEvent(_Resource):
     checkpoint: CheckpointInfo | None = None
     log: LogExcerpt | None = None
     result: ExperimentResult | None = None
+    devices_released: DevicesReleased | None = None
 
 
 class Run(_Resource):

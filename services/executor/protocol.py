@@ -42,7 +42,8 @@ class TrainerInput(BaseModel):
 class TrainerMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["state", "metrics", "checkpoint", "result", "log"]
+    # "released": the trainer is done with its GPUs (only its last checkpoint write is left).
+    kind: Literal["state", "metrics", "checkpoint", "result", "log", "released"]
     state: str = ""
     reason: str = ""
     metrics: list[MetricResult] = Field(default_factory=list)

@@ -35,6 +35,7 @@ from arc_common.errors import (
 from arc_common.eventlog import EventLog
 from arc_common.models import (
     TERMINAL_STATES,
+    DevicesReleased,
     ExperimentResult,
     JobState,
     Lease,
@@ -155,6 +156,7 @@ class LiveRun:
     epoch_metrics: list[MetricResult] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    heartbeat: asyncio.Task[None] | None = None  # renews the lease while the GPUs are used
 
 
 class RunManager:
@@ -423,6 +425,25 @@ class RunManager:
         elif message.kind == "result" and message.result is not None:
             live.result = message.result
             live.trainer_state = JobState.COMPLETED
+        elif message.kind == "released":
+            await self._release_devices(live)
+
+    async def _release_devices(self, live: LiveRun) -> None:
+        """The trainer is done with its GPUs: stop renewing the lease and say so, so that
+        the scheduler can hand them to the next job while this one writes its last
+        checkpoint. Not for a run being stopped: it holds its GPUs until it is gone."""
+        if live.heartbeat is None or live.stop_state is not None:
+            return
+        heartbeat, live.heartbeat = live.heartbeat, None
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        assert live.run.lease is not None
+        self.events.append(
+            live.run.run_id,
+            devices_released=DevicesReleased(gpu_indices=list(live.run.lease.gpu_indices)),
+        )
+        logger.info("run %s released GPUs %s", live.run.run_id, live.run.lease.gpu_indices)
 
     async def _transition(self, live: LiveRun, state: JobState, reason: str) -> None:
         previous = live.run.state
@@ -457,7 +478,7 @@ class RunManager:
     async def _supervise(self, live: LiveRun, log_dir: Path) -> None:
         process = live.process
         assert process is not None and live.run.config is not None
-        heartbeat = asyncio.create_task(self._heartbeat(live))
+        live.heartbeat = asyncio.create_task(self._heartbeat(live))
         timeout = live.run.config.timeout_seconds
         try:
             await asyncio.wait_for(process.wait(), timeout=timeout)
@@ -465,9 +486,11 @@ class RunManager:
             await self.stop(live, JobState.TIMED_OUT, f"timed out after {timeout} s")
             await process.wait()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            heartbeat, live.heartbeat = live.heartbeat, None
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
         # The pipe drains after the exit; wait for its reader so no message is lost.
         for task in live.tasks:
             if task is not asyncio.current_task():

@@ -926,7 +926,7 @@ class Scheduler:
 
     async def _release(self, job: JobRecord) -> None:
         node = self.nodes.get(job.node)
-        if job.lease is None or node is None:
+        if job.lease is None or node is None or job.lease_released:
             return
         try:
             await node.client.release(job.lease)
@@ -952,6 +952,7 @@ class Scheduler:
             node="",
             run_id="",
             lease=None,
+            lease_released=False,
             run_sequence=0,
             not_before=self._clock() + delay,
         )
@@ -1014,6 +1015,12 @@ class Scheduler:
             )
         elif event.result is not None:
             job.result = event.result
+        elif event.devices_released is not None and job.state is JobState.RUNNING:
+            # Only its last checkpoint write is left: the GPUs go to the next job now.
+            await self._release(job)
+            job.lease_released = True
+            await self._save(job)
+            self._wake.set()
         elif event.state_change is not None and event.state_change.state is not None:
             state = event.state_change.state
             if state is JobState.RUNNING and job.state is JobState.STARTING:

@@ -70,6 +70,8 @@ class JobRecord(BaseModel):
     node: str = ""
     run_id: str = ""
     lease: Lease | None = None
+    # The run said it is done with its GPUs and the lease was released before its end.
+    lease_released: bool = False
     run_sequence: int = 0
     create_time: datetime | None = None
     start_time: datetime | None = None

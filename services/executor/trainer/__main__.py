@@ -77,6 +77,9 @@ class Channel:
     def state(self, state: str, reason: str) -> None:
         self.send(TrainerMessage(kind="state", state=state, reason=reason))
 
+    def release(self) -> None:
+        self.send(TrainerMessage(kind="released"))
+
 
 def _die_with_executor(metrics_fd: int) -> None:
     """Stop at once when the executor is gone. It holds the only read end of the metrics
@@ -148,7 +151,12 @@ def run(input_path: str, metrics_fd: int) -> int:
     # it loaded already).
     from services.executor.trainer.train import Pruned, Reporter, train
 
-    reporter = Reporter(metrics=channel.metrics, checkpoint=channel.checkpoint, state=channel.state)
+    reporter = Reporter(
+        metrics=channel.metrics,
+        checkpoint=channel.checkpoint,
+        state=channel.state,
+        release=channel.release,
+    )
     try:
         result = train(inp, reporter)
     except Pruned as exc:

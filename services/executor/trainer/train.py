@@ -55,6 +55,8 @@ class Reporter:
     metrics: Callable[[list[MetricResult]], None]
     checkpoint: Callable[[CheckpointInfo], None]
     state: Callable[[str, str], None]
+    # Said once the run no longer needs its GPUs (only its last checkpoint write is left).
+    release: Callable[[], None] = field(default=lambda: None)
     collected: list[MetricResult] = field(default_factory=list)
 
     def metric(self, name: str, value: float, *, step: int, epoch: int, split: str) -> None:
@@ -140,6 +142,18 @@ class Serialized:
     @functools.cached_property
     def digest(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
+
+
+def host_copy(value: Any) -> Any:
+    """``value`` with every tensor copied to host memory and every dict, list and tuple
+    rebuilt: nothing in it changes when the training goes on."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: host_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(host_copy(item) for item in value)
+    return value
 
 
 def serialize_checkpoint(payload: dict[str, Any]) -> Serialized:
@@ -285,11 +299,14 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
     step = 0
     checkpoints: list[CheckpointInfo] = []
 
-    def serialize(epoch: int, epoch_metrics: dict[str, float]) -> Serialized:
-        return serialize_checkpoint(
+    def snapshot(epoch: int, epoch_metrics: dict[str, float]) -> dict[str, Any]:
+        """The checkpoint's payload, every tensor copied to host memory (a memory copy, a
+        fraction of serializing it): the writer thread serializes it while the next epoch
+        changes the weights, or after the GPUs are given back."""
+        payload: dict[str, Any] = host_copy(
             {
                 "format": CHECKPOINT_FORMAT,
-                "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_state_dict": dict(model.state_dict()),
                 "architecture": spec.architecture.model_dump(mode="json"),
                 "epoch": epoch,
                 "metrics": epoch_metrics,
@@ -311,6 +328,17 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
                 },
             }
         )
+        return payload
+
+    def persist(
+        epoch: int, epoch_metrics: dict[str, float], payload: dict[str, Any], best: bool
+    ) -> None:
+        """On the writer thread: serialized and hashed once; when this epoch is also the
+        best, best.pt is a second name for the same bytes."""
+        serialized = serialize_checkpoint(payload)
+        last = write(CheckpointKind.LAST, epoch, epoch_metrics, serialized)
+        if best:
+            write(CheckpointKind.BEST, epoch, epoch_metrics, serialized, same_as=last)
 
     def write(
         kind: CheckpointKind,
@@ -318,9 +346,9 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
         epoch_metrics: dict[str, float],
         serialized: Serialized,
         same_as: Path | None = None,
-    ) -> CheckpointInfo:
+    ) -> Path:
         path = checkpoint_dir / f"{kind.value}.pt"
-        digest = serialized.digest  # on the writer thread: hashing leaves training alone
+        digest = serialized.digest
         write_checkpoint(path, serialized.data, digest, same_as=same_as)
         info = CheckpointInfo(
             path=str(path.relative_to(inp.workspace)),
@@ -338,7 +366,7 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
         meta_tmp.replace(meta)
         report.checkpoint(info)
         checkpoints[:] = [c for c in checkpoints if c.kind is not kind] + [info]
-        return info
+        return path
 
     start_epoch = 1
     last_epoch = 0
@@ -436,22 +464,12 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
-        # Serialized once: when this epoch is also the best, best.pt gets the same bytes.
-        # Written while the next epoch trains (or the test split runs).
+        # Copied to host memory here, serialized and written while the next epoch trains
+        # (or the test split runs); at most one epoch in flight.
         writer.settle()
-        serialized = serialize(epoch, epoch_metrics)
-        writer.submit(write, CheckpointKind.LAST, epoch, epoch_metrics, serialized)
+        writer.submit(persist, epoch, epoch_metrics, snapshot(epoch, epoch_metrics), improved)
         last_epoch = epoch
-        if improved:  # the same bytes: a second name for last.pt, written just before
-            writer.submit(
-                write,
-                CheckpointKind.BEST,
-                epoch,
-                epoch_metrics,
-                serialized,
-                checkpoint_dir / f"{CheckpointKind.LAST.value}.pt",
-            )
-        elif early.enabled and epochs_without_improvement >= early.patience:
+        if not improved and early.enabled and epochs_without_improvement >= early.patience:
             report.state(
                 "running",
                 f"early stopping: {monitor} did not improve for {early.patience} epochs "
@@ -461,8 +479,11 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
 
     # best.pt of an earlier epoch is on disk already (settled by a later epoch's writes).
     if best_epoch != last_epoch:  # the model in memory is the best one otherwise
-        best_state = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)
-        model.load_state_dict(best_state["model_state_dict"])
+        model.load_state_dict(
+            torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)[
+                "model_state_dict"
+            ]
+        )
     labels, probs, test_loss = predict(
         model, test_loader, device, amp=amp, channels_last=channels_last
     )
@@ -479,6 +500,13 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
         report.metric(name, value, step=step, epoch=best_epoch, split="test")
     best_metrics.update(test_metrics)
     best_metrics["best_epoch"] = float(best_epoch)
+    # Done with the GPUs: the last checkpoint is in host memory and only its write is left.
+    # Give them back now, so the next job starts while this one writes.
+    if cuda:
+        model.to("cpu")
+        optimizer.state.clear()  # no step comes any more; the snapshot holds its copy
+        torch.cuda.empty_cache()
+    report.release()
     writer.settle()  # the last checkpoints are on disk before the result says so
     return ExperimentResult(
         experiment_id=spec.experiment_id,

@@ -79,6 +79,18 @@ async def test_two_epoch_run_streams_events_and_checkpoint_reproduces_auc(
     kinds = [e.checkpoint.kind for e in events if e.WhichOneof("payload") == "checkpoint"]
     assert kinds.count(common_pb2.CHECKPOINT_KIND_LAST) == 2
     assert common_pb2.CHECKPOINT_KIND_BEST in kinds
+    # The GPUs are given back once, after the test split and before the result: what is
+    # left then is only writing the last checkpoint.
+    payloads = [e.WhichOneof("payload") for e in events]
+    assert payloads.count("devices_released") == 1
+    released = payloads.index("devices_released")
+    test_metrics = [
+        i
+        for i, e in enumerate(events)
+        if payloads[i] == "metrics" and any(m.split == "test" for m in e.metrics.metrics)
+    ]
+    assert test_metrics and test_metrics[-1] < released < payloads.index("result")
+    assert list(events[released].devices_released.gpu_indices) == list(run.lease.gpu_indices)
 
     final = await wait_done(suite, run.run_id)
     assert final.state == common_pb2.JOB_STATE_COMPLETED, final.error_message

@@ -210,6 +210,33 @@ async def test_gpu_lease_released_after_completion(make_suite: Factory) -> None:
     assert status.status.gpus[0].backend == gpu_pb2.GPU_BACKEND_SIMULATED
 
 
+async def test_the_next_job_gets_the_gpu_while_the_last_checkpoint_is_written(
+    make_suite: Factory,
+) -> None:
+    """A run that is done with its GPU (training and test split over, its last checkpoint
+    in host memory) gives it back before writing that checkpoint: the job queued behind it
+    is placed on the GPU before the first one is COMPLETED, and both complete."""
+    suite = await make_suite()
+    first = await suite.submit(spec("first", epochs=2), priority=9)
+    second = await suite.submit(spec("second"), priority=5)
+    for job in (first, second):
+        final = await suite.wait(job.job_id)
+        assert final.state == common_pb2.JOB_STATE_COMPLETED, final.error_message
+        assert {c.kind for c in final.result.checkpoints} == {
+            common_pb2.CHECKPOINT_KIND_LAST,
+            common_pb2.CHECKPOINT_KIND_BEST,
+        }
+    lines = (suite.home / "scheduler_events.jsonl").read_text().splitlines()
+    order = [(e["job_id"], e["state"]) for e in map(json.loads, lines)]
+    second_placed = order.index((second.job_id, "starting"))
+    first_completed = order.index((first.job_id, "completed"))
+    assert second_placed < first_completed, order
+    status = await suite.stub(Role.OPERATOR).GetSchedulerStatus(
+        scheduler_pb2.GetSchedulerStatusRequest()
+    )
+    assert [g.lease_holder for g in status.status.gpus] == [""]  # released once, not twice
+
+
 async def test_malformed_values_are_invalid_argument_and_audited(make_suite: Factory) -> None:
     from arc.governance.v1 import governance_pb2, governance_pb2_grpc
     from arc_common.channel import create_channel

@@ -187,6 +187,33 @@ class LogExcerpt(_message.Message):
 Global___LogExcerpt: _TypeAlias = LogExcerpt  # noqa: Y015
 
 @_typing.final
+class DevicesReleased(_message.Message):
+    """The run is done with its GPUs: its training and test split are over, its final state
+    is copied off the device, and all it has left is writing its last checkpoint to disk. The
+    executor has stopped renewing its lease; whoever placed the run may release the lease and
+    give the GPUs to the next job while this one finishes. At most one per run, before its
+    end; a run that fails or is stopped before this point holds its GPUs to the end.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPU_INDICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gpu_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        gpu_indices: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_indices", b"gpu_indices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DevicesReleased: _TypeAlias = DevicesReleased  # noqa: Y015
+
+@_typing.final
 class RunEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -198,6 +225,7 @@ class RunEvent(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    DEVICES_RELEASED_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """1, 2, 3 ... per run, without gaps."""
     run_id: _builtins.str
@@ -213,6 +241,8 @@ class RunEvent(_message.Message):
     def log(self) -> Global___LogExcerpt: ...
     @_builtins.property
     def result(self) -> _common_pb2.ExperimentResult: ...
+    @_builtins.property
+    def devices_released(self) -> Global___DevicesReleased: ...
     def __init__(
         self,
         *,
@@ -224,12 +254,13 @@ class RunEvent(_message.Message):
         checkpoint: _common_pb2.CheckpointInfo | None = ...,
         log: Global___LogExcerpt | None = ...,
         result: _common_pb2.ExperimentResult | None = ...,
+        devices_released: Global___DevicesReleased | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "log", b"log", "metrics", b"metrics", "payload", b"payload", "result", b"result", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "devices_released", b"devices_released", "log", b"log", "metrics", b"metrics", "payload", b"payload", "result", b"result", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "log", b"log", "metrics", b"metrics", "payload", b"payload", "result", b"result", "run_id", b"run_id", "sequence", b"sequence", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "devices_released", b"devices_released", "log", b"log", "metrics", b"metrics", "payload", b"payload", "result", b"result", "run_id", b"run_id", "sequence", b"sequence", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state_change", "metrics", "checkpoint", "log", "result"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state_change", "metrics", "checkpoint", "log", "result", "devices_released"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
