@@ -216,10 +216,10 @@ def _improved(value: float, best: float, mode: MetricMode, min_delta: float) -> 
 
 
 class CheckpointWriter:
-    """Checkpoints go to disk (write, fsync, checksum) on a thread of their own while the
-    training goes on. An epoch's writes wait for the previous epoch's first, so at most one
-    epoch is in flight: a failed write stops the run an epoch later at the latest, and at
-    most two serialized copies are held."""
+    """Checkpoints go to disk (serialize, hash, write, fsync, checksum) on a thread of their
+    own while the training goes on. An epoch's writes wait for the
+    previous epoch's first, so at most one epoch is in flight: a failed write stops the run
+    an epoch later at the latest, and at most two copies are held."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
@@ -370,6 +370,7 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
 
     start_epoch = 1
     last_epoch = 0
+    final: tuple[int, dict[str, float], dict[str, Any], bool] | None = None
     resume = Path(inp.resume_from) if inp.resume_from else None
     if resume is not None:
         if checkpoint_is_intact(resume):
@@ -464,12 +465,17 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
-        # Copied to host memory here, serialized and written while the next epoch trains
-        # (or the test split runs); at most one epoch in flight.
+        # Copied to host memory here, serialized and written while the next epoch trains;
+        # at most one epoch in flight. The final epoch's is written once the test split is
+        # done and the GPUs are given back (serializing takes the CPU the test split needs).
+        stop = not improved and early.enabled and epochs_without_improvement >= early.patience
         writer.settle()
-        writer.submit(persist, epoch, epoch_metrics, snapshot(epoch, epoch_metrics), improved)
+        final = (epoch, epoch_metrics, snapshot(epoch, epoch_metrics), improved)
+        if not stop and epoch < spec.hyperparameters.epochs:
+            writer.submit(persist, *final)
+            final = None
         last_epoch = epoch
-        if not improved and early.enabled and epochs_without_improvement >= early.patience:
+        if stop:
             report.state(
                 "running",
                 f"early stopping: {monitor} did not improve for {early.patience} epochs "
@@ -507,6 +513,8 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
         optimizer.state.clear()  # no step comes any more; the snapshot holds its copy
         torch.cuda.empty_cache()
     report.release()
+    if final is not None:
+        writer.submit(persist, *final)
     writer.settle()  # the last checkpoints are on disk before the result says so
     return ExperimentResult(
         experiment_id=spec.experiment_id,
