@@ -87,6 +87,8 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.governance.v1.GovernanceService/VerifyAuditLog": _OPS_SVC,
     # executor: runs are started by the scheduler; tools are agents' (governed by policy).
     "/arc.executor.v1.ExecutorService/StartRun": _OPS_SVC,
+    "/arc.executor.v1.ExecutorService/PrepareRun": _OPS_SVC,
+    "/arc.executor.v1.ExecutorService/ActivateRun": _OPS_SVC,
     "/arc.executor.v1.ExecutorService/GetRun": _ALL,
     "/arc.executor.v1.ExecutorService/CancelRun": _OPS_SVC,
     "/arc.executor.v1.ExecutorService/StreamRunEvents": _ALL,

@@ -37,6 +37,10 @@ class TrainerInput(BaseModel):
     # time with streaming on and off ("stream_alternate"), from the executor's
     # ARC_TRAINER_INJECT (never from the API).
     inject: str = ""
+    # Prepared ahead of its GPUs (ExecutorService.PrepareRun): open the data and build the
+    # model in host memory, then wait for one JSON line {"gpu_indices": [...]} on stdin
+    # before anything touches a GPU (end of stdin: the run was cancelled, leave).
+    standby: bool = False
 
 
 class TrainerMessage(BaseModel):

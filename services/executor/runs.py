@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -144,6 +145,23 @@ def _write_input(inp: TrainerInput, checkpoint_dir: Path, log_dir: Path) -> Path
     return path
 
 
+@dataclass(frozen=True)
+class _Paths:
+    checkpoint_dir: Path
+    log_dir: Path
+    data_path: Path
+    resume: str  # "" when starting afresh
+
+
+def _check_lease(job_id: str, lease: Lease) -> None:
+    if lease.job_id and lease.job_id != job_id:
+        raise FailedPreconditionError(
+            f"lease {lease.lease_id} belongs to job {lease.job_id}, not {job_id}", field="lease"
+        )
+    if not lease.gpu_indices:
+        raise InvalidArgumentError("lease.gpu_indices is empty", field="lease")
+
+
 @dataclass
 class LiveRun:
     run: Run
@@ -157,6 +175,8 @@ class LiveRun:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     heartbeat: asyncio.Task[None] | None = None  # renews the lease while the GPUs are used
+    standby: int | None = None  # a prepared run's stdin (write end) until it gets its GPUs
+    activated: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class RunManager:
@@ -249,13 +269,85 @@ class RunManager:
         await asyncio.to_thread(dvcsync.pull, self.home, parts[1], revision)
 
     async def start(self, config: TrainingJobConfig, lease: Lease, *, request_id: str) -> Run:
-        if request_id:
-            async with self._db.execute(
-                "SELECT run_id FROM runs WHERE request_id = ?", (request_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is not None:
-                return await self.get(row[0])
+        if (earlier := await self._requested(request_id)) is not None:
+            return earlier
+        paths = await self._checked_paths(config)
+        _check_lease(config.job_id, lease)
+        async with self._lock:
+            self._check_no_live_run(config.job_id)
+            renewed = await self._leases.renew(lease)  # refuses a stale fencing token
+            live = await self._create(config, renewed, request_id, "lease checked")
+            await self._launch(live, paths)
+        return await self.get(live.run.run_id)
+
+    async def prepare(self, config: TrainingJobConfig, *, request_id: str) -> Run:
+        """A run started ahead of its GPUs: the trainer opens its data and builds its model
+        in host memory, then waits (QUEUED) for ``activate`` to hand it a lease."""
+        if (earlier := await self._requested(request_id)) is not None:
+            return earlier
+        paths = await self._checked_paths(config)
+        async with self._lock:
+            self._check_no_live_run(config.job_id)
+            live = await self._create(config, None, request_id, "prepared ahead of its GPUs")
+            await self._launch(live, paths)
+        return await self.get(live.run.run_id)
+
+    async def activate(self, run_id: str, lease: Lease) -> Run:
+        """Give a prepared run its lease: checked with the gpu-manager, then its GPUs go to
+        the waiting trainer (one line on its stdin) and the lease is renewed from now on."""
+        async with self._lock:
+            live = self._live.get(run_id)
+            if live is None:
+                run = await self.get(run_id)  # NotFound when unknown
+                raise FailedPreconditionError(
+                    f"run {run_id} already ended {run.state.value if run.state else ''}; "
+                    "nothing to activate",
+                    field="run_id",
+                )
+            if live.standby is None:
+                current = live.run.lease
+                if current is not None and current.lease_id == lease.lease_id:
+                    return await self.get(run_id)  # a retried activation
+                raise FailedPreconditionError(
+                    f"run {run_id} is not a prepared run waiting for its GPUs", field="run_id"
+                )
+            if live.stop_state is not None:
+                raise FailedPreconditionError(f"run {run_id} is being stopped", field="run_id")
+            _check_lease(live.run.job_id, lease)
+            renewed = await self._leases.renew(lease)  # refuses a stale fencing token
+            assert live.run.config is not None
+            config = live.run.config.model_copy(update={"gpu_ids": list(renewed.gpu_indices)})
+            live.run = live.run.model_copy(
+                update={"lease": renewed, "config": config, "state": JobState.STARTING}
+            )
+            await self._save(live.run)
+            self.events.append(
+                run_id,
+                state_change=StateChange(
+                    previous_state=JobState.QUEUED, state=JobState.STARTING, reason="lease checked"
+                ),
+            )
+            standby, live.standby = live.standby, None
+            try:
+                os.write(standby, json.dumps({"gpu_indices": renewed.gpu_indices}).encode() + b"\n")
+            except OSError:
+                pass  # the trainer is gone already; its supervisor records how it ended
+            finally:
+                os.close(standby)
+            live.activated.set()
+        return await self.get(run_id)
+
+    async def _requested(self, request_id: str) -> Run | None:
+        """The run an earlier call with this request_id made (a retried call)."""
+        if not request_id:
+            return None
+        async with self._db.execute(
+            "SELECT run_id FROM runs WHERE request_id = ?", (request_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return await self.get(row[0]) if row is not None else None
+
+    async def _checked_paths(self, config: TrainingJobConfig) -> _Paths:
         spec = config.experiment_spec
         checkpoint_dir = resolve_in_root(self.home, config.checkpoint_dir, field="checkpoint_dir")
         log_dir = resolve_in_root(self.home, config.log_dir, field="log_dir")
@@ -272,65 +364,66 @@ class RunManager:
                 f"(looked at {data_path})",
                 field="dataset.data_path",
             )
-        if lease.job_id and lease.job_id != config.job_id:
-            raise FailedPreconditionError(
-                f"lease {lease.lease_id} belongs to job {lease.job_id}, not {config.job_id}",
-                field="lease",
-            )
-        if not lease.gpu_indices:
-            raise InvalidArgumentError("lease.gpu_indices is empty", field="lease")
-        async with self._lock:
-            for live in self._live.values():
-                if live.run.job_id == config.job_id and not live.done.is_set():
-                    raise FailedPreconditionError(
-                        f"job {config.job_id} already has a live run {live.run.run_id}",
-                        field="config.job_id",
-                    )
-            renewed = await self._leases.renew(lease)  # refuses a stale fencing token
-            run_id = f"{config.job_id}-{uuid.uuid4().hex[:8]}"
-            now = datetime.now(UTC)
-            run = Run(
-                run_id=run_id,
-                job_id=config.job_id,
-                state=JobState.STARTING,
-                config=config,
-                lease=renewed,
-                create_time=now,
-            )
-            live = LiveRun(run=run)
-            self._live[run_id] = live
-            await self._save(run, request_id=request_id)
-            self.events.append(
-                run_id,
-                state_change=StateChange(
-                    previous_state=None, state=JobState.STARTING, reason="lease checked"
-                ),
-            )
-            try:
-                await self._spawn(live, checkpoint_dir, log_dir, data_path, resume)
-            except Exception as exc:
-                await self._finish(live, JobState.FAILED, f"could not start the trainer: {exc}")
-                raise
-        live.tasks.append(asyncio.create_task(self._supervise(live, log_dir), name=run_id))
-        return await self.get(run_id)
+        return _Paths(checkpoint_dir, log_dir, data_path, resume)
 
-    async def _spawn(
-        self, live: LiveRun, checkpoint_dir: Path, log_dir: Path, data_path: Path, resume: str
-    ) -> None:
+    def _check_no_live_run(self, job_id: str) -> None:
+        for live in self._live.values():
+            if live.run.job_id == job_id and not live.done.is_set():
+                raise FailedPreconditionError(
+                    f"job {job_id} already has a live run {live.run.run_id}",
+                    field="config.job_id",
+                )
+
+    async def _create(
+        self, config: TrainingJobConfig, lease: Lease | None, request_id: str, reason: str
+    ) -> LiveRun:
+        """A new run: STARTING with its lease, or QUEUED (prepared) without one."""
+        state = JobState.STARTING if lease is not None else JobState.QUEUED
+        run_id = f"{config.job_id}-{uuid.uuid4().hex[:8]}"
+        run = Run(
+            run_id=run_id,
+            job_id=config.job_id,
+            state=state,
+            config=config,
+            lease=lease,
+            create_time=datetime.now(UTC),
+        )
+        live = LiveRun(run=run)
+        self._live[run_id] = live
+        await self._save(run, request_id=request_id)
+        self.events.append(
+            run_id, state_change=StateChange(previous_state=None, state=state, reason=reason)
+        )
+        return live
+
+    async def _launch(self, live: LiveRun, paths: _Paths) -> None:
+        try:
+            await self._spawn(live, paths)
+        except Exception as exc:
+            await self._finish(live, JobState.FAILED, f"could not start the trainer: {exc}")
+            raise
+        live.tasks.append(
+            asyncio.create_task(self._supervise(live, paths.log_dir), name=live.run.run_id)
+        )
+
+    async def _spawn(self, live: LiveRun, paths: _Paths) -> None:
         run = live.run
-        assert run.config is not None and run.lease is not None
+        assert run.config is not None
+        standby = run.lease is None  # prepared: its GPUs come later, on its stdin
+        checkpoint_dir, log_dir = paths.checkpoint_dir, paths.log_dir
         workers = self.settings.dataloader_workers
         inp = TrainerInput(
             run_id=run.run_id,
             config=run.config,
             workspace=str(self.home),
-            data_path=str(data_path),
+            data_path=str(paths.data_path),
             checkpoint_dir=str(checkpoint_dir),
             log_dir=str(log_dir),
             workers=workers if workers >= 0 else 0,
             log_every_steps=self.settings.log_every_steps,
-            resume_from=resume,
+            resume_from=paths.resume,
             inject=os.environ.get("ARC_TRAINER_INJECT", ""),
+            standby=standby,
         )
         input_path = await asyncio.to_thread(_write_input, inp, checkpoint_dir, log_dir)
         env = {
@@ -338,9 +431,14 @@ class RunManager:
             for key, value in os.environ.items()
             if not key.startswith("ARC_") or key == "ARC_TRAINER_INJECT"
         }
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in run.lease.gpu_indices)
+        gpus = run.lease.gpu_indices if run.lease is not None else []
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)  # none while prepared
         env["PYTHONUNBUFFERED"] = "1"
         read_fd, write_fd = os.pipe()
+        if standby:
+            stdin_fd, live.standby = os.pipe()
+        else:
+            stdin_fd = os.open(os.devnull, os.O_RDONLY)
         try:
             with (
                 open(log_dir / "stdout.log", "ab") as stdout,  # noqa: ASYNC230 - instant
@@ -351,7 +449,7 @@ class RunManager:
                     try:
                         process = await self.pool.spawn(
                             input_path=str(input_path),
-                            fds=(write_fd, stdout.fileno(), stderr.fileno()),
+                            fds=(write_fd, stdout.fileno(), stderr.fileno(), stdin_fd),
                             env=env,
                             cwd=str(REPO_ROOT),
                         )
@@ -366,7 +464,7 @@ class RunManager:
                         str(input_path),
                         "--metrics-fd",
                         str(write_fd),
-                        stdin=asyncio.subprocess.DEVNULL,
+                        stdin=stdin_fd,
                         stdout=stdout,
                         stderr=stderr,
                         pass_fds=(write_fd,),
@@ -376,15 +474,22 @@ class RunManager:
                     )
         except BaseException:
             os.close(read_fd)
+            if live.standby is not None:
+                os.close(live.standby)
+                live.standby = None
             raise
         finally:
             os.close(write_fd)
+            os.close(stdin_fd)
         live.process = process
         live.run = run.model_copy(update={"pid": process.pid, "start_time": datetime.now(UTC)})
         await self._save(live.run, pgid=process.pid, pgid_start=process_start_time(process.pid))
         live.tasks.append(asyncio.create_task(self._read_pipe(live, read_fd)))
         logger.info(
-            "run %s started: pid %d, GPUs %s", run.run_id, process.pid, run.lease.gpu_indices
+            "run %s started: pid %d, GPUs %s",
+            run.run_id,
+            process.pid,
+            gpus if not standby else "to come (prepared ahead of them)",
         )
 
     # --- supervision -----------------------------------------------------------------------
@@ -478,10 +583,16 @@ class RunManager:
     async def _supervise(self, live: LiveRun, log_dir: Path) -> None:
         process = live.process
         assert process is not None and live.run.config is not None
-        live.heartbeat = asyncio.create_task(self._heartbeat(live))
+        exited = asyncio.ensure_future(process.wait())
+        if live.standby is not None:  # prepared: the lease and the clock start at activation
+            activated = asyncio.ensure_future(live.activated.wait())
+            await asyncio.wait({exited, activated}, return_when=asyncio.FIRST_COMPLETED)
+            activated.cancel()
+        if not exited.done():
+            live.heartbeat = asyncio.create_task(self._heartbeat(live))
         timeout = live.run.config.timeout_seconds
         try:
-            await asyncio.wait_for(process.wait(), timeout=timeout)
+            await asyncio.wait_for(exited, timeout=timeout)
         except TimeoutError:
             await self.stop(live, JobState.TIMED_OUT, f"timed out after {timeout} s")
             await process.wait()
@@ -541,6 +652,9 @@ class RunManager:
                 "error_message": "" if state is JobState.COMPLETED else reason,
             }
         )
+        if live.standby is not None:  # ended while prepared: nothing will activate it
+            os.close(live.standby)
+            live.standby = None
         self.events.append(live.run.run_id, result=result)
         await self._transition(live, state, reason.splitlines()[0] if reason else "")
         await self.events.mark_closed(live.run.run_id)

@@ -76,6 +76,28 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         run = await self._runs.start(config, lease, request_id=request.request_id)
         return executor_pb2.StartRunResponse(run=to_proto(run, executor_pb2.Run))
 
+    async def PrepareRun(
+        self, request: executor_pb2.PrepareRunRequest, context: Any
+    ) -> executor_pb2.PrepareRunResponse:
+        if not request.HasField("config"):
+            raise InvalidArgumentError("config is required", field="config")
+        config = to_model(request.config, TrainingJobConfig, prefix="config")
+        run = await self._runs.prepare(config, request_id=request.request_id)
+        return executor_pb2.PrepareRunResponse(run=to_proto(run, executor_pb2.Run))
+
+    async def ActivateRun(
+        self, request: executor_pb2.ActivateRunRequest, context: Any
+    ) -> executor_pb2.ActivateRunResponse:
+        if not request.run_id:
+            raise InvalidArgumentError("run_id is required", field="run_id")
+        if not request.HasField("lease"):
+            raise InvalidArgumentError(
+                "lease is required: acquire one from the gpu-manager first", field="lease"
+            )
+        lease = to_model(request.lease, Lease, prefix="lease")
+        run = await self._runs.activate(request.run_id, lease)
+        return executor_pb2.ActivateRunResponse(run=to_proto(run, executor_pb2.Run))
+
     async def GetRun(
         self, request: executor_pb2.GetRunRequest, context: Any
     ) -> executor_pb2.GetRunResponse:

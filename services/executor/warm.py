@@ -172,10 +172,10 @@ class WarmPool:
             self._sock.close()
 
     async def spawn(
-        self, *, input_path: str, fds: tuple[int, int, int], env: dict[str, str], cwd: str
+        self, *, input_path: str, fds: tuple[int, int, int, int], env: dict[str, str], cwd: str
     ) -> WarmProcess:
-        """Fork a trainer for ``input_path``; ``fds`` are its metrics pipe, stdout and
-        stderr (the caller keeps and closes its own copies)."""
+        """Fork a trainer for ``input_path``; ``fds`` are its metrics pipe, stdout, stderr
+        and stdin (the caller keeps and closes its own copies)."""
         if not self.available or not await self.wait_ready():
             raise PoolUnavailable("the warm pool is not running")
         assert self._sock is not None

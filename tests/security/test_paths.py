@@ -80,6 +80,21 @@ CASES: dict[str, tuple[str, str, Callable[[str], Message]]] = {
         "StartRun",
         lambda v: executor_pb2.StartRunRequest(config=job_config("data_path", v)),
     ),
+    "PrepareRun.config.checkpoint_dir": (
+        "executor",
+        "PrepareRun",
+        lambda v: executor_pb2.PrepareRunRequest(config=job_config("checkpoint_dir", v)),
+    ),
+    "PrepareRun.config.log_dir": (
+        "executor",
+        "PrepareRun",
+        lambda v: executor_pb2.PrepareRunRequest(config=job_config("log_dir", v)),
+    ),
+    "PrepareRun.dataset.data_path": (
+        "executor",
+        "PrepareRun",
+        lambda v: executor_pb2.PrepareRunRequest(config=job_config("data_path", v)),
+    ),
     "PreprocessDataset.input_path": (
         "executor",
         "PreprocessDataset",

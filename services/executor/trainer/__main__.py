@@ -8,6 +8,7 @@ completed or was pruned (the last message says which), 1 on a crash.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
@@ -104,6 +105,21 @@ def _die_with_executor(metrics_fd: int) -> None:
     threading.Thread(target=watch, name="executor-watch", daemon=True).start()
 
 
+class NoDevices(Exception):
+    """A prepared run's stdin ended before its GPUs came: it was cancelled."""
+
+
+def await_devices() -> list[int]:
+    """A prepared run waits here, on stdin, for ``{"gpu_indices": [...]}`` (one line)."""
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        raise NoDevices("stdin ended before the GPUs came")
+    indices = json.loads(line)["gpu_indices"]
+    if not isinstance(indices, list) or not all(isinstance(i, int) for i in indices):
+        raise ValueError(f"gpu_indices must be a list of integers, got {indices!r}")
+    return indices
+
+
 def _limit_resources() -> None:
     # No core dumps of multi-GB processes into the workspace.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -156,9 +172,13 @@ def run(input_path: str, metrics_fd: int) -> int:
         checkpoint=channel.checkpoint,
         state=channel.state,
         release=channel.release,
+        await_devices=await_devices,
     )
     try:
         result = train(inp, reporter)
+    except NoDevices as exc:
+        logger.info("prepared run leaves without training: %s", exc)
+        return 0
     except Pruned as exc:
         logger.warning("run pruned: %s", exc)
         channel.send(TrainerMessage(kind="state", state=JobState.PRUNED.value, reason=str(exc)))

@@ -33,7 +33,7 @@ import traceback
 from typing import Any, NoReturn
 
 MAX_MESSAGE = 1 << 20
-ANSWERS = 3  # descriptors per request: metrics pipe, stdout, stderr
+ANSWERS = 4  # descriptors per request: metrics pipe, stdout, stderr, stdin
 
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -55,14 +55,12 @@ def _become_run(request: dict[str, Any], fds: list[int]) -> NoReturn:
     """In the forked child: take the run's descriptors and environment, train, leave."""
     code = 1
     try:
-        metrics_fd, stdout_fd, stderr_fd = fds
+        metrics_fd, stdout_fd, stderr_fd, stdin_fd = fds
         os.dup2(stdout_fd, 1)
         os.dup2(stderr_fd, 2)
-        os.close(stdout_fd)
-        os.close(stderr_fd)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
+        os.dup2(stdin_fd, 0)  # /dev/null, or where a prepared run's GPUs come from
+        for fd in (stdout_fd, stderr_fd, stdin_fd):
+            os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])  # CUDA_VISIBLE_DEVICES before any CUDA call
         os.chdir(request["cwd"])

@@ -57,6 +57,8 @@ class Reporter:
     state: Callable[[str, str], None]
     # Said once the run no longer needs its GPUs (only its last checkpoint write is left).
     release: Callable[[], None] = field(default=lambda: None)
+    # A prepared run's wait for its GPUs: their indices (raises when none will come).
+    await_devices: Callable[[], list[int]] = field(default=lambda: [])
     collected: list[MetricResult] = field(default_factory=list)
 
     def metric(self, name: str, value: float, *, step: int, epoch: int, split: str) -> None:
@@ -251,6 +253,15 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
     spec = config.experiment_spec
     seed = spec.hyperparameters.seed if spec.hyperparameters.seed is not None else 42
     seed_everything(seed)
+    # What needs no GPU comes first: a prepared run (``inp.standby``) does it ahead of its
+    # GPUs, and nothing here may touch CUDA (CUDA_VISIBLE_DEVICES is not set yet).
+    splits = load_splits(spec, Path(inp.data_path), seed)
+    positive = M.positive_index(splits.class_names)
+    model = build_model(spec.architecture)  # in host memory
+    if inp.standby:
+        report.state(JobState.QUEUED.value, "prepared: data opened, model built; waiting for GPUs")
+        gpus = report.await_devices()
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in gpus)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if not cuda:
@@ -259,7 +270,6 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
     channels_last = cuda
     started = time.monotonic()
 
-    splits = load_splits(spec, Path(inp.data_path), seed)
     batch = spec.hyperparameters.batch_size
     workers = inp.workers
     train_loader = loader(
@@ -272,8 +282,7 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
         splits.test, batch_size=batch, shuffle=False, seed=seed, workers=workers, cuda=cuda
     )
 
-    positive = M.positive_index(splits.class_names)
-    model = build_model(spec.architecture).to(device)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, spec)

@@ -21,7 +21,7 @@ async def test_a_pool_that_dies_while_warming_refuses_at_once(tmp_path: Path) ->
     os.kill(pool.pid, signal.SIGKILL)  # long before torch is imported
     began = time.monotonic()
     with pytest.raises(PoolUnavailable):
-        await pool.spawn(input_path="unused.json", fds=(0, 1, 2), env={}, cwd=str(tmp_path))
+        await pool.spawn(input_path="unused.json", fds=(0, 1, 2, 0), env={}, cwd=str(tmp_path))
     assert time.monotonic() - began < 10
     assert not pool.available
     await pool.close()

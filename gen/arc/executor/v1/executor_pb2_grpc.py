@@ -39,6 +39,16 @@ class ExecutorServiceStub:
                 request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.StartRunRequest.SerializeToString,
                 response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.StartRunResponse.FromString,
                 _registered_method=True)
+        self.PrepareRun = channel.unary_unary(
+                '/arc.executor.v1.ExecutorService/PrepareRun',
+                request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.PrepareRunRequest.SerializeToString,
+                response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.PrepareRunResponse.FromString,
+                _registered_method=True)
+        self.ActivateRun = channel.unary_unary(
+                '/arc.executor.v1.ExecutorService/ActivateRun',
+                request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ActivateRunRequest.SerializeToString,
+                response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ActivateRunResponse.FromString,
+                _registered_method=True)
         self.GetRun = channel.unary_unary(
                 '/arc.executor.v1.ExecutorService/GetRun',
                 request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
@@ -96,6 +106,25 @@ class ExecutorServiceServicer:
 
     def StartRun(self, request, context):
         """Checks the lease with the gpu-manager, then spawns the trainer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareRun(self, request, context):
+        """Starts a run's trainer ahead of its GPUs: it opens its data and builds its model in
+        host memory (no GPU is touched), then waits in state QUEUED for ActivateRun. For the
+        job next in line for GPUs another job still holds: it starts training the moment it
+        gets them. CancelRun ends it like any run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateRun(self, request, context):
+        """Hands a prepared run its lease (checked with the gpu-manager, as StartRun does): the
+        trainer takes the GPUs and starts. FAILED_PRECONDITION when the run is not prepared
+        and waiting, or the lease is stale or another job's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +199,16 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.StartRun,
                     request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.StartRunRequest.FromString,
                     response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.StartRunResponse.SerializeToString,
+            ),
+            'PrepareRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRun,
+                    request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.PrepareRunRequest.FromString,
+                    response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.PrepareRunResponse.SerializeToString,
+            ),
+            'ActivateRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateRun,
+                    request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ActivateRunRequest.FromString,
+                    response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ActivateRunResponse.SerializeToString,
             ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
@@ -249,6 +288,60 @@ class ExecutorService:
             '/arc.executor.v1.ExecutorService/StartRun',
             arc_dot_executor_dot_v1_dot_executor__pb2.StartRunRequest.SerializeToString,
             arc_dot_executor_dot_v1_dot_executor__pb2.StartRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.executor.v1.ExecutorService/PrepareRun',
+            arc_dot_executor_dot_v1_dot_executor__pb2.PrepareRunRequest.SerializeToString,
+            arc_dot_executor_dot_v1_dot_executor__pb2.PrepareRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.executor.v1.ExecutorService/ActivateRun',
+            arc_dot_executor_dot_v1_dot_executor__pb2.ActivateRunRequest.SerializeToString,
+            arc_dot_executor_dot_v1_dot_executor__pb2.ActivateRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,6 +18,17 @@ class ExecutorServiceStub:
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.StartRunRequest, _executor_pb2.StartRunResponse]
     """Checks the lease with the gpu-manager, then spawns the trainer."""
+    PrepareRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.PrepareRunRequest, _executor_pb2.PrepareRunResponse]
+    """Starts a run's trainer ahead of its GPUs: it opens its data and builds its model in
+    host memory (no GPU is touched), then waits in state QUEUED for ActivateRun. For the
+    job next in line for GPUs another job still holds: it starts training the moment it
+    gets them. CancelRun ends it like any run.
+    """
+    ActivateRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.ActivateRunRequest, _executor_pb2.ActivateRunResponse]
+    """Hands a prepared run its lease (checked with the gpu-manager, as StartRun does): the
+    trainer takes the GPUs and starts. FAILED_PRECONDITION when the run is not prepared
+    and waiting, or the lease is stale or another job's.
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]
     CancelRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.CancelRunRequest, _executor_pb2.CancelRunResponse]
     """SIGTERM to the run's process group, a grace period, then SIGKILL."""
@@ -39,6 +50,29 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_executor_pb2.StartRunRequest, _abc.Awaitable[_executor_pb2.StartRunResponse]],
     ) -> _abc.Awaitable[_executor_pb2.StartRunResponse]:
         """Checks the lease with the gpu-manager, then spawns the trainer."""
+
+    @_abc_1.abstractmethod
+    def PrepareRun(
+        self,
+        request: _executor_pb2.PrepareRunRequest,
+        context: _aio.ServicerContext[_executor_pb2.PrepareRunRequest, _abc.Awaitable[_executor_pb2.PrepareRunResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.PrepareRunResponse]:
+        """Starts a run's trainer ahead of its GPUs: it opens its data and builds its model in
+        host memory (no GPU is touched), then waits in state QUEUED for ActivateRun. For the
+        job next in line for GPUs another job still holds: it starts training the moment it
+        gets them. CancelRun ends it like any run.
+        """
+
+    @_abc_1.abstractmethod
+    def ActivateRun(
+        self,
+        request: _executor_pb2.ActivateRunRequest,
+        context: _aio.ServicerContext[_executor_pb2.ActivateRunRequest, _abc.Awaitable[_executor_pb2.ActivateRunResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.ActivateRunResponse]:
+        """Hands a prepared run its lease (checked with the gpu-manager, as StartRun does): the
+        trainer takes the GPUs and starts. FAILED_PRECONDITION when the run is not prepared
+        and waiting, or the lease is stale or another job's.
+        """
 
     @_abc_1.abstractmethod
     def GetRun(
