@@ -55,6 +55,7 @@ from arc_common.models import (
     MetricMode,
     MetricResult,
     NoveltyClass,
+    Run,
     RunEvent,
     SchedulerStatus,
     Tool,
@@ -143,6 +144,8 @@ class Scheduler:
         self._queue: SortedList = SortedList()
         self._shapes: Counter[tuple[Any, ...]] = Counter()  # queued jobs per GPU request
         self._active: set[str] = set()  # STARTING or RUNNING
+        self._prepared: dict[str, str] = {}  # queued job -> machine of its prepared run
+        self._unpreparable: set[str] = set()  # PrepareRun refused them: not asked again
         self._experiments: dict[str, tuple[ExperimentSpec, str, datetime]] = {}
         self._by_hash: dict[str, str] = {}
         self._experiment_jobs: dict[str, list[str]] = defaultdict(list)
@@ -166,6 +169,8 @@ class Scheduler:
         resume: list[JobRecord] = []
         for job in await self.store.load_jobs():
             self._index(job)
+            if job.prepared_run_id:
+                self._prepared[job.job_id] = job.prepared_node
             if job.state is JobState.QUEUED:
                 self._enqueue(job)
             elif job.state in (JobState.STARTING, JobState.RUNNING):
@@ -288,6 +293,8 @@ class Scheduler:
         if state in TERMINAL_STATES:
             job.end_time = _now()
             self._dequeue(job)
+            if job.prepared_run_id:  # ended while queued: its prepared run goes too
+                await self._drop_prepared(job)
         await self._save(job)
         self._event(
             job,
@@ -622,6 +629,8 @@ class Scheduler:
         blocked = self._blocked.get(_shape(job))
         if blocked:
             parts.append(f"waiting for a GPU: {blocked}")
+        if job.prepared_run_id:
+            parts.append(f"its trainer is prepared on {job.prepared_node} ({job.prepared_run_id})")
         return "; ".join(parts)
 
     def _result(self, job: JobRecord) -> ExperimentResult:
@@ -771,6 +780,7 @@ class Scheduler:
             reason = await self._try_place(job)
             if reason:
                 blocked[shape] = reason
+                await self._prepare(job)
         self._blocked = blocked
 
     async def _try_place(self, job: JobRecord) -> str:
@@ -824,8 +834,7 @@ class Scheduler:
             return reasons[0].split(": ", 1)[1] if len(self.nodes) == 1 else reasons[0]
         return " | ".join(reasons) or "no machine is up"
 
-    async def _start_run(self, job: JobRecord, node: NodeState) -> None:
-        assert job.lease is not None
+    def _run_config(self, job: JobRecord, gpu_ids: list[int]) -> TrainingJobConfig:
         attempt_dir = f"runs/{job.job_id}/attempt-{job.attempt}"
         # A retry resumes from the last checkpoint of the attempt before (when it is intact).
         resume = (
@@ -833,18 +842,84 @@ class Scheduler:
             if job.attempt > 1
             else ""
         )
-        config = TrainingJobConfig(
+        return TrainingJobConfig(
             job_id=job.job_id,
             experiment_spec=job.spec,
-            gpu_ids=list(job.lease.gpu_indices),
+            gpu_ids=gpu_ids,
             checkpoint_dir=f"{attempt_dir}/checkpoints",
             log_dir=f"{attempt_dir}/logs",
             timeout_seconds=job.timeout_seconds,
             max_retries=job.max_retries,
             resume_from=resume,
         )
+
+    async def _prepare(self, job: JobRecord) -> None:
+        """The first job of its kind waiting for GPUs that running jobs hold: its trainer
+        starts ahead on the machine (data opened, model built in host memory, no GPU
+        touched), so it trains the moment the GPUs come (``_start_run`` activates it)."""
+        limit = self.settings.prepared_per_node
+        if (
+            limit <= 0
+            or not self._active
+            or job.prepared_run_id
+            or job.evaluation is not None
+            or job.approval
+            or job.job_id in self._unpreparable
+        ):
+            return
+        node = next((n for n in self.nodes.values() if n.up), None)
+        if node is None or list(self._prepared.values()).count(node.client.name) >= limit:
+            return
         try:
-            run = await node.client.start_run(
+            run = await node.client.prepare_run(
+                self._run_config(job, []),
+                request_id=f"{job.job_id}:attempt-{job.attempt}:prepared",
+            )
+        except ArcError as exc:
+            self._unpreparable.add(job.job_id)
+            logger.warning("job %s: no prepared run (%s); it will start cold", job.job_id, exc)
+            return
+        job.prepared_run_id, job.prepared_node = run.run_id, node.client.name
+        self._prepared[job.job_id] = node.client.name
+        if job.state is not JobState.QUEUED:  # placed or cancelled meanwhile
+            await self._drop_prepared(job)
+            return
+        await self._save(job)
+        logger.info("job %s: trainer prepared ahead on %s", job.job_id, node.client.name)
+
+    async def _drop_prepared(self, job: JobRecord) -> None:
+        """Cancel the job's prepared run (it was not used) and forget it."""
+        run_id, name = job.prepared_run_id, job.prepared_node
+        job.prepared_run_id = job.prepared_node = ""
+        self._prepared.pop(job.job_id, None)
+        node = self.nodes.get(name)
+        if run_id and node is not None:
+            with contextlib.suppress(ArcError):  # gone already (an executor restart)
+                await node.client.cancel_run(run_id, "prepared run not used")
+
+    async def _activate_prepared(self, job: JobRecord, node: NodeState) -> Run | None:
+        """The job's prepared run, given its lease; None when there is none to use (the
+        caller starts one cold)."""
+        assert job.lease is not None
+        if job.prepared_run_id and job.prepared_node == node.client.name:
+            run_id = job.prepared_run_id
+            try:
+                run = await node.client.activate_run(run_id, job.lease)
+            except ArcError as exc:
+                logger.warning("job %s: prepared run %s not used: %s", job.job_id, run_id, exc)
+            else:
+                job.prepared_run_id = job.prepared_node = ""
+                self._prepared.pop(job.job_id, None)
+                return run
+        if job.prepared_run_id:
+            await self._drop_prepared(job)
+        return None
+
+    async def _start_run(self, job: JobRecord, node: NodeState) -> None:
+        assert job.lease is not None
+        config = self._run_config(job, list(job.lease.gpu_indices))
+        try:
+            run = await self._activate_prepared(job, node) or await node.client.start_run(
                 config, job.lease, request_id=f"{job.job_id}:attempt-{job.attempt}"
             )
         except UnavailableError as exc:

@@ -63,6 +63,8 @@ class NodeClient(Protocol):
     async def start_run(
         self, config: TrainingJobConfig, lease: Lease, *, request_id: str
     ) -> Run: ...
+    async def prepare_run(self, config: TrainingJobConfig, *, request_id: str) -> Run: ...
+    async def activate_run(self, run_id: str, lease: Lease) -> Run: ...
     async def get_run(self, run_id: str) -> Run: ...
     async def cancel_run(self, run_id: str, reason: str) -> Run: ...
     def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
@@ -130,6 +132,28 @@ class GrpcNode:
                     request_id=request_id,
                     config=to_proto(config, common_pb2.TrainingJobConfig),
                     lease=to_proto(lease, gpu_pb2.Lease),
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+        )
+        return to_model(reply.run, Run)
+
+    async def prepare_run(self, config: TrainingJobConfig, *, request_id: str) -> Run:
+        reply = await unary(
+            self._executor.PrepareRun(
+                executor_pb2.PrepareRunRequest(
+                    request_id=request_id, config=to_proto(config, common_pb2.TrainingJobConfig)
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+        )
+        return to_model(reply.run, Run)
+
+    async def activate_run(self, run_id: str, lease: Lease) -> Run:
+        reply = await unary(
+            self._executor.ActivateRun(
+                executor_pb2.ActivateRunRequest(
+                    run_id=run_id, lease=to_proto(lease, gpu_pb2.Lease)
                 ),
                 timeout=RPC_TIMEOUT,
             )

@@ -39,5 +39,9 @@ class SchedulerSettings(ServiceSettings):
     probe_interval_seconds: float = Field(default=2.0, gt=0)
     dispatch_interval_seconds: float = Field(default=1.0, gt=0)
     event_flush_ms: int = Field(default=20, ge=1, le=1000)
+    # The first job waiting for GPUs that a running job holds gets its trainer prepared
+    # ahead (data opened, model built, no GPU touched) on that machine, at most this many
+    # per machine; it starts training the moment the GPUs are released. 0 turns it off.
+    prepared_per_node: int = Field(default=1, ge=0, le=16)
     # GetSchedulerStatus lists at most this many queued jobs (queue_length counts all).
     status_queued_limit: int = Field(default=20, ge=0, le=1000)

@@ -73,6 +73,10 @@ class JobRecord(BaseModel):
     # The run said it is done with its GPUs and the lease was released before its end.
     lease_released: bool = False
     run_sequence: int = 0
+    # A run prepared ahead of the job's GPUs (ExecutorService.PrepareRun), on that machine;
+    # it becomes the job's run when the job is placed there.
+    prepared_run_id: str = ""
+    prepared_node: str = ""
     create_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None

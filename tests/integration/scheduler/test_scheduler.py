@@ -213,12 +213,17 @@ async def test_gpu_lease_released_after_completion(make_suite: Factory) -> None:
 async def test_the_next_job_gets_the_gpu_while_the_last_checkpoint_is_written(
     make_suite: Factory,
 ) -> None:
-    """A run that is done with its GPU (training and test split over, its last checkpoint
-    in host memory) gives it back before writing that checkpoint: the job queued behind it
-    is placed on the GPU before the first one is COMPLETED, and both complete."""
+    """The job queued behind a running one gets its trainer prepared ahead (data opened,
+    model built, no GPU). A run that is done with its GPU (training and test split over,
+    its last checkpoint in host memory) gives it back before writing that checkpoint: the
+    prepared run is activated on it before the first job is COMPLETED, and both complete."""
     suite = await make_suite()
-    first = await suite.submit(spec("first", epochs=2), priority=9)
+    first = await suite.submit(spec("first", epochs=6), priority=9)
+    await suite.wait(first.job_id, lambda j: j.state == RUNNING)
     second = await suite.submit(spec("second"), priority=5)
+    waiting = await suite.wait(second.job_id, lambda j: "its trainer is prepared on" in j.pending_reason)
+    prepared_run = waiting.pending_reason.rsplit("(", 1)[1].rstrip(")")
+    assert prepared_run.startswith(second.job_id)
     for job in (first, second):
         final = await suite.wait(job.job_id)
         assert final.state == common_pb2.JOB_STATE_COMPLETED, final.error_message
@@ -231,6 +236,7 @@ async def test_the_next_job_gets_the_gpu_while_the_last_checkpoint_is_written(
     second_placed = order.index((second.job_id, "starting"))
     first_completed = order.index((first.job_id, "completed"))
     assert second_placed < first_completed, order
+    assert (await suite.job(second.job_id)).run_id == prepared_run  # the prepared one ran
     status = await suite.stub(Role.OPERATOR).GetSchedulerStatus(
         scheduler_pb2.GetSchedulerStatusRequest()
     )
