@@ -221,7 +221,9 @@ async def test_the_next_job_gets_the_gpu_while_the_last_checkpoint_is_written(
     first = await suite.submit(spec("first", epochs=6), priority=9)
     await suite.wait(first.job_id, lambda j: j.state == RUNNING)
     second = await suite.submit(spec("second"), priority=5)
-    waiting = await suite.wait(second.job_id, lambda j: "its trainer is prepared on" in j.pending_reason)
+    waiting = await suite.wait(
+        second.job_id, lambda j: "its trainer is prepared on" in j.pending_reason
+    )
     prepared_run = waiting.pending_reason.rsplit("(", 1)[1].rstrip(")")
     assert prepared_run.startswith(second.job_id)
     for job in (first, second):
