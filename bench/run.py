@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -141,7 +142,8 @@ async def measure_all(results: dict[str, Any], quick: bool, wanted: Callable[...
                     per_epoch = results["training"]["suite"]["wall_s"] / 3
                     if wanted(5):
                         results["gap"] = await engine.inter_job_gap(
-                            bench, epochs=max(2, round(60 / per_epoch))
+                            bench,
+                            epochs=max(2, math.ceil(60 / per_epoch)),  # >= 60 s jobs
                         )
         if not quick and wanted(7):
             results["streaming"] = await engine.streaming_cost(home / "streaming", epochs=20)

@@ -15,7 +15,10 @@ from services.executor.trainer.train import Reporter, train
 pytestmark = pytest.mark.gpu
 
 
-def test_trainer_runs_on_cuda_with_amp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prepared", [False, True], ids=["started", "prepared-then-activated"])
+def test_trainer_runs_on_cuda_with_amp(tmp_path: Path, prepared: bool) -> None:
+    """Also as a prepared run: its model is built before any GPU is visible, and the GPU it
+    gets at activation is the one it trains on; it gives the GPU back before the end."""
     generate_dataset(tmp_path / "data", count=64, size=64, seed=2, splits=(0.5, 0.25, 0.25))
     config = TrainingJobConfig.model_validate(
         {
@@ -40,6 +43,7 @@ def test_trainer_runs_on_cuda_with_amp(tmp_path: Path) -> None:
         }
     )
     states: list[str] = []
+    released: list[int] = []
     seen: list[MetricResult] = []
     result = train(
         TrainerInput(
@@ -51,13 +55,21 @@ def test_trainer_runs_on_cuda_with_amp(tmp_path: Path) -> None:
             log_dir=str(tmp_path / "logs"),
             workers=2,
             log_every_steps=1,
+            standby=prepared,
         ),
         Reporter(
-            metrics=seen.extend, checkpoint=lambda c: None, state=lambda s, r: states.append(r)
+            metrics=seen.extend,
+            checkpoint=lambda c: None,
+            state=lambda s, r: states.append(r),
+            release=lambda: released.append(torch.cuda.memory_allocated()),
+            await_devices=lambda: [0],
         ),
     )
     assert torch.cuda.is_available()
-    assert "cuda" in states[0]
+    running = [r for r in states if r.startswith("training on")]
+    assert running and "cuda" in running[0]
+    assert ("prepared" in states[0]) == prepared
+    assert len(released) == 1 and released[0] < 64 << 20  # the model left the GPU first
     assert result.best_metrics["test_auc"] >= 0.0
     speeds = [m.value for m in seen if m.name == "images_per_second"]
     print(f"{torch.cuda.get_device_name(0)}: images/s per epoch {speeds}")

@@ -106,7 +106,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: Any) -> Any:
     return None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(
     model: nn.Module, data: Any, device: torch.device, *, amp: bool, channels_last: bool
 ) -> tuple[np.ndarray, np.ndarray, float]:
