@@ -407,6 +407,17 @@ async def inter_job_gap(bench: Bench, *, epochs: int) -> dict[str, Any]:
     if a.gpu_indices != b.gpu_indices:
         raise RuntimeError("the two jobs did not share a GPU")
     duration = seconds_of(a.end_time) - seconds_of(a.start_time)
+    # When A gave its GPU back (after its last validation and its test split, before
+    # writing its last checkpoint): from A's run events on the executor.
+    released = [
+        seconds_of(reply.event.time)
+        async for reply in bench.executor().StreamRunEvents(
+            executor_pb2.StreamRunEventsRequest(run_id=a.run_id)
+        )
+        if reply.event.WhichOneof("payload") == "devices_released"
+    ]
+    if not released:
+        raise RuntimeError("job A never gave its GPU back before its end")
     # To B's first step as in measure 4: its start (B's loop begins); to its end reported.
     gap = b_watch.running_time - max(a_steps)
     return {
@@ -414,9 +425,12 @@ async def inter_job_gap(bench: Bench, *, epochs: int) -> dict[str, Any]:
         "job_seconds": duration,
         "gap_s": gap,
         "gap_to_first_step_done_s": min(b_steps) - max(a_steps),
-        # of which A's own epilogue (last validation, checkpoints, test) after its last step
-        "a_epilogue_s": seconds_of(a.end_time) - max(a_steps),
-        "engine_gap_s": b_watch.running_time - seconds_of(a.end_time),
+        # of which A's own work on the GPU after its last step (last validation, test split)
+        "a_gpu_epilogue_s": released[0] - max(a_steps),
+        # and the engine's: from A's GPU released to B's loop begun (B was prepared ahead)
+        "engine_gap_s": b_watch.running_time - released[0],
+        # A's last checkpoint written meanwhile, B already training
+        "a_end_after_b_s": seconds_of(a.end_time) - b_watch.running_time,
         "ratio": gap / duration,
     }
 

@@ -102,8 +102,8 @@ def main() -> int:
     if g:
         print(
             f"5 gap {g['gap_s']:.2f} s between {g['job_seconds']:.0f} s jobs, "
-            f"ratio {g['ratio']:.4f} (A's epilogue {g['a_epilogue_s']:.2f} s, engine "
-            f"{g['engine_gap_s']:.2f} s)"
+            f"ratio {g['ratio']:.4f} (A's last validation and test {g['a_gpu_epilogue_s']:.2f} "
+            f"s, then the engine {g['engine_gap_s']:.2f} s)"
         )
     if "error" in results:
         print(f"INCOMPLETE: {results['error']}")

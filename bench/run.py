@@ -219,9 +219,10 @@ def details(results: dict[str, Any]) -> list[str]:
         g = results["gap"]
         out.append(
             f"gap {g['gap_s']:.2f} s between {g['job_seconds']:.0f} s jobs (to the end of "
-            f"B's first step {g['gap_to_first_step_done_s']:.2f} s): A's last "
-            f"validation/checkpoint/test {g['a_epilogue_s']:.2f} s, then the engine "
-            f"{g['engine_gap_s']:.2f} s"
+            f"B's first step {g['gap_to_first_step_done_s']:.2f} s): A's last validation "
+            f"and test split {g['a_gpu_epilogue_s']:.2f} s, then from A's GPU released to "
+            f"B's loop the engine {g['engine_gap_s']:.2f} s (A wrote its last checkpoint "
+            f"meanwhile, done {g['a_end_after_b_s']:.2f} s after B began)"
         )
     if "metrics_path" in results:
         m = results["metrics_path"]
