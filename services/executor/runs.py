@@ -296,14 +296,7 @@ class RunManager:
         """Give a prepared run its lease: checked with the gpu-manager, then its GPUs go to
         the waiting trainer (one line on its stdin) and the lease is renewed from now on."""
         async with self._lock:
-            live = self._live.get(run_id)
-            if live is None:
-                run = await self.get(run_id)  # NotFound when unknown
-                raise FailedPreconditionError(
-                    f"run {run_id} already ended {run.state.value if run.state else ''}; "
-                    "nothing to activate",
-                    field="run_id",
-                )
+            live = await self._live_run(run_id, "activate")
             if live.standby is None:
                 current = live.run.lease
                 if current is not None and current.lease_id == lease.lease_id:
@@ -689,15 +682,20 @@ class RunManager:
         if live.process is not None:
             await self._kill_group(live.process.pid, grace=self.settings.cancel_grace_seconds)
 
-    async def cancel(self, run_id: str, reason: str) -> Run:
+    async def _live_run(self, run_id: str, verb: str) -> LiveRun:
+        """The live run, NotFound when unknown, FailedPrecondition when it ended."""
         live = self._live.get(run_id)
         if live is None:
-            run = await self.get(run_id)  # NotFound when unknown
+            run = await self.get(run_id)
             raise FailedPreconditionError(
                 f"run {run_id} already ended {run.state.value if run.state else ''}; "
-                "nothing to cancel",
+                f"nothing to {verb}",
                 field="run_id",
             )
+        return live
+
+    async def cancel(self, run_id: str, reason: str) -> Run:
+        live = await self._live_run(run_id, "cancel")
         await self.stop(live, JobState.CANCELLED, reason or "cancelled")
         await live.done.wait()
         return await self.get(run_id)
