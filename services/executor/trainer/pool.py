@@ -188,14 +188,14 @@ def main() -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select through the wakeup fd
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     seconds = round(time.monotonic() - began, 3)
-    send(
-        control,
-        {"ready": True, "pid": os.getpid(), "cuda_initialized": cuda, "seconds": seconds},
-    )
-    print(
+    print(  # logged before it is said: whoever hears "ready" finds the line
         f"warm pool {os.getpid()} ready in {seconds} s: torch imported, "
         f"CUDA {'INITIALISED (refused)' if cuda else 'not initialised'}",
         flush=True,
+    )
+    send(
+        control,
+        {"ready": True, "pid": os.getpid(), "cuda_initialized": cuda, "seconds": seconds},
     )
     return Pool(control, (read_end, write_end)).serve()
 

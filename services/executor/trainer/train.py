@@ -493,37 +493,39 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
             break
 
     # best.pt of an earlier epoch is on disk already (settled by a later epoch's writes).
-    if best_epoch != last_epoch:  # the model in memory is the best one otherwise
-        model.load_state_dict(
-            torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)[
-                "model_state_dict"
-            ]
+    try:
+        if best_epoch != last_epoch:  # the model in memory is the best one otherwise
+            model.load_state_dict(
+                torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)[
+                    "model_state_dict"
+                ]
+            )
+        labels, probs, test_loss = predict(
+            model, test_loader, device, amp=amp, channels_last=channels_last
         )
-    labels, probs, test_loss = predict(
-        model, test_loader, device, amp=amp, channels_last=channels_last
-    )
-    test = M.summarize(labels, probs, positive) if len(labels) else None
-    test_metrics = {
-        "test_loss": test_loss,
-        "test_accuracy": test.accuracy if test else float("nan"),
-        "test_auc": test.auc if test else float("nan"),
-        "test_sensitivity": test.sensitivity if test else float("nan"),
-        "test_specificity": test.specificity if test else float("nan"),
-        "test_f1": test.f1 if test else float("nan"),
-    }
-    for name, value in test_metrics.items():
-        report.metric(name, value, step=step, epoch=best_epoch, split="test")
-    best_metrics.update(test_metrics)
-    best_metrics["best_epoch"] = float(best_epoch)
-    # Done with the GPUs: the last checkpoint is in host memory and only its write is left.
-    # Give them back now, so the next job starts while this one writes.
-    if cuda:
-        model.to("cpu")
-        optimizer.state.clear()  # no step comes any more; the snapshot holds its copy
-        torch.cuda.empty_cache()
-    report.release()
-    if final is not None:
-        writer.submit(persist, *final)
+        test = M.summarize(labels, probs, positive) if len(labels) else None
+        test_metrics = {
+            "test_loss": test_loss,
+            "test_accuracy": test.accuracy if test else float("nan"),
+            "test_auc": test.auc if test else float("nan"),
+            "test_sensitivity": test.sensitivity if test else float("nan"),
+            "test_specificity": test.specificity if test else float("nan"),
+            "test_f1": test.f1 if test else float("nan"),
+        }
+        for name, value in test_metrics.items():
+            report.metric(name, value, step=step, epoch=best_epoch, split="test")
+        best_metrics.update(test_metrics)
+        best_metrics["best_epoch"] = float(best_epoch)
+        # Done with the GPUs: the last checkpoint is in host memory and only its write is left.
+        # Give them back now, so the next job starts while this one writes.
+        if cuda:
+            model.to("cpu")
+            optimizer.state.clear()  # no step comes any more; the snapshot holds its copy
+            torch.cuda.empty_cache()
+        report.release()
+    finally:  # the last epoch's checkpoint is written even when the test split fails
+        if final is not None:
+            writer.submit(persist, *final)
     writer.settle()  # the last checkpoints are on disk before the result says so
     return ExperimentResult(
         experiment_id=spec.experiment_id,
