@@ -310,16 +310,8 @@ class RunManager:
             renewed = await self._leases.renew(lease)  # refuses a stale fencing token
             assert live.run.config is not None
             config = live.run.config.model_copy(update={"gpu_ids": list(renewed.gpu_indices)})
-            live.run = live.run.model_copy(
-                update={"lease": renewed, "config": config, "state": JobState.STARTING}
-            )
-            await self._save(live.run)
-            self.events.append(
-                run_id,
-                state_change=StateChange(
-                    previous_state=JobState.QUEUED, state=JobState.STARTING, reason="lease checked"
-                ),
-            )
+            live.run = live.run.model_copy(update={"lease": renewed, "config": config})
+            await self._transition(live, JobState.STARTING, "lease checked")
             standby, live.standby = live.standby, None
             try:
                 os.write(standby, json.dumps({"gpu_indices": renewed.gpu_indices}).encode() + b"\n")

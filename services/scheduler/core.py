@@ -887,11 +887,16 @@ class Scheduler:
         await self._save(job)
         logger.info("job %s: trainer prepared ahead on %s", job.job_id, node.client.name)
 
-    async def _drop_prepared(self, job: JobRecord) -> None:
-        """Cancel the job's prepared run (it was not used) and forget it."""
-        run_id, name = job.prepared_run_id, job.prepared_node
+    def _forget_prepared(self, job: JobRecord) -> tuple[str, str]:
+        """Clear the job's prepared run (used or not): its run id and machine."""
+        taken = job.prepared_run_id, job.prepared_node
         job.prepared_run_id = job.prepared_node = ""
         self._prepared.pop(job.job_id, None)
+        return taken
+
+    async def _drop_prepared(self, job: JobRecord) -> None:
+        """Cancel the job's prepared run (it was not used) and forget it."""
+        run_id, name = self._forget_prepared(job)
         node = self.nodes.get(name)
         if run_id and node is not None:
             with contextlib.suppress(ArcError):  # gone already (an executor restart)
@@ -908,8 +913,7 @@ class Scheduler:
             except ArcError as exc:
                 logger.warning("job %s: prepared run %s not used: %s", job.job_id, run_id, exc)
             else:
-                job.prepared_run_id = job.prepared_node = ""
-                self._prepared.pop(job.job_id, None)
+                self._forget_prepared(job)
                 return run
         if job.prepared_run_id:
             await self._drop_prepared(job)
