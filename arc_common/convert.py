@@ -6,7 +6,8 @@ Rules (the models follow them, see ``arc_common.models``):
 - a scalar without presence that holds its zero value is "not set", so the model's default
   applies (proto3 cannot tell 0 from absent); fields where 0 is meaningful and the default is
   not are declared ``optional`` in the proto and keep their presence;
-- Timestamp <-> aware ``datetime``, Struct <-> ``dict``.
+- Timestamp <-> aware ``datetime``, Struct <-> ``dict``;
+- a MetricBatch <-> ``PackedMetrics``: the batch stays serialized (``arc_common.packed``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _Descriptor = Any
 _TIMESTAMP = Timestamp.DESCRIPTOR.full_name
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STRUCT = Struct.DESCRIPTOR.full_name
+_METRIC_BATCH = "arc.executor.v1.MetricBatch"
 
 
 def enum_prefix(enum: _Descriptor) -> str:
@@ -129,6 +131,8 @@ def message_to_dict(message: Message) -> Any:
     if descriptor.full_name == _STRUCT:
         assert isinstance(message, Struct)
         return struct_to_dict(message)
+    if descriptor.full_name == _METRIC_BATCH:
+        return {"count": len(getattr(message, "metrics")), "data": message.SerializeToString()}  # noqa: B009
     out: dict[str, Any] = {}
     for field in descriptor.fields:
         value = getattr(message, field.name)
@@ -182,6 +186,9 @@ def _fill_message(message: Message, data: Any) -> None:
     if descriptor.full_name == _STRUCT:
         assert isinstance(message, Struct)
         message.update(data)
+        return
+    if descriptor.full_name == _METRIC_BATCH:
+        message.MergeFromString(data.get("data", b""))
         return
     for name, value in data.items():
         field = descriptor.fields_by_name.get(name)

@@ -8,11 +8,17 @@ that reconnects with the last number it saw gets no gap and no duplicate.
 The newest committed events of the keys written last stay in memory, ``TAIL_WEIGHT`` in all
 (an event weighs what ``weight`` says: a batch of metrics its length): a live follower
 reads them from there, not back from SQLite.
+
+An event may hold several numbers (``append(..., span=n)``: a batch of n metrics stored as
+one row). Its own ``sequence`` is the last of them, so "the events after N" are those with
+a sequence above N, and the first of them may start at or before N: its reader drops what
+it has seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import itertools
@@ -57,6 +63,7 @@ class EventLog(Generic[E]):
         flush_ms: int = 20,
         on_commit: Callable[[list[E]], Awaitable[None]] | None = None,
         weight: Callable[[E], int] = _one,
+        span: Callable[[E], int] = _one,
     ) -> None:
         self._db = db
         self._model = model
@@ -75,6 +82,7 @@ class EventLog(Generic[E]):
         # key goes first when there are too many. Events are frozen: shared safely.
         self._tails: OrderedDict[str, deque[E]] = OrderedDict()
         self._weight = weight
+        self._span = span
         self._tail_weight = 0
 
     async def open(self) -> None:
@@ -103,8 +111,10 @@ class EventLog(Generic[E]):
     def _key(self, event: E) -> str:
         return str(getattr(event, self._key_field))
 
-    def append(self, key: str, **payload: object) -> E:
-        sequence = self._next.get(key, 1)
+    def append(self, key: str, *, span: int = 1, **payload: object) -> E:
+        """Number an event and queue it. ``span`` is how many numbers it holds (what the
+        log's ``span`` gives for it); the event's sequence is the last of them."""
+        sequence = self._next.get(key, 1) + span - 1
         self._next[key] = sequence + 1
         event = self._model.model_validate(
             {"sequence": sequence, self._key_field: key, "time": datetime.now(UTC), **payload}
@@ -161,7 +171,7 @@ class EventLog(Generic[E]):
             tail = self._tails[key] = deque()
         else:
             self._tails.move_to_end(key)
-            if tail and _sequence(tail[-1]) + 1 != _sequence(event):
+            if tail and _sequence(tail[-1]) + self._span(event) != _sequence(event):
                 self._drop(key, len(tail))  # never a gap inside a tail
                 tail = self._tails[key] = deque()
         tail.append(event)
@@ -182,9 +192,13 @@ class EventLog(Generic[E]):
         tail = self._tails.get(key)
         if not tail:
             return None
-        start = after + 1 - _sequence(tail[0])
-        if start < 0:
+        first = tail[0]
+        if after + 1 < _sequence(first) - self._span(first) + 1:
             return None
+        if self._span is _one:
+            start = after + 1 - _sequence(first)
+        else:
+            start = bisect.bisect_right(tail, after, key=_sequence)
         return list(itertools.islice(tail, start, start + limit))
 
     async def read(self, key: str, after: int, limit: int = 500) -> list[E]:

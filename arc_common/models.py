@@ -356,6 +356,19 @@ class MetricResult(_Resource):
     time: datetime | None = None
 
 
+class PackedMetrics(_Resource):
+    """Metrics that travel together, kept as one serialized ``arc.executor.v1.MetricBatch``
+    from the trainer to the WatchJob client, so that no service looks at them one by one
+    (``arc_common.packed`` packs and opens them). ``count`` is how many it holds."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    count: Annotated[int, Field(ge=0)] = 0
+    data: bytes = b""
+
+
 class CheckpointInfo(_Resource):
     path: str
     epoch: int = 0
@@ -513,6 +526,15 @@ class JobEvent(_Resource):
     checkpoint: CheckpointInfo | None = None
     result: ExperimentResult | None = None
     source_sequence: int = 0
+    # A batch of metrics stored as one event; it holds the numbers
+    # ``sequence - metrics.count + 1`` through ``sequence``.
+    metrics: PackedMetrics | None = None
+
+
+def metric_count(event: JobEvent | RunEvent) -> int:
+    """How many numbers a job event holds, and what a run event weighs in memory: a metric
+    batch its length (never below 1), any other event 1."""
+    return max(event.metrics.count, 1) if event.metrics is not None else 1
 
 
 class EvaluationJob(_Spec):
@@ -549,10 +571,6 @@ class StateChange(_Resource):
     reason: str = ""
 
 
-class MetricBatch(_Resource):
-    metrics: list[MetricResult] = Field(default_factory=list)
-
-
 class LogExcerpt(_Resource):
     stream: str = ""
     lines: list[str] = Field(default_factory=list)
@@ -569,7 +587,7 @@ class RunEvent(_Resource):
     run_id: str = ""
     time: datetime | None = None
     state_change: StateChange | None = None
-    metrics: MetricBatch | None = None
+    metrics: PackedMetrics | None = None
     checkpoint: CheckpointInfo | None = None
     log: LogExcerpt | None = None
     result: ExperimentResult | None = None

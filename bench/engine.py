@@ -25,6 +25,7 @@ from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from arc_common import packed
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
@@ -156,12 +157,14 @@ async def watch(stub: scheduler_pb2_grpc.SchedulerServiceStub, job_id: str) -> W
     """A job's events until it ends."""
     metrics: list[common_pb2.MetricResult] = []
     running = last_metric = 0.0
-    request = scheduler_pb2.WatchJobRequest(job_id=job_id, max_events_per_response=256)
+    request = scheduler_pb2.WatchJobRequest(
+        job_id=job_id, max_events_per_response=256, batch_metrics=True
+    )
     async for reply in stub.WatchJob(request):
         for event in reply.events:
             kind = event.WhichOneof("payload")
-            if kind == "metric":
-                metrics.append(event.metric)
+            if kind == "metrics":
+                metrics.extend(event.metrics.metrics)
                 last_metric = time.time()
             elif kind != "state_change":
                 continue
@@ -232,7 +235,12 @@ def bare_training(home: Path, job_id: str, spec: dict[str, Any]) -> dict[str, An
     wall = time.perf_counter() - began
     if code != 0:
         raise RuntimeError(f"bare training failed: {(folder / 'stderr.log').read_text()[-2000:]}")
-    metrics = [m for line in lines for m in load_message(line).metrics]
+    metrics = [
+        m
+        for line in lines
+        if (message := load_message(line)).metrics is not None
+        for m in packed.unpack(message.metrics)
+    ]
     return {
         "wall_s": wall,
         "epoch_images_per_second": [m.value for m in metrics if m.name == "images_per_second"],

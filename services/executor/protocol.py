@@ -1,7 +1,7 @@
 """What the executor and its trainer child say to each other (no torch here).
 
 The executor writes a ``TrainerInput`` as JSON for the child; the child writes JSON lines
-to its metrics pipe, one message per line, metrics batched. The executor validates every
+to its metrics pipe, one message per line, metrics batched and packed. The executor validates every
 line against ``TrainerMessage`` and never trusts the pipe blindly.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from arc_common.models import CheckpointInfo, ExperimentResult, MetricResult, TrainingJobConfig
+from arc_common.models import CheckpointInfo, ExperimentResult, PackedMetrics, TrainingJobConfig
 
 CHECKSUM_SUFFIX = ".sha256"
 META_SUFFIX = ".json"
@@ -50,7 +50,8 @@ class TrainerMessage(BaseModel):
     kind: Literal["state", "metrics", "checkpoint", "result", "log", "released"]
     state: str = ""
     reason: str = ""
-    metrics: list[MetricResult] = Field(default_factory=list)
+    # One serialized MetricBatch (arc_common.packed), not one JSON object a metric.
+    metrics: PackedMetrics | None = None
     checkpoint: CheckpointInfo | None = None
     result: ExperimentResult | None = None
     lines: list[str] = Field(default_factory=list)

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Protocol
 
 import aiosqlite
+from google.protobuf.message import DecodeError
 
+from arc_common import packed
 from arc_common.errors import (
     ArcError,
     FailedPreconditionError,
@@ -41,7 +43,6 @@ from arc_common.models import (
     JobState,
     Lease,
     LogExcerpt,
-    MetricBatch,
     MetricResult,
     Run,
     RunEvent,
@@ -498,10 +499,18 @@ class RunManager:
 
     async def _on_message(self, live: LiveRun, message: TrainerMessage) -> None:
         run_id = live.run.run_id
-        if message.kind == "metrics" and message.metrics:
-            self.events.append(run_id, metrics=MetricBatch(metrics=message.metrics))
-            # The result keeps the per-epoch metrics; per-step losses stay in the events.
-            live.epoch_metrics.extend(m for m in message.metrics if m.name != STEP_LOSS)
+        if message.kind == "metrics" and message.metrics is not None:
+            try:  # checked once here; the bytes then go on as they are
+                batch = packed.open_batch(message.metrics)
+            except DecodeError:
+                batch = None
+            if batch is None or len(batch.metrics) != message.metrics.count:
+                logger.warning("run %s: ignoring a malformed metric batch", run_id)
+                return
+            if batch.metrics:
+                self.events.append(run_id, metrics=message.metrics)
+                # The result keeps the per-epoch metrics; per-step losses stay in the events.
+                live.epoch_metrics.extend(packed.models(batch, skip=STEP_LOSS))
         elif message.kind == "checkpoint" and message.checkpoint is not None:
             self.events.append(run_id, checkpoint=message.checkpoint)
         elif message.kind == "state":

@@ -16,7 +16,7 @@ from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
 from arc_common.logs import configure_logging
-from arc_common.models import JobEvent
+from arc_common.models import JobEvent, metric_count
 from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
 from services.scheduler.core import Scheduler
 from services.scheduler.remote import GrpcGovernance, GrpcNode, NodeClient
@@ -99,6 +99,8 @@ async def build_scheduler(settings: SchedulerSettings, tokens: TokenStore) -> Sc
         key_field="job_id",
         flush_ms=settings.event_flush_ms,
         on_commit=mirror,
+        weight=metric_count,
+        span=metric_count,
     )
     scheduler = Scheduler(settings, store=store, events=events, nodes=nodes, governance=governance)
     scheduler_ref.append(scheduler)

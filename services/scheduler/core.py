@@ -27,6 +27,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from arc_common import packed
 from arc_common.batch import Batcher
 from arc_common.decisions import denial_error
 from arc_common.errors import (
@@ -53,8 +54,8 @@ from arc_common.models import (
     JobState,
     JobStateChange,
     MetricMode,
-    MetricResult,
     NoveltyClass,
+    PackedMetrics,
     Run,
     RunEvent,
     SchedulerStatus,
@@ -1084,9 +1085,14 @@ class Scheduler:
         job.run_sequence = event.sequence
         source = event.sequence
         if event.metrics is not None:
-            for metric in event.metrics.metrics:
-                self._event(job, metric=metric, source_sequence=source)
-                await self._maybe_prune(job, metric)
+            if event.metrics.count:  # one stored event, numbered as its metrics
+                self.events.append(
+                    job.job_id,
+                    span=event.metrics.count,
+                    metrics=event.metrics,
+                    source_sequence=source,
+                )
+                await self._maybe_prune(job, event.metrics)
         elif event.checkpoint is not None:
             self._event(job, checkpoint=event.checkpoint, source_sequence=source)
             job.result = (job.result or ExperimentResult()).model_copy(
@@ -1138,26 +1144,34 @@ class Scheduler:
         if job.state in TERMINAL_STATES:
             self._event(job, result=self._result(job))
 
-    async def _maybe_prune(self, job: JobRecord, metric: MetricResult) -> None:
+    async def _maybe_prune(self, job: JobRecord, metrics: PackedMetrics) -> None:
         early = job.spec.early_stopping
-        if not early.median_pruning or metric.name != early.monitor or job.cancel_requested:
-            return
+        if not early.median_pruning:
+            return  # the batch is not even opened
+        for metric in packed.open_batch(metrics).metrics:
+            if metric.name == early.monitor and not job.cancel_requested:
+                await self._prune_at(job, metric.epoch, metric.value)
+
+    async def _prune_at(self, job: JobRecord, epoch: int, value: float) -> None:
+        """Median pruning: stop a job whose monitored value at ``epoch`` is worse than the
+        median of the other jobs of its cycle at that epoch."""
+        early = job.spec.early_stopping
         curves = self._curves[job.spec.cycle_id]
-        curves.setdefault(job.job_id, {})[metric.epoch] = metric.value
-        if metric.epoch < max(1, early.warmup_epochs):
+        curves.setdefault(job.job_id, {})[epoch] = value
+        if epoch < max(1, early.warmup_epochs):
             return
         others = [
-            values[metric.epoch]
+            values[epoch]
             for other, values in curves.items()
-            if other != job.job_id and metric.epoch in values
+            if other != job.job_id and epoch in values
         ]
         if not others:
             return
         median = statistics.median(others)
-        worse = metric.value < median if early.mode is MetricMode.MAX else metric.value > median
+        worse = value < median if early.mode is MetricMode.MAX else value > median
         if worse:
             reason = (
-                f"pruned: {early.monitor} {metric.value:.4f} at epoch {metric.epoch} is "
+                f"pruned: {early.monitor} {value:.4f} at epoch {epoch} is "
                 f"{'below' if early.mode is MetricMode.MAX else 'above'} the median "
                 f"{median:.4f} of {len(others)} other job(s) of cycle {job.spec.cycle_id}"
             )

@@ -18,7 +18,8 @@ from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
-from arc_common.convert import message_to_dict, metric_to_dict, to_model, to_proto
+from arc_common import packed
+from arc_common.convert import message_to_dict, to_model, to_proto
 from arc_common.models import (
     Decision,
     EvaluationJob,
@@ -39,13 +40,13 @@ RPC_TIMEOUT = 30.0
 
 
 def run_event_from_proto(message: executor_pb2.RunEvent) -> RunEvent:
-    """``to_model(message, RunEvent)``, with a direct path for metric batches."""
+    """``to_model(message, RunEvent)``; a metric batch is kept packed (see arc_common.packed)."""
     if message.WhichOneof("payload") != "metrics":
         return to_model(message, RunEvent)
     data: dict[str, Any] = {
         "sequence": message.sequence,
         "run_id": message.run_id,
-        "metrics": {"metrics": [metric_to_dict(m) for m in message.metrics.metrics]},
+        "metrics": packed.from_message(message.metrics),
     }
     if message.HasField("time"):
         data["time"] = message_to_dict(message.time)

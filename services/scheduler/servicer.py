@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from arc.common.v1 import common_pb2
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from arc_common import auth
+from arc_common import auth, packed
 from arc_common.convert import (
     enum_to_str,
     fill_metric,
@@ -84,6 +85,33 @@ def event_to_proto(event: JobEvent) -> scheduler_pb2.JobEvent:
         set_timestamp(message.time, event.time)
     fill_metric(message.metric, event.metric)
     return message
+
+
+def event_messages(
+    event: JobEvent, *, after: int, batch_metrics: bool
+) -> list[scheduler_pb2.JobEvent]:
+    """A stored event as what a watcher gets: a metric batch as one ``metrics`` event
+    (``batch_metrics``) or one ``metric`` event per metric, without those numbered up to
+    ``after`` (a watch may resume inside a batch)."""
+    if event.metrics is None:
+        return [event_to_proto(event)]
+    first = event.sequence - event.metrics.count + 1
+    seen = max(0, after + 1 - first)
+    common: dict[str, Any] = {"job_id": event.job_id, "source_sequence": event.source_sequence}
+    if event.time is not None:
+        common["time"] = stamp = Timestamp()
+        set_timestamp(stamp, event.time)
+    if batch_metrics:
+        message = scheduler_pb2.JobEvent(sequence=event.sequence, **common)
+        message.metrics.MergeFromString(event.metrics.data)  # parsed in C, as stored
+        if seen:
+            del message.metrics.metrics[:seen]
+        return [message]
+    return [
+        scheduler_pb2.JobEvent(sequence=first + index, metric=metric, **common)
+        for index, metric in enumerate(packed.open_batch(event.metrics).metrics)
+        if index >= seen
+    ]
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -245,7 +273,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             is_finished=lambda: self._s.ended(job.job_id),
             limit=max(size, 500),
         ):
-            events = [event_to_proto(event) for event in batch]
+            events = [
+                message
+                for event in batch
+                for message in event_messages(
+                    event, after=request.from_sequence, batch_metrics=request.batch_metrics
+                )
+            ]
             if size <= 1:
                 for event in events:
                     yield scheduler_pb2.WatchJobResponse(event=event)

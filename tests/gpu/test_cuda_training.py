@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arc_common.models import MetricResult, TrainingJobConfig
+from arc_common.models import TrainingJobConfig
 from services.executor.protocol import TrainerInput
 from services.executor.synth import generate_dataset
 from services.executor.trainer.train import Reporter, train
@@ -44,7 +44,7 @@ def test_trainer_runs_on_cuda_with_amp(tmp_path: Path, prepared: bool) -> None:
     )
     states: list[str] = []
     released: list[int] = []
-    seen: list[MetricResult] = []
+    seen: list[tuple[str, float]] = []
     result = train(
         TrainerInput(
             run_id="g",
@@ -58,7 +58,7 @@ def test_trainer_runs_on_cuda_with_amp(tmp_path: Path, prepared: bool) -> None:
             standby=prepared,
         ),
         Reporter(
-            metrics=seen.extend,
+            metric=lambda name, value, **_: seen.append((name, value)),
             checkpoint=lambda c: None,
             state=lambda s, r: states.append(r),
             release=lambda: released.append(torch.cuda.memory_allocated()),
@@ -71,5 +71,5 @@ def test_trainer_runs_on_cuda_with_amp(tmp_path: Path, prepared: bool) -> None:
     assert ("prepared" in states[0]) == prepared
     assert len(released) == 1 and released[0] < 64 << 20  # the model left the GPU first
     assert result.best_metrics["test_auc"] >= 0.0
-    speeds = [m.value for m in seen if m.name == "images_per_second"]
+    speeds = [value for name, value in seen if name == "images_per_second"]
     print(f"{torch.cuda.get_device_name(0)}: images/s per epoch {speeds}")

@@ -15,7 +15,7 @@ from arc.executor.v1 import executor_pb2
 from arc.governance.v1 import governance_pb2
 from arc.gpu.v1 import gpu_pb2
 from arc.scheduler.v1 import scheduler_pb2
-from arc_common import convert, models
+from arc_common import convert, models, packed
 
 PAIRS: list[tuple[type[BaseModel], type[Message]]] = [
     (models.ArchitectureSpec, common_pb2.ArchitectureSpec),
@@ -46,7 +46,6 @@ PAIRS: list[tuple[type[BaseModel], type[Message]]] = [
     (models.JobStateChange, scheduler_pb2.StateChange),
     (models.JobEvent, scheduler_pb2.JobEvent),
     (models.StateChange, executor_pb2.StateChange),
-    (models.MetricBatch, executor_pb2.MetricBatch),
     (models.LogExcerpt, executor_pb2.LogExcerpt),
     (models.RunEvent, executor_pb2.RunEvent),
     (models.Run, executor_pb2.Run),
@@ -227,16 +226,44 @@ def test_metric_fast_paths_match_the_generic_conversion(when: datetime | None) -
         models.MetricResult(name="val_auc", value=0.75, step=7, epoch=2, split="val", time=when),
         models.MetricResult(name="train_step_loss", value=-1.5e-300, step=2**40),
     ]
-    run_event = models.RunEvent(
-        sequence=3, run_id="r", time=when, metrics=models.MetricBatch(metrics=metrics)
-    )
+    run_event = models.RunEvent(sequence=3, run_id="r", time=when, metrics=packed.pack(metrics))
     message = run_event_to_proto(run_event)
     assert message == convert.to_proto(run_event, executor_pb2.RunEvent)
+    assert list(message.metrics.metrics) == [
+        convert.to_proto(m, common_pb2.MetricResult) for m in metrics
+    ]
     assert run_event_from_proto(message) == convert.to_model(message, models.RunEvent)
     assert run_event_from_proto(message) == run_event
-    empty = models.RunEvent(sequence=4, run_id="r", metrics=models.MetricBatch())
+    assert packed.unpack(run_event_from_proto(message).metrics or models.PackedMetrics()) == metrics
+    empty = models.RunEvent(sequence=4, run_id="r", metrics=models.PackedMetrics())
     assert run_event_to_proto(empty) == convert.to_proto(empty, executor_pb2.RunEvent)
     assert run_event_to_proto(empty).WhichOneof("payload") == "metrics"
     for metric in metrics:
         event = models.JobEvent(sequence=9, job_id="j", time=when, metric=metric, source_sequence=3)
         assert event_to_proto(event) == convert.to_proto(event, scheduler_pb2.JobEvent)
+
+
+def test_a_stored_metric_batch_reaches_each_watcher_as_it_asked() -> None:
+    """One stored event holding metrics 5..7: a batch watcher gets one ``metrics`` event
+    numbered 7, any other watcher three ``metric`` events numbered 5, 6 and 7; a watch
+    resumed after 5 gets only 6 and 7 either way."""
+    from services.scheduler.servicer import event_messages
+
+    when = datetime(2026, 11, 29, 12, 0, 0, 250000, tzinfo=UTC)
+    metrics = [models.MetricResult(name="train_step_loss", value=1 / s, step=s) for s in (1, 2, 3)]
+    stored = models.JobEvent(
+        sequence=7, job_id="j", time=when, metrics=packed.pack(metrics), source_sequence=2
+    )
+    [batch] = event_messages(stored, after=4, batch_metrics=True)
+    assert (batch.sequence, batch.source_sequence, batch.time.ToDatetime(UTC)) == (7, 2, when)
+    assert [m.step for m in batch.metrics.metrics] == [1, 2, 3]
+    singles = event_messages(stored, after=4, batch_metrics=False)
+    assert [(e.sequence, e.metric.step, e.source_sequence) for e in singles] == [
+        (5, 1, 2),
+        (6, 2, 2),
+        (7, 3, 2),
+    ]
+    assert all(e.time.ToDatetime(UTC) == when for e in singles)
+    [resumed] = event_messages(stored, after=5, batch_metrics=True)
+    assert [m.step for m in resumed.metrics.metrics] == [2, 3]
+    assert [e.sequence for e in event_messages(stored, after=5, batch_metrics=False)] == [6, 7]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from arc_common import eventlog, sqlite
+from arc_common import eventlog, packed, sqlite
 from arc_common.eventlog import EventLog
-from arc_common.models import JobEvent, MetricResult
+from arc_common.models import JobEvent, MetricResult, metric_count
 
 
 async def open_log(path: Path) -> EventLog[JobEvent]:
@@ -100,3 +100,47 @@ async def test_the_tail_is_bounded_by_weight_and_serves_live_reads(tmp_path: Pat
     assert [e.sequence for e in await log.read("old", 0, limit=3)] == [1, 2, 3]  # from disk
     await log.close()
     await db.close()
+
+
+async def test_a_batch_holds_as_many_numbers_as_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 1..4 metrics between single events: each is one row numbered by its last
+    metric; every read after any number, mid-batch included, gives the same events from
+    memory and from disk, and a reopened log numbers on from the last metric."""
+    monkeypatch.setattr(eventlog, "TAIL_WEIGHT", 15)  # part of the key from memory
+
+    async def spanned(path: Path) -> EventLog[JobEvent]:
+        log = EventLog(
+            await sqlite.connect(path),
+            model=JobEvent,
+            table="events",
+            key_field="job_id",
+            weight=metric_count,
+            span=metric_count,
+        )
+        await log.open()
+        return log
+
+    log = await spanned(tmp_path / "events.sqlite3")
+    step = 0
+    for size in (1, 3, 4, 2, 1, 4, 3, 2, 4):
+        batch = [MetricResult(name="loss", value=1.0, step=step + i + 1) for i in range(size)]
+        step += size
+        event = log.append("job", span=size, metrics=packed.pack(batch))
+        assert event.sequence == step  # numbered by its last metric
+        log.append("other", **metric(step))  # another key's events do not share numbers
+    await log.flush()
+    assert log.last_sequence("job") == step == 24
+    cold = await spanned(tmp_path / "events.sqlite3")
+    assert 0 < len(log._tails["job"]) < 9  # the oldest batches only on disk
+    for after in range(step + 1):
+        warm_events = await log.read("job", after, limit=3)
+        assert warm_events == await cold.read("job", after, limit=3)
+        first = warm_events[0] if warm_events else None
+        if first is not None:  # the first event holds the metric after ``after``
+            assert first.sequence - metric_count(first) < after + 1 <= first.sequence
+    assert cold.append("job", span=2, metrics=packed.pack(batch[:2])).sequence == 26
+    for each in (log, cold):
+        await each.close()
+        await each._db.close()

@@ -18,11 +18,11 @@ import sys
 import threading
 import time
 import traceback
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from arc_common.models import CheckpointInfo, ExperimentResult, JobState, MetricResult
+from arc_common.models import CheckpointInfo, ExperimentResult, JobState
+from arc_common.packed import Packer
 from services.executor.protocol import TrainerInput, TrainerMessage, dump
 
 logger = logging.getLogger("arc.trainer")
@@ -37,12 +37,13 @@ FLUSH_ITEMS = 256
 
 
 class Channel:
-    """Batched JSON lines to the executor: metrics wait up to FLUSH_SECONDS or FLUSH_ITEMS;
-    anything else goes at once, after the metrics before it."""
+    """Batched JSON lines to the executor: metrics wait up to FLUSH_SECONDS or FLUSH_ITEMS
+    and leave packed (one serialized MetricBatch a line); anything else goes at once, after
+    the metrics before it."""
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
-        self._pending: list[MetricResult] = []
+        self._pending = Packer()
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
 
@@ -51,15 +52,31 @@ class Channel:
 
     def flush(self) -> None:
         with self._lock:
-            if self._pending:
-                self._write(TrainerMessage(kind="metrics", metrics=self._pending))
-                self._pending = []
+            packed = self._pending.take()
+            if packed is not None:
+                self._write(TrainerMessage(kind="metrics", metrics=packed))
             self._stream.flush()
             self._last_flush = time.monotonic()
 
-    def metrics(self, items: list[MetricResult]) -> None:
+    def metric(
+        self,
+        name: str,
+        value: float,
+        *,
+        step: int,
+        epoch: int,
+        split: str = "",
+        time_ns: int | None = None,
+    ) -> None:
         with self._lock:
-            self._pending.extend(items)
+            self._pending.add(
+                name,
+                float(value),
+                step=step,
+                epoch=epoch,
+                split=split,
+                time_ns=time.time_ns() if time_ns is None else time_ns,
+            )
             due = (
                 len(self._pending) >= FLUSH_ITEMS
                 or time.monotonic() - self._last_flush >= FLUSH_SECONDS
@@ -131,11 +148,9 @@ def _metrics_flood(inp: TrainerInput, channel: Channel, count: int) -> int:
     the executor): ``count`` step losses as fast as the channel takes them, then a result;
     no training."""
     channel.state(JobState.RUNNING.value, "metrics flood (benchmark probe)")
-    now = datetime.now(UTC)
+    now = time.time_ns()
     for step in range(1, count + 1):
-        channel.metrics(
-            [MetricResult(name="train_step_loss", value=1.0 / step, step=step, epoch=1, time=now)]
-        )
+        channel.metric("train_step_loss", 1.0 / step, step=step, epoch=1, time_ns=now)
     channel.send(
         TrainerMessage(
             kind="result",
@@ -169,7 +184,7 @@ def run(input_path: str, metrics_fd: int) -> int:
     from services.executor.trainer.train import Pruned, Reporter, train
 
     reporter = Reporter(
-        metrics=channel.metrics,
+        metric=channel.metric,
         checkpoint=channel.checkpoint,
         state=channel.state,
         release=channel.release,

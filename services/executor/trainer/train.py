@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -30,7 +30,6 @@ from arc_common.models import (
     JobState,
     LrScheduleType,
     MetricMode,
-    MetricResult,
     OptimizerType,
 )
 from services.executor.protocol import (
@@ -50,28 +49,19 @@ class Pruned(Exception):
     """The run stops early on purpose (divergence); not a crash."""
 
 
+class MetricSink(Protocol):
+    def __call__(self, name: str, value: float, *, step: int, epoch: int, split: str) -> None: ...
+
+
 @dataclass
 class Reporter:
-    metrics: Callable[[list[MetricResult]], None]
+    metric: MetricSink
     checkpoint: Callable[[CheckpointInfo], None]
     state: Callable[[str, str], None]
     # Said once the run no longer needs its GPUs (only its last checkpoint write is left).
     release: Callable[[], None] = field(default=lambda: None)
     # A prepared run's wait for its GPUs: their indices (raises when none will come).
     await_devices: Callable[[], list[int]] = field(default=lambda: [])
-    collected: list[MetricResult] = field(default_factory=list)
-
-    def metric(self, name: str, value: float, *, step: int, epoch: int, split: str) -> None:
-        item = MetricResult(
-            name=name,
-            value=float(value),
-            step=step,
-            epoch=epoch,
-            split=split,
-            time=datetime.now(UTC),
-        )
-        self.collected.append(item)
-        self.metrics([item])
 
 
 def seed_everything(seed: int) -> None:

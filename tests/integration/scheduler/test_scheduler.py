@@ -156,6 +156,34 @@ async def test_watch_job_resumes_without_gap_or_duplicate(make_suite: Factory) -
     assert batched == full and max(sizes) <= 4 and min(sizes) >= 1
     request.from_sequence = middle
     assert [e async for r in stub.WatchJob(request) for e in r.events] == full[middle:]
+    # Metric batches as one event each: the same metrics under the same numbers.
+
+    async def as_batches(after: int) -> list[scheduler_pb2.JobEvent]:
+        ask = scheduler_pb2.WatchJobRequest(
+            job_id=job.job_id, from_sequence=after, max_events_per_response=8, batch_metrics=True
+        )
+        return [e async for r in stub.WatchJob(ask) for e in r.events]
+
+    def expanded(events: list[scheduler_pb2.JobEvent]) -> list[tuple[int, object]]:
+        out: list[tuple[int, object]] = []
+        for e in events:
+            if e.WhichOneof("payload") == "metrics":
+                first = e.sequence - len(e.metrics.metrics) + 1
+                out.extend((first + i, m) for i, m in enumerate(e.metrics.metrics))
+            else:
+                out.append((e.sequence, e))
+        return out
+
+    def singles(events: list[scheduler_pb2.JobEvent]) -> list[tuple[int, object]]:
+        return [(e.sequence, e.metric if e.HasField("metric") else e) for e in events]
+
+    whole = await as_batches(0)
+    assert "metric" not in {e.WhichOneof("payload") for e in whole}
+    assert len(whole) < len(full) and expanded(whole) == singles(full)
+    big = next(e for e in whole if len(e.metrics.metrics) >= 2)  # an epoch's summary
+    inside = big.sequence - 1  # resumed inside it: only its last metric is left
+    assert expanded(await as_batches(inside)) == singles(full[inside:])
+    assert len((await as_batches(inside))[0].metrics.metrics) == 1
     for bad in (-1, 1001):
         with pytest.raises(aio.AioRpcError) as info:
             request.max_events_per_response = bad

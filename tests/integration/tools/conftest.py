@@ -71,7 +71,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             checkpoint_dir=str(root / "runs/r1/checkpoints"),
             log_dir=str(root / "runs/r1/logs"),
         ),
-        Reporter(metrics=lambda m: None, checkpoint=lambda c: None, state=lambda s, r: None),
+        Reporter(metric=lambda *a, **k: None, checkpoint=lambda c: None, state=lambda s, r: None),
     )
     return root
 

@@ -4,6 +4,7 @@ isort:skip_file
 The scheduler: the front door that agents and people call."""
 
 from arc.common.v1 import common_pb2 as _common_pb2
+from arc.executor.v1 import executor_pb2 as _executor_pb2
 from arc.governance.v1 import governance_pb2 as _governance_pb2
 from arc.gpu.v1 import gpu_pb2 as _gpu_pb2
 from collections import abc as _abc
@@ -150,6 +151,7 @@ class JobEvent(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     SOURCE_SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     job_id: _builtins.str
@@ -165,6 +167,13 @@ class JobEvent(_message.Message):
     def checkpoint(self) -> _common_pb2.CheckpointInfo: ...
     @_builtins.property
     def result(self) -> _common_pb2.ExperimentResult: ...
+    @_builtins.property
+    def metrics(self) -> _executor_pb2.MetricBatch:
+        """Only to a WatchJob with batch_metrics: metrics the trainer sent together, oldest
+        first. They are the events numbered sequence - len(metrics) + 1 through sequence
+        (without batch_metrics each comes as its own `metric` event with its own number).
+        """
+
     def __init__(
         self,
         *,
@@ -175,13 +184,14 @@ class JobEvent(_message.Message):
         metric: _common_pb2.MetricResult | None = ...,
         checkpoint: _common_pb2.CheckpointInfo | None = ...,
         result: _common_pb2.ExperimentResult | None = ...,
+        metrics: _executor_pb2.MetricBatch | None = ...,
         source_sequence: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "metric", b"metric", "payload", b"payload", "result", b"result", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "metric", b"metric", "metrics", b"metrics", "payload", b"payload", "result", b"result", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "job_id", b"job_id", "metric", b"metric", "payload", b"payload", "result", b"result", "sequence", b"sequence", "source_sequence", b"source_sequence", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "job_id", b"job_id", "metric", b"metric", "metrics", b"metrics", "payload", b"payload", "result", b"result", "sequence", b"sequence", "source_sequence", b"source_sequence", "state_change", b"state_change", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state_change", "metric", "checkpoint", "result"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state_change", "metric", "checkpoint", "result", "metrics"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -742,6 +752,7 @@ class WatchJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
     MAX_EVENTS_PER_RESPONSE_FIELD_NUMBER: _builtins.int
+    BATCH_METRICS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     from_sequence: _builtins.int
     """Events with a sequence greater than this; 0 replays from the start."""
@@ -750,16 +761,23 @@ class WatchJobRequest(_message.Message):
     response, in `events`, in sequence order (a fast metric stream costs one message per
     batch, not one per metric). The events themselves are the same either way.
     """
+    batch_metrics: _builtins.bool
+    """Metrics that travelled together (a trainer sends them in batches) come as one event
+    whose `metrics` holds them all, instead of one `metric` event each: the numbering is
+    the same, the stream costs far less per metric. A from_sequence inside such a batch
+    gives the batch's metrics after it.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         from_sequence: _builtins.int = ...,
         max_events_per_response: _builtins.int = ...,
+        batch_metrics: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_sequence", b"from_sequence", "job_id", b"job_id", "max_events_per_response", b"max_events_per_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_metrics", b"batch_metrics", "from_sequence", b"from_sequence", "job_id", b"job_id", "max_events_per_response", b"max_events_per_response"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
