@@ -65,7 +65,8 @@ class Packer:
         if split:
             metric.split = split
         if time_ns is not None:
-            metric.time.seconds, metric.time.nanos = divmod(time_ns, 1_000_000_000)
+            stamp = metric.time
+            stamp.seconds, stamp.nanos = divmod(time_ns, 1_000_000_000)
 
     def extend(self, metrics: Iterable[MetricResult]) -> None:
         for metric in metrics:
