@@ -6,18 +6,40 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from arc_common.models import Tool
+from services.governance import audit
 from services.governance.audit import SCHEMA
 from services.governance.core import ToolCall
 from tests.unit.governance.test_governance_core import FakeClock, open_gov, training
 
 
-async def test_concurrent_validations_share_commits_and_all_are_durable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline_below", [60.0, 0.0], ids=["fast", "slow"])
+async def test_concurrent_validations_share_commits_and_all_are_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_below: float
+) -> None:
+    """On a fast disk groups commit on the loop's thread; on a slow one on the writer
+    thread (here every commit counts as fast, then as slow). Either way every record is
+    durable, and the anchor is fsync'd soon after."""
+    monkeypatch.setattr(audit, "INLINE_COMMIT_SECONDS", inline_below)
+    happened: list[str] = []
+    real_fdatasync, real_write = os.fdatasync, audit.AuditLog._write
+
+    def fdatasync(fd: int) -> None:
+        happened.append("anchor fsync")
+        real_fdatasync(fd)
+
+    def write(log: audit.AuditLog, rows: list[audit.AuditRow]) -> None:
+        happened.append("commit")
+        real_write(log, rows)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(audit.AuditLog, "_write", write)
     gov = await open_gov(tmp_path / "ws", FakeClock())
     calls = [
         ToolCall(caller="agent", tool=Tool.RUN_TRAINING_JOB, parameters=training(), dry_run=True)
@@ -31,6 +53,11 @@ async def test_concurrent_validations_share_commits_and_all_are_durable(tmp_path
     assert anchor["count"] == sequences[-1]
     result = await gov.log.verify()
     assert result.ok and result.records_checked == sequences[-1]
+    assert gov.log._inline is (inline_below > 0)
+    await asyncio.sleep(audit.ANCHOR_SYNC_SECONDS * 2)
+    assert happened[-1] == "anchor fsync", happened  # the last commit's anchor is on disk
+    since = happened[happened.index("commit") :]  # (opening the log wrote one first)
+    assert 1 <= since.count("anchor fsync") <= since.count("commit") == gov.log.commits
     await gov.close()
 
 
@@ -68,7 +95,7 @@ async def test_records_committed_but_not_anchored_are_caught_up(
     for n in range(5):  # committed, but the crash comes before the anchor
         gov.log.append_nowait(caller="c", action="test", detail=f"late {n}")
     with monkeypatch.context() as patch:
-        patch.setattr(gov.log, "_write_anchor", lambda count, head: None)
+        patch.setattr(gov.log, "_write_anchor", lambda count, head, **_: None)
         await gov.log.durable()
     await gov.close()
     anchor = json.loads((home / "governance" / "audit_anchor.json").read_text())
