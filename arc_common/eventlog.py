@@ -195,10 +195,7 @@ class EventLog(Generic[E]):
         first = tail[0]
         if after + 1 < _sequence(first) - self._span(first) + 1:
             return None
-        if self._span is _one:
-            start = after + 1 - _sequence(first)
-        else:
-            start = bisect.bisect_right(tail, after, key=_sequence)
+        start = bisect.bisect_right(tail, after, key=_sequence)
         return list(itertools.islice(tail, start, start + limit))
 
     async def read(self, key: str, after: int, limit: int = 500) -> list[E]:

@@ -12,7 +12,6 @@ from arc_common.convert import (
     dict_to_proto,
     enum_field,
     enum_to_str,
-    set_timestamp,
     to_model,
     to_proto,
 )
@@ -21,7 +20,6 @@ from arc_common.models import (
     Lease,
     MetricMode,
     PreprocessingChain,
-    RunEvent,
     TrainingJobConfig,
 )
 from arc_common.pagination import paginate
@@ -39,18 +37,6 @@ def _identity() -> auth.Identity:
 
 def _key(rpc: str, request_id: str) -> str:
     return f"{_identity().name}:{rpc}:{request_id}" if request_id else ""
-
-
-def run_event_to_proto(event: RunEvent) -> executor_pb2.RunEvent:
-    """``to_proto(event, RunEvent)``; a metric batch goes as the bytes it is stored as."""
-    if event.metrics is None:
-        return to_proto(event, executor_pb2.RunEvent)
-    message = executor_pb2.RunEvent(sequence=event.sequence, run_id=event.run_id)
-    if event.time is not None:
-        set_timestamp(message.time, event.time)
-    message.metrics.SetInParent()
-    message.metrics.MergeFromString(event.metrics.data)  # packed: parsed in C, not one by one
-    return message
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
@@ -126,7 +112,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         async for event in self._runs.events.follow(
             run_id, request.from_sequence, is_finished=lambda: self._runs.is_finished(run_id)
         ):
-            yield executor_pb2.StreamRunEventsResponse(event=run_event_to_proto(event))
+            yield executor_pb2.StreamRunEventsResponse(event=to_proto(event, executor_pb2.RunEvent))
 
     # --- tools ------------------------------------------------------------------------------
 

@@ -18,8 +18,7 @@ from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
-from arc_common import packed
-from arc_common.convert import message_to_dict, to_model, to_proto
+from arc_common.convert import to_model, to_proto
 from arc_common.models import (
     Decision,
     EvaluationJob,
@@ -31,26 +30,11 @@ from arc_common.models import (
     RunEvent,
     Tool,
     TrainingJobConfig,
-    parse_model,
 )
 from arc_common.rpc import unary
 from arc_common.status import error_from_status
 
 RPC_TIMEOUT = 30.0
-
-
-def run_event_from_proto(message: executor_pb2.RunEvent) -> RunEvent:
-    """``to_model(message, RunEvent)``; a metric batch is kept packed (see arc_common.packed)."""
-    if message.WhichOneof("payload") != "metrics":
-        return to_model(message, RunEvent)
-    data: dict[str, Any] = {
-        "sequence": message.sequence,
-        "run_id": message.run_id,
-        "metrics": packed.from_message(message.metrics),
-    }
-    if message.HasField("time"):
-        data["time"] = message_to_dict(message.time)
-    return parse_model(RunEvent, data)
 
 
 class NodeClient(Protocol):
@@ -202,7 +186,7 @@ class GrpcNode:
         )
         try:
             async for reply in call:
-                yield run_event_from_proto(reply.event)
+                yield to_model(reply.event, RunEvent)
         except aio.AioRpcError as exc:
             raise error_from_status(exc.code(), exc.details() or exc.code().name) from None
         finally:
