@@ -18,6 +18,15 @@ from tests.helpers import ServiceProcess
 from tests.integration.executor.conftest import job_config
 
 
+def _state(pid: int) -> str:
+    """The process's state letter from /proc ("" once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return ""
+
+
 @pytest.mark.parametrize("frozen", [False, True], ids=["trainer-stops", "trainer-frozen"])
 async def test_sigkill_executor_then_restart_reports_run_lost(
     tmp_path: Path, data_root: Path, frozen: bool
@@ -48,18 +57,28 @@ async def test_sigkill_executor_then_restart_reports_run_lost(
         config = job_config("job-long")
         config.experiment_spec.hyperparameters.epochs = 500
         run = (await stub.StartRun(executor_pb2.StartRunRequest(config=config, lease=lease))).run
-        for _ in range(200):
-            current = (await stub.GetRun(executor_pb2.GetRunRequest(run_id=run.run_id))).run
-            if current.state == common_pb2.JOB_STATE_RUNNING:
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60  # a cold trainer on a loaded 2-core machine is slow
+        current = run
+        while current.state != common_pb2.JOB_STATE_RUNNING and loop.time() < deadline:
             await asyncio.sleep(0.1)
+            current = (await stub.GetRun(executor_pb2.GetRunRequest(run_id=run.run_id))).run
+        assert current.state == common_pb2.JOB_STATE_RUNNING, executor.log()[-3000:]
         await channel.close()
         if frozen:
             os.killpg(run.pid, signal.SIGSTOP)
+            members = process_group_members(run.pid)
+            for _ in range(50):  # SIGSTOP lands asynchronously
+                if members and all(_state(pid) in ("T", "t", "") for pid in members):
+                    break
+                await asyncio.sleep(0.02)
+            assert members and all(_state(pid) in ("T", "t", "") for pid in members)
         assert await executor.signal_and_wait(signal.SIGKILL) == -signal.SIGKILL
         if frozen:
             await asyncio.sleep(1.0)
-            assert process_group_members(run.pid), "a stopped trainer cannot stop itself"
+            assert process_group_members(run.pid), (
+                f"a stopped trainer cannot stop itself; log:\n{executor.log()[-3000:]}"
+            )
         else:
             for _ in range(100):
                 if not process_group_members(run.pid):
