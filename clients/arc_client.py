@@ -225,13 +225,25 @@ class ArcClient:
         return to_model(reply.experiment, Experiment)
 
     async def watch(
-        self, job_id: str, from_sequence: int = 0, *, batch: int = 256
+        self,
+        job_id: str,
+        from_sequence: int = 0,
+        *,
+        batch: int = 256,
+        batch_metrics: bool = False,
     ) -> AsyncIterator[JobEvent]:
         """A job's events after ``from_sequence``, until it ends; they arrive up to
-        ``batch`` per message (1: one per message)."""
+        ``batch`` per message (1: one per message). With ``batch_metrics`` the metrics a
+        trainer sent together come as one event (``event.metrics``, still packed:
+        ``arc_common.packed.unpack`` opens it), numbered by its last metric: far fewer
+        events for a client that follows many jobs; resuming after that number goes on
+        after the batch."""
         call = self.scheduler.WatchJob(
             scheduler_pb2.WatchJobRequest(
-                job_id=job_id, from_sequence=from_sequence, max_events_per_response=batch
+                job_id=job_id,
+                from_sequence=from_sequence,
+                max_events_per_response=batch,
+                batch_metrics=batch_metrics,
             )
         )
         try:

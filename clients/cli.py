@@ -24,6 +24,7 @@ import yaml
 
 from arc_common import errors
 from arc_common.models import Job, JobState, Mode
+from arc_common.packed import unpack
 from clients.arc_client import DEFAULT_PORT_BASE, Addresses, ArcClient
 from clients.orchestrator import interpret
 from clients.suite import LocalSuite
@@ -214,13 +215,17 @@ async def watch_job(client: ArcClient, job_id: str, *, label: str = "", stream: 
     spec_epochs = 0
     loss = auc = math.nan
     state = job.state.value if job.state else ""
-    async for event in client.watch(job_id):
+    async for event in client.watch(job_id, batch_metrics=True):
         if event.state_change is not None and event.state_change.state is not None:
             state = event.state_change.state.value
             if not tty:
                 print(f"{label or job_id}: {state} {event.state_change.reason}", file=stream)
-        elif event.metric is not None:
-            metric = event.metric
+        # Step losses are most of the metrics and not drawn: never made into models.
+        if event.metrics is not None:
+            metrics = unpack(event.metrics, skip="train_step_loss")
+        else:
+            metrics = [event.metric] if event.metric is not None else []
+        for metric in metrics:
             if metric.name == "train_loss":
                 loss, epochs = metric.value, metric.epoch
             elif metric.name == "val_auc":

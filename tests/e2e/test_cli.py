@@ -3,6 +3,7 @@ grpcurl; and the compose file checked against the compose specification."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from arc_common.models import JobEvent, MetricResult
+from arc_common.packed import unpack
+from clients.arc_client import Addresses, ArcClient
 from tests.conftest import REPO_ROOT
 
 BIN = Path(sys.executable).parent
@@ -96,6 +100,28 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     process.stdout.close()
 
 
+async def watched_both_ways(suite: Suite, job_id: str) -> tuple[list[JobEvent], list[JobEvent]]:
+    async with ArcClient(Addresses.from_port_base(suite.base), home=suite.home) as client:
+        singles = [e async for e in client.watch(job_id)]
+        batched = [e async for e in client.watch(job_id, batch_metrics=True)]
+    return singles, batched
+
+
+def expanded(events: list[JobEvent]) -> list[tuple[int, MetricResult | JobEvent]]:
+    """Each metric under its own number; other events as they are."""
+    out: list[tuple[int, MetricResult | JobEvent]] = []
+    for event in events:
+        if event.metrics is not None:
+            batch = unpack(event.metrics)
+            first = event.sequence - len(batch) + 1
+            out.extend((first + i, metric) for i, metric in enumerate(batch))
+        elif event.metric is not None:
+            out.append((event.sequence, event.metric))
+        else:
+            out.append((event.sequence, event))
+    return out
+
+
 def test_cli_runs_a_tiny_experiment(suite: Suite) -> None:
     made = suite.arc("data", "synth", "--count", "24", "--size", "32", "--seed", "2")
     assert made.returncode == 0, made.stderr
@@ -116,6 +142,12 @@ def test_cli_runs_a_tiny_experiment(suite: Suite) -> None:
     watched = suite.arc("watch", job_id)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert "epoch 1" in watched.stdout and "completed" in watched.stdout
+    # What the client library gives a program: the same metrics under the same numbers,
+    # one event per metric or one per batch the trainer sent.
+    singles, batched = asyncio.run(watched_both_ways(suite, job_id))
+    assert all(e.metric is None for e in batched)
+    assert len(batched) < len(singles) and expanded(batched) == expanded(singles)
+    assert any(isinstance(m, MetricResult) and m.name == "val_auc" for _, m in expanded(batched))
     results = json.loads(suite.arc("--json", "results").stdout)
     assert [r["job"] for r in results] == [job_id]
     assert 0.0 <= results[0]["auc"] <= 1.0
