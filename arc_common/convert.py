@@ -40,8 +40,14 @@ _METRIC_BATCH = "arc.executor.v1.MetricBatch"
 
 def enum_prefix(enum: _Descriptor) -> str:
     """``ARCHITECTURE_FAMILY_`` for ArchitectureFamily (taken from its zero value)."""
-    zero: str = enum.values_by_number[0].name
-    return zero.removesuffix("UNSPECIFIED")
+    prefix = _PREFIXES.get(enum)
+    if prefix is None:
+        zero: str = enum.values_by_number[0].name
+        prefix = _PREFIXES[enum] = zero.removesuffix("UNSPECIFIED")
+    return prefix
+
+
+_PREFIXES: dict[_Descriptor, str] = {}
 
 
 def enum_to_str(enum: _Descriptor, number: int) -> str | None:
@@ -134,24 +140,48 @@ def message_to_dict(message: Message) -> Any:
     if descriptor.full_name == _METRIC_BATCH:
         return {"count": len(getattr(message, "metrics")), "data": message.SerializeToString()}  # noqa: B009
     out: dict[str, Any] = {}
-    for field in descriptor.fields:
-        value = getattr(message, field.name)
-        if _is_map(field):
-            if value:
-                value_field = field.message_type.fields_by_name["value"]
-                out[field.name] = {k: _scalar_out(value_field, v) for k, v in value.items()}
-        elif _is_repeated(field):
-            if value:
-                out[field.name] = [_scalar_out(field, v) for v in value]
-        elif field.has_presence:
-            if message.HasField(field.name):
-                out[field.name] = _scalar_out(field, value)
-        elif field.type == FieldDescriptor.TYPE_ENUM:
-            if value != 0:
-                out[field.name] = enum_to_str(field.enum_type, value)
-        elif value != field.default_value:
-            out[field.name] = value
+    # Only the fields that are set (protobuf lists them in C): a field with presence that
+    # is set, a non-empty repeated field or map, a scalar or enum that is not zero.
+    field: _Descriptor
+    for field, value in message.ListFields():
+        kind = _KINDS.get(field)
+        if kind is None:
+            kind = _classify(field)
+        if kind == _SCALAR:
+            if value != field.default_value:  # -0.0 is listed, and is "not set" here too
+                out[field.name] = value
+        elif kind == _PRESENT:
+            out[field.name] = _scalar_out(field, value)
+        elif kind == _ENUM:
+            out[field.name] = enum_to_str(field.enum_type, value)
+        elif kind == _REPEATED:
+            out[field.name] = [_scalar_out(field, v) for v in value]
+        else:
+            value_field = field.message_type.fields_by_name["value"]
+            out[field.name] = {k: _scalar_out(value_field, v) for k, v in value.items()}
     return out
+
+
+# How each field converts, worked out once per field (descriptors live as long as the
+# process): asking a descriptor for its options on every message was most of the cost.
+_SCALAR, _PRESENT, _ENUM, _REPEATED, _MAP = range(5)
+_KINDS: dict[_Descriptor, int] = {}
+_FIELDS: dict[_Descriptor, dict[str, tuple[_Descriptor, int]]] = {}  # by name, per message
+
+
+def _classify(field: _Descriptor) -> int:
+    if _is_map(field):
+        kind = _MAP
+    elif _is_repeated(field):
+        kind = _REPEATED
+    elif field.has_presence:
+        kind = _PRESENT
+    elif field.type == FieldDescriptor.TYPE_ENUM:
+        kind = _ENUM
+    else:
+        kind = _SCALAR
+    _KINDS[field] = kind
+    return kind
 
 
 def to_model(message: Message, cls: type[M], *, prefix: str = "") -> M:
@@ -190,11 +220,15 @@ def _fill_message(message: Message, data: Any) -> None:
     if descriptor.full_name == _METRIC_BATCH:
         message.MergeFromString(data.get("data", b""))
         return
+    fields = _FIELDS.get(descriptor)
+    if fields is None:
+        fields = _FIELDS[descriptor] = {f.name: (f, _classify(f)) for f in descriptor.fields}
     for name, value in data.items():
-        field = descriptor.fields_by_name.get(name)
-        if field is None:
+        found = fields.get(name)
+        if found is None:
             raise KeyError(f"{descriptor.full_name} has no field {name!r}")
-        if _is_map(field):
+        field, kind = found
+        if kind == _MAP:
             target = getattr(message, name)
             value_field = field.message_type.fields_by_name["value"]
             for key, item in value.items():
@@ -202,7 +236,7 @@ def _fill_message(message: Message, data: Any) -> None:
                     _fill_message(target[key], item)
                 else:
                     target[key] = _set_scalar(value_field, item)
-        elif _is_repeated(field):
+        elif kind == _REPEATED:
             target = getattr(message, name)
             for item in value:
                 if field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -210,8 +244,9 @@ def _fill_message(message: Message, data: Any) -> None:
                 else:
                     target.append(_set_scalar(field, item))
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            _fill_message(getattr(message, name), value)
-            getattr(message, name).SetInParent()  # set, even when all it holds is empty
+            child = getattr(message, name)
+            _fill_message(child, value)
+            child.SetInParent()  # set, even when all it holds is empty
         else:
             setattr(message, name, _set_scalar(field, value))
 
@@ -254,7 +289,8 @@ def metric_to_dict(message: Any) -> dict[str, Any]:
 def to_proto(model: BaseModel, cls: type[P]) -> P:
     """Model -> proto message of ``cls``; unset (None) fields stay unset."""
     message = cls()
-    _fill_message(message, _plain(model))
+    # pydantic's own (compiled) dump: unset fields left out, enums as their str values
+    _fill_message(message, model.model_dump(exclude_none=True))
     return message
 
 

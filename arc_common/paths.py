@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path, PurePosixPath
 
@@ -11,6 +12,7 @@ MAX_PATH_LENGTH = 1024
 MAX_NAME_BYTES = 255  # what the filesystem allows for one name
 
 
+@functools.lru_cache(maxsize=4096)  # every spec of a dataset names the same path
 def check_relative_path(value: str) -> str:
     """Reject paths that are absolute, empty, or climb out with ``..``; return it normalized."""
     if not value:

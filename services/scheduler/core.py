@@ -384,12 +384,14 @@ class Scheduler:
 
     def _write_spec_files(self, specs: list[ExperimentSpec]) -> None:
         """``experiments/<id>/spec.json`` for people and tools (the database is the truth)."""
-        for spec in specs:
-            folder = self.home / "experiments" / spec.experiment_id
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / ".spec.json.tmp"
-            tmp.write_text(spec.model_dump_json(indent=2))
-            tmp.replace(folder / "spec.json")
+        root = os.path.join(self.home, "experiments")  # plain os calls: this thread holds
+        for spec in specs:  # the GIL the event loop needs for as little as it can
+            folder = os.path.join(root, spec.experiment_id)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, ".spec.json.tmp")
+            with open(tmp, "wb") as handle:
+                handle.write(spec.model_dump_json(indent=2).encode())
+            os.replace(tmp, os.path.join(folder, "spec.json"))
 
     async def create_experiment(
         self, spec: ExperimentSpec, *, caller: str

@@ -16,6 +16,7 @@ from arc.governance.v1 import governance_pb2
 from arc.gpu.v1 import gpu_pb2
 from arc.scheduler.v1 import scheduler_pb2
 from arc_common import convert, models, packed
+from arc_common.errors import InvalidArgumentError
 
 PAIRS: list[tuple[type[BaseModel], type[Message]]] = [
     (models.ArchitectureSpec, common_pb2.ArchitectureSpec),
@@ -205,6 +206,32 @@ def test_unset_optional_zero_is_kept_apart_from_absent() -> None:
     assert convert.to_model(spec, models.ExperimentSpec).priority == 0
     spec.ClearField("priority")
     assert convert.to_model(spec, models.ExperimentSpec).priority is None
+
+
+def test_a_zero_without_presence_is_not_set_and_with_presence_is() -> None:
+    """Only what is set reaches the model: a scalar or enum at zero (-0.0 included) is
+    absent, so the model's default applies or a required field is missing; an
+    ``optional`` field set to zero is kept, and so is an empty message that was set."""
+    spec = common_pb2.ExperimentSpec()
+    fill(spec)
+    optimizer = spec.hyperparameters.optimizer
+    optimizer.weight_decay = -0.0
+    optimizer.momentum = 0.0
+    optimizer.type = common_pb2.OPTIMIZER_TYPE_UNSPECIFIED
+    as_dict = convert.message_to_dict(optimizer)
+    assert "weight_decay" not in as_dict and "type" not in as_dict
+    assert as_dict["momentum"] == 0.0
+    model = convert.to_model(spec, models.ExperimentSpec)
+    assert model.hyperparameters.optimizer.type is models.OptimizerType.ADAM
+    assert model.hyperparameters.optimizer.momentum == 0.0
+    optimizer.learning_rate = -0.0
+    with pytest.raises(InvalidArgumentError) as info:
+        convert.to_model(spec, models.ExperimentSpec)
+    assert "learning_rate" in str(info.value) and "required" in str(info.value).lower()
+    spec.ClearField("early_stopping")
+    assert "early_stopping" not in convert.message_to_dict(spec)
+    spec.early_stopping.SetInParent()
+    assert convert.message_to_dict(spec)["early_stopping"] == {}
 
 
 @pytest.mark.parametrize(
