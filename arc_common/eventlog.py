@@ -1,7 +1,9 @@
 """Numbered, durable events per key (a run, a job), with group commit and live following.
 
 ``append`` numbers an event and queues it; a flusher commits queued events in one SQLite
-transaction every ``flush_ms`` (one fsync per group, not per event). Readers only ever see
+transaction every ``flush_ms`` (one fsync per group, not per event). An event the log's
+``urgent`` says others act on (a state change, GPUs given back) is committed at once, with
+whatever is queued: followers see it without waiting out the interval. Readers only ever see
 committed events, so after a crash no sequence number is reused or skipped, and a consumer
 that reconnects with the last number it saw gets no gap and no duplicate.
 
@@ -42,6 +44,10 @@ def _one(_: BaseModel) -> int:
     return 1
 
 
+def _never(_: BaseModel) -> bool:
+    return False
+
+
 def _sequence(event: BaseModel) -> int:
     return int(getattr(event, "sequence"))  # noqa: B009 - every event model has one
 
@@ -64,6 +70,7 @@ class EventLog(Generic[E]):
         on_commit: Callable[[list[E]], Awaitable[None]] | None = None,
         weight: Callable[[E], int] = _one,
         span: Callable[[E], int] = _one,
+        urgent: Callable[[E], bool] = _never,
     ) -> None:
         self._db = db
         self._model = model
@@ -84,6 +91,8 @@ class EventLog(Generic[E]):
         self._weight = weight
         self._span = span
         self._tail_weight = 0
+        self._urgent = urgent
+        self._hurry = asyncio.Event()  # an urgent event is queued: flush without waiting
 
     async def open(self) -> None:
         await self._db.execute(
@@ -121,6 +130,8 @@ class EventLog(Generic[E]):
         )
         self._queue.append(event)
         self._wake.set()
+        if self._urgent(event):
+            self._hurry.set()
         return event
 
     def last_sequence(self, key: str) -> int:
@@ -158,7 +169,10 @@ class EventLog(Generic[E]):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(self._flush_seconds)
+            if not self._hurry.is_set():  # let more events join this group
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._flush_seconds)
+            self._hurry.clear()  # what is queued now goes with this flush
             try:
                 await self.flush()
             except Exception:

@@ -537,6 +537,14 @@ def metric_count(event: JobEvent | RunEvent) -> int:
     return max(event.metrics.count, 1) if event.metrics is not None else 1
 
 
+def acted_on(event: RunEvent) -> bool:
+    """Whether the scheduler acts on the run event as soon as it is there (a state change,
+    GPUs given back, a checkpoint, a result), unlike the metrics and log lines that come by
+    the thousand: the executor's event log commits it at once, not at its next interval
+    (the GPUs a run gives back go to the next job that much sooner)."""
+    return event.metrics is None and event.log is None
+
+
 class EvaluationJob(_Spec):
     checkpoint_path: WorkspacePath
     data_path: WorkspacePath

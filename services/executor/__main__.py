@@ -14,7 +14,7 @@ from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
 from arc_common.logs import configure_logging
-from arc_common.models import RunEvent, metric_count
+from arc_common.models import RunEvent, acted_on, metric_count
 from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
 from services.executor.leases import GrpcLeaseChecker
 from services.executor.ledger import ToolLedger
@@ -54,6 +54,7 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
         key_field="run_id",
         flush_ms=settings.event_flush_ms,
         weight=metric_count,
+        urgent=acted_on,
     )
     await events.open()
     token = settings.service_token or tokens.token_for(Role.SERVICE)

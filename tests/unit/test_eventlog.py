@@ -12,7 +12,7 @@ import pytest
 
 from arc_common import eventlog, packed, sqlite
 from arc_common.eventlog import EventLog
-from arc_common.models import JobEvent, MetricResult, metric_count
+from arc_common.models import JobEvent, JobState, JobStateChange, MetricResult, metric_count
 
 
 async def open_log(path: Path) -> EventLog[JobEvent]:
@@ -144,3 +144,35 @@ async def test_a_batch_holds_as_many_numbers_as_metrics(
     for each in (log, cold):
         await each.close()
         await each._db.close()
+
+
+async def test_an_urgent_event_is_committed_at_once_with_what_is_queued(
+    tmp_path: Path,
+) -> None:
+    """Metrics wait for the flush interval (here a minute) to share a commit; an event the
+    log calls urgent is committed without waiting, and the metrics queued before it go
+    with it, in order."""
+    log = EventLog(
+        await sqlite.connect(tmp_path / "events.sqlite3"),
+        model=JobEvent,
+        table="events",
+        key_field="job_id",
+        flush_ms=60_000,
+        urgent=lambda event: event.state_change is not None,
+    )
+    await log.open()
+    log.append("job", **metric(1))
+    log.append("job", **metric(2))
+    await asyncio.sleep(0.2)  # the flusher is waiting out its interval: nothing visible
+    assert await log.read("job", 0) == []
+    log.append("job", state_change=JobStateChange(state=JobState.COMPLETED))
+    seen = await asyncio.wait_for(
+        anext(aiter(log.follow_batches("job", 0, is_finished=lambda: False, limit=10))), timeout=30
+    )
+    assert [e.sequence for e in seen] == [1, 2, 3]
+    assert seen[-1].state_change is not None
+    log.append("job", **metric(3))  # the interval applies again after it
+    await asyncio.sleep(0.2)
+    assert [e.sequence for e in await log.read("job", 0)] == [1, 2, 3]
+    await log.close()  # flushes what is left
+    await log._db.close()
