@@ -1088,11 +1088,8 @@ class Scheduler:
         source = event.sequence
         if event.metrics is not None:
             if event.metrics.count:  # one stored event, numbered as its metrics
-                self.events.append(
-                    job.job_id,
-                    span=event.metrics.count,
-                    metrics=event.metrics,
-                    source_sequence=source,
+                self._event(
+                    job, span=event.metrics.count, metrics=event.metrics, source_sequence=source
                 )
                 await self._maybe_prune(job, event.metrics)
         elif event.checkpoint is not None:
