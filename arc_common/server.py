@@ -9,6 +9,7 @@ marks SERVING. ``run_server`` adds SIGTERM/SIGINT handling: health goes NOT_SERV
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -151,8 +152,24 @@ async def run_server(
     await serve_until_signal(handle, settings.grace_seconds)
 
 
+# A service holds many long-lived objects (jobs, events, leases, the models in them) and
+# makes few reference cycles. With CPython's default thresholds (700, 10, 10) a full
+# collection walks all of them every few thousand requests: 200 ms pauses with 10,000
+# jobs queued, and about 15% of SubmitJob's CPU on the way there.
+GC_THRESHOLDS = (10_000, 20, 50)
+
+
+def tune_gc() -> None:
+    """Collect what startup left, move what it loaded out of the collector's sight (it
+    lives as long as the process), and collect the young generations less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve_until_signal(handle: ServerHandle, grace_seconds: float) -> None:
     """Wait for SIGTERM or SIGINT (or the server ending), then stop gracefully."""
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
