@@ -38,6 +38,9 @@ _STRUCT = Struct.DESCRIPTOR.full_name
 _METRIC_BATCH = "arc.executor.v1.MetricBatch"
 
 
+_PREFIXES: dict[_Descriptor, str] = {}
+
+
 def enum_prefix(enum: _Descriptor) -> str:
     """``ARCHITECTURE_FAMILY_`` for ArchitectureFamily (taken from its zero value)."""
     prefix = _PREFIXES.get(enum)
@@ -45,9 +48,6 @@ def enum_prefix(enum: _Descriptor) -> str:
         zero: str = enum.values_by_number[0].name
         prefix = _PREFIXES[enum] = zero.removesuffix("UNSPECIFIED")
     return prefix
-
-
-_PREFIXES: dict[_Descriptor, str] = {}
 
 
 def enum_to_str(enum: _Descriptor, number: int) -> str | None:
@@ -144,9 +144,7 @@ def message_to_dict(message: Message) -> Any:
     # is set, a non-empty repeated field or map, a scalar or enum that is not zero.
     field: _Descriptor
     for field, value in message.ListFields():
-        kind = _KINDS.get(field)
-        if kind is None:
-            kind = _classify(field)
+        kind = _kind(field)
         if kind == _SCALAR:
             if value != field.default_value:  # -0.0 is listed, and is "not set" here too
                 out[field.name] = value
@@ -169,7 +167,10 @@ _KINDS: dict[_Descriptor, int] = {}
 _FIELDS: dict[_Descriptor, dict[str, tuple[_Descriptor, int]]] = {}  # by name, per message
 
 
-def _classify(field: _Descriptor) -> int:
+def _kind(field: _Descriptor) -> int:
+    kind = _KINDS.get(field)
+    if kind is not None:
+        return kind
     if _is_map(field):
         kind = _MAP
     elif _is_repeated(field):
@@ -222,7 +223,7 @@ def _fill_message(message: Message, data: Any) -> None:
         return
     fields = _FIELDS.get(descriptor)
     if fields is None:
-        fields = _FIELDS[descriptor] = {f.name: (f, _classify(f)) for f in descriptor.fields}
+        fields = _FIELDS[descriptor] = {f.name: (f, _kind(f)) for f in descriptor.fields}
     for name, value in data.items():
         found = fields.get(name)
         if found is None:

@@ -55,19 +55,20 @@ async def audit_overhead(home: Path, *, seconds: float, clients: int) -> dict[st
     audited_service = await started("services.governance", home / "audited")
     bare_service = await started("bench.noaudit_governance", home / "noaudit")
     audited_call, bare_call = audited_service[2], bare_service[2]
+    rounds = max(1, round(seconds / ROUND_SECONDS))
     audited: list[float] = []
     bare: list[float] = []
     try:
         for call in (audited_call, bare_call):  # warm-up
             await drive(call, clients=clients, seconds=ROUND_SECONDS)
-        for _ in range(max(1, round(seconds / ROUND_SECONDS))):
+        for _ in range(rounds):
             audited += await drive(audited_call, clients=clients, seconds=ROUND_SECONDS)
             bare += await drive(bare_call, clients=clients, seconds=ROUND_SECONDS)
     finally:
         for service, channel, _ in (audited_service, bare_service):
             await channel.close()
             service.kill()
-    spent = max(1, round(seconds / ROUND_SECONDS)) * ROUND_SECONDS
+    spent = rounds * ROUND_SECONDS
     return {
         "clients": clients,
         "audited_per_s": len(audited) / spent,
