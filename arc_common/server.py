@@ -1,6 +1,6 @@
 """One way to run a service process (after grpc's asyncio examples).
 
-``start_server`` builds a ``grpc.aio`` server with our interceptor, the servicers, the
+``start_server`` builds a ``grpc.aio`` server with the servicers behind our guard, the
 standard health service and reflection (names from the generated descriptors), binds and
 marks SERVING. ``run_server`` adds SIGTERM/SIGINT handling: health goes NOT_SERVING, then
 ``server.stop(grace)`` lets in-flight calls finish, then the service's own cleanup runs.
@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from arc_common.auth import TokenStore
-from arc_common.interceptors import ArcServerInterceptor
+from arc_common.interceptors import Guard, GuardedRegistrar
 from arc_common.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,6 @@ async def start_server(
 ) -> ServerHandle:
     """Build, bind and start; returns once SERVING. ``tokens=None`` turns auth off (tests)."""
     server = aio.server(
-        interceptors=[ArcServerInterceptor(tokens)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -99,11 +98,12 @@ async def start_server(
             *KEEPALIVE_OPTIONS,
         ],
     )
+    registrar = GuardedRegistrar(server, Guard(tokens))
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     names = []
     for registration in registrations:
-        registration.add_to_server(registration.servicer, server)
+        registration.add_to_server(registration.servicer, registrar)
         names.append(registration.descriptor.full_name)
     reflection.enable_server_reflection(
         [
@@ -111,7 +111,7 @@ async def start_server(
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
-        server,
+        registrar,
     )
     address = f"{settings.host}:{settings.port}"
     credentials = _credentials(settings)

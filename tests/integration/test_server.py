@@ -20,7 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
-from arc_common.server import ServerHandle, start_server
+from arc_common.interceptors import Guard
+from arc_common.server import Registration, ServerHandle, start_server
 from arc_common.settings import ServiceSettings
 from tests.conftest import REPO_ROOT
 from tests.integration.probe_service import registration
@@ -144,6 +145,57 @@ async def test_unimplemented_rpc_still_requires_auth(
             governance_pb2.VerifyAuditLogRequest()
         )
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_methods_added_as_generic_handlers_are_guarded_too(tmp_path: Path) -> None:
+    """A service that registers its methods only as a generic handler (no registered
+    methods) is behind the same checks as one the generated code adds."""
+    tokens = TokenStore.ensure(tmp_path)
+    reasons: list[str] = []
+
+    async def set_mode(
+        request: governance_pb2.SetModeRequest, context: object
+    ) -> governance_pb2.SetModeResponse:
+        reasons.append(request.reason)
+        return governance_pb2.SetModeResponse()
+
+    def add(servicer: object, server: aio.Server) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            set_mode,
+            request_deserializer=governance_pb2.SetModeRequest.FromString,
+            response_serializer=governance_pb2.SetModeResponse.SerializeToString,
+        )
+        service = "arc.governance.v1.GovernanceService"
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {"SetMode": handler}),)
+        )
+
+    descriptor = governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"]
+    settings = ServiceSettings(home=tmp_path, port=0)
+    handle = await start_server(settings, [Registration(None, add, descriptor)], tokens=tokens)
+    try:
+        request = governance_pb2.SetModeRequest(reason="generic")
+        for token, code in (
+            (None, grpc.StatusCode.UNAUTHENTICATED),
+            (tokens.token_for(Role.AGENT), grpc.StatusCode.PERMISSION_DENIED),
+        ):
+            with pytest.raises(aio.AioRpcError) as info:
+                await stub(handle.port, token).SetMode(request)
+            assert info.value.code() == code
+        assert reasons == []
+        await stub(handle.port, tokens.token_for(Role.OPERATOR)).SetMode(request)
+        assert reasons == ["generic"]
+    finally:
+        await handle.stop(0)
+
+
+def test_client_streaming_methods_cannot_be_guarded(tmp_path: Path) -> None:
+    """Our contracts have none; one that appeared would fail at registration, not be
+    served unchecked."""
+    handler = grpc.stream_stream_rpc_method_handler(lambda requests, context: requests)
+    with pytest.raises(ValueError, match="only unary and server-streaming"):
+        Guard(TokenStore.ensure(tmp_path)).wrap("/arc.x.v1.X/Chat", handler)
+    assert Guard(None).wrap("/grpc.health.v1.Health/Watch", handler) is handler  # open
 
 
 def _wait_for_file(path: Path, timeout: float) -> str:
