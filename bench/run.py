@@ -43,47 +43,59 @@ UNREACHABLE = json.dumps(
 
 async def submit_vs_echo(home: Path, *, seconds: float, clients: int) -> dict[str, Any]:
     """1 and 2: SubmitJob (validated, durable, group-committed) against a bare echo server
-    with the same request bytes. Governance is off here: its own cost is measure 8."""
-    scheduler = ServiceProcess(
-        "services.scheduler",
-        home,
-        port=free_port(),
-        env={"ARC_SCHEDULER_NODES": UNREACHABLE, "ARC_SCHEDULER_GOVERNANCE_ADDRESS": ""},
-    )
+    with the same request bytes. Governance is off here: its own cost is measure 8. Then,
+    for the record, the ceiling: the same service answering SubmitJob without the engine's
+    work (``bench.ceiling_scheduler``), as far as 1 and 2 could go on this machine."""
+    env = {"ARC_SCHEDULER_NODES": UNREACHABLE, "ARC_SCHEDULER_GOVERNANCE_ADDRESS": ""}
+    scheduler = ServiceProcess("services.scheduler", home, port=free_port(), env=env)
+    ceiling = ServiceProcess("bench.ceiling_scheduler", home / "ceiling", port=free_port(), env=env)
     echo_port = free_port()
     echo = subprocess.Popen(
         [sys.executable, "-m", "bench.echo_server", "--port", str(echo_port)], cwd=REPO
     )
     await scheduler.start()
+    await ceiling.start()
     token = TokenStore.load(home).token_for(Role.AGENT)
-    auth = [("authorization", f"Bearer {token}")]
+    ceiling_token = TokenStore.load(home / "ceiling").token_for(Role.AGENT)
     payload = scheduler_pb2.SubmitJobRequest(spec=spec("bench"), priority=5)
     try:
         async with (
             aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as sched_channel,
+            aio.insecure_channel(f"127.0.0.1:{ceiling.port}") as ceiling_channel,
             aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
         ):
-            stub = scheduler_pb2_grpc.SchedulerServiceStub(sched_channel)
             raw = echo_channel.unary_unary("/bench.Echo/Echo")
             body = payload.SerializeToString()
             await asyncio.wait_for(echo_channel.channel_ready(), 10)
 
-            async def submit(n: int) -> Any:
-                request = scheduler_pb2.SubmitJobRequest()
-                request.CopyFrom(payload)
-                request.request_id = f"b{n}"
-                request.spec.experiment_id = f"bench-{n}"
-                return await stub.SubmitJob(request, metadata=auth, timeout=30)
+            def submitter(channel: aio.Channel, token: str) -> Callable[[int], Any]:
+                stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+                metadata = [("authorization", f"Bearer {token}")]
+
+                async def submit(n: int) -> Any:
+                    request = scheduler_pb2.SubmitJobRequest()
+                    request.CopyFrom(payload)
+                    request.request_id = f"b{n}"
+                    request.spec.experiment_id = f"bench-{n}"
+                    return await stub.SubmitJob(request, metadata=metadata, timeout=30)
+
+                return submit
+
+            submit = submitter(sched_channel, token)
+            canned = submitter(ceiling_channel, ceiling_token)
+            echo_auth = [("authorization", f"Bearer {token}")]
 
             async def bare(n: int) -> Any:
-                return await raw(body, metadata=auth, timeout=30)
+                return await raw(body, metadata=echo_auth, timeout=30)
 
-            await drive(submit, clients=clients, seconds=0.5)  # warm-up
-            await drive(bare, clients=clients, seconds=0.5)
+            for call in (submit, bare, canned):  # warm-up
+                await drive(call, clients=clients, seconds=0.5)
             engine_lat = await drive(submit, clients=clients, seconds=seconds)
             baseline = await drive(bare, clients=clients, seconds=seconds)
+            ceiling_lat = await drive(canned, clients=clients, seconds=seconds)
     finally:
         scheduler.kill()
+        ceiling.kill()
         echo.kill()
         echo.wait()
     return {
@@ -96,6 +108,10 @@ async def submit_vs_echo(home: Path, *, seconds: float, clients: int) -> dict[st
         "echo_p50_ms": statistics.median(baseline) * 1000,
         "echo_p99_ms": percentile(baseline, 0.99) * 1000,
         "latency_p50_ratio": statistics.median(engine_lat) / statistics.median(baseline),
+        "ceiling_per_s": len(ceiling_lat) / seconds,
+        "ceiling_p50_ms": statistics.median(ceiling_lat) * 1000,
+        "ceiling_throughput_ratio": len(ceiling_lat) / len(baseline),
+        "ceiling_latency_p50_ratio": statistics.median(ceiling_lat) / statistics.median(baseline),
     }
 
 
@@ -190,6 +206,12 @@ def details(results: dict[str, Any]) -> list[str]:
             f"SubmitJob {s['submit_per_s']:.0f}/s, p50 {s['submit_p50_ms']:.1f} ms, "
             f"p99 {s['submit_p99_ms']:.1f} ms; echo {s['echo_per_s']:.0f}/s, "
             f"p50 {s['echo_p50_ms']:.1f} ms ({s['clients']} clients)"
+        )
+        out.append(
+            f"ceiling of 1 and 2, the same service answering SubmitJob without the engine's "
+            f"work: {s['ceiling_per_s']:.0f}/s, p50 {s['ceiling_p50_ms']:.1f} ms: "
+            f"{s['ceiling_throughput_ratio']:.2f} of echo's throughput, "
+            f"{s['ceiling_latency_p50_ratio']:.2f}x its p50"
         )
     if "training" in results:
         t = results["training"]
