@@ -274,6 +274,7 @@ class RunManager:
             return earlier
         paths = await self._checked_paths(config)
         _check_lease(config.job_id, lease)
+        await self._supersede_prepared(config.job_id)
         async with self._lock:
             self._check_no_live_run(config.job_id)
             renewed = await self._leases.renew(lease)  # refuses a stale fencing token
@@ -351,6 +352,21 @@ class RunManager:
                 field="dataset.data_path",
             )
         return _Paths(checkpoint_dir, log_dir, data_path, resume)
+
+    async def _supersede_prepared(self, job_id: str) -> None:
+        """A job started cold while a trainer of it waits prepared ahead: its scheduler
+        never heard of that run (the PrepareRun reply was lost) or gave it up, so nothing
+        will activate it, and it would refuse the start forever (one live run per job).
+        It is cancelled first."""
+        for live in list(self._live.values()):
+            if live.run.job_id == job_id and live.standby is not None and not live.done.is_set():
+                logger.warning(
+                    "run %s: prepared ahead but its job %s is started cold; cancelled",
+                    live.run.run_id,
+                    job_id,
+                )
+                await self.stop(live, JobState.CANCELLED, "superseded: its job was started cold")
+                await live.done.wait()
 
     def _check_no_live_run(self, job_id: str) -> None:
         for live in self._live.values():

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -31,8 +32,10 @@ from arc_common import packed
 from arc_common.batch import Batcher
 from arc_common.decisions import denial_error
 from arc_common.errors import (
+    AbortedError,
     AlreadyExistsError,
     ArcError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -146,7 +149,8 @@ class Scheduler:
         self._shapes: Counter[tuple[Any, ...]] = Counter()  # queued jobs per GPU request
         self._active: set[str] = set()  # STARTING or RUNNING
         self._prepared: dict[str, str] = {}  # queued job -> machine of its prepared run
-        self._unpreparable: set[str] = set()  # PrepareRun refused them: not asked again
+        # Queued job -> when PrepareRun may be asked for it again (inf: it was refused).
+        self._prepare_after: dict[str, float] = {}
         self._experiments: dict[str, tuple[ExperimentSpec, str, datetime]] = {}
         self._by_hash: dict[str, str] = {}
         self._experiment_jobs: dict[str, list[str]] = defaultdict(list)
@@ -229,6 +233,7 @@ class Scheduler:
             self._shapes[_shape(job)] += 1
 
     def _dequeue(self, job: JobRecord) -> None:
+        self._prepare_after.pop(job.job_id, None)
         key = _queue_key(job)
         if key in self._queue:
             self._queue.remove(key)
@@ -867,7 +872,7 @@ class Scheduler:
             or job.prepared_run_id
             or job.evaluation is not None
             or job.approval
-            or job.job_id in self._unpreparable
+            or self._prepare_after.get(job.job_id, 0.0) > self._clock()
         ):
             return
         node = next((n for n in self.nodes.values() if n.up), None)
@@ -878,10 +883,25 @@ class Scheduler:
                 self._run_config(job, []),
                 request_id=f"{job.job_id}:attempt-{job.attempt}:prepared",
             )
+        except (
+            UnavailableError,
+            DeadlineExceededError,
+            ResourceExhaustedError,
+            AbortedError,
+        ) as exc:
+            # Perhaps prepared all the same (a lost reply): asked again with the same
+            # request id, the executor answers with that run.
+            retry = self.settings.prepare_retry_seconds
+            self._prepare_after[job.job_id] = self._clock() + retry
+            logger.warning(
+                "job %s: PrepareRun unanswered (%s); asked again in %.0f s", job.job_id, exc, retry
+            )
+            return
         except ArcError as exc:
-            self._unpreparable.add(job.job_id)
+            self._prepare_after[job.job_id] = math.inf
             logger.warning("job %s: no prepared run (%s); it will start cold", job.job_id, exc)
             return
+        self._prepare_after.pop(job.job_id, None)
         job.prepared_run_id, job.prepared_node = run.run_id, node.client.name
         self._prepared[job.job_id] = node.client.name
         if job.state is not JobState.QUEUED:  # placed or cancelled meanwhile

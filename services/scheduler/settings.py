@@ -43,5 +43,8 @@ class SchedulerSettings(ServiceSettings):
     # ahead (data opened, model built, no GPU touched) on that machine, at most this many
     # per machine; it starts training the moment the GPUs are released. 0 turns it off.
     prepared_per_node: int = Field(default=1, ge=0, le=16)
+    # A PrepareRun that went unanswered (machine busy or unreachable, reply lost) is asked
+    # again, with the same request id, after this many seconds; a refusal is final.
+    prepare_retry_seconds: float = Field(default=10.0, gt=0)
     # GetSchedulerStatus lists at most this many queued jobs (queue_length counts all).
     status_queued_limit: int = Field(default=20, ge=0, le=1000)
