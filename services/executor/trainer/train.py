@@ -261,15 +261,20 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
     started = time.monotonic()
 
     batch = spec.hyperparameters.batch_size
+    # Evaluation keeps no activations for a backward pass, so twice the training batch
+    # needs less memory than training does, and fuller batches evaluate faster (about 20%
+    # on a CPU; the last validation and the test split are what the next job on the GPU
+    # waits for, bench measure 5).
+    eval_batch = 2 * batch
     workers = inp.workers
     train_loader = loader(
         splits.train, batch_size=batch, shuffle=True, seed=seed, workers=workers, cuda=cuda
     )
     val_loader = loader(
-        splits.val, batch_size=batch, shuffle=False, seed=seed, workers=workers, cuda=cuda
+        splits.val, batch_size=eval_batch, shuffle=False, seed=seed, workers=workers, cuda=cuda
     )
     test_loader = loader(
-        splits.test, batch_size=batch, shuffle=False, seed=seed, workers=workers, cuda=cuda
+        splits.test, batch_size=eval_batch, shuffle=False, seed=seed, workers=workers, cuda=cuda
     )
 
     model = model.to(device)
