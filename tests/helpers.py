@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import signal
 import subprocess
@@ -17,7 +18,9 @@ from tests.conftest import REPO_ROOT
 
 
 class ServiceProcess:
-    """``python -m services.<name>`` on a free port, as a user starts it."""
+    """``python -m services.<name>`` on a free port, as a user starts it. One still running
+    when the interpreter exits (its test timed out before its cleanup) is killed then, so
+    no service outlives the test run."""
 
     def __init__(
         self, module: str, home: Path, *, env: dict[str, str] | None = None, port: int = 0
@@ -53,6 +56,7 @@ class ServiceProcess:
             stderr=log,
             text=True,
         )
+        _started.add(self)
         log.close()
         self.port = await asyncio.to_thread(self._wait_port, startup_seconds)
         return self.port
@@ -79,9 +83,19 @@ class ServiceProcess:
         return await asyncio.to_thread(self.process.wait, wait_seconds)
 
     def kill(self) -> None:
+        _started.discard(self)
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
 
     def channel(self, token: str | None) -> aio.Channel:
         return create_channel(f"127.0.0.1:{self.port}", token=token, default_timeout=15)
+
+
+_started: set[ServiceProcess] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for service in list(_started):
+        service.kill()
