@@ -36,7 +36,6 @@ class DroppingProxy:
         self._channel: aio.Channel | None = None
         self._server: aio.Server | None = None
         self.port = 0
-        self.forwarded = 0
         self.dropped = 0
 
     async def start(self) -> int:
@@ -61,7 +60,6 @@ class DroppingProxy:
             reply: bytes = await call(request, metadata=metadata, timeout=60)
         except aio.AioRpcError as exc:
             await context.abort(exc.code(), exc.details() or "")
-        self.forwarded += 1
         self.calls[method] += 1
         if self._methods and method not in self._methods:
             return reply

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,47 +17,20 @@ from grpc import aio
 
 from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
-from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from arc.scheduler.v1 import scheduler_pb2_grpc
 from arc_common.auth import Role, TokenStore
+from tests.faults.jobs import DONE, PREPARED, Jobs
 from tests.faults.proxy import DroppingProxy
-from tests.integration.scheduler.conftest import spec
 from tests.security.suite import ProcessSuite
 
-GPU0 = {"preference": "specific", "gpu_indices": [0]}  # both jobs want the same GPU
-DONE = (common_pb2.JOB_STATE_COMPLETED, common_pb2.JOB_STATE_FAILED)
 PREPARE = "/arc.executor.v1.ExecutorService/PrepareRun"
 
 
 @dataclass
 class Scene:
-    scheduler: scheduler_pb2_grpc.SchedulerServiceStub
+    jobs: Jobs
     executor: executor_pb2_grpc.ExecutorServiceStub
     proxy: DroppingProxy
-    auth: list[tuple[str, str]]
-
-    async def job(self, job_id: str) -> scheduler_pb2.Job:
-        request = scheduler_pb2.GetJobRequest(job_id=job_id)
-        reply: scheduler_pb2.GetJobResponse = await self.scheduler.GetJob(
-            request, metadata=self.auth
-        )
-        return reply.job
-
-    async def until(
-        self, job_id: str, check: Callable[[scheduler_pb2.Job], bool], seconds: float = 300
-    ) -> scheduler_pb2.Job:
-        for _ in range(int(seconds * 5)):
-            job = await self.job(job_id)
-            if check(job):
-                return job
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"{job_id}: {await self.job(job_id)}")
-
-    async def submit(self, name: str, epochs: int, priority: int) -> str:
-        request = scheduler_pb2.SubmitJobRequest(
-            spec=spec(name, epochs=epochs, gpu_allocation=GPU0), priority=priority
-        )
-        reply = await self.scheduler.SubmitJob(request, metadata=self.auth)
-        return str(reply.job.job_id)
 
     def lost_run_id(self) -> str:
         """The run the lost PrepareRun replies named: one, however often the call was
@@ -104,11 +77,11 @@ async def scene(
             aio.insecure_channel(f"127.0.0.1:{suite.scheduler.port}") as scheduler,
             aio.insecure_channel(f"127.0.0.1:{suite.executor.port}") as executor,
         ):
+            auth = [("authorization", f"Bearer {token}")]
             yield Scene(
-                scheduler_pb2_grpc.SchedulerServiceStub(scheduler),
+                Jobs(scheduler_pb2_grpc.SchedulerServiceStub(scheduler), auth),
                 executor_pb2_grpc.ExecutorServiceStub(executor),
                 proxy,
-                [("authorization", f"Bearer {token}")],
             )
     finally:
         await proxy.stop()
@@ -121,36 +94,38 @@ async def test_asked_again_the_executor_answers_with_the_run_it_prepared(
     # Five replies lost: every attempt of the scheduler's first call (its channel tries
     # five times), so the scheduler sees UNAVAILABLE and asks again a second later.
     async with scene(tmp_path / "ws", tiny_data, retry_seconds=1, max_drops=5) as s:
-        first = await s.submit("long", epochs=8, priority=9)
-        await s.until(first, lambda j: j.state == common_pb2.JOB_STATE_RUNNING)
-        second = await s.submit("behind", epochs=1, priority=5)
-        waiting = await s.until(second, lambda j: "its trainer is prepared on" in j.pending_reason)
+        first = await s.jobs.submit_on_gpu0("long", epochs=8, priority=9)
+        await s.jobs.until(first, lambda j: j.state == common_pb2.JOB_STATE_RUNNING)
+        second = await s.jobs.submit_on_gpu0("behind", epochs=1, priority=5)
+        waiting = await s.jobs.until(second, lambda j: PREPARED in j.pending_reason)
         lost = s.lost_run_id()  # the run the first PrepareRun made; its reply never came
         assert waiting.pending_reason.endswith(f"({lost})")  # the same run: no second trainer
         assert s.proxy.dropped == 5 and s.proxy.calls[PREPARE] == 6
-        finished = await s.until(second, lambda j: j.state in DONE)
+        finished = await s.jobs.until(second, lambda j: j.state in DONE)
         assert finished.state == common_pb2.JOB_STATE_COMPLETED, finished.error_message
         assert finished.run_id == lost  # it trained on the prepared trainer
-        assert (await s.job(first)).state == common_pb2.JOB_STATE_COMPLETED
+        assert (await s.jobs.get(first)).state == common_pb2.JOB_STATE_COMPLETED
 
 
 async def test_a_prepared_run_the_scheduler_never_heard_of_gives_way_to_the_cold_start(
     tmp_path: Path, tiny_data: Path
 ) -> None:
     async with scene(tmp_path / "ws", tiny_data, retry_seconds=3600, max_drops=None) as s:
-        first = await s.submit("long", epochs=8, priority=9)
-        await s.until(first, lambda j: j.state == common_pb2.JOB_STATE_RUNNING)
-        second = await s.submit("behind", epochs=1, priority=5)
+        first = await s.jobs.submit_on_gpu0("long", epochs=8, priority=9)
+        await s.jobs.until(first, lambda j: j.state == common_pb2.JOB_STATE_RUNNING)
+        second = await s.jobs.submit_on_gpu0("behind", epochs=1, priority=5)
         for _ in range(300):  # until the executor has prepared it (the scheduler never hears)
             if s.proxy.lost:
                 break
             await asyncio.sleep(0.2)
         orphan = s.lost_run_id()
-        assert "prepared" not in (await s.job(second)).pending_reason
-        finished = await s.until(second, lambda j: j.state in DONE)
+        assert "prepared" not in (await s.jobs.get(second)).pending_reason
+        finished = await s.jobs.until(second, lambda j: j.state in DONE)
         assert finished.state == common_pb2.JOB_STATE_COMPLETED, finished.error_message
         assert finished.run_id and finished.run_id != orphan  # started cold
-        reply = await s.executor.GetRun(executor_pb2.GetRunRequest(run_id=orphan), metadata=s.auth)
+        reply = await s.executor.GetRun(
+            executor_pb2.GetRunRequest(run_id=orphan), metadata=s.jobs.auth
+        )
         assert reply.run.state == common_pb2.JOB_STATE_CANCELLED
         # Asked once (its attempts all lost): the scheduler's retry is an hour away.
         assert s.proxy.calls[PREPARE] == s.proxy.dropped <= 5
