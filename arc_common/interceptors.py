@@ -22,7 +22,7 @@ import grpc
 from grpc import aio
 
 from arc_common import auth
-from arc_common.errors import ArcError
+from arc_common.errors import ArcError, InvalidArgumentError
 from arc_common.logs import request_id_var
 from arc_common.status import status_for
 
@@ -51,23 +51,47 @@ class Guard:
         health and reflection stay open."""
         if auth.is_open_method(method):
             return handler
+        # The body reaches the wrapper as bytes and is parsed after authentication: a caller
+        # without a token learns nothing about what the service parses, and an undecodable
+        # body is INVALID_ARGUMENT rather than grpc's UNKNOWN.
+        decode = handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(method, handler.unary_unary, decode),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(method, handler.unary_stream, decode),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         # Client- and bidi-streaming RPCs are not part of our contracts: refused, not let
         # through unchecked.
         raise ValueError(f"{method}: only unary and server-streaming methods can be guarded")
 
-    def _enter(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
+    def _enter(
+        self,
+        method: str,
+        context: aio.ServicerContext[Any, Any],
+        raw: Any,
+        decode: Callable[[bytes], Any] | None,
+    ) -> Any:
+        """Authenticate and authorize, then parse the request body."""
+        self._authenticate(method, context)
+        if decode is None or not isinstance(raw, bytes):
+            return raw
+        try:
+            return decode(raw)
+        except Exception as exc:  # DecodeError, or RecursionError on absurd nesting
+            raise InvalidArgumentError(
+                f"the request body is not a valid {method.rsplit('/', 1)[-1]} request "
+                f"({type(exc).__name__})",
+                field="request",
+            ) from None
+
+    def _authenticate(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
         metadata = _metadata(context)
         request_id_var.set(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16])
         if self._tokens is None:
@@ -93,11 +117,14 @@ class Guard:
         )
 
     def _wrap_unary(
-        self, method: str, behavior: Callable[[Any, Any], Awaitable[Any]]
+        self,
+        method: str,
+        behavior: Callable[[Any, Any], Awaitable[Any]],
+        decode: Callable[[bytes], Any] | None,
     ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-        async def wrapper(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def wrapper(raw: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
-                self._enter(method, context)
+                request = self._enter(method, context, raw, decode)
                 return await behavior(request, context)
             except aio.AbortError:
                 raise
@@ -108,13 +135,14 @@ class Guard:
         return wrapper
 
     def _wrap_stream(
-        self, method: str, behavior: Callable[[Any, Any], AsyncIterator[Any]]
+        self,
+        method: str,
+        behavior: Callable[[Any, Any], AsyncIterator[Any]],
+        decode: Callable[[bytes], Any] | None,
     ) -> Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
-        async def wrapper(
-            request: Any, context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        async def wrapper(raw: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             try:
-                self._enter(method, context)
+                request = self._enter(method, context, raw, decode)
                 async for item in behavior(request, context):
                     yield item
             except aio.AbortError:
