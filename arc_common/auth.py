@@ -72,6 +72,8 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.gpu.v1.GpuManagerService/WatchGpus": _ALL,
     "/arc.gpu.v1.GpuManagerService/AcquireLease": _OPS_SVC,
     "/arc.gpu.v1.GpuManagerService/RenewLease": _OPS_SVC,
+    # Read-only: the executor checks a lease it is shown (token, GPUs) without renewing it.
+    "/arc.gpu.v1.GpuManagerService/GetLease": _OPS_SVC,
     "/arc.gpu.v1.GpuManagerService/ReleaseLease": _OPS_SVC,
     # governance: agents ask; services transact; operators decide and read the audit.
     "/arc.governance.v1.GovernanceService/ValidateToolRequest": _ALL,

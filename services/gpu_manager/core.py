@@ -8,12 +8,16 @@ twice and a restart finds exactly what was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from arc_common.digest import params_digest
 from arc_common.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
@@ -48,6 +52,25 @@ class GpuAccounting:
     reserved: int
 
 
+# Ids are stored and echoed in messages: longer ones are refused, not truncated.
+MAX_ID_LENGTH = 256
+MAX_FREE_MEMORY_MIB = 1 << 30  # 1 PiB: more than any GPU has
+
+
+def _check_id(value: str, field: str) -> None:
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(
+            f"{field} is at most {MAX_ID_LENGTH} characters (got {len(value)})", field=field
+        )
+
+
+def request_digest(request: AcquireRequest) -> str:
+    """What an AcquireLease asked for, without its request id."""
+    body = dataclasses.asdict(request)
+    del body["request_id"]
+    return params_digest(body)
+
+
 def _fmt_seconds(seconds: float) -> str:
     return f"{max(0.0, seconds):.0f} s"
 
@@ -79,21 +102,52 @@ class LeaseCore:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Load the durable state; leases that expired while we were down are reaped."""
+        """Load the durable state; leases that expired while we were down are reaped, and a
+        row that cannot be a lease of this machine is quarantined (logged, kept, not live)
+        instead of stopping the service."""
         self._tokens = await self._store.load_tokens()
-        for record in await self._store.load_live():
-            self._live[record.lease_id] = record
-            for index in record.gpu_indices:
-                self._holder[index] = record.lease_id
-            # A token recorded on a lease but not on its GPU (should not happen) still counts.
-            for index in record.gpu_indices:
-                self._tokens[index] = max(self._tokens.get(index, 0), record.fencing_token)
+        quarantined = 0
+        for loaded in await self._store.load_live():
+            if isinstance(loaded, LeaseRecord):
+                lease_id, why = loaded.lease_id, self._unusable(loaded)
+            else:
+                lease_id, why = loaded
+            if why or not isinstance(loaded, LeaseRecord):
+                logger.error("lease row %r quarantined: %s", lease_id, why)
+                await self._store.quarantine(lease_id, why)
+                quarantined += 1
+                continue
+            self._live[lease_id] = loaded
+            for index in loaded.gpu_indices:
+                self._holder[index] = lease_id
+                # A token on a lease but not on its GPU (should not happen) still counts.
+                self._tokens[index] = max(self._tokens.get(index, 0), loaded.fencing_token)
         expired = await self.reap()
         logger.info(
-            "lease state loaded: %d live leases, %d reaped on start",
+            "lease state loaded: %d live leases, %d reaped on start, %d quarantined",
             len(self._live),
             len(expired),
+            quarantined,
         )
+
+    def _unusable(self, record: LeaseRecord) -> str:
+        """Why a stored lease cannot be live here ('' when it can)."""
+        indices = record.gpu_indices
+        if not indices or not all(type(i) is int and i in self._gpus for i in indices):
+            return f"gpu_indices {list(indices)} are not GPUs of this machine {self._gpus}"
+        if len(set(indices)) != len(indices):
+            return f"gpu_indices {list(indices)} repeat a GPU"
+        held = [i for i in indices if i in self._holder]
+        if held:
+            return f"GPU{held[0]} is already held by lease {self._holder[held[0]]}"
+        if type(record.fencing_token) is not int or record.fencing_token < 1:
+            return f"fencing_token {record.fencing_token!r} is not a positive integer"
+        times = (record.create_time, record.expire_time, record.ttl_seconds)
+        if not all(isinstance(t, int | float) and math.isfinite(t) for t in times):
+            return f"times {times!r} are not finite numbers"
+        if record.expire_time > self._clock() + self._max_ttl:
+            return f"expire_time is more than the longest TTL ({self._max_ttl:.0f} s) from now"
+        return ""
 
     # --- queries -------------------------------------------------------------------------
 
@@ -128,16 +182,21 @@ class LeaseCore:
 
     # --- commands ------------------------------------------------------------------------
 
-    async def acquire(self, request: AcquireRequest, *, operator: bool = False) -> LeaseRecord:
+    async def acquire(
+        self, request: AcquireRequest, *, caller: str = "", operator: bool = False
+    ) -> LeaseRecord:
+        """A request id is the caller's own: the same body again gets the first lease (live
+        or not), another body under it is ALREADY_EXISTS."""
         self._validate(request)
+        digest = request_digest(request)
         async with self._lock:
             if request.request_id:
-                earlier = await self._store.find_by_request_id(request.request_id)
+                earlier = await self._store.find_by_request_id(caller, request.request_id)
                 if earlier is not None:
-                    if earlier.job_id != request.job_id:
-                        raise InvalidArgumentError(
-                            f"request_id {request.request_id!r} was already used for job "
-                            f"{earlier.job_id!r}; use a new request_id for job {request.job_id!r}",
+                    if earlier.request_digest != digest:
+                        raise AlreadyExistsError(
+                            f"request_id {request.request_id!r} was already used for another "
+                            f"request (job {earlier.job_id!r}); use a new request_id",
                             field="request_id",
                         )
                     return self._live.get(earlier.lease_id, earlier)
@@ -155,6 +214,8 @@ class LeaseCore:
                 create_time=now,
                 expire_time=now + ttl,
                 ttl_seconds=ttl,
+                caller=caller,
+                request_digest=digest,
             )
             await self._store.grant(record)
             self._live[record.lease_id] = record
@@ -174,12 +235,8 @@ class LeaseCore:
     async def renew(
         self, lease_id: str, fencing_token: int, ttl_seconds: float = 0.0
     ) -> LeaseRecord:
-        if not lease_id:
-            raise InvalidArgumentError("lease_id is required", field="lease_id")
-        if ttl_seconds < 0:
-            raise InvalidArgumentError(
-                f"ttl_seconds must be >= 0 (got {ttl_seconds})", field="ttl_seconds"
-            )
+        self._check_lease_id(lease_id)
+        self._check_ttl(ttl_seconds)
         async with self._lock:
             await self._reap_locked()
             record = self._live.get(lease_id)
@@ -192,10 +249,19 @@ class LeaseCore:
             self._live[lease_id] = renewed
             return renewed
 
+    async def get(self, lease_id: str) -> LeaseRecord:
+        """The live lease, changing nothing; FailedPreconditionError when it is not live."""
+        self._check_lease_id(lease_id)
+        async with self._lock:
+            await self._reap_locked()
+            record = self._live.get(lease_id)
+            if record is None:
+                raise FailedPreconditionError(await self._why_not_live(lease_id), field="lease_id")
+            return record
+
     async def release(self, lease_id: str, fencing_token: int) -> bool:
         """Idempotent: False when the lease is already gone (released or expired)."""
-        if not lease_id:
-            raise InvalidArgumentError("lease_id is required", field="lease_id")
+        self._check_lease_id(lease_id)
         async with self._lock:
             record = self._live.get(lease_id)
             if record is None:
@@ -261,18 +327,30 @@ class LeaseCore:
     def _ttl(self, requested: float) -> float:
         return self._default_ttl if requested <= 0 else requested
 
+    @staticmethod
+    def _check_lease_id(lease_id: str) -> None:
+        if not lease_id:
+            raise InvalidArgumentError("lease_id is required", field="lease_id")
+        _check_id(lease_id, "lease_id")
+
+    def _check_ttl(self, ttl_seconds: float) -> None:
+        if not 0 <= ttl_seconds <= self._max_ttl:  # NaN fails too
+            raise InvalidArgumentError(
+                f"ttl_seconds must be between 1 and {self._max_ttl:.0f} "
+                f"(got {ttl_seconds:g}; 0 uses the default {self._default_ttl:.0f})",
+                field="ttl_seconds",
+            )
+
     def _validate(self, request: AcquireRequest) -> None:
         if not request.job_id:
             raise InvalidArgumentError("job_id is required", field="job_id")
-        if request.ttl_seconds < 0 or request.ttl_seconds > self._max_ttl:
+        _check_id(request.job_id, "job_id")
+        _check_id(request.request_id, "request_id")
+        self._check_ttl(request.ttl_seconds)
+        if not 0 <= request.min_free_memory_mib <= MAX_FREE_MEMORY_MIB:
             raise InvalidArgumentError(
-                f"ttl_seconds must be between 1 and {self._max_ttl:.0f} "
-                f"(got {request.ttl_seconds:g}; 0 uses the default {self._default_ttl:.0f})",
-                field="ttl_seconds",
-            )
-        if request.min_free_memory_mib < 0:
-            raise InvalidArgumentError(
-                f"min_free_memory_mib must be >= 0 (got {request.min_free_memory_mib})",
+                f"min_free_memory_mib must be between 0 and {MAX_FREE_MEMORY_MIB} "
+                f"(got {request.min_free_memory_mib})",
                 field="min_free_memory_mib",
             )
         if request.preference is GpuPreference.SPECIFIC:

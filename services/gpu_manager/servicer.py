@@ -27,6 +27,11 @@ def _is_operator() -> bool:
     return identity is not None and identity.role is auth.Role.OPERATOR
 
 
+def _caller() -> str:
+    identity = auth.current_identity.get()
+    return identity.name if identity is not None else ""
+
+
 class GpuManagerServicer(gpu_pb2_grpc.GpuManagerServiceServicer):
     def __init__(self, manager: GpuManager) -> None:
         self._manager = manager
@@ -63,6 +68,7 @@ class GpuManagerServicer(gpu_pb2_grpc.GpuManagerServiceServicer):
                 ttl_seconds=float(request.ttl_seconds),
                 request_id=request.request_id,
             ),
+            caller=_caller(),
             operator=_is_operator(),
         )
         return gpu_pb2.AcquireLeaseResponse(
@@ -77,6 +83,16 @@ class GpuManagerServicer(gpu_pb2_grpc.GpuManagerServiceServicer):
         )
         return gpu_pb2.RenewLeaseResponse(
             lease=to_proto(self._manager.lease_model(record), gpu_pb2.Lease)
+        )
+
+    async def GetLease(
+        self, request: gpu_pb2.GetLeaseRequest, context: Any
+    ) -> gpu_pb2.GetLeaseResponse:
+        record = await self._manager.core.get(request.lease_id)
+        reserved = self._manager.core.reserved
+        return gpu_pb2.GetLeaseResponse(
+            lease=to_proto(self._manager.lease_model(record), gpu_pb2.Lease),
+            reserved_gpu_indices=[i for i in record.gpu_indices if i in reserved],
         )
 
     async def ReleaseLease(

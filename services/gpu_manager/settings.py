@@ -11,6 +11,7 @@ from arc_common.settings import ServiceSettings
 
 # The ARC machine: GPU0 and GPU1 for experiments, GPU2 kept for the orchestrator.
 SIMULATED_DEFAULT_RESERVED = (2,)
+MAX_LEASE_TTL_SECONDS = 24 * 3600.0
 
 
 class GpuManagerSettings(ServiceSettings):
@@ -25,6 +26,8 @@ class GpuManagerSettings(ServiceSettings):
     # GPUs never leased to jobs. Unset: GPU2 with the simulated backend, none with NVML.
     reserved_gpus: tuple[int, ...] | None = None
     telemetry_interval_ms: int = Field(default=1000, ge=20, le=60_000)
-    default_lease_ttl_seconds: float = Field(default=60.0, gt=0)
-    max_lease_ttl_seconds: float = Field(default=3600.0, gt=0)
+    # The longest TTL an AcquireLease or RenewLease may ask for (a day at most: a lease
+    # whose holder died must come back within bounded time).
+    default_lease_ttl_seconds: float = Field(default=60.0, gt=0, le=MAX_LEASE_TTL_SECONDS)
+    max_lease_ttl_seconds: float = Field(default=3600.0, gt=0, le=MAX_LEASE_TTL_SECONDS)
     reap_interval_seconds: float = Field(default=1.0, gt=0)

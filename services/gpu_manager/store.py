@@ -2,11 +2,13 @@
 
 Every grant, renewal and release is committed before the caller hears about it, so a
 kill -9 loses nothing that was acknowledged. Fencing tokens are kept per GPU and only grow.
+A request id belongs to its caller and is stored with the digest of the request's body.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +16,8 @@ from typing import Protocol
 import aiosqlite
 
 from arc_common import sqlite
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,18 +31,21 @@ class LeaseRecord:
     expire_time: float
     ttl_seconds: float
     released: bool = False
+    caller: str = ""  # the identity whose request_id this is
+    request_digest: str = ""  # of the AcquireLease body, without its request_id
 
 
 class LeaseStore(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    async def load_live(self) -> list[LeaseRecord]: ...
+    async def load_live(self) -> list[LeaseRecord | tuple[str, str]]: ...
     async def load_tokens(self) -> dict[int, int]: ...
-    async def find_by_request_id(self, request_id: str) -> LeaseRecord | None: ...
+    async def find_by_request_id(self, caller: str, request_id: str) -> LeaseRecord | None: ...
     async def find(self, lease_id: str) -> LeaseRecord | None: ...
     async def grant(self, record: LeaseRecord) -> None: ...
     async def update(self, record: LeaseRecord) -> None: ...
     async def release_many(self, lease_ids: list[str]) -> None: ...
+    async def quarantine(self, lease_id: str, reason: str) -> None: ...
 
 
 _SCHEMA = """
@@ -54,16 +61,28 @@ CREATE TABLE IF NOT EXISTS leases (
     released INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS leases_live ON leases(released);
-CREATE UNIQUE INDEX IF NOT EXISTS leases_request ON leases(request_id) WHERE request_id != '';
 CREATE TABLE IF NOT EXISTS gpu_tokens (
     gpu_index INTEGER PRIMARY KEY,
     last_token INTEGER NOT NULL
 );
 """
 
+# Added after the first release: a database without them gets them on open.
+_ADDED_COLUMNS = {
+    "caller": "TEXT NOT NULL DEFAULT ''",
+    "request_digest": "TEXT NOT NULL DEFAULT ''",
+    "quarantine_reason": "TEXT NOT NULL DEFAULT ''",
+}
+# Request ids are unique per caller (the old index made them unique for everyone).
+_INDEXES = """
+DROP INDEX IF EXISTS leases_request;
+CREATE UNIQUE INDEX IF NOT EXISTS leases_caller_request ON leases(caller, request_id)
+    WHERE request_id != '';
+"""
+
 _COLUMNS = (
     "lease_id, job_id, request_id, gpu_indices, fencing_token, create_time, expire_time, "
-    "ttl_seconds, released"
+    "ttl_seconds, released, caller, request_digest"
 )
 
 
@@ -78,6 +97,8 @@ def _row_to_record(row: aiosqlite.Row) -> LeaseRecord:
         expire_time=row[6],
         ttl_seconds=row[7],
         released=bool(row[8]),
+        caller=row[9],
+        request_digest=row[10],
     )
 
 
@@ -95,6 +116,12 @@ class SqliteLeaseStore:
     async def open(self) -> None:
         self._db = await sqlite.connect(self._path)
         await self._db.executescript(_SCHEMA)
+        async with self._db.execute("PRAGMA table_info(leases)") as cursor:
+            present = {row[1] async for row in cursor}
+        for name, declaration in _ADDED_COLUMNS.items():
+            if name not in present:
+                await self._db.execute(f"ALTER TABLE leases ADD COLUMN {name} {declaration}")
+        await self._db.executescript(_INDEXES)
         await self._db.commit()
 
     async def close(self) -> None:
@@ -102,19 +129,27 @@ class SqliteLeaseStore:
             await self._db.close()
             self._db = None
 
-    async def load_live(self) -> list[LeaseRecord]:
+    async def load_live(self) -> list[LeaseRecord | tuple[str, str]]:
+        """Live leases; a row that cannot be read comes back as (lease_id, why) instead."""
+        out: list[LeaseRecord | tuple[str, str]] = []
         async with self.db.execute(
             f"SELECT {_COLUMNS} FROM leases WHERE released = 0 ORDER BY create_time"
         ) as cursor:
-            return [_row_to_record(row) async for row in cursor]
+            async for row in cursor:
+                try:
+                    out.append(_row_to_record(row))
+                except (TypeError, ValueError) as exc:
+                    out.append((str(row[0]), f"unreadable row: {exc!r}"))
+        return out
 
     async def load_tokens(self) -> dict[int, int]:
         async with self.db.execute("SELECT gpu_index, last_token FROM gpu_tokens") as cursor:
             return {row[0]: row[1] async for row in cursor}
 
-    async def find_by_request_id(self, request_id: str) -> LeaseRecord | None:
+    async def find_by_request_id(self, caller: str, request_id: str) -> LeaseRecord | None:
         async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM leases WHERE request_id = ?", (request_id,)
+            f"SELECT {_COLUMNS} FROM leases WHERE caller = ? AND request_id = ?",
+            (caller, request_id),
         ) as cursor:
             row = await cursor.fetchone()
         return _row_to_record(row) if row else None
@@ -129,7 +164,7 @@ class SqliteLeaseStore:
     async def grant(self, record: LeaseRecord) -> None:
         """The lease and the GPUs' new token, in one transaction."""
         await self.db.execute(
-            f"INSERT INTO leases ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            f"INSERT INTO leases ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             (
                 record.lease_id,
                 record.job_id,
@@ -139,6 +174,8 @@ class SqliteLeaseStore:
                 record.create_time,
                 record.expire_time,
                 record.ttl_seconds,
+                record.caller,
+                record.request_digest,
             ),
         )
         await self.db.executemany(
@@ -161,5 +198,13 @@ class SqliteLeaseStore:
             return
         await self.db.executemany(
             "UPDATE leases SET released = 1 WHERE lease_id = ?", [(i,) for i in lease_ids]
+        )
+        await self.db.commit()
+
+    async def quarantine(self, lease_id: str, reason: str) -> None:
+        """Take a row that cannot be trusted out of the live set; it stays for a person."""
+        await self.db.execute(
+            "UPDATE leases SET released = 1, quarantine_reason = ? WHERE lease_id = ?",
+            (reason, lease_id),
         )
         await self.db.commit()

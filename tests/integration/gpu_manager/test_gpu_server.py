@@ -170,7 +170,59 @@ async def test_idempotent_acquire(server: Running) -> None:
     request = gpu_pb2.AcquireLeaseRequest(job_id="a", request_id="same")
     first, second = [(await stub.AcquireLease(request)).lease for _ in range(2)]
     assert first == second
+    for changed in (
+        gpu_pb2.AcquireLeaseRequest(job_id="a", request_id="same", gpu_count=2),
+        gpu_pb2.AcquireLeaseRequest(job_id="a", request_id="same", ttl_seconds=30),
+    ):
+        with pytest.raises(aio.AioRpcError) as info:
+            await stub.AcquireLease(changed)
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "request_id" in (info.value.details() or "")
+    # The operator's "same" is another key than the service's.
+    other = (await server.stub(Role.OPERATOR).AcquireLease(request)).lease
+    assert other.lease_id != first.lease_id
     reply = await stub.ListGpus(gpu_pb2.ListGpusRequest())
+    assert reply.leased_count == 2
+
+
+async def test_get_lease_reads_without_renewing(server: Running) -> None:
+    stub = server.stub(Role.SERVICE)
+    lease = (await stub.AcquireLease(gpu_pb2.AcquireLeaseRequest(job_id="a", ttl_seconds=30))).lease
+    reply = await stub.GetLease(gpu_pb2.GetLeaseRequest(lease_id=lease.lease_id))
+    assert reply.lease == lease and not reply.reserved_gpu_indices
+    reserved = (
+        await server.stub(Role.OPERATOR).AcquireLease(
+            gpu_pb2.AcquireLeaseRequest(
+                job_id="o", preference=common_pb2.GPU_PREFERENCE_SPECIFIC, gpu_indices=[2]
+            )
+        )
+    ).lease
+    reply = await stub.GetLease(gpu_pb2.GetLeaseRequest(lease_id=reserved.lease_id))
+    assert list(reply.reserved_gpu_indices) == [2]
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.GetLease(gpu_pb2.GetLeaseRequest(lease_id="forged"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "forged" in (info.value.details() or "")
+    with pytest.raises(aio.AioRpcError) as info:
+        await server.stub(Role.AGENT).GetLease(gpu_pb2.GetLeaseRequest(lease_id=lease.lease_id))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_hostile_renew_ttl_refused_and_listing_still_works(server: Running) -> None:
+    stub = server.stub(Role.SERVICE)
+    lease = (await stub.AcquireLease(gpu_pb2.AcquireLeaseRequest(job_id="a", ttl_seconds=30))).lease
+    for ttl in (10**12, 2**63 - 1, 3601):
+        with pytest.raises(aio.AioRpcError) as info:
+            await stub.RenewLease(
+                gpu_pb2.RenewLeaseRequest(
+                    lease_id=lease.lease_id, fencing_token=lease.fencing_token, ttl_seconds=ttl
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ttl_seconds" in (info.value.details() or "")
+    held = (await stub.GetLease(gpu_pb2.GetLeaseRequest(lease_id=lease.lease_id))).lease
+    assert held.expire_time == lease.expire_time
+    reply = await server.stub(Role.AGENT).ListGpus(gpu_pb2.ListGpusRequest())
     assert reply.leased_count == 1
 
 
@@ -180,6 +232,8 @@ async def test_idempotent_acquire(server: Running) -> None:
         ({"job_id": ""}, "job_id"),
         ({"job_id": "j", "gpu_count": 5}, "gpu_count"),
         ({"job_id": "j", "ttl_seconds": -1}, "ttl_seconds"),
+        ({"job_id": "j", "ttl_seconds": 10**12}, "ttl_seconds"),
+        ({"job_id": "j", "min_free_memory_mib": 2**62}, "min_free_memory_mib"),
         (
             {"job_id": "j", "preference": common_pb2.GPU_PREFERENCE_SPECIFIC, "gpu_indices": [9]},
             "gpu_indices",

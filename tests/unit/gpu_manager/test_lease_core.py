@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from arc_common.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
@@ -151,6 +153,11 @@ async def test_multi_gpu_lease(core: LeaseCore) -> None:
         ({"ttl_seconds": -1}, "ttl_seconds"),
         ({"ttl_seconds": 10_000}, "ttl_seconds"),
         ({"min_free_memory_mib": -5}, "min_free_memory_mib"),
+        ({"min_free_memory_mib": 2**62}, "min_free_memory_mib"),
+        ({"ttl_seconds": 1e12}, "ttl_seconds"),
+        ({"ttl_seconds": float("nan")}, "ttl_seconds"),
+        ({"job_id": "j" * 257}, "job_id"),
+        ({"request_id": "r" * 257}, "request_id"),
         ({"preference": GpuPreference.SPECIFIC, "gpu_indices": (7,)}, "gpu_indices"),
         ({"preference": GpuPreference.SPECIFIC}, "gpu_indices"),
         ({"gpu_indices": (0,)}, "gpu_indices"),
@@ -166,12 +173,58 @@ async def test_invalid_requests_name_the_field(
 
 
 async def test_same_request_id_same_lease(core: LeaseCore) -> None:
-    first = await core.acquire(req("a", request_id="r-1"))
-    again = await core.acquire(req("a", request_id="r-1"))
+    first = await core.acquire(req("a", request_id="r-1"), caller="service")
+    again = await core.acquire(req("a", request_id="r-1"), caller="service")
     assert again.lease_id == first.lease_id
     assert core.accounting().leased == 1
-    with pytest.raises(InvalidArgumentError, match="request_id"):
-        await core.acquire(req("other-job", request_id="r-1"))
+    for other in (req("other-job", request_id="r-1"), req("a", request_id="r-1", ttl_seconds=9)):
+        with pytest.raises(AlreadyExistsError, match="request_id") as info:
+            await core.acquire(other, caller="service")
+        assert info.value.field == "request_id"
+    assert [r.lease_id for r in core.live_leases()] == [first.lease_id]
+
+
+async def test_request_id_is_the_callers_own(core: LeaseCore) -> None:
+    mine = await core.acquire(req("a", request_id="r-1"), caller="service")
+    theirs = await core.acquire(req("a", request_id="r-1"), caller="operator")
+    assert theirs.lease_id != mine.lease_id
+    assert core.accounting().leased == 2
+    with pytest.raises(AlreadyExistsError):  # each caller's id is bound to its own body
+        await core.acquire(req("a", request_id="r-1", gpu_count=2), caller="operator")
+
+
+async def test_replay_of_a_released_lease_is_not_a_new_grant(core: LeaseCore) -> None:
+    first = await core.acquire(req("a", request_id="r-1"), caller="service")
+    await core.release(first.lease_id, first.fencing_token)
+    again = await core.acquire(req("a", request_id="r-1"), caller="service")
+    assert again.lease_id == first.lease_id and again.released
+    assert core.accounting().leased == 0
+
+
+async def test_renew_ttl_is_bounded_and_nothing_changes(core: LeaseCore, clock: FakeClock) -> None:
+    lease = await core.acquire(req("a", ttl_seconds=30))
+    for ttl in (1e12, 601, -1, float("inf")):
+        with pytest.raises(InvalidArgumentError) as info:
+            await core.renew(lease.lease_id, lease.fencing_token, ttl)
+        assert info.value.field == "ttl_seconds"
+    [live] = core.live_leases()
+    assert live.expire_time == clock.now + 30
+    renewed = await core.renew(lease.lease_id, lease.fencing_token, 600)
+    assert renewed.expire_time == clock.now + 600
+
+
+async def test_get_changes_nothing(core: LeaseCore, clock: FakeClock) -> None:
+    lease = await core.acquire(req("a", ttl_seconds=30))
+    clock.advance(10)
+    held = await core.get(lease.lease_id)
+    assert held == lease and held.expire_time == lease.expire_time
+    with pytest.raises(FailedPreconditionError, match="unknown lease"):
+        await core.get("forged")
+    clock.advance(21)
+    with pytest.raises(FailedPreconditionError, match="no longer live"):
+        await core.get(lease.lease_id)
+    with pytest.raises(InvalidArgumentError):
+        await core.get("x" * 1000)
 
 
 async def test_concurrent_acquires_never_share_a_gpu(core: LeaseCore) -> None:
@@ -218,5 +271,81 @@ async def test_state_survives_reopen_and_tokens_never_reused(
         assert c.gpu_indices == b2.gpu_indices
         assert c.fencing_token > b2.fencing_token
         assert_accounting(core)
+    finally:
+        await store.close()
+
+
+async def test_bad_stored_rows_are_quarantined_not_fatal(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "bad.db"
+    core, store = await open_core(path, clock)
+    good = await core.acquire(req("good", ttl_seconds=60))
+    rows = [
+        # lease_id, gpu_indices, fencing_token, expire_time
+        ("huge-ttl", "[1]", 1, clock.now + 1e12),
+        ("not-json", "{[", 1, clock.now + 10),
+        ("no-such-gpu", "[7]", 1, clock.now + 10),
+        ("same-gpu", json_list(good.gpu_indices), 9, clock.now + 10),
+        ("text-time", "[1]", 1, "soon"),
+        ("zero-token", "[1]", 0, clock.now + 10),
+    ]
+    for lease_id, gpus, token, expire in rows:
+        await store.db.execute(
+            "INSERT INTO leases (lease_id, job_id, request_id, gpu_indices, fencing_token, "
+            "create_time, expire_time, ttl_seconds) VALUES (?, 'j', '', ?, ?, ?, ?, 60)",
+            (lease_id, gpus, token, clock.now, expire),
+        )
+    await store.db.commit()
+    await store.close()
+
+    core, store = await open_core(path, clock)
+    try:
+        assert [r.lease_id for r in core.live_leases()] == [good.lease_id]
+        assert_accounting(core)
+        async with store.db.execute(
+            "SELECT lease_id, quarantine_reason FROM leases WHERE quarantine_reason != ''"
+        ) as cursor:
+            quarantined = {row[0]: row[1] async for row in cursor}
+        assert set(quarantined) == {r[0] for r in rows}
+        assert "longest TTL" in quarantined["huge-ttl"]
+        assert "quarantined" in caplog.text
+        lease = await core.acquire(req("next"))  # GPU1, which the bad rows named, is free
+        assert lease.gpu_indices == (1,)
+    finally:
+        await store.close()
+
+
+def json_list(indices: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(i) for i in indices) + "]"
+
+
+async def test_old_database_gains_the_new_columns(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE leases (lease_id TEXT PRIMARY KEY, job_id TEXT NOT NULL,
+            request_id TEXT NOT NULL, gpu_indices TEXT NOT NULL, fencing_token INTEGER NOT NULL,
+            create_time REAL NOT NULL, expire_time REAL NOT NULL, ttl_seconds REAL NOT NULL,
+            released INTEGER NOT NULL DEFAULT 0);
+        CREATE UNIQUE INDEX leases_request ON leases(request_id) WHERE request_id != '';
+        CREATE TABLE gpu_tokens (gpu_index INTEGER PRIMARY KEY, last_token INTEGER NOT NULL);
+        """
+    )
+    db.execute(
+        "INSERT INTO leases VALUES ('old', 'j', 'r-1', '[0]', 4, ?, ?, 60, 0)",
+        (clock.now, clock.now + 60),
+    )
+    db.execute("INSERT INTO gpu_tokens VALUES (0, 4)")
+    db.commit()
+    db.close()
+    core, store = await open_core(path, clock)
+    try:
+        [old] = core.live_leases()
+        assert (old.lease_id, old.fencing_token, old.caller) == ("old", 4, "")
+        # The old global index is gone: another caller may use the same id.
+        new = await core.acquire(req("j2", request_id="r-1"), caller="service")
+        assert new.gpu_indices == (1,)
     finally:
         await store.close()

@@ -247,6 +247,7 @@ class AcquireLeaseRequest(_message.Message):
     gpu_count: _builtins.int
     min_free_memory_mib: _builtins.int
     ttl_seconds: _builtins.int
+    """0 uses the server's default; at most ARC_GPU_MANAGER_MAX_LEASE_TTL_SECONDS."""
     @_builtins.property
     def gpu_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -300,7 +301,7 @@ class RenewLeaseRequest(_message.Message):
     lease_id: _builtins.str
     fencing_token: _builtins.int
     ttl_seconds: _builtins.int
-    """0 keeps the lease's original TTL."""
+    """0 keeps the lease's original TTL; at most ARC_GPU_MANAGER_MAX_LEASE_TTL_SECONDS."""
     def __init__(
         self,
         *,
@@ -336,6 +337,51 @@ class RenewLeaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015
+
+@_typing.final
+class GetLeaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLeaseRequest: _TypeAlias = GetLeaseRequest  # noqa: Y015
+
+@_typing.final
+class GetLeaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    RESERVED_GPU_INDICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease(self) -> Global___Lease: ...
+    @_builtins.property
+    def reserved_gpu_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The lease's GPUs that are reserved for the orchestrator (only an operator leases them)."""
+
+    def __init__(
+        self,
+        *,
+        lease: Global___Lease | None = ...,
+        reserved_gpu_indices: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "reserved_gpu_indices", b"reserved_gpu_indices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLeaseResponse: _TypeAlias = GetLeaseResponse  # noqa: Y015
 
 @_typing.final
 class ReleaseLeaseRequest(_message.Message):

@@ -49,6 +49,11 @@ class GpuManagerServiceStub:
                 request_serializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.RenewLeaseRequest.SerializeToString,
                 response_deserializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.RenewLeaseResponse.FromString,
                 _registered_method=True)
+        self.GetLease = channel.unary_unary(
+                '/arc.gpu.v1.GpuManagerService/GetLease',
+                request_serializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.GetLeaseRequest.SerializeToString,
+                response_deserializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.GetLeaseResponse.FromString,
+                _registered_method=True)
         self.ReleaseLease = channel.unary_unary(
                 '/arc.gpu.v1.GpuManagerService/ReleaseLease',
                 request_serializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.ReleaseLeaseRequest.SerializeToString,
@@ -72,7 +77,9 @@ class GpuManagerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AcquireLease(self, request, context):
-        """Leases GPUs to a job; RESOURCE_EXHAUSTED says who holds what when none fit.
+        """Leases GPUs to a job; RESOURCE_EXHAUSTED says who holds what when none fit. The same
+        caller's request_id with the same body returns the first lease; with another body it
+        is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +87,14 @@ class GpuManagerServiceServicer:
 
     def RenewLease(self, request, context):
         """Heartbeat of the holder; a stale or unknown token is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLease(self, request, context):
+        """A live lease as held now, changing nothing: how a service checks a lease it is shown
+        (its token and GPUs) without renewing it. FAILED_PRECONDITION when it is not live.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +131,11 @@ def add_GpuManagerServiceServicer_to_server(servicer, server):
                     servicer.RenewLease,
                     request_deserializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.RenewLeaseRequest.FromString,
                     response_serializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'GetLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLease,
+                    request_deserializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.GetLeaseRequest.FromString,
+                    response_serializer=arc_dot_gpu_dot_v1_dot_gpu__pb2.GetLeaseResponse.SerializeToString,
             ),
             'ReleaseLease': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseLease,
@@ -209,6 +229,33 @@ class GpuManagerService:
             '/arc.gpu.v1.GpuManagerService/RenewLease',
             arc_dot_gpu_dot_v1_dot_gpu__pb2.RenewLeaseRequest.SerializeToString,
             arc_dot_gpu_dot_v1_dot_gpu__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.gpu.v1.GpuManagerService/GetLease',
+            arc_dot_gpu_dot_v1_dot_gpu__pb2.GetLeaseRequest.SerializeToString,
+            arc_dot_gpu_dot_v1_dot_gpu__pb2.GetLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

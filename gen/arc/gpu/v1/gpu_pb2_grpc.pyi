@@ -17,9 +17,16 @@ class GpuManagerServiceStub:
     ListGpus: _aio.UnaryUnaryMultiCallable[_gpu_pb2.ListGpusRequest, _gpu_pb2.ListGpusResponse]
     """Every GPU of this machine with its telemetry and lease holder."""
     AcquireLease: _aio.UnaryUnaryMultiCallable[_gpu_pb2.AcquireLeaseRequest, _gpu_pb2.AcquireLeaseResponse]
-    """Leases GPUs to a job; RESOURCE_EXHAUSTED says who holds what when none fit."""
+    """Leases GPUs to a job; RESOURCE_EXHAUSTED says who holds what when none fit. The same
+    caller's request_id with the same body returns the first lease; with another body it
+    is ALREADY_EXISTS.
+    """
     RenewLease: _aio.UnaryUnaryMultiCallable[_gpu_pb2.RenewLeaseRequest, _gpu_pb2.RenewLeaseResponse]
     """Heartbeat of the holder; a stale or unknown token is FAILED_PRECONDITION."""
+    GetLease: _aio.UnaryUnaryMultiCallable[_gpu_pb2.GetLeaseRequest, _gpu_pb2.GetLeaseResponse]
+    """A live lease as held now, changing nothing: how a service checks a lease it is shown
+    (its token and GPUs) without renewing it. FAILED_PRECONDITION when it is not live.
+    """
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_gpu_pb2.ReleaseLeaseRequest, _gpu_pb2.ReleaseLeaseResponse]
     """Idempotent."""
     WatchGpus: _aio.UnaryStreamMultiCallable[_gpu_pb2.WatchGpusRequest, _gpu_pb2.WatchGpusResponse]
@@ -40,7 +47,10 @@ class GpuManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gpu_pb2.AcquireLeaseRequest,
         context: _aio.ServicerContext[_gpu_pb2.AcquireLeaseRequest, _abc.Awaitable[_gpu_pb2.AcquireLeaseResponse]],
     ) -> _abc.Awaitable[_gpu_pb2.AcquireLeaseResponse]:
-        """Leases GPUs to a job; RESOURCE_EXHAUSTED says who holds what when none fit."""
+        """Leases GPUs to a job; RESOURCE_EXHAUSTED says who holds what when none fit. The same
+        caller's request_id with the same body returns the first lease; with another body it
+        is ALREADY_EXISTS.
+        """
 
     @_abc_1.abstractmethod
     def RenewLease(
@@ -49,6 +59,16 @@ class GpuManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_gpu_pb2.RenewLeaseRequest, _abc.Awaitable[_gpu_pb2.RenewLeaseResponse]],
     ) -> _abc.Awaitable[_gpu_pb2.RenewLeaseResponse]:
         """Heartbeat of the holder; a stale or unknown token is FAILED_PRECONDITION."""
+
+    @_abc_1.abstractmethod
+    def GetLease(
+        self,
+        request: _gpu_pb2.GetLeaseRequest,
+        context: _aio.ServicerContext[_gpu_pb2.GetLeaseRequest, _abc.Awaitable[_gpu_pb2.GetLeaseResponse]],
+    ) -> _abc.Awaitable[_gpu_pb2.GetLeaseResponse]:
+        """A live lease as held now, changing nothing: how a service checks a lease it is shown
+        (its token and GPUs) without renewing it. FAILED_PRECONDITION when it is not live.
+        """
 
     @_abc_1.abstractmethod
     def ReleaseLease(
