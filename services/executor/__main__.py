@@ -63,7 +63,8 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
     if settings.warm_pool:
         pool = WarmPool(settings.home / "logs" / "warm-pool.log")
         await pool.start()  # ready in a few seconds; runs before that start cold
-    runs = RunManager(settings, db, events, GrpcLeaseChecker(channel), pool)
+    leases = GrpcLeaseChecker(channel)
+    runs = RunManager(settings, db, events, leases, pool)
     await runs.open()
     await runs.recover()
     channels = [channel]
@@ -74,7 +75,8 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
     governed = Governed(governance_channel, approval_wait_seconds=settings.approval_wait_seconds)
     ledger = ToolLedger(db)
     await ledger.open()
-    return Executor(runs, db, events, channels, Tools(settings, governed, runs), ledger)
+    tools = Tools(settings, governed, runs, leases=leases)
+    return Executor(runs, db, events, channels, tools, ledger)
 
 
 def registration(executor: Executor) -> Registration:

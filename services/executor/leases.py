@@ -1,13 +1,55 @@
-"""Lease checks against the gpu-manager, over gRPC."""
+"""Lease checks against the gpu-manager, over gRPC.
+
+A lease a caller presents is a claim, not a fact: before anything runs on its GPUs the
+gpu-manager is asked that the lease is live, that its fencing token is the one presented
+and that it holds exactly the GPUs named. ``verify`` asks without renewing (GetLease), so a
+caller shown someone else's lease cannot keep it alive; ``renew`` is the holder's heartbeat.
+"""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from grpc import aio
 
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.convert import to_model
+from arc_common.errors import (
+    ArcError,
+    FailedPreconditionError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from arc_common.models import Lease
 from arc_common.rpc import unary
+
+RPC_TIMEOUT = 10.0
+
+
+class LeaseVerifier(Protocol):
+    async def verify(self, lease: Lease) -> Lease:
+        """The lease as the gpu-manager holds it, when it matches the one presented."""
+
+
+def check_same(presented: Lease, held: Lease) -> None:
+    """Refuse a presented lease whose token or GPUs differ from the gpu-manager's."""
+    if presented.fencing_token != held.fencing_token:
+        raise FailedPreconditionError(
+            f"lease {presented.lease_id}: fencing token {presented.fencing_token} is not the "
+            "lease's current token",
+            field="lease.fencing_token",
+        )
+    named = presented.gpu_indices
+    if len(set(named)) != len(named) or sorted(named) != sorted(held.gpu_indices):
+        raise FailedPreconditionError(
+            f"lease {presented.lease_id} holds GPUs {sorted(held.gpu_indices)}, not {named}",
+            field="lease.gpu_indices",
+        )
+    if presented.job_id and presented.job_id != held.job_id:
+        raise FailedPreconditionError(
+            f"lease {presented.lease_id} belongs to job {held.job_id!r}, not {presented.job_id!r}",
+            field="lease.job_id",
+        )
 
 
 class GrpcLeaseChecker:
@@ -15,12 +57,41 @@ class GrpcLeaseChecker:
         self._stub = gpu_pb2_grpc.GpuManagerServiceStub(channel)
 
     async def renew(self, lease: Lease) -> Lease:
+        """The holder's heartbeat; the renewed lease must be the one presented."""
         reply = await unary(
             self._stub.RenewLease(
                 gpu_pb2.RenewLeaseRequest(
                     lease_id=lease.lease_id, fencing_token=lease.fencing_token
                 ),
-                timeout=10,
+                timeout=RPC_TIMEOUT,
             )
         )
-        return to_model(reply.lease, Lease)
+        renewed = to_model(reply.lease, Lease)
+        check_same(lease, renewed)
+        return renewed
+
+    async def verify(self, lease: Lease) -> Lease:
+        """Read-only: refused unless live, same token, same GPUs and none of them reserved."""
+        if not lease.lease_id:
+            raise FailedPreconditionError("lease.lease_id is required", field="lease.lease_id")
+        try:
+            reply = await unary(
+                self._stub.GetLease(
+                    gpu_pb2.GetLeaseRequest(lease_id=lease.lease_id), timeout=RPC_TIMEOUT
+                )
+            )
+        except UnavailableError:
+            raise
+        except ArcError as exc:  # unknown, expired, malformed: not a lease to run on
+            raise FailedPreconditionError(
+                f"lease {lease.lease_id!r} refused by the gpu-manager: {exc}", field="lease"
+            ) from exc
+        held = to_model(reply.lease, Lease)
+        check_same(lease, held)
+        if reply.reserved_gpu_indices:
+            raise PermissionDeniedError(
+                f"lease {lease.lease_id} holds reserved GPU{reply.reserved_gpu_indices[0]}; "
+                "no tool runs on a reserved GPU",
+                field="lease.gpu_indices",
+            )
+        return held

@@ -163,6 +163,13 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         lease = (
             to_model(request.lease, Lease, prefix="lease") if request.HasField("lease") else None
         )
+        if lease is not None and _identity().role is auth.Role.AGENT:
+            # Agents hold no leases (AcquireLease is not theirs): one an agent shows is
+            # someone else's. A GPU evaluation is a scheduler job (SubmitJob.evaluation).
+            raise PermissionDeniedError(
+                "an agent may not pass a lease; submit an evaluation job to the scheduler",
+                field="lease",
+            )
         report, path = await self._tools.evaluate(
             caller=_identity().name,
             request_id=request.request_id,

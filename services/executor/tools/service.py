@@ -20,6 +20,7 @@ from arc_common.errors import (
 )
 from arc_common.models import CheckpointInfo, Lease, MetricMode, PreprocessingChain, Tool
 from arc_common.paths import resolve_data, resolve_in_root
+from services.executor.leases import LeaseVerifier
 from services.executor.runs import REPO_ROOT, RunManager
 from services.executor.settings import ExecutorSettings
 from services.executor.tools import checkpoints as ckpt
@@ -39,8 +40,16 @@ def _split(split: str) -> str:
 
 
 class Tools:
-    def __init__(self, settings: ExecutorSettings, governed: Governed, runs: RunManager) -> None:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        governed: Governed,
+        runs: RunManager,
+        *,
+        leases: LeaseVerifier,
+    ) -> None:
         self.settings = settings
+        self.leases = leases
         self.home = settings.home.resolve()
         self.governed = governed
         self.runs = runs
@@ -150,6 +159,8 @@ class Tools:
         seed: int,
         lease: Lease | None,
     ) -> tuple[dict[str, Any], str]:
+        if lease is not None:  # a claim until the gpu-manager confirms it; then its GPUs
+            lease = await self.leases.verify(lease)
         split = _split(split)
         if not 0 <= bootstrap <= 10_000:
             raise InvalidArgumentError(
