@@ -506,6 +506,7 @@ class Job(_Resource):
     run_id: str = ""
     timeout_seconds: int = 0
     error_message: str = ""
+    submitted_by: str = ""
 
 
 class JobStateChange(_Resource):

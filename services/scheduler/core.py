@@ -39,6 +39,7 @@ from arc_common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -67,12 +68,33 @@ from arc_common.models import (
 )
 from services.scheduler.remote import GovernanceClient, NodeClient
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.store import JobRecord, SchedulerStore
+from services.scheduler.store import JobRecord, SchedulerStore, Write
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 LOST_PREFIXES = ("lost:", "lease lost", "executor shut down")
+# Ids and free text a caller sends are stored and echoed: longer ones are refused.
+MAX_ID_LENGTH = 256
+MAX_REASON_LENGTH = 1000
+# (caller, request id, index in a SubmitJobs batch or -1): a caller's own id and the ids
+# derived for a batch's items live apart, and another caller's id is another key.
+RequestKey = tuple[str, str, int]
+
+
+def check_length(value: str, field: str, limit: int = MAX_ID_LENGTH) -> None:
+    if len(value) > limit:
+        raise InvalidArgumentError(
+            f"{field} is at most {limit} characters (got {len(value)})", field=field
+        )
+
+
+def _reused(field: str, request_id: str, what: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"{field} {request_id!r} was already used for another request ({what}); a retry "
+        "must send the same body, a new request a new id",
+        field=field,
+    )
 
 
 def content_hash(spec: ExperimentSpec) -> str:
@@ -99,6 +121,15 @@ class NodeState:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who asks: the name in tokens.json and what its role may do."""
+
+    name: str
+    operator: bool = False
+    service: bool = False
+
+
+@dataclass(frozen=True)
 class Submission:
     spec: ExperimentSpec | None
     experiment_id: str = ""
@@ -107,6 +138,12 @@ class Submission:
     timeout_seconds: int = 0
     request_id: str = ""
     evaluation: EvaluationJob | None = None
+    # Digest of the request's body without its request id (arc_common.digest).
+    request_digest: str = ""
+    # Set for an item of a SubmitJobs batch without an id of its own: request_id is then
+    # the batch's, and this its index (a key no caller-chosen id can equal).
+    batch_index: int = -1
+    request_field: str = "request_id"  # what an error about the id names
 
 
 def _queue_key(job: JobRecord) -> tuple[int, int, str]:
@@ -142,8 +179,11 @@ class Scheduler:
         self._clock = clock
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in nodes}
         self.jobs: dict[str, JobRecord] = {}
-        self._by_request: dict[str, str] = {}
-        self._inflight: dict[str, asyncio.Future[JobRecord]] = {}
+        self._by_request: dict[RequestKey, str] = {}
+        self._inflight: dict[RequestKey, asyncio.Future[JobRecord]] = {}
+        # (caller, method, request id) -> (body digest, what it made) for the requests
+        # whose answer is not a job: CreateExperiment, CancelJob.
+        self._requests: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._spec_files = Batcher(self._write_spec_files, name="spec-files")
         self._queue: SortedList = SortedList()
         self._shapes: Counter[tuple[Any, ...]] = Counter()  # queued jobs per GPU request
@@ -171,6 +211,8 @@ class Scheduler:
         await self.events.open()
         for spec, digest, created in await self.store.load_experiments():
             self._remember_experiment(spec, digest, created)
+        self._requests = await self.store.load_requests()
+        self._seq = await self.store.max_seq()
         resume: list[JobRecord] = []
         for job in await self.store.load_jobs():
             self._index(job)
@@ -265,7 +307,7 @@ class Scheduler:
         self._track(job)
         self._seq = max(self._seq, job.seq)
         if job.request_id:
-            self._by_request[job.request_id] = job.job_id
+            self._by_request[(job.caller, job.request_id, job.batch_index)] = job.job_id
         self._experiment_jobs[job.experiment_id].append(job.job_id)
         self._finished.setdefault(job.job_id, asyncio.Event())
         if job.state in TERMINAL_STATES:
@@ -282,14 +324,20 @@ class Scheduler:
 
     # --- persistence and events ---------------------------------------------------------------
 
-    async def _save(self, *jobs: JobRecord) -> None:
-        await self.store.write(*(self.store.put_job(job) for job in jobs))
+    async def _save(self, *jobs: JobRecord, also: list[Write] | None = None) -> None:
+        await self.store.write(*(self.store.put_job(job) for job in jobs), *(also or []))
 
     def _event(self, job: JobRecord, **payload: Any) -> None:
         self.events.append(job.job_id, **payload)
 
     async def _set_state(
-        self, job: JobRecord, state: JobState, reason: str, **updates: Any
+        self,
+        job: JobRecord,
+        state: JobState,
+        reason: str,
+        *,
+        also: list[Write] | None = None,
+        **updates: Any,
     ) -> None:
         previous = job.state
         job.state = state
@@ -301,7 +349,7 @@ class Scheduler:
             self._dequeue(job)
             if job.prepared_run_id:  # ended while queued: its prepared run goes too
                 await self._drop_prepared(job)
-        await self._save(job)
+        await self._save(job, also=also)
         self._event(
             job,
             state_change=JobStateChange(
@@ -398,13 +446,46 @@ class Scheduler:
                 handle.write(spec.model_dump_json(indent=2).encode())
             os.replace(tmp, os.path.join(folder, "spec.json"))
 
+    def _replayed(self, caller: str, method: str, request_id: str, digest: str) -> str | None:
+        """What an earlier request of this caller under ``request_id`` made, or None; the
+        id with another body is ALREADY_EXISTS."""
+        if not request_id:
+            return None
+        earlier = self._requests.get((caller, method, request_id))
+        if earlier is None:
+            return None
+        if earlier[0] != digest:
+            raise _reused("request_id", request_id, f"{method} of {earlier[1]}")
+        return earlier[1]
+
+    def _request_write(
+        self, caller: str, method: str, request_id: str, digest: str, target: str
+    ) -> list[Write]:
+        if not request_id:
+            return []
+        self._requests[(caller, method, request_id)] = (digest, target)
+        return [self.store.put_request(caller, method, request_id, digest, target)]
+
     async def create_experiment(
-        self, spec: ExperimentSpec, *, caller: str
+        self,
+        spec: ExperimentSpec,
+        *,
+        caller: str,
+        request_id: str = "",
+        request_digest: str = "",
     ) -> tuple[Experiment, str]:
-        """Returns the experiment and the id of an earlier one with identical content."""
+        """Returns the experiment and the id of an earlier one with identical content. A
+        retry under the same request id returns the experiment it created."""
+        check_length(request_id, "request_id")
+        replayed = self._replayed(caller, "CreateExperiment", request_id, request_digest)
+        if replayed is not None:
+            return self.experiment(replayed), self._duplicate_of(replayed)
         await self._governance_check(spec, caller=caller, dry_run=True)
         digest = content_hash(spec)
         async with self._lock:
+            replayed = self._replayed(caller, "CreateExperiment", request_id, request_digest)
+            if replayed is not None:
+                return self.experiment(replayed), self._duplicate_of(replayed)
             if spec.experiment_id in self._experiments:
                 _, existing_hash, _ = self._experiments[spec.experiment_id]
                 raise AlreadyExistsError(
@@ -416,15 +497,25 @@ class Scheduler:
             created = _now()
             # Reserved before the write, so a concurrent submission cannot claim the id.
             self._remember_experiment(spec, digest, created)
+            writes = self._request_write(
+                caller, "CreateExperiment", request_id, request_digest, spec.experiment_id
+            )
             try:
-                await self.store.write(self.store.put_experiment(spec, digest, created))
+                await self.store.write(self.store.put_experiment(spec, digest, created), *writes)
             except BaseException:
                 self._forget_experiment(spec.experiment_id, digest)
+                self._requests.pop((caller, "CreateExperiment", request_id), None)
                 raise
         await self._spec_files.submit(spec)
         return self.experiment(spec.experiment_id), duplicate
 
+    def _duplicate_of(self, experiment_id: str) -> str:
+        _, digest, _ = self._experiments[experiment_id]
+        first = self._by_hash.get(digest, "")
+        return "" if first == experiment_id else first
+
     def experiment(self, experiment_id: str) -> Experiment:
+        check_length(experiment_id, "experiment_id")
         if experiment_id not in self._experiments:
             raise NotFoundError(f"no experiment {experiment_id!r}", field="experiment_id")
         spec, digest, created = self._experiments[experiment_id]
@@ -456,9 +547,22 @@ class Scheduler:
 
     # --- submission -----------------------------------------------------------------------------
 
-    def _existing(self, request_id: str) -> JobRecord | None:
-        job_id = self._by_request.get(request_id) if request_id else None
-        return self.jobs.get(job_id) if job_id else None
+    @staticmethod
+    def _key(submission: Submission, caller: str) -> RequestKey | None:
+        if not submission.request_id:
+            return None
+        return (caller, submission.request_id, submission.batch_index)
+
+    def _existing(self, submission: Submission, caller: str) -> JobRecord | None:
+        """The job an earlier request of this caller under the same id made; the same id
+        with another body is ALREADY_EXISTS (a job stored without a digest, before ids
+        were bound to bodies, is taken as the same)."""
+        key = self._key(submission, caller)
+        job_id = self._by_request.get(key) if key else None
+        job = self.jobs.get(job_id) if job_id else None
+        if job is not None and job.request_digest not in ("", submission.request_digest):
+            raise _reused(submission.request_field, submission.request_id, f"job {job.job_id}")
+        return job
 
     def _resolve_spec(self, submission: Submission, index: str) -> ExperimentSpec:
         if submission.spec is not None:
@@ -483,6 +587,8 @@ class Scheduler:
         return self._experiments[submission.experiment_id][0]
 
     def _check(self, submission: Submission, index: str = "") -> ExperimentSpec:
+        check_length(submission.request_id, submission.request_field)
+        check_length(submission.experiment_id, f"{index}experiment_id")
         if submission.priority is not None and not 0 <= submission.priority <= 10:
             raise InvalidArgumentError(
                 f"priority must be between 0 and 10 (got {submission.priority})",
@@ -504,10 +610,11 @@ class Scheduler:
     async def submit(self, submissions: list[Submission], *, caller: str) -> list[JobRecord]:
         """All-or-nothing: every submission is checked before any job is created."""
         prefix = len(submissions) > 1
-        specs = [self._check(s, f"jobs[{i}]." if prefix else "") for i, s in enumerate(submissions)]
-        existing = [self._existing(s.request_id) for s in submissions]
+        # A request id reused with another body is refused before anything else is read.
+        existing = [self._existing(s, caller) for s in submissions]
         if all(e is not None for e in existing):
             return [e for e in existing if e is not None]
+        specs = [self._check(s, f"jobs[{i}]." if prefix else "") for i, s in enumerate(submissions)]
         for submission, spec, earlier in zip(submissions, specs, existing, strict=True):
             if earlier is None and len(submissions) > 1 and submission.evaluation is None:
                 await self._governance_check(spec, caller=caller, dry_run=True)
@@ -535,11 +642,12 @@ class Scheduler:
             # From here to the commit nothing awaits: the request id and the experiment id
             # are reserved in memory, so concurrent submissions need no lock and their
             # writes share one group commit.
-            again = self._existing(submission.request_id)
+            again = self._existing(submission, caller)
             if again is not None:  # a concurrent retry got here first
                 results[index] = again
                 continue
-            inflight = self._inflight.get(submission.request_id)
+            key = self._key(submission, caller)
+            inflight = self._inflight.get(key) if key else None
             if inflight is not None:  # ... and is being committed right now
                 waits[index] = inflight
                 continue
@@ -557,6 +665,8 @@ class Scheduler:
                 spec=spec,
                 caller=caller,
                 request_id=submission.request_id,
+                request_digest=submission.request_digest,
+                batch_index=submission.batch_index,
                 priority=submission.priority
                 if submission.priority is not None
                 else spec.effective_priority,
@@ -569,8 +679,8 @@ class Scheduler:
             writes.append(self.store.put_job(job))
             new_jobs.append(job)
             results[index] = job
-            if submission.request_id:
-                self._inflight[submission.request_id] = loop.create_future()
+            if key:
+                self._inflight[key] = loop.create_future()
         try:
             if writes:
                 await self.store.write(*writes)  # committed before anyone hears of the jobs
@@ -578,7 +688,7 @@ class Scheduler:
             for spec, digest in new_experiments:
                 self._forget_experiment(spec.experiment_id, digest)
             for job in new_jobs:
-                future = self._inflight.pop(job.request_id, None)
+                future = self._inflight.pop((caller, job.request_id, job.batch_index), None)
                 if future is not None:
                     future.set_exception(exc)
                     future.exception()  # retrieved: a concurrent retry may not be waiting
@@ -592,7 +702,7 @@ class Scheduler:
                     state=JobState.QUEUED, reason=f"submitted by {caller}", attempt=1
                 ),
             )
-            future = self._inflight.pop(job.request_id, None)
+            future = self._inflight.pop((caller, job.request_id, job.batch_index), None)
             if future is not None:
                 future.set_result(job)
         for index, future in waits.items():
@@ -671,6 +781,7 @@ class Scheduler:
             run_id=job.run_id,
             timeout_seconds=job.timeout_seconds,
             error_message=job.error_message,
+            submitted_by=job.caller,
         )
 
     def ended(self, job_id: str) -> bool:
@@ -678,12 +789,14 @@ class Scheduler:
         return self._finished[job_id].is_set()
 
     def job(self, job_id: str) -> JobRecord:
+        check_length(job_id, "job_id")
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFoundError(f"no job {job_id!r}", field="job_id")
         return job
 
     def list_jobs(self, *, state: JobState | None, experiment_id: str) -> list[JobRecord]:
+        check_length(experiment_id, "experiment_id")
         jobs = (
             [self.jobs[j] for j in self._experiment_jobs.get(experiment_id, [])]
             if experiment_id
@@ -811,6 +924,11 @@ class Scheduler:
             except UnavailableError as exc:
                 self._node_failed(node, exc)
                 continue
+            except AlreadyExistsError as exc:
+                # The machine holds this attempt's id for another body (its lease TTL
+                # setting changed across a restart, say): the next attempt has a new id.
+                await self._requeue(job, f"{node.client.name} refused the attempt's id: {exc}")
+                return ""
             except ArcError as exc:
                 await self._set_state(
                     job, JobState.FAILED, f"cannot be placed: {exc}", error_message=str(exc)
@@ -1203,22 +1321,57 @@ class Scheduler:
 
     # --- cancel ---------------------------------------------------------------------------------
 
-    async def cancel(self, job_id: str, reason: str, *, wait: float = 60.0) -> JobRecord:
+    @staticmethod
+    def check_owner(job: JobRecord, caller: Caller) -> None:
+        """An agent changes only the jobs it submitted; operators and services any, but a
+        job stored without its submitter only an operator."""
+        if caller.operator or (job.caller and (caller.service or job.caller == caller.name)):
+            return
+        owner = f"submitted by {job.caller!r}" if job.caller else "whose submitter is unknown"
+        raise PermissionDeniedError(
+            f"job {job.job_id} is {owner}; {caller.name!r} may cancel only its own jobs",
+            field="job_id",
+        )
+
+    async def cancel(
+        self,
+        job_id: str,
+        reason: str,
+        *,
+        caller: Caller,
+        request_id: str = "",
+        request_digest: str = "",
+        wait: float = 60.0,
+    ) -> JobRecord:
+        """Ownership first (nothing changes for a caller who may not); a retry under the
+        same request id gets the job back, even once it has ended."""
+        check_length(reason, "reason", MAX_REASON_LENGTH)
+        check_length(request_id, "request_id")
         job = self.job(job_id)
+        self.check_owner(job, caller)
+        if self._replayed(caller.name, "CancelJob", request_id, request_digest) is not None:
+            return job
         reason = reason or "cancelled"
         async with self._lock:
+            if self._replayed(caller.name, "CancelJob", request_id, request_digest) is not None:
+                return job
             if job.state in TERMINAL_STATES:
                 raise FailedPreconditionError(
                     f"job {job_id} already ended {job.state.value}; nothing to cancel",
                     field="job_id",
                 )
+            done = self._request_write(
+                caller.name, "CancelJob", request_id, request_digest, job.job_id
+            )
             if job.state is JobState.QUEUED:
                 self._dequeue(job)
-                await self._set_state(job, JobState.CANCELLED, reason, error_message=reason)
+                await self._set_state(
+                    job, JobState.CANCELLED, reason, error_message=reason, also=done
+                )
                 self._event(job, result=self._result(job))
                 return job
             job.cancel_requested = reason
-            await self._save(job)
+            await self._save(job, also=done)
         node = self.nodes.get(job.node)
         task = self._watchers.get(job_id)
         if job.evaluation is not None and task is not None:

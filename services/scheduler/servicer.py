@@ -19,6 +19,7 @@ from arc_common.convert import (
     to_model,
     to_proto,
 )
+from arc_common.digest import message_digest
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.models import (
     EvaluationJob,
@@ -29,14 +30,27 @@ from arc_common.models import (
     Tool,
 )
 from arc_common.pagination import paginate
-from services.scheduler.core import Scheduler, Submission
+from services.scheduler.core import Caller, Scheduler, Submission
 
 
-def _caller() -> str:
+def _identity() -> auth.Identity:
     identity = auth.current_identity.get()
     if identity is None:  # pragma: no cover - the interceptor always sets one
         raise PermissionDeniedError("no caller identity")
-    return identity.name
+    return identity
+
+
+def _caller() -> str:
+    return _identity().name
+
+
+def _who() -> Caller:
+    identity = _identity()
+    return Caller(
+        name=identity.name,
+        operator=identity.role is auth.Role.OPERATOR,
+        service=identity.role is auth.Role.SERVICE,
+    )
 
 
 def _state_filter(value: int) -> JobState | None:
@@ -49,7 +63,14 @@ def _state_filter(value: int) -> JobState | None:
         raise InvalidArgumentError(f"state {value} is not a JobState", field="state") from None
 
 
-def _submission(request: scheduler_pb2.SubmitJobRequest, prefix: str = "") -> Submission:
+def _submission(
+    request: scheduler_pb2.SubmitJobRequest,
+    prefix: str = "",
+    *,
+    batch_id: str = "",
+    batch_index: int = -1,
+) -> Submission:
+    """``batch_id``: the SubmitJobs request id, for an item without an id of its own."""
     spec = (
         to_model(request.spec, ExperimentSpec, prefix=f"{prefix}spec")
         if request.HasField("spec")
@@ -67,7 +88,12 @@ def _submission(request: scheduler_pb2.SubmitJobRequest, prefix: str = "") -> Su
         priority=request.priority if request.HasField("priority") else None,
         max_retries=request.max_retries,
         timeout_seconds=int(request.timeout_seconds),
-        request_id=request.request_id,
+        request_id=request.request_id or batch_id,
+        request_digest=message_digest(request),
+        batch_index=batch_index if batch_id and not request.request_id else -1,
+        request_field=(
+            f"{prefix}request_id" if request.request_id or not batch_id else "request_id"
+        ),
     )
 
 
@@ -137,7 +163,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             spec = to_model(request.spec, ExperimentSpec, prefix="spec")
         except InvalidArgumentError as exc:
             await self._audited(request, exc)
-        experiment, duplicate = await self._s.create_experiment(spec, caller=_caller())
+        experiment, duplicate = await self._s.create_experiment(
+            spec,
+            caller=_caller(),
+            request_id=request.request_id,
+            request_digest=message_digest(request),
+        )
         response = scheduler_pb2.CreateExperimentResponse(
             experiment=to_proto(experiment, scheduler_pb2.Experiment), duplicate_of=duplicate
         )
@@ -204,10 +235,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         submissions = []
         for index, item in enumerate(request.jobs):
-            if not item.request_id and request.request_id:
-                item.request_id = f"{request.request_id}:{index}"
             try:
-                submissions.append(_submission(item, f"jobs[{index}]."))
+                submissions.append(
+                    _submission(
+                        item, f"jobs[{index}].", batch_id=request.request_id, batch_index=index
+                    )
+                )
             except InvalidArgumentError as exc:
                 await self._audited(item, exc)
         jobs = await self._s.submit(submissions, caller=_caller())
@@ -235,7 +268,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def CancelJob(
         self, request: scheduler_pb2.CancelJobRequest, context: Any
     ) -> scheduler_pb2.CancelJobResponse:
-        job = await self._s.cancel(request.job_id, request.reason or f"cancelled by {_caller()}")
+        job = await self._s.cancel(
+            request.job_id,
+            request.reason or f"cancelled by {_caller()}",
+            caller=_who(),
+            request_id=request.request_id,
+            request_digest=message_digest(request),
+        )
         return scheduler_pb2.CancelJobResponse(job=self._job(job.job_id))
 
     async def GetSchedulerStatus(

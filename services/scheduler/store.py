@@ -47,6 +47,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_request ON jobs(request_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+-- Request ids of the calls whose answer is not a job (a job keeps its own id and digest):
+-- one caller's id, the digest of the body it came with, and what it made.
+CREATE TABLE IF NOT EXISTS requests (
+    caller TEXT NOT NULL,
+    method TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    target TEXT NOT NULL,
+    PRIMARY KEY (caller, method, request_id)
+);
 """
 
 
@@ -59,8 +69,10 @@ class JobRecord(BaseModel):
     seq: int
     experiment_id: str
     spec: ExperimentSpec
-    caller: str = ""
+    caller: str = ""  # who submitted it (its name in tokens.json); "" in jobs stored before
     request_id: str = ""
+    request_digest: str = ""  # of the submission's body, without its request id
+    batch_index: int = -1  # >= 0: request_id is the SubmitJobs batch's, this its item
     priority: int = 5
     state: JobState = JobState.QUEUED
     attempt: int = 1
@@ -276,11 +288,40 @@ class SchedulerStore:
             verb="INSERT OR IGNORE",
         )
 
-    async def load_jobs(self) -> list[JobRecord]:
-        rows = await self._run(
-            lambda db: db.execute("SELECT data FROM jobs ORDER BY seq").fetchall()
+    @staticmethod
+    def put_request(caller: str, method: str, request_id: str, digest: str, target: str) -> Write:
+        return Write(
+            "requests",
+            ("caller", "method", "request_id", "digest", "target"),
+            (caller, method, request_id, digest, target),
         )
-        return [JobRecord.model_validate_json(row[0]) for row in rows]
+
+    async def load_requests(self) -> dict[tuple[str, str, str], tuple[str, str]]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT caller, method, request_id, digest, target FROM requests"
+            ).fetchall()
+        )
+        return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
+
+    async def load_jobs(self) -> list[JobRecord]:
+        """Every readable job; a row that does not parse is logged and left where it is
+        (for a person), so one bad row never stops the scheduler from starting."""
+        rows = await self._run(
+            lambda db: db.execute("SELECT job_id, data FROM jobs ORDER BY seq").fetchall()
+        )
+        jobs = []
+        for job_id, data in rows:
+            try:
+                jobs.append(JobRecord.model_validate_json(data))
+            except ValueError as exc:
+                logger.error("job row %r skipped, it cannot be read: %s", job_id, exc)
+        return jobs
+
+    async def max_seq(self) -> int:
+        """The highest stored sequence number, skipped rows included (seq is UNIQUE)."""
+        row = await self._run(lambda db: db.execute("SELECT MAX(seq) FROM jobs").fetchone())
+        return int(row[0] or 0)
 
     async def load_experiments(self) -> list[tuple[ExperimentSpec, str, datetime]]:
         rows = await self._run(

@@ -1,9 +1,11 @@
 """The scheduler's group commit: many callers, one transaction; a bad write fails alone;
-job events moved out of an old database once."""
+job events moved out of an old database once; request ids and owners kept across a
+reopen, an old database opens, a bad row does not stop the load; the ownership rule."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,8 +15,10 @@ import pytest
 from arc_common import sqlite
 from arc_common.batch import Batcher
 from arc_common.convert import to_model
+from arc_common.errors import PermissionDeniedError
 from arc_common.models import ExperimentSpec
 from services.scheduler.__main__ import EVENTS_TABLE, move_events
+from services.scheduler.core import Caller, Scheduler
 from services.scheduler.store import JobRecord, SchedulerStore, Write
 from tests.integration.scheduler.conftest import spec
 
@@ -116,3 +120,78 @@ async def test_job_events_move_out_of_the_old_database_once(tmp_path: Path) -> N
     with sqlite3.connect(old) as db:
         left = db.execute("SELECT name FROM sqlite_master WHERE name = ?", (EVENTS_TABLE,))
         assert left.fetchone() is None
+
+
+async def test_request_ids_and_owners_survive_a_reopen(tmp_path: Path) -> None:
+    store = SchedulerStore(tmp_path / "s.sqlite3")
+    await store.open()
+    item = job(1)
+    item.caller, item.request_id, item.request_digest, item.batch_index = "agent", "b", "d1", 0
+    await store.write(
+        store.put_job(item),
+        store.put_request("agent", "CancelJob", "k", "d2", "job-1"),
+    )
+    await store.close()
+    reopened = SchedulerStore(tmp_path / "s.sqlite3")
+    await reopened.open()
+    [loaded] = await reopened.load_jobs()
+    requests = await reopened.load_requests()
+    await reopened.close()
+    assert (loaded.caller, loaded.request_id, loaded.request_digest, loaded.batch_index) == (
+        "agent",
+        "b",
+        "d1",
+        0,
+    )
+    assert requests == {("agent", "CancelJob", "k"): ("d2", "job-1")}
+
+
+async def test_an_old_database_opens_and_a_bad_row_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = job(1).model_dump(mode="json")
+    for key in ("request_digest", "batch_index"):  # fields this version added
+        del old[key]
+    old["caller"] = ""
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE jobs (job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,
+                request_id TEXT NOT NULL, experiment_id TEXT NOT NULL, state TEXT NOT NULL,
+                data TEXT NOT NULL);
+            """
+        )
+        db.execute("INSERT INTO jobs VALUES ('job-1', 1, '', 'e', 'queued', ?)", (json.dumps(old),))
+        db.execute("INSERT INTO jobs VALUES ('job-9', 9, '', 'e', 'queued', '{not json')")
+    store = SchedulerStore(path)
+    await store.open()
+    try:
+        [loaded] = await store.load_jobs()
+        assert (loaded.job_id, loaded.caller, loaded.batch_index) == ("job-1", "", -1)
+        assert await store.max_seq() == 9  # a new job never takes the skipped row's seq
+        assert await store.load_requests() == {}
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("owner", "caller", "allowed"),
+    [
+        ("agent", Caller("agent"), True),
+        ("operator", Caller("agent"), False),
+        ("agent-2", Caller("agent"), False),
+        ("agent", Caller("service", service=True), True),
+        ("agent", Caller("operator", operator=True), True),
+        ("", Caller("agent"), False),  # stored before owners were kept: operators only
+        ("", Caller("service", service=True), False),
+        ("", Caller("operator", operator=True), True),
+    ],
+)
+def test_who_may_cancel_a_job(owner: str, caller: Caller, allowed: bool) -> None:
+    record = job(1)
+    record.caller = owner
+    if allowed:
+        Scheduler.check_owner(record, caller)
+    else:
+        with pytest.raises(PermissionDeniedError) as info:
+            Scheduler.check_owner(record, caller)
+        assert info.value.field == "job_id" and "job-1" in str(info.value)

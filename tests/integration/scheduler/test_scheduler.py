@@ -10,13 +10,25 @@ import pytest
 from grpc import aio
 
 from arc.common.v1 import common_pb2
-from arc.gpu.v1 import gpu_pb2
+from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc.scheduler.v1 import scheduler_pb2
 from arc_common.auth import Role
+from arc_common.channel import create_channel
 from services.scheduler.store import SchedulerStore, Write
 from tests.integration.scheduler.conftest import Factory, Suite, spec
 
 RUNNING = common_pb2.JOB_STATE_RUNNING
+
+
+async def hold_the_gpu(suite: Suite) -> None:
+    """The operator leases machine m0's only GPU, so jobs submitted now stay QUEUED."""
+    channel = create_channel(
+        f"127.0.0.1:{suite.servers[1].port}", token=suite.tokens.token_for(Role.OPERATOR)
+    )
+    suite.channels.append(channel)
+    await gpu_pb2_grpc.GpuManagerServiceStub(channel).AcquireLease(
+        gpu_pb2.AcquireLeaseRequest(job_id="held-by-the-operator", ttl_seconds=3600)
+    )
 
 
 def started_order(suite: Suite) -> list[str]:
@@ -66,6 +78,77 @@ async def test_idempotent_submit_and_batch(make_suite: Factory) -> None:
     listing = await suite.stub().ListJobs(scheduler_pb2.ListJobsRequest())
     assert len(listing.jobs) == 1  # all or nothing
     await suite.stub().CancelJob(scheduler_pb2.CancelJobRequest(job_id=first.job_id))
+
+
+async def test_request_ids_are_per_caller_and_bound_to_the_body(make_suite: Factory) -> None:
+    suite = await make_suite()
+    await hold_the_gpu(suite)  # every job here waits in the queue: nothing trains
+    agent, operator = suite.stub(Role.AGENT), suite.stub(Role.OPERATOR)
+    first = (
+        await agent.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec("rid"), request_id="x"))
+    ).job
+    assert first.submitted_by == "agent"
+    for changed in (
+        scheduler_pb2.SubmitJobRequest(spec=spec("rid"), request_id="x", priority=9),
+        scheduler_pb2.SubmitJobRequest(spec=spec("rid", epochs=2), request_id="x"),
+    ):
+        with pytest.raises(aio.AioRpcError) as info:
+            await agent.SubmitJob(changed)
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "request_id" in (info.value.details() or "")
+    # The operator's "x" is its own: a new job, not the agent's.
+    theirs = (
+        await operator.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec("rid"), request_id="x"))
+    ).job
+    assert theirs.job_id != first.job_id and theirs.submitted_by == "operator"
+    # A batch's derived item ids never meet a caller's own "x:0".
+    own = (
+        await agent.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec("rid"), request_id="b:0"))
+    ).job
+    batch = scheduler_pb2.SubmitJobsRequest(
+        request_id="b", jobs=[scheduler_pb2.SubmitJobRequest(spec=spec("rid"))]
+    )
+    [item] = (await agent.SubmitJobs(batch)).results
+    assert item.job.job_id not in (own.job_id, first.job_id)
+    [again] = (await agent.SubmitJobs(batch)).results
+    assert again.job.job_id == item.job.job_id
+    listing = await agent.ListJobs(scheduler_pb2.ListJobsRequest())
+    assert len(listing.jobs) == 4
+    # CreateExperiment and CancelJob: a replay gets the first answer, another body refused.
+    create = scheduler_pb2.CreateExperimentRequest(spec=spec("made"), request_id="c")
+    made = await agent.CreateExperiment(create)
+    assert (await agent.CreateExperiment(create)).experiment == made.experiment
+    with pytest.raises(aio.AioRpcError) as info:
+        await agent.CreateExperiment(
+            scheduler_pb2.CreateExperimentRequest(spec=spec("other"), request_id="c")
+        )
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    cancel = scheduler_pb2.CancelJobRequest(job_id=first.job_id, request_id="k")
+    assert (await agent.CancelJob(cancel)).job.state == common_pb2.JOB_STATE_CANCELLED
+    assert (await agent.CancelJob(cancel)).job.state == common_pb2.JOB_STATE_CANCELLED
+    with pytest.raises(aio.AioRpcError) as info:
+        await agent.CancelJob(scheduler_pb2.CancelJobRequest(job_id=own.job_id, request_id="k"))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (await suite.job(own.job_id)).state == common_pb2.JOB_STATE_QUEUED
+
+
+async def test_an_agent_cancels_only_its_own_jobs(make_suite: Factory) -> None:
+    suite = await make_suite()
+    await hold_the_gpu(suite)
+    agent, operator = suite.stub(Role.AGENT), suite.stub(Role.OPERATOR)
+    ours = (await agent.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec("own-a")))).job
+    theirs = (await operator.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec("own-o")))).job
+    with pytest.raises(aio.AioRpcError) as info:
+        await agent.CancelJob(scheduler_pb2.CancelJobRequest(job_id=theirs.job_id))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert theirs.job_id in (info.value.details() or "")
+    assert (await suite.job(theirs.job_id)).state == common_pb2.JOB_STATE_QUEUED
+    reply = await agent.CancelJob(scheduler_pb2.CancelJobRequest(job_id=ours.job_id))
+    assert reply.job.state == common_pb2.JOB_STATE_CANCELLED
+    reply = await suite.stub(Role.SERVICE).CancelJob(
+        scheduler_pb2.CancelJobRequest(job_id=theirs.job_id)
+    )
+    assert reply.job.state == common_pb2.JOB_STATE_CANCELLED
 
 
 async def test_cancel_in_each_state(make_suite: Factory) -> None:
