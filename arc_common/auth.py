@@ -55,6 +55,13 @@ _OPS_SVC = frozenset({Role.OPERATOR, Role.SERVICE})
 
 # The documented authorization table: every RPC of every service and the roles allowed.
 # A method missing here is denied to everyone (default deny).
+#
+# Ownership, on top of the table (the scheduler enforces it, PERMISSION_DENIED naming the
+# job): a job belongs to the identity that submitted it (its name in tokens.json, shown as
+# Job.submitted_by). An agent may cancel only the jobs it submitted; operators and services
+# may cancel any job, except that a job stored without a submitter (from before owners
+# were kept) only an operator may cancel. Request ids are per identity too: one caller's
+# request_id never answers with another caller's job, lease or experiment.
 AUTHORIZATION: dict[str, frozenset[Role]] = {
     # scheduler: agents drive experiments; everyone reads.
     "/arc.scheduler.v1.SchedulerService/CreateExperiment": _ALL,
@@ -64,7 +71,7 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.scheduler.v1.SchedulerService/SubmitJobs": _ALL,
     "/arc.scheduler.v1.SchedulerService/GetJob": _ALL,
     "/arc.scheduler.v1.SchedulerService/ListJobs": _ALL,
-    "/arc.scheduler.v1.SchedulerService/CancelJob": _ALL,
+    "/arc.scheduler.v1.SchedulerService/CancelJob": _ALL,  # an agent: its own jobs only
     "/arc.scheduler.v1.SchedulerService/GetSchedulerStatus": _ALL,
     "/arc.scheduler.v1.SchedulerService/WatchJob": _ALL,
     # gpu-manager: only the scheduler/executor (service) or an operator hold leases.
