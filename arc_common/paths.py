@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path, PurePosixPath
 
-from arc_common.errors import InvalidArgumentError
+from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 
 MAX_PATH_LENGTH = 1024
 MAX_NAME_BYTES = 255  # what the filesystem allows for one name
@@ -45,6 +46,13 @@ def resolve_data(workspace: Path, data_root: Path | None, relative: str, *, fiel
     if (inside is None or not inside.exists()) and data_root is not None:
         return resolve_in_root(data_root, relative, field=field)
     assert inside is not None
+    # Training reads a dataset, never the services' own files.
+    base = workspace.resolve()
+    reason = reserved_reason(str(inside.relative_to(base))) if inside != base else None
+    if reason is None:
+        reason = reserved_reason(check_relative_path(relative))
+    if reason is not None:
+        raise PermissionDeniedError(f"{field} may not name {relative!r}: {reason}", field=field)
     return inside
 
 
@@ -64,3 +72,26 @@ def resolve_in_root(root: Path, relative: str, *, field: str) -> Path:
             f"{field} resolves outside {base} (through a symlink?): {relative!r}", field=field
         )
     return resolved
+
+
+# What no tool and no path field may reach, anywhere in the workspace: the services'
+# credentials, policy and databases, governance's snapshots and audit, and every dot-name
+# (the secrets directory, .git, .dvc, temp files).
+RESERVED_NAMES = frozenset({"tokens.json", "auth_token", "policy.yaml"})
+RESERVED_TOP = frozenset({"governance"})
+_DATABASE = re.compile(r"\.(sqlite3?|db)(-wal|-shm|-journal)?$", re.IGNORECASE)
+
+
+def reserved_reason(relative: str) -> str | None:
+    """Why the workspace-relative ``relative`` is reserved to the services, or None."""
+    parts = PurePosixPath(relative.replace("\\", "/")).parts
+    if parts and parts[0] in RESERVED_TOP:
+        return f"{parts[0]}/ belongs to governance"
+    for part in parts:
+        if part.startswith(".") and part not in {".", ".."}:
+            return f"{part!r} is a dot-name (hidden files are the services' own)"
+        if part.lower() in RESERVED_NAMES:
+            return f"{part!r} is a credential or policy file of the services"
+        if _DATABASE.search(part):
+            return f"{part!r} is a database of the services"
+    return None

@@ -32,6 +32,9 @@ class TrainerInput(BaseModel):
     log_every_steps: int = 10
     # Absolute path of an earlier attempt's checkpoint to resume from ("" for a fresh start).
     resume_from: str = ""
+    # Its SHA-256 as the executor registered it; the trainer loads only bytes that match
+    # ("" when it is unregistered or torn: a fresh start).
+    resume_sha256: str = ""
     # Fault injection for the tests of the executor's failure handling ("nan_loss_at_step:N")
     # and the benchmark's probes of the metrics path ("metrics_flood:N") and of the step
     # time with streaming on and off ("stream_alternate"), from the executor's

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -50,7 +51,15 @@ from arc_common.models import (
     TrainingJobConfig,
 )
 from arc_common.paths import resolve_data, resolve_in_root
-from services.executor.protocol import TrainerInput, TrainerMessage, load_message
+from services.executor.protocol import (
+    CHECKSUM_SUFFIX,
+    META_SUFFIX,
+    TrainerInput,
+    TrainerMessage,
+    file_sha256,
+    load_message,
+)
+from services.executor.registry import CheckpointRegistry
 from services.executor.settings import ExecutorSettings
 from services.executor.warm import PoolUnavailable, WarmPool
 
@@ -152,6 +161,7 @@ class _Paths:
     log_dir: Path
     data_path: Path
     resume: str  # "" when starting afresh
+    resume_sha256: str = ""  # its registered digest ("" when unregistered: not loaded)
 
 
 def _check_lease(job_id: str, lease: Lease) -> None:
@@ -195,6 +205,7 @@ class RunManager:
         self._db = db
         self.events = events
         self._leases = leases
+        self.checkpoints = CheckpointRegistry(self.home)
         self._live: dict[str, LiveRun] = {}
         self._lock = asyncio.Lock()
 
@@ -272,8 +283,9 @@ class RunManager:
     async def start(self, config: TrainingJobConfig, lease: Lease, *, request_id: str) -> Run:
         if (earlier := await self._requested(request_id)) is not None:
             return earlier
-        paths = await self._checked_paths(config)
         _check_lease(config.job_id, lease)
+        await self._leases.renew(lease)  # a forged or stale lease is refused before any effect
+        paths = await self._checked_paths(config)
         await self._supersede_prepared(config.job_id)
         async with self._lock:
             self._check_no_live_run(config.job_id)
@@ -341,17 +353,45 @@ class RunManager:
         if spec.dataset.dvc_revision:
             await self._checkout_revision(spec.dataset.data_path, spec.dataset.dvc_revision)
         data_path = self._resolve_data(spec.dataset.data_path)
-        resume = ""
+        resume, resume_sha256 = "", ""
         if config.resume_from:
             candidate = resolve_in_root(self.home, config.resume_from, field="config.resume_from")
-            resume = str(candidate) if candidate.is_file() else ""  # the trainer verifies it
+            resume = str(candidate) if candidate.is_file() else ""
         if not data_path.is_dir():
             raise InvalidArgumentError(
                 f"dataset.data_path {spec.dataset.data_path!r} is not a directory "
                 f"(looked at {data_path})",
                 field="dataset.data_path",
             )
-        return _Paths(checkpoint_dir, log_dir, data_path, resume)
+        if resume:
+            resume_sha256 = await asyncio.to_thread(self._carry_over, Path(resume), checkpoint_dir)
+        return _Paths(checkpoint_dir, log_dir, data_path, resume, resume_sha256)
+
+    def _carry_over(self, resume: Path, checkpoint_dir: Path) -> str:
+        """The registered digest of the checkpoint a retry resumes from ("" when it is
+        torn or was never registered: the trainer then starts afresh). The best checkpoint
+        so far travels with the run: copied into the new folder and registered there."""
+        try:
+            digest = self.checkpoints.verify(resume, field="config.resume_from")
+        except ArcError as exc:
+            logger.warning("not resuming from %s: %s", resume, exc)
+            return ""
+        best = resume.with_name("best.pt")
+        try:
+            best_digest = self.checkpoints.verify(best, field="config.resume_from")
+        except ArcError:
+            return digest
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", CHECKSUM_SUFFIX, META_SUFFIX):
+            source = best.with_name(best.name + suffix)
+            if source.exists():
+                tmp = checkpoint_dir / f".{source.name}.tmp"
+                shutil.copyfile(source, tmp)
+                tmp.replace(checkpoint_dir / source.name)
+        copied = checkpoint_dir / best.name
+        if file_sha256(copied) == best_digest:
+            self.checkpoints.register(copied, best_digest)
+        return digest
 
     async def _supersede_prepared(self, job_id: str) -> None:
         """A job started cold while a trainer of it waits prepared ahead: its scheduler
@@ -424,6 +464,7 @@ class RunManager:
             workers=workers if workers >= 0 else 0,
             log_every_steps=self.settings.log_every_steps,
             resume_from=paths.resume,
+            resume_sha256=paths.resume_sha256,
             inject=os.environ.get("ARC_TRAINER_INJECT", ""),
             standby=standby,
         )
@@ -528,6 +569,8 @@ class RunManager:
                 # The result keeps the per-epoch metrics; per-step losses stay in the events.
                 live.epoch_metrics.extend(packed.models(batch, skip=STEP_LOSS))
         elif message.kind == "checkpoint" and message.checkpoint is not None:
+            # Registered before anyone hears of it, so a tool can load it at once.
+            await self._register(live, message.checkpoint.path, message.checkpoint.sha256)
             self.events.append(run_id, checkpoint=message.checkpoint)
         elif message.kind == "state":
             if message.state == JobState.RUNNING.value and live.run.state is JobState.STARTING:
@@ -542,6 +585,24 @@ class RunManager:
             live.trainer_state = JobState.COMPLETED
         elif message.kind == "released":
             await self._release_devices(live)
+
+    async def _register(self, live: LiveRun, relative: str, sha256: str) -> None:
+        """Register a checkpoint the trainer reports, if it lies in the run's own folder."""
+        assert live.run.config is not None
+        try:
+            folder = resolve_in_root(self.home, live.run.config.checkpoint_dir, field="path")
+            path = resolve_in_root(self.home, relative, field="path")
+        except ArcError:
+            path, folder = Path(), Path("/nonexistent")
+        if path.parent != folder or not await asyncio.to_thread(
+            self.checkpoints.register, path, sha256
+        ):
+            logger.warning(
+                "run %s: not registering checkpoint %r (outside %s/ under runs/)",
+                live.run.run_id,
+                relative,
+                live.run.config.checkpoint_dir,
+            )
 
     async def _release_devices(self, live: LiveRun) -> None:
         """The trainer is done with its GPUs: stop renewing the lease and say so, so that

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from arc_common.models import CheckpointInfo, MetricMode
 from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, checkpoint_is_intact
+from services.executor.registry import MAC_SUFFIX
 
 
 def list_checkpoints(folder: Path, workspace: Path) -> list[CheckpointInfo]:
@@ -37,6 +38,7 @@ def companions(path: Path) -> list[Path]:
         path,
         path.with_name(path.name + CHECKSUM_SUFFIX),
         path.with_name(path.name + META_SUFFIX),
+        path.with_name(path.name + MAC_SUFFIX),
     ]
 
 

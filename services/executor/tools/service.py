@@ -19,12 +19,13 @@ from arc_common.errors import (
     UnavailableError,
 )
 from arc_common.models import CheckpointInfo, Lease, MetricMode, PreprocessingChain, Tool
-from arc_common.paths import resolve_data, resolve_in_root
+from arc_common.paths import resolve_in_root
 from services.executor.leases import LeaseVerifier
 from services.executor.runs import REPO_ROOT, RunManager
 from services.executor.settings import ExecutorSettings
 from services.executor.tools import checkpoints as ckpt
 from services.executor.tools import dvcsync, patches
+from services.executor.tools.access import Access
 from services.executor.tools.governed import Governed
 from services.executor.tools.preprocess import PreprocessResult, preprocess
 
@@ -53,12 +54,13 @@ class Tools:
         self.home = settings.home.resolve()
         self.governed = governed
         self.runs = runs
+        self.access = Access(self.home, settings.data_root, settings.repositories.values())
 
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.home))
 
     def _data(self, rel: str, field: str) -> Path:
-        return resolve_data(self.home, self.settings.data_root, rel, field=field)
+        return self.access.data(field, rel)
 
     async def _child(self, request: dict[str, Any], lease: Lease | None) -> Any:
         """Run a torch tool in a child process (its own process group, no shell)."""
@@ -131,7 +133,7 @@ class Tools:
             raise InvalidArgumentError(
                 f"input_path {input_path!r} is not a folder", field="input_path"
             )
-        output = resolve_in_root(self.home, output_path, field="output_path")
+        output = self.access.path("output_path", output_path)
         async with self.governed.transaction(
             Tool.PREPROCESS_DATASET, [self._rel(output)], caller=caller, request_id=request_id
         ):
@@ -141,11 +143,21 @@ class Tools:
 
     # --- run_evaluation_job -----------------------------------------------------------
 
-    def _checkpoint(self, rel: str) -> Path:
-        path = resolve_in_root(self.home, rel, field="checkpoint_path")
+    def _checkpoint(self, rel: str, field: str = "checkpoint_path") -> Path:
+        path = self.access.path(field, rel)
+        if path.suffix != ".pt":
+            raise InvalidArgumentError(f"{field} must name a *.pt checkpoint", field=field)
         if not path.is_file():
-            raise NotFoundError(f"no checkpoint at {rel!r}", field="checkpoint_path")
+            raise NotFoundError(f"no checkpoint at {rel!r}", field=field)
         return path
+
+    async def _registered(self, rel: str) -> tuple[Path, str]:
+        """A checkpoint a tool may load: one the executor registered (see registry)."""
+        path = self._checkpoint(rel)
+        digest = await asyncio.to_thread(
+            self.runs.checkpoints.verify, path, field="checkpoint_path"
+        )
+        return path, digest
 
     async def evaluate(
         self,
@@ -175,7 +187,7 @@ class Tools:
         await self.governed.check(
             Tool.RUN_EVALUATION_JOB, params, caller=caller, request_id=request_id
         )
-        checkpoint = self._checkpoint(checkpoint_path)
+        checkpoint, digest = await self._registered(checkpoint_path)
         data = self._data(data_path, "data_path")
         report_path = checkpoint.with_name(f"{checkpoint.stem}.eval-{split}.json")
         async with self.governed.transaction(
@@ -185,6 +197,7 @@ class Tools:
                 {
                     "tool": "evaluate",
                     "checkpoint": str(checkpoint),
+                    "sha256": digest,
                     "data_path": str(data),
                     "split": split,
                     "bootstrap": bootstrap or 1000,
@@ -198,16 +211,18 @@ class Tools:
 
     # --- manage_checkpoints -----------------------------------------------------------
 
-    async def _folder(self, checkpoint_dir: str, run_id: str) -> Path:
+    async def _folder(
+        self, checkpoint_dir: str, run_id: str, field: str = "checkpoint_dir"
+    ) -> Path:
         if run_id:
             run = await self.runs.get(run_id)
             assert run.config is not None
             checkpoint_dir = run.config.checkpoint_dir
         if not checkpoint_dir:
-            raise InvalidArgumentError("give checkpoint_dir or run_id", field="checkpoint_dir")
-        folder = resolve_in_root(self.home, checkpoint_dir, field="checkpoint_dir")
+            raise InvalidArgumentError("give checkpoint_dir or run_id", field=field)
+        folder = self.access.path(field, checkpoint_dir)
         if not folder.is_dir():
-            raise NotFoundError(f"no folder {checkpoint_dir!r}", field="checkpoint_dir")
+            raise NotFoundError(f"no folder {checkpoint_dir!r}", field=field)
         return folder
 
     async def list_checkpoints(
@@ -250,7 +265,7 @@ class Tools:
             await self.governed.check(
                 Tool.MANAGE_CHECKPOINTS, params, caller=caller, request_id=request_id
             )
-            folder = await self._folder(folder_rel, "")
+            folder = await self._folder(folder_rel, "", "retention.checkpoint_dir")
             infos = await asyncio.to_thread(ckpt.list_checkpoints, folder, self.home)
             victims = [
                 self.home / i.path
@@ -267,7 +282,7 @@ class Tools:
                 caller=caller,
                 request_id=request_id,
             )
-            victims = [self._checkpoint(path)]
+            victims = [self._checkpoint(path, "path")]
         if not victims:
             return []
         touched = [self._rel(p) for v in victims for p in ckpt.companions(v)]
@@ -305,10 +320,10 @@ class Tools:
         await self.governed.check(
             Tool.GENERATE_VISUALIZATIONS, params, caller=caller, request_id=request_id
         )
-        checkpoint = self._checkpoint(checkpoint_path)
+        checkpoint, digest = await self._registered(checkpoint_path)
         data = self._data(data_path, "data_path")
         output = (
-            resolve_in_root(self.home, output_dir, field="output_dir")
+            self.access.path("output_dir", output_dir)
             if output_dir
             else checkpoint.parent.parent / "gradcam"
         )
@@ -319,6 +334,7 @@ class Tools:
                 {
                     "tool": "gradcam",
                     "checkpoint": str(checkpoint),
+                    "sha256": digest,
                     "data_path": str(data),
                     "split": split,
                     "output": str(output),
@@ -340,15 +356,13 @@ class Tools:
                 "dataset_ids must name at least one dataset", field="dataset_ids"
             )
         for index, dataset_id in enumerate(dataset_ids):
-            resolve_in_root(self.home / "datasets", dataset_id, field=f"dataset_ids[{index}]")
-            if "/" in dataset_id:
-                raise InvalidArgumentError("a dataset id has no '/'", field=f"dataset_ids[{index}]")
+            self.access.dataset_id(f"dataset_ids[{index}]", dataset_id)
         params = {"direction": "push" if push else "pull", "dataset_ids": dataset_ids}
         await self.governed.check(Tool.SYNC_DATASETS, params, caller=caller, request_id=request_id)
         # Another remote may only be a folder inside the workspace: no agent points DVC at
         # an arbitrary path of this machine.
         target = (
-            str(resolve_in_root(self.home, remote, field="remote"))
+            str(self.access.path("remote", remote))
             if remote
             else self.settings.dvc_remote or str(self.home / "dvc-remote")
         )
@@ -379,14 +393,20 @@ class Tools:
             self.home, self.settings.repositories[repository], field="repository"
         )
         patches.ensure_repository(repo)
-        plan = patches.plan(patch, repo)
+        repo_rel = self._rel(repo)
+        plan = await asyncio.to_thread(patches.plan, patch, repo, repo_rel)
+        # The policy checks the paths and modes git found, not a parse of its own.
         await self.governed.check(
             Tool.APPLY_CODE_PATCH,
-            {"repository": repository, "patch": patch, "message": message[:500]},
+            {
+                "repository": repository,
+                "patch": patch,
+                "message": message[:500],
+                **plan.parameters(),
+            },
             caller=caller,
             request_id=request_id,
         )
-        repo_rel = self._rel(repo)
         touched = [f"{repo_rel}/{f}" for f in plan.files] + [
             f"{repo_rel}/.git/index",
             f"{repo_rel}/.git/HEAD",
@@ -396,5 +416,5 @@ class Tools:
         async with self.governed.transaction(
             Tool.APPLY_CODE_PATCH, touched, caller=caller, request_id=request_id
         ):
-            sha = await asyncio.to_thread(patches.apply, repo, patch, message, plan.sha256)
+            sha = await asyncio.to_thread(patches.apply, repo, patch, message, plan, repo_rel)
         return sha, plan

@@ -14,21 +14,21 @@ from PIL import Image
 from torch import nn
 
 from arc_common.models import ArchitectureFamily, ArchitectureSpec, PreprocessingChain
-from services.executor.protocol import checkpoint_is_intact
 from services.executor.trainer import metrics as M
 from services.executor.trainer.models import build_model
+from services.executor.trainer.train import load_verified
 from services.executor.trainer.transforms import build_transforms
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any], torch.device]:
-    if not checkpoint_is_intact(path):
-        raise ValueError(
-            f"checkpoint {path.name} is torn or has no matching checksum file; refusing to load"
-        )
+def load_checkpoint(path: Path, sha256: str) -> tuple[nn.Module, dict[str, Any], torch.device]:
+    """The model of a checkpoint whose bytes hash to ``sha256`` (the digest the executor
+    verified as registered): tensors and plain data only, so loading it runs no code."""
+    payload = load_verified(path, sha256)
+    if payload is None:
+        raise ValueError(f"checkpoint {path.name} changed since it was verified; not loaded")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
     spec = ArchitectureSpec.model_validate({**payload["architecture"], "pretrained": False})
     model = build_model(spec)
     model.load_state_dict(payload["model_state_dict"])
@@ -87,9 +87,9 @@ def predict(
 
 
 def evaluate(
-    checkpoint: Path, data_path: Path, split: str, *, bootstrap: int, seed: int
+    checkpoint: Path, data_path: Path, split: str, *, sha256: str, bootstrap: int, seed: int
 ) -> dict[str, Any]:
-    model, payload, device = load_checkpoint(checkpoint)
+    model, payload, device = load_checkpoint(checkpoint, sha256)
     class_names: list[str] = payload["class_names"]
     samples = split_samples(data_path, split, class_names)
     labels, probs = predict(model, samples, _transform(payload), device)
@@ -177,9 +177,9 @@ def _heatmap(values: np.ndarray) -> np.ndarray:
 
 
 def gradcam(
-    checkpoint: Path, data_path: Path, split: str, output: Path, *, count: int
+    checkpoint: Path, data_path: Path, split: str, output: Path, *, sha256: str, count: int
 ) -> list[dict[str, Any]]:
-    model, payload, device = load_checkpoint(checkpoint)
+    model, payload, device = load_checkpoint(checkpoint, sha256)
     class_names: list[str] = payload["class_names"]
     family = ArchitectureFamily(payload["architecture"]["family"])
     transform = _transform(payload)

@@ -18,6 +18,7 @@ def main() -> int:
                 Path(request["checkpoint"]),
                 Path(request["data_path"]),
                 request["split"],
+                sha256=request["sha256"],
                 bootstrap=int(request["bootstrap"]),
                 seed=int(request["seed"]),
             )
@@ -27,6 +28,7 @@ def main() -> int:
                 Path(request["data_path"]),
                 request["split"],
                 Path(request["output"]),
+                sha256=request["sha256"],
                 count=int(request["count"]),
             )
         else:

@@ -10,7 +10,6 @@ import io
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +35,6 @@ from services.executor.protocol import (
     CHECKSUM_SUFFIX,
     META_SUFFIX,
     TrainerInput,
-    checkpoint_is_intact,
 )
 from services.executor.trainer import metrics as M
 from services.executor.trainer.data import load_splits, loader
@@ -152,6 +150,20 @@ def serialize_checkpoint(payload: dict[str, Any]) -> Serialized:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return Serialized(buffer.getvalue())
+
+
+def load_verified(path: Path, sha256: str, *, map_location: Any = "cpu") -> Any:
+    """The checkpoint at ``path`` when its bytes hash to ``sha256``, else None. Tensors and
+    plain data only (``weights_only``): loading a checkpoint never runs code."""
+    if not sha256:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
 
 
 def _recorded_digest(path: Path) -> str:
@@ -377,8 +389,8 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
     final: tuple[int, dict[str, float], dict[str, Any], bool] | None = None
     resume = Path(inp.resume_from) if inp.resume_from else None
     if resume is not None:
-        if checkpoint_is_intact(resume):
-            payload = torch.load(resume, map_location=device, weights_only=False)
+        payload = load_verified(resume, inp.resume_sha256, map_location=device)
+        if payload is not None:
             model.load_state_dict(payload["model_state_dict"])
             if payload.get("optimizer_state_dict"):
                 optimizer.load_state_dict(payload["optimizer_state_dict"])
@@ -392,12 +404,7 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
             best_metrics = dict(progress.get("best_metrics") or {})
             epochs_without_improvement = int(progress.get("epochs_without_improvement", 0))
             start_epoch = int(payload["epoch"]) + 1
-            previous_best = resume.with_name("best.pt")
-            if checkpoint_is_intact(previous_best):  # the best so far travels with the run
-                for suffix in ("", CHECKSUM_SUFFIX, META_SUFFIX):
-                    source = previous_best.with_name(previous_best.name + suffix)
-                    if source.exists():
-                        shutil.copyfile(source, checkpoint_dir / source.name)
+            # The best so far was carried into this run's folder by the executor.
             where += f"; resumed from epoch {payload['epoch']} of {resume.name}"
         else:
             where += f"; {resume} is torn or unverified, so starting from scratch"
@@ -490,11 +497,8 @@ def _train(inp: TrainerInput, report: Reporter, writer: CheckpointWriter) -> Exp
     # best.pt of an earlier epoch is on disk already (settled by a later epoch's writes).
     try:
         if best_epoch != last_epoch:  # the model in memory is the best one otherwise
-            model.load_state_dict(
-                torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=False)[
-                    "model_state_dict"
-                ]
-            )
+            best = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=True)
+            model.load_state_dict(best["model_state_dict"])
         labels, probs, test_loss = predict(
             model, test_loader, device, amp=amp, channels_last=channels_last
         )

@@ -16,10 +16,11 @@ from arc.executor.v1 import executor_pb2_grpc
 from arc.governance.v1 import governance_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
-from arc_common.models import TrainingJobConfig
+from arc_common.models import CheckpointInfo, TrainingJobConfig
 from arc_common.server import ServerHandle
 from services.executor import __main__ as executor_main
 from services.executor.protocol import TrainerInput
+from services.executor.registry import CheckpointRegistry
 from services.executor.settings import ExecutorSettings
 from services.executor.synth import generate_dataset
 from services.governance import __main__ as governance_main
@@ -32,7 +33,8 @@ SIZE = 40
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace template: datasets/fundus (split folders) and runs/r1/checkpoints."""
+    """A workspace template: datasets/fundus (split folders) and runs/r1/checkpoints,
+    registered as the executor registers what its trainers report."""
     from services.executor.trainer.train import Reporter, train
 
     root = tmp_path_factory.mktemp("tools-template")
@@ -62,6 +64,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             },
         }
     )
+    reported: dict[str, CheckpointInfo] = {}
     train(
         TrainerInput(
             run_id="r1",
@@ -71,8 +74,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
             checkpoint_dir=str(root / "runs/r1/checkpoints"),
             log_dir=str(root / "runs/r1/logs"),
         ),
-        Reporter(metric=lambda *a, **k: None, checkpoint=lambda c: None, state=lambda s, r: None),
+        Reporter(
+            metric=lambda *a, **k: None,
+            checkpoint=lambda c: reported.__setitem__(c.path, c),
+            state=lambda s, r: None,
+        ),
     )
+    registry = CheckpointRegistry(root)  # its key travels with the copied workspace
+    for info in reported.values():
+        assert registry.register(root / info.path, info.sha256)
     return root
 
 

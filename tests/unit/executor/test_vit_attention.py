@@ -22,7 +22,7 @@ def test_vit_attention_maps_are_written(tmp_path: Path) -> None:
     spec = ArchitectureSpec(family="vit", variant="vit_b_16", num_classes=2)
     model = build_model(spec)
     checkpoint = tmp_path / "best.pt"
-    save_checkpoint(
+    digest = save_checkpoint(
         checkpoint,
         {
             "model_state_dict": model.state_dict(),
@@ -34,7 +34,9 @@ def test_vit_attention_maps_are_written(tmp_path: Path) -> None:
             "preprocessing": {"chain_id": "", "steps": []},
         },
     )
-    images = gradcam(checkpoint, tmp_path / "data", "test", tmp_path / "maps", count=2)
+    images = gradcam(
+        checkpoint, tmp_path / "data", "test", tmp_path / "maps", sha256=digest, count=2
+    )
     assert len(images) == 2
     assert {i["true_class"] for i in images} == {"glaucoma", "normal"}
     index = json.loads((tmp_path / "maps" / "index.json").read_text())

@@ -1,0 +1,83 @@
+"""Checkpoints the executor registered, and only those, may be loaded by a tool.
+
+When its trainer reports a checkpoint, the executor writes ``<name>.pt.mac`` beside it: an
+HMAC-SHA256 over the checkpoint's workspace-relative path and its SHA-256, under a key kept
+in the secrets directory (``arc_common.keys``), which no tool can reach. A ``.sha256`` file
+anyone can compute proves nothing; this MAC proves the executor saw the engine's own trainer
+write these bytes at this path. A tool verifies it before the bytes are loaded (and the
+loader checks the bytes it reads hash to the verified digest, so nothing can be swapped in
+between).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+from arc_common.errors import NotFoundError, PermissionDeniedError
+from arc_common.keys import load_key
+from services.executor.protocol import file_sha256
+
+MAC_SUFFIX = ".mac"
+KEY_NAME = "checkpoints"
+RUNS_DIR = "runs"
+
+
+def mac_path(path: Path) -> Path:
+    return path.with_name(path.name + MAC_SUFFIX)
+
+
+class CheckpointRegistry:
+    def __init__(self, home: Path) -> None:
+        self.home = home.resolve()
+        self._key = load_key(self.home, KEY_NAME)
+
+    def _mac(self, relative: str, sha256: str) -> str:
+        message = f"arc-checkpoint-v1\n{relative}\n{sha256}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def _relative(self, path: Path) -> str | None:
+        """The workspace-relative path of a checkpoint under runs/, else None."""
+        resolved = Path(os.path.realpath(path))
+        if not resolved.is_relative_to(self.home / RUNS_DIR) or resolved.suffix != ".pt":
+            return None
+        return str(resolved.relative_to(self.home))
+
+    def register(self, path: Path, sha256: str) -> bool:
+        """Record that the engine wrote ``sha256`` at ``path``; False (nothing written)
+        for a path that is no checkpoint under runs/. Blocking: call it off the loop."""
+        relative = self._relative(path)
+        if relative is None or len(sha256) != 64:
+            return False
+        target = mac_path(path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(self._mac(relative, sha256) + "\n")
+        tmp.replace(target)
+        return True
+
+    def verify(self, path: Path, *, field: str) -> str:
+        """The checkpoint's SHA-256 when the executor registered these bytes at this path;
+        else PermissionDeniedError naming ``field``. Blocking (it hashes the file)."""
+        relative = self._relative(path)
+        shown = str(path.relative_to(self.home)) if path.is_relative_to(self.home) else path.name
+        if relative is None:
+            raise PermissionDeniedError(
+                f"{field} must name a checkpoint (*.pt) under {RUNS_DIR}/ (got {shown!r})",
+                field=field,
+            )
+        if not path.is_file():
+            raise NotFoundError(f"no checkpoint at {shown!r}", field=field)
+        try:
+            recorded = mac_path(path).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            recorded = ""
+        digest = file_sha256(path)
+        if not recorded or not hmac.compare_digest(recorded, self._mac(relative, digest)):
+            raise PermissionDeniedError(
+                f"{field} {shown!r} is not a checkpoint the executor registered "
+                "(only checkpoints its trainers wrote can be loaded)",
+                field=field,
+            )
+        return digest
