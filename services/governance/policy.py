@@ -54,6 +54,9 @@ class PatchLimits(BaseModel):
     max_files: Annotated[int, Field(ge=1)] = 5
     max_lines: Annotated[int, Field(ge=1)] = 400
     path_globs: list[str] = Field(default_factory=lambda: ["**"])
+    # File modes other than a plain 100644 file, refused unless allowed here.
+    allow_executables: bool = False
+    allow_mode_changes: bool = False
 
 
 class ToolPolicy(BaseModel):
@@ -166,7 +169,14 @@ class Policy:
                 field = f"{path}[{index}]" if isinstance(value, list) else path
                 violations.extend(_check(field, constraint, item))
         if rules.patch is not None:
-            violations.extend(check_patch(rules.patch, str(parameters.get("patch", ""))))
+            violations.extend(
+                check_patch(
+                    rules.patch,
+                    str(parameters.get("patch", "")),
+                    files=parameters.get("files"),
+                    changes=parameters.get("changes"),
+                )
+            )
         return violations
 
 
@@ -262,15 +272,21 @@ def patch_stats(patch: str) -> PatchStats:
     return PatchStats(list(dict.fromkeys(files)), added, removed)
 
 
-def check_patch(limits: PatchLimits, patch: str) -> list[PolicyViolation]:
+def check_patch(
+    limits: PatchLimits, patch: str, *, files: Any = None, changes: Any = None
+) -> list[PolicyViolation]:
+    """``files`` and ``changes``: every old and new path and its modes, as git parsed the
+    patch (the executor sends them); checked together with the paths of the patch text."""
     stats = patch_stats(patch)
+    given = files if isinstance(files, list) else []
+    paths = list(dict.fromkeys([*stats.files, *(str(f) for f in given)]))
     out: list[PolicyViolation] = []
-    if len(stats.files) > limits.max_files:
+    if len(paths) > limits.max_files:
         out.append(
             PolicyViolation(
                 "patch",
                 f"at most {limits.max_files} files",
-                f"{len(stats.files)} files",
+                f"{len(paths)} files",
                 f"split into patches of at most {limits.max_files} files",
             )
         )
@@ -284,7 +300,7 @@ def check_patch(limits: PatchLimits, patch: str) -> list[PolicyViolation]:
                 f"split into patches of at most {limits.max_lines} lines",
             )
         )
-    for path in stats.files:
+    for path in paths:
         if not any(fnmatch.fnmatch(path, glob) for glob in limits.path_globs):
             out.append(
                 PolicyViolation(
@@ -293,6 +309,21 @@ def check_patch(limits: PatchLimits, patch: str) -> list[PolicyViolation]:
                     path,
                 )
             )
+    for change in changes if isinstance(changes, list) else []:
+        if not isinstance(change, dict):
+            out.append(PolicyViolation("patch.changes", "path and modes", str(change)[:200]))
+            continue
+        old, new = str(change.get("old_mode", "")), str(change.get("new_mode", ""))
+        path = str(change.get("path", ""))
+        if new == "100755" and old != new and not limits.allow_executables:
+            out.append(PolicyViolation("patch.changes", "no executable files", f"{path} {new}"))
+        elif old not in ("", "000000") and new not in ("", "000000", old):
+            if not limits.allow_mode_changes:
+                out.append(
+                    PolicyViolation("patch.changes", "no mode changes", f"{path} {old}->{new}")
+                )
+        elif new not in ("", "000000", "100644", "100755"):
+            out.append(PolicyViolation("patch.changes", "regular files only", f"{path} {new}"))
     return out
 
 
