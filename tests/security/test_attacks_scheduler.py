@@ -221,32 +221,57 @@ async def test_a_real_lease_presented_wrong_is_refused(clients: Clients) -> None
     assert await evaluation_audits(clients) == audits
 
 
+def run_config(job_id: str) -> common_pb2.TrainingJobConfig:
+    config = dict_to_proto(
+        {
+            "job_id": job_id,
+            "checkpoint_dir": f"runs/{job_id}/attempt-1/checkpoints",
+            "log_dir": f"runs/{job_id}/attempt-1/logs",
+        },
+        common_pb2.TrainingJobConfig,
+    )
+    config.experiment_spec.CopyFrom(spec(job_id))
+    return config
+
+
+FORGED = gpu_pb2.Lease(lease_id="forged", gpu_indices=[2], fencing_token=1)
+
+
 async def test_start_run_with_a_forged_lease_spawns_nothing(
     suite: ProcessSuite, clients: Clients
 ) -> None:
     before = await leases(clients)
-    config = dict_to_proto(
-        {
-            "job_id": "forged-run",
-            "checkpoint_dir": "runs/forged-run/attempt-1/checkpoints",
-            "log_dir": "runs/forged-run/attempt-1/logs",
-        },
-        common_pb2.TrainingJobConfig,
+    executor = clients.executor(Role.SERVICE)
+    start = executor_pb2.StartRunRequest(
+        request_id="forged-run", config=run_config("forged-run"), lease=FORGED
     )
-    config.experiment_spec.CopyFrom(spec("forged-run"))
-    await refused(
-        clients.executor(Role.SERVICE).StartRun(
-            executor_pb2.StartRunRequest(
-                request_id="forged-run",
-                config=config,
-                lease=gpu_pb2.Lease(lease_id="forged", gpu_indices=[2], fencing_token=1),
-            )
-        ),
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "forged",
-    )
+    await refused(executor.StartRun(start), grpc.StatusCode.FAILED_PRECONDITION, "forged")
     assert not (suite.home / "runs" / "forged-run").exists()
     assert await leases(clients) == before
+
+
+async def test_a_forged_start_leaves_the_jobs_prepared_run_alone(clients: Clients) -> None:
+    """Defence in depth (StartRun takes the service role): the lease is refused before a
+    waiting trainer of the job is superseded."""
+    executor = clients.executor(Role.SERVICE)
+    prepared = (
+        await executor.PrepareRun(
+            executor_pb2.PrepareRunRequest(request_id="ahead", config=run_config("ahead"))
+        )
+    ).run
+    try:
+        start = executor_pb2.StartRunRequest(
+            request_id="ahead-cold", config=run_config("ahead"), lease=FORGED
+        )
+        await refused(executor.StartRun(start), grpc.StatusCode.FAILED_PRECONDITION, "forged")
+        run = (await executor.GetRun(executor_pb2.GetRunRequest(run_id=prepared.run_id))).run
+        assert run.state == QUEUED, run.error_message
+        activate = executor_pb2.ActivateRunRequest(run_id=prepared.run_id, lease=FORGED)
+        await refused(executor.ActivateRun(activate), grpc.StatusCode.FAILED_PRECONDITION)
+        run = (await executor.GetRun(executor_pb2.GetRunRequest(run_id=prepared.run_id))).run
+        assert run.state == QUEUED and not run.HasField("lease")
+    finally:
+        await executor.CancelRun(executor_pb2.CancelRunRequest(run_id=prepared.run_id))
 
 
 # --- finding 7 (gpu-manager): unbounded TTLs, bad stored rows ---------------------------------
