@@ -180,7 +180,8 @@ class Scheduler:
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in nodes}
         self.jobs: dict[str, JobRecord] = {}
         self._by_request: dict[RequestKey, str] = {}
-        self._inflight: dict[RequestKey, asyncio.Future[JobRecord]] = {}
+        # Request key -> (body digest, the job being committed under it).
+        self._inflight: dict[RequestKey, tuple[str, asyncio.Future[JobRecord]]] = {}
         # (caller, method, request id) -> (body digest, what it made) for the requests
         # whose answer is not a job: CreateExperiment, CancelJob.
         self._requests: dict[tuple[str, str, str], tuple[str, str]] = {}
@@ -624,71 +625,77 @@ class Scheduler:
         new_experiments: list[tuple[ExperimentSpec, str]] = []
         writes = []
         loop = asyncio.get_running_loop()
-        for index, (submission, spec, earlier) in enumerate(
-            zip(submissions, specs, existing, strict=True)
-        ):
-            if earlier is not None:
-                results[index] = earlier
-                continue
-            job_id = f"job-{uuid.uuid4().hex[:12]}"
-            if submission.evaluation is not None:
-                outcome = await self._evaluation_check(
-                    submission.evaluation, caller=caller, request_id=f"job:{job_id}"
-                )
-            else:
-                outcome = await self._governance_check(
-                    spec, caller=caller, dry_run=False, request_id=f"job:{job_id}"
-                )
-            # From here to the commit nothing awaits: the request id and the experiment id
-            # are reserved in memory, so concurrent submissions need no lock and their
-            # writes share one group commit.
-            again = self._existing(submission, caller)
-            if again is not None:  # a concurrent retry got here first
-                results[index] = again
-                continue
-            key = self._key(submission, caller)
-            inflight = self._inflight.get(key) if key else None
-            if inflight is not None:  # ... and is being committed right now
-                waits[index] = inflight
-                continue
-            if spec.experiment_id not in self._experiments:
-                digest = content_hash(spec)
-                created_at = _now()
-                self._remember_experiment(spec, digest, created_at)
-                writes.append(self.store.put_experiment(spec, digest, created_at))
-                new_experiments.append((spec, digest))
-            self._seq += 1
-            job = JobRecord(
-                job_id=job_id,
-                seq=self._seq,
-                experiment_id=spec.experiment_id,
-                spec=spec,
-                caller=caller,
-                request_id=submission.request_id,
-                request_digest=submission.request_digest,
-                batch_index=submission.batch_index,
-                priority=submission.priority
-                if submission.priority is not None
-                else spec.effective_priority,
-                max_retries=submission.max_retries,
-                timeout_seconds=submission.timeout_seconds or spec.max_training_time_seconds,
-                create_time=_now(),
-                approval=f"job:{job_id}" if outcome is DecisionOutcome.PENDING_APPROVAL else "",
-                evaluation=submission.evaluation,
-            )
-            writes.append(self.store.put_job(job))
-            new_jobs.append(job)
-            results[index] = job
-            if key:
-                self._inflight[key] = loop.create_future()
+        # A refusal part way (a governance denial, an id in flight with another body) or a
+        # failed commit undoes what this call reserved in memory.
         try:
+            for index, (submission, spec, earlier) in enumerate(
+                zip(submissions, specs, existing, strict=True)
+            ):
+                if earlier is not None:
+                    results[index] = earlier
+                    continue
+                job_id = f"job-{uuid.uuid4().hex[:12]}"
+                if submission.evaluation is not None:
+                    outcome = await self._evaluation_check(
+                        submission.evaluation, caller=caller, request_id=f"job:{job_id}"
+                    )
+                else:
+                    outcome = await self._governance_check(
+                        spec, caller=caller, dry_run=False, request_id=f"job:{job_id}"
+                    )
+                # From here to the commit nothing awaits: the request id and the experiment id
+                # are reserved in memory, so concurrent submissions need no lock and their
+                # writes share one group commit.
+                again = self._existing(submission, caller)
+                if again is not None:  # a concurrent retry got here first
+                    results[index] = again
+                    continue
+                key = self._key(submission, caller)
+                inflight = self._inflight.get(key) if key else None
+                if inflight is not None:  # ... and is being committed right now
+                    if inflight[0] != submission.request_digest:
+                        raise _reused(submission.request_field, submission.request_id, "in flight")
+                    waits[index] = inflight[1]
+                    continue
+                if spec.experiment_id not in self._experiments:
+                    digest = content_hash(spec)
+                    created_at = _now()
+                    self._remember_experiment(spec, digest, created_at)
+                    writes.append(self.store.put_experiment(spec, digest, created_at))
+                    new_experiments.append((spec, digest))
+                self._seq += 1
+                job = JobRecord(
+                    job_id=job_id,
+                    seq=self._seq,
+                    experiment_id=spec.experiment_id,
+                    spec=spec,
+                    caller=caller,
+                    request_id=submission.request_id,
+                    request_digest=submission.request_digest,
+                    batch_index=submission.batch_index,
+                    priority=submission.priority
+                    if submission.priority is not None
+                    else spec.effective_priority,
+                    max_retries=submission.max_retries,
+                    timeout_seconds=submission.timeout_seconds or spec.max_training_time_seconds,
+                    create_time=_now(),
+                    approval=f"job:{job_id}" if outcome is DecisionOutcome.PENDING_APPROVAL else "",
+                    evaluation=submission.evaluation,
+                )
+                writes.append(self.store.put_job(job))
+                new_jobs.append(job)
+                results[index] = job
+                if key:
+                    self._inflight[key] = (submission.request_digest, loop.create_future())
             if writes:
                 await self.store.write(*writes)  # committed before anyone hears of the jobs
         except BaseException as exc:
             for spec, digest in new_experiments:
                 self._forget_experiment(spec.experiment_id, digest)
             for job in new_jobs:
-                future = self._inflight.pop((caller, job.request_id, job.batch_index), None)
+                _, future = self._inflight.pop(
+                    (caller, job.request_id, job.batch_index), ("", None)
+                )
                 if future is not None:
                     future.set_exception(exc)
                     future.exception()  # retrieved: a concurrent retry may not be waiting
@@ -702,7 +709,7 @@ class Scheduler:
                     state=JobState.QUEUED, reason=f"submitted by {caller}", attempt=1
                 ),
             )
-            future = self._inflight.pop((caller, job.request_id, job.batch_index), None)
+            _, future = self._inflight.pop((caller, job.request_id, job.batch_index), ("", None))
             if future is not None:
                 future.set_result(job)
         for index, future in waits.items():

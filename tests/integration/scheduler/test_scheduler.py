@@ -114,6 +114,20 @@ async def test_request_ids_are_per_caller_and_bound_to_the_body(make_suite: Fact
     assert again.job.job_id == item.job.job_id
     listing = await agent.ListJobs(scheduler_pb2.ListJobsRequest())
     assert len(listing.jobs) == 4
+    # At the same time: two bodies under one id make one job and one refusal; one body
+    # sent twice makes one job.
+    results = await asyncio.gather(
+        agent.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec("rid"), request_id="race")),
+        agent.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec("rid-2"), request_id="race")),
+        return_exceptions=True,
+    )
+    refusals = [r for r in results if isinstance(r, aio.AioRpcError)]
+    assert len(refusals) == 1 and refusals[0].code() == grpc.StatusCode.ALREADY_EXISTS
+    same = scheduler_pb2.SubmitJobRequest(spec=spec("rid"), request_id="twice")
+    a, b = await asyncio.gather(agent.SubmitJob(same), agent.SubmitJob(same))
+    assert a.job.job_id == b.job.job_id
+    listing = await agent.ListJobs(scheduler_pb2.ListJobsRequest())
+    assert len(listing.jobs) == 6
     # CreateExperiment and CancelJob: a replay gets the first answer, another body refused.
     create = scheduler_pb2.CreateExperimentRequest(spec=spec("made"), request_id="c")
     made = await agent.CreateExperiment(create)
