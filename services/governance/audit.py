@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from arc_common.digest import params_digest
 from arc_common.models import AuditRecord, DecisionOutcome, Tool
 from arc_common.sqlite import connect_sync
 
@@ -91,10 +92,6 @@ _INSERT = f"INSERT INTO audit ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * le
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def digest(value: Any) -> str:
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -336,7 +333,7 @@ class AuditLog:
             time=datetime.now(UTC).isoformat(timespec="microseconds"),
             caller=caller,
             tool=tool.value if tool else "",
-            parameters_digest=digest(parameters) if parameters is not None else "",
+            parameters_digest=params_digest(parameters) if parameters is not None else "",
             decision=decision.value if decision else "",
             outcome=outcome,
             policy_version=policy_version,

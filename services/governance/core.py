@@ -1,14 +1,18 @@
 """Governance: policy decisions, modes, approvals, budgets, transactions, audit. No grpc.
 
 Every decision and every state change lands in the audit log. Decisions on mutating
-calls are idempotent per (caller, request_id): a retry returns the first decision and is
-not counted twice against budgets.
+calls are idempotent per (caller, via, request_id) and bound to the digest of the
+parameters they were made for: a retry with the same parameters returns the first decision
+(not counted twice against budgets), a retry with others is refused. ``via`` is the
+authenticated identity that asked, so a decision an agent asked for itself is never the one
+the executor (asking on the agent's behalf) reuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import shutil
@@ -24,6 +28,7 @@ from typing import Any
 import aiosqlite
 
 from arc_common import sqlite
+from arc_common.digest import params_digest
 from arc_common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -53,9 +58,10 @@ Clock = Callable[[], float]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS decisions (
-    caller TEXT NOT NULL, request_id TEXT NOT NULL, decision TEXT NOT NULL,
-    PRIMARY KEY (caller, request_id)
+CREATE TABLE IF NOT EXISTS bound_decisions (
+    caller TEXT NOT NULL, via TEXT NOT NULL, request_id TEXT NOT NULL, tool TEXT NOT NULL,
+    params_digest TEXT NOT NULL, decision TEXT NOT NULL,
+    PRIMARY KEY (caller, via, request_id)
 );
 CREATE TABLE IF NOT EXISTS usage (
     caller TEXT NOT NULL, cycle_id INTEGER NOT NULL, gpu_hours REAL NOT NULL,
@@ -65,7 +71,8 @@ CREATE TABLE IF NOT EXISTS pending (
     pending_request_id TEXT PRIMARY KEY, caller TEXT NOT NULL, request_id TEXT NOT NULL,
     tool TEXT NOT NULL, parameters TEXT NOT NULL, state TEXT NOT NULL,
     create_time REAL NOT NULL, expire_time REAL NOT NULL, decided_by TEXT NOT NULL,
-    reason TEXT NOT NULL, cycle_id INTEGER NOT NULL, gpu_hours REAL NOT NULL
+    reason TEXT NOT NULL, cycle_id INTEGER NOT NULL, gpu_hours REAL NOT NULL,
+    params_digest TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS pending_state ON pending(state);
 CREATE TABLE IF NOT EXISTS transactions (
@@ -86,6 +93,12 @@ class ToolCall:
     dry_run: bool = False
     cycle_id: int = 0
     invalid_reason: str = ""
+    # The authenticated identity that asked (a service acting for ``caller``); empty: caller.
+    via: str = ""
+
+    @property
+    def asked_by(self) -> str:
+        return self.via or self.caller
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,7 @@ class Governance:
         self.policy = Policy.load(self.policy_path)  # a broken file at startup is fatal
         self._db = await sqlite.connect(self._dir / "governance.sqlite3")
         await self._db.executescript(SCHEMA)
+        await self._migrate()
         await self._db.commit()
         self.audit = AuditLog(
             self._dir / "audit.sqlite3",
@@ -171,6 +185,16 @@ class Governance:
             self.policy.version,
             recovered,
         )
+
+    async def _migrate(self) -> None:
+        """Databases made before approvals were bound to their parameters' digest. Their
+        unbound decisions (table ``decisions``) are kept but never replayed."""
+        async with self.db.execute("PRAGMA table_info(pending)") as cursor:
+            columns = [str(row[1]) async for row in cursor]
+        if "params_digest" not in columns:
+            await self.db.execute(
+                "ALTER TABLE pending ADD COLUMN params_digest TEXT NOT NULL DEFAULT ''"
+            )
 
     async def close(self) -> None:
         try:
@@ -215,26 +239,28 @@ class Governance:
     async def validate(self, call: ToolCall, *, wait_seconds: float = 0.0) -> Decision:
         if call.invalid_reason:
             return await self._record_invalid(call)
-        if not call.dry_run and call.request_id:
-            earlier = await self._earlier_decision(call)
+        digest = params_digest(call.parameters)
+        # LOCKED refuses even a replay of an earlier ALLOWED decision.
+        if not call.dry_run and call.request_id and self.mode is not Mode.LOCKED:
+            earlier = await self._earlier_decision(call, digest)
             if earlier is not None:
-                return await self._maybe_wait(call, earlier, wait_seconds)
+                return await self._maybe_wait(call, earlier, digest, wait_seconds)
         if call.dry_run:  # counts nothing: no lock, and its audit shares group commits
             with self.log.expecting():
-                decision = await self._decide(call)
+                decision = await self._decide(call, digest)
             await self.log.durable()
             return decision
         with self.log.expecting():
             async with self._lock:
-                if call.request_id:
-                    earlier = await self._earlier_decision(call)
+                if call.request_id and self.mode is not Mode.LOCKED:
+                    earlier = await self._earlier_decision(call, digest)
                     if earlier is not None:
                         return earlier
-                decision = await self._decide(call)
+                decision = await self._decide(call, digest)
         # Outside the lock: the next decision may go ahead (it sees this one's uncommitted
         # rows on the same connection) while this one waits for its group's commit.
         await self._committed.wait()
-        return await self._maybe_wait(call, decision, wait_seconds)
+        return await self._maybe_wait(call, decision, digest, wait_seconds)
 
     async def _record_invalid(self, call: ToolCall) -> Decision:
         """A call another service refused as malformed: audited as a denial."""
@@ -257,21 +283,64 @@ class Governance:
             audit_sequence=record.sequence,
         )
 
-    async def _earlier_decision(self, call: ToolCall) -> Decision | None:
+    async def _earlier_decision(self, call: ToolCall, digest: str) -> Decision | None:
+        """The decision taken earlier under this id for these very parameters (a replay,
+        audited with their digest), None if there is none; refused (audited) if it was
+        taken for other parameters or another tool."""
         async with self.db.execute(
-            "SELECT decision FROM decisions WHERE caller = ? AND request_id = ?",
-            (call.caller, call.request_id),
+            "SELECT tool, params_digest, decision FROM bound_decisions "
+            "WHERE caller = ? AND via = ? AND request_id = ?",
+            (call.caller, call.asked_by, call.request_id),
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
-        decision = Decision.model_validate_json(row[0])
+        tool, bound_digest, raw = str(row[0]), str(row[1]), str(row[2])
+        decision = Decision.model_validate_json(raw)
+        if tool != call.tool.value or not hmac.compare_digest(bound_digest, digest):
+            await self.log.append(
+                caller=call.caller,
+                action="validate_refused",
+                tool=call.tool,
+                parameters=call.parameters,
+                decision=DecisionOutcome.DENIED,
+                outcome="request_id reused with other parameters",
+                policy_version=self.policy.version,
+                detail=f"request_id={call.request_id}; via={call.asked_by}; decided for "
+                f"{tool} {bound_digest} at audit record {decision.audit_sequence}",
+            )
+            raise FailedPreconditionError(
+                f"request_id {call.request_id!r} was already decided for other parameters "
+                f"(audit record {decision.audit_sequence}); a new call needs a new request_id",
+                field="request_id",
+            )
         if decision.pending_request_id:
-            return await self._decision_for_pending(decision)
-        return decision
+            decision = await self._decision_for_pending(decision, digest)
+        record = await self.log.append(
+            caller=call.caller,
+            action="validate_replay",
+            tool=call.tool,
+            parameters=call.parameters,
+            decision=decision.outcome,
+            outcome=decision.reason[:2000],
+            policy_version=self.policy.version,
+            detail=f"request_id={call.request_id}; via={call.asked_by}; first decided at "
+            f"audit record {decision.audit_sequence}",
+        )
+        return decision.model_copy(update={"audit_sequence": record.sequence})
 
-    async def _decision_for_pending(self, decision: Decision) -> Decision:
-        pending = await self.get_pending(decision.pending_request_id)
+    async def _decision_for_pending(self, decision: Decision, digest: str) -> Decision:
+        row = await self._pending_row(decision.pending_request_id)
+        pending = self._pending_from_row(row)
+        if not hmac.compare_digest(str(row[12]), digest):
+            # Defence in depth: an approval covers only the parameters it was shown.
+            return decision.model_copy(
+                update={
+                    "outcome": DecisionOutcome.DENIED,
+                    "allowed": False,
+                    "reason": "the approval was given for other parameters",
+                }
+            )
         if pending.state is PendingRequestState.PENDING:
             return decision
         allowed = pending.state is PendingRequestState.APPROVED
@@ -285,13 +354,13 @@ class Governance:
         )
 
     async def _maybe_wait(
-        self, call: ToolCall, decision: Decision, wait_seconds: float
+        self, call: ToolCall, decision: Decision, digest: str, wait_seconds: float
     ) -> Decision:
         if decision.outcome is not DecisionOutcome.PENDING_APPROVAL or wait_seconds <= 0:
             return decision
         deadline = asyncio.get_running_loop().time() + wait_seconds
         while True:
-            current = await self._decision_for_pending(decision)
+            current = await self._decision_for_pending(decision, digest)
             if current.outcome is not DecisionOutcome.PENDING_APPROVAL:
                 return current
             remaining = deadline - asyncio.get_running_loop().time()
@@ -327,7 +396,7 @@ class Governance:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def _decide(self, call: ToolCall) -> Decision:
+    async def _decide(self, call: ToolCall, digest: str) -> Decision:
         policy = self.policy
         limits = policy.limits(call.caller)
         violations = [
@@ -420,7 +489,7 @@ class Governance:
             pending_id = uuid.uuid4().hex
             now = self._clock()
             await self.db.execute(
-                "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', '', ?, ?)",
+                "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?)",
                 (
                     pending_id,
                     call.caller,
@@ -432,6 +501,7 @@ class Governance:
                     now + self.config.pending_ttl_seconds,
                     call.cycle_id,
                     hours,
+                    digest,
                 ),
             )
             decision = decision.model_copy(update={"pending_request_id": pending_id})
@@ -446,13 +516,21 @@ class Governance:
             outcome="; ".join(f"{v.field}: {v.constraint}" for v in violations)[:2000]
             or decision.reason,
             policy_version=policy.version,
-            detail=f"request_id={call.request_id}",
+            detail=f"request_id={call.request_id}; via={call.asked_by}",
         )
         decision = decision.model_copy(update={"audit_sequence": record.sequence})
-        if call.request_id:
+        # A LOCKED denial is not bound to the id: once unlocked, the call is decided afresh.
+        if call.request_id and not locked:
             await self.db.execute(
-                "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?)",
-                (call.caller, call.request_id, decision.model_dump_json()),
+                "INSERT OR REPLACE INTO bound_decisions VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    call.caller,
+                    call.asked_by,
+                    call.request_id,
+                    call.tool.value,
+                    digest,
+                    decision.model_dump_json(),
+                ),
             )
         return decision
 

@@ -32,6 +32,13 @@ def caller_name(on_behalf_of: str = "") -> str:
     return on_behalf_of
 
 
+def authenticated_name() -> str:
+    identity = auth.current_identity.get()
+    if identity is None:  # pragma: no cover - the interceptor always sets one
+        raise PermissionDeniedError("no caller identity")
+    return identity.name
+
+
 class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     def __init__(self, governance: Governance) -> None:
         self._gov = governance
@@ -58,6 +65,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             dry_run=request.dry_run,
             cycle_id=request.cycle_id,
             invalid_reason=request.invalid_reason,
+            via=authenticated_name(),
         )
         decision = await self._gov.validate(call, wait_seconds=request.wait_for_approval_seconds)
         if (

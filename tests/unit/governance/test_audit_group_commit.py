@@ -76,7 +76,7 @@ async def test_decisions_are_committed_before_the_answer(tmp_path: Path) -> None
     decisions = await asyncio.gather(*(gov.validate(call) for call in calls))
     # Read through another connection: what was answered is on disk.
     with sqlite3.connect(gov.home / "governance" / "governance.sqlite3") as conn:
-        stored = {row[0] for row in conn.execute("SELECT request_id FROM decisions")}
+        stored = {row[0] for row in conn.execute("SELECT request_id FROM bound_decisions")}
     with sqlite3.connect(gov.home / "governance" / "audit.sqlite3") as conn:
         audited = conn.execute("SELECT COUNT(*) FROM audit WHERE action = 'validate'").fetchone()
     assert stored == {f"r{n}" for n in range(10)} and audited[0] == 10
