@@ -726,9 +726,12 @@ class Governance:
                 )
             checked.append(str(resolved.relative_to(self.home.resolve())))
         if request_id:
+            # A retry whose reply was lost gets the open transaction back; one that
+            # finished is never handed out again (a tool would write outside it): the
+            # retry gets a new transaction with a new snapshot.
             async with self.db.execute(
-                "SELECT * FROM transactions WHERE request_id = ? AND caller = ?",
-                (request_id, caller),
+                "SELECT * FROM transactions WHERE request_id = ? AND caller = ? AND state = ?",
+                (request_id, caller, TransactionState.OPEN.value),
             ) as cursor:
                 row = await cursor.fetchone()
             if row is not None:

@@ -84,26 +84,44 @@ class Governed:
             )
         )
         transaction_id = reply.transaction.transaction_id
+        if not transaction_id or reply.transaction.state != governance_pb2.TRANSACTION_STATE_OPEN:
+            # Never run a tool outside an open transaction: nothing would restore its writes.
+            raise FailedPreconditionError(
+                f"governance answered transaction {transaction_id!r} that is not open; "
+                "retry with a new request_id",
+                field="request_id",
+            )
         try:
             yield transaction_id
         except BaseException as exc:
-            try:
-                await unary(
-                    stub.RollbackTransaction(
-                        governance_pb2.RollbackTransactionRequest(
-                            transaction_id=transaction_id, reason=f"{type(exc).__name__}: {exc}"
-                        ),
-                        timeout=120,
-                    )
-                )
-            except Exception:  # governance rolls it back by timeout or on restart
-                logger.exception("rollback of %s failed", transaction_id)
+            await self._rollback(stub, transaction_id, f"{type(exc).__name__}: {exc}")
             raise
-        await unary(
-            stub.CommitTransaction(
-                governance_pb2.CommitTransactionRequest(
-                    transaction_id=transaction_id, outcome="succeeded"
-                ),
-                timeout=60,
+        try:
+            await unary(
+                stub.CommitTransaction(
+                    governance_pb2.CommitTransactionRequest(
+                        transaction_id=transaction_id, outcome="succeeded"
+                    ),
+                    timeout=60,
+                )
             )
-        )
+        except BaseException as exc:
+            # Not committed (or its reply lost: then the rollback is refused and the commit
+            # stands): restore, so that the caller's error means "nothing changed".
+            await self._rollback(stub, transaction_id, f"commit failed: {exc}")
+            raise
+
+    async def _rollback(
+        self, stub: governance_pb2_grpc.GovernanceServiceStub, transaction_id: str, reason: str
+    ) -> None:
+        try:
+            await unary(
+                stub.RollbackTransaction(
+                    governance_pb2.RollbackTransactionRequest(
+                        transaction_id=transaction_id, reason=reason[:2000]
+                    ),
+                    timeout=120,
+                )
+            )
+        except Exception:  # governance rolls it back by timeout or on restart
+            logger.exception("rollback of %s failed", transaction_id)
