@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,18 @@ async def start_server(
         extra={"fields": {"port": port, "services": names}},
     )
     return ServerHandle(server, port, health_servicer, names, list(on_shutdown))
+
+
+def run_service(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)`` for a service's ``__main__``: a service that fails (to start,
+    above all) logs why and exits 1 at once, even if a thread it started (a database's, a
+    pool's) would keep the interpreter waiting with the port already closed."""
+    try:
+        asyncio.run(main)
+    except Exception:
+        logger.exception("service failed")
+        logging.shutdown()
+        os._exit(1)
 
 
 async def run_server(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import aiosqlite
@@ -15,7 +14,13 @@ from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
 from arc_common.logs import configure_logging
 from arc_common.models import RunEvent, acted_on, metric_count
-from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
+from arc_common.server import (
+    Registration,
+    ServerHandle,
+    run_service,
+    serve_until_signal,
+    start_server,
+)
 from services.executor.leases import GrpcLeaseChecker
 from services.executor.ledger import ToolLedger
 from services.executor.runs import RunManager
@@ -103,7 +108,7 @@ async def serve(settings: ExecutorSettings) -> None:
 def main() -> None:
     settings = parse_service_args(ExecutorSettings, service="executor", default_port=50054)
     configure_logging("executor", settings.log_level)
-    asyncio.run(serve(settings))
+    run_service(serve(settings))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
 from arc_common.logs import configure_logging
-from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
+from arc_common.server import (
+    Registration,
+    ServerHandle,
+    run_service,
+    serve_until_signal,
+    start_server,
+)
 from services.gpu_manager.backends import create_backend
 from services.gpu_manager.manager import GpuManager
 from services.gpu_manager.servicer import GpuManagerServicer
@@ -52,7 +56,7 @@ async def serve(settings: GpuManagerSettings) -> None:
 def main() -> None:
     settings = parse_service_args(GpuManagerSettings, service="gpu_manager", default_port=50052)
     configure_logging("gpu-manager", settings.log_level)
-    asyncio.run(serve(settings))
+    run_service(serve(settings))
 
 
 if __name__ == "__main__":

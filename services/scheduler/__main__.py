@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,13 @@ from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
 from arc_common.logs import configure_logging
 from arc_common.models import JobEvent, metric_count
-from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
+from arc_common.server import (
+    Registration,
+    ServerHandle,
+    run_service,
+    serve_until_signal,
+    start_server,
+)
 from services.scheduler.core import Scheduler
 from services.scheduler.remote import GrpcGovernance, GrpcNode, NodeClient
 from services.scheduler.servicer import SchedulerServicer
@@ -130,7 +135,7 @@ async def serve(settings: SchedulerSettings) -> None:
 def main() -> None:
     settings = parse_service_args(SchedulerSettings, service="scheduler", default_port=50051)
     configure_logging("scheduler", settings.log_level)
-    asyncio.run(serve(settings))
+    run_service(serve(settings))
 
 
 if __name__ == "__main__":
