@@ -28,7 +28,13 @@ def describe(decision: Decision) -> str:
     return "; ".join(parts) if parts else decision.reason
 
 
-MALFORMED = ("must be finite", "must be a number")
+MALFORMED = (
+    "must be finite",
+    "must be a number",
+    "must be within bounds",
+    "must be an object",
+    "must be a list",
+)
 
 
 def denial_error(tool: Tool, decision: Decision) -> ArcError:

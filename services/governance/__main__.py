@@ -12,7 +12,13 @@ from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
 from arc_common.errors import ArcError
 from arc_common.logs import configure_logging
-from arc_common.server import Registration, ServerHandle, serve_until_signal, start_server
+from arc_common.server import (
+    Registration,
+    ServerHandle,
+    run_service,
+    serve_until_signal,
+    start_server,
+)
 from services.governance.core import Governance, GovernanceConfig
 from services.governance.servicer import GovernanceServicer
 from services.governance.settings import GovernanceSettings
@@ -34,6 +40,7 @@ def build_governance(settings: GovernanceSettings) -> Governance:
         config=GovernanceConfig(
             pending_ttl_seconds=settings.pending_ttl_seconds,
             transaction_timeout_seconds=settings.transaction_timeout_seconds,
+            max_transaction_timeout_seconds=settings.max_transaction_timeout_seconds,
             max_snapshot_bytes=settings.max_snapshot_bytes,
         ),
     )
@@ -92,7 +99,7 @@ async def serve(settings: GovernanceSettings) -> None:
 def main() -> None:
     settings = parse_service_args(GovernanceSettings, service="governance", default_port=50053)
     configure_logging("governance", settings.log_level)
-    asyncio.run(serve(settings))
+    run_service(serve(settings))
 
 
 if __name__ == "__main__":

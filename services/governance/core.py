@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -81,7 +82,15 @@ CREATE TABLE IF NOT EXISTS transactions (
     create_time REAL NOT NULL, expire_time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS transactions_state ON transactions(state);
+CREATE TABLE IF NOT EXISTS quarantine (
+    kind TEXT NOT NULL, key TEXT NOT NULL, row TEXT NOT NULL, reason TEXT NOT NULL,
+    time REAL NOT NULL
+);
 """
+
+
+MAX_TRANSACTION_PATHS = 10_000
+QUARANTINE_DIR = "quarantine"
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class ToolCall:
 class GovernanceConfig:
     pending_ttl_seconds: float = 3600.0
     transaction_timeout_seconds: float = 3600.0
+    max_transaction_timeout_seconds: float = 86400.0
     max_snapshot_bytes: int = 2 * 1024**3
 
 
@@ -112,14 +122,61 @@ def _when(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+# What the budget arithmetic accepts: more is malformed, not merely over budget.
+MAX_GPUS = 4096
+MAX_TRAINING_SECONDS = 10 * 365 * 86400
+
+
+class MalformedParameterError(ValueError):
+    """A value the budget cannot be computed from (its constraint is in MALFORMED)."""
+
+    def __init__(self, field: str, constraint: str, actual: Any, suggested: str = "") -> None:
+        super().__init__(f"{field} {constraint}")
+        self.violation = Violation(
+            field=field, constraint=constraint, actual=repr(actual)[:200], suggested=suggested
+        )
+
+
+def _positive(value: Any, *, field: str, default: float, maximum: float) -> float:
+    if value is None or value in (0, ""):
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedParameterError(field, "must be a number", value)
+    if not math.isfinite(value):
+        raise MalformedParameterError(field, "must be finite", value)
+    if not 0 < value <= maximum:
+        raise MalformedParameterError(field, "must be within bounds", value, f"{maximum:g}")
+    return float(value)
+
+
+def _gpus(parameters: dict[str, Any]) -> float:
+    allocation = parameters.get("gpu_allocation") or {}
+    if not isinstance(allocation, dict):
+        raise MalformedParameterError("gpu_allocation", "must be an object", allocation)
+    indices = allocation.get("gpu_indices") or []
+    if not isinstance(indices, list):
+        raise MalformedParameterError("gpu_allocation.gpu_indices", "must be a list", indices)
+    if len(indices) > MAX_GPUS:
+        raise MalformedParameterError(
+            "gpu_allocation.gpu_indices", "must be within bounds", len(indices), str(MAX_GPUS)
+        )
+    return len(indices) or _positive(
+        allocation.get("gpu_count"), field="gpu_allocation.gpu_count", default=1, maximum=MAX_GPUS
+    )
+
+
 def estimated_gpu_hours(tool: Tool, parameters: dict[str, Any]) -> float:
-    """What a training job may cost: its GPUs times its time limit."""
+    """What a training job may cost: its GPUs times its time limit. Raises
+    MalformedParameterError for values no budget can be computed from."""
     if tool is not Tool.RUN_TRAINING_JOB:
         return 0.0
-    allocation = parameters.get("gpu_allocation") or {}
-    gpus = len(allocation.get("gpu_indices") or []) or int(allocation.get("gpu_count") or 1)
-    seconds = float(parameters.get("max_training_time_seconds") or 3600)
-    return gpus * seconds / 3600.0
+    seconds = _positive(
+        parameters.get("max_training_time_seconds"),
+        field="max_training_time_seconds",
+        default=3600,
+        maximum=MAX_TRAINING_SECONDS,
+    )
+    return _gpus(parameters) * seconds / 3600.0
 
 
 class Governance:
@@ -159,6 +216,13 @@ class Governance:
         return self.audit
 
     async def open(self) -> None:
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()  # no thread left behind to keep a failed process alive
+            raise
+
+    async def _open(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         (self._dir / "snapshots").mkdir(exist_ok=True)
         if not self.policy_path.exists():
@@ -177,7 +241,12 @@ class Governance:
         await self.audit.open()
         async with self._db.execute("SELECT value FROM state WHERE key = 'mode'") as cursor:
             row = await cursor.fetchone()
-        self.mode = Mode(row[0]) if row else Mode.AUTONOMOUS
+        stored = str(row[0]) if row else Mode.AUTONOMOUS.value
+        try:
+            self.mode = Mode(stored)
+        except ValueError:
+            logger.error("stored mode %r is not a mode: governance starts LOCKED", stored)
+            await self.set_mode(Mode.LOCKED, caller="governance", reason=f"bad mode {stored!r}")
         recovered = await self.recover_transactions(startup=True)
         logger.info(
             "governance ready: mode %s, policy %s, %d open transactions rolled back",
@@ -405,16 +474,17 @@ class Governance:
             )
             for v in policy.evaluate(call.tool, call.parameters)
         ]
-        hours = estimated_gpu_hours(call.tool, call.parameters)
+        try:
+            hours = estimated_gpu_hours(call.tool, call.parameters)
+        except MalformedParameterError as exc:
+            hours = 0.0
+            if all(v.field != exc.violation.field for v in violations):
+                violations.append(exc.violation)
         if hours:
             used = await self._used_gpu_hours(call.caller, call.cycle_id)
             if used + hours > limits.gpu_hours_per_cycle + 1e-9:
                 left = max(0.0, limits.gpu_hours_per_cycle - used)
-                allocation = call.parameters.get("gpu_allocation") or {}
-                gpus = len(allocation.get("gpu_indices") or []) or int(
-                    allocation.get("gpu_count") or 1
-                )
-                seconds_left = int(left * 3600 / gpus)
+                seconds_left = int(left * 3600 / _gpus(call.parameters))
                 violations.append(
                     Violation(
                         field="max_training_time_seconds",
@@ -714,8 +784,17 @@ class Governance:
             raise PermissionDeniedError("governance is LOCKED: no transaction may begin")
         if not paths:
             raise InvalidArgumentError("paths must name at least one path", field="paths")
-        if timeout_seconds < 0:
-            raise InvalidArgumentError("timeout_seconds must be >= 0", field="timeout_seconds")
+        longest = self.config.max_transaction_timeout_seconds
+        if not 0 <= timeout_seconds <= longest:
+            raise InvalidArgumentError(
+                f"timeout_seconds must be between 0 and {longest:g} (got {timeout_seconds:g})",
+                field="timeout_seconds",
+            )
+        if len(paths) > MAX_TRANSACTION_PATHS:
+            raise InvalidArgumentError(
+                f"paths may name at most {MAX_TRANSACTION_PATHS} paths (got {len(paths)})",
+                field="paths",
+            )
         checked: list[str] = []
         for index, rel in enumerate(paths):
             resolved = resolve_in_root(self.home, rel, field=f"paths[{index}]")
@@ -824,6 +903,38 @@ class Governance:
                 transaction_id, TransactionState.ROLLED_BACK, caller=caller, detail=reason
             )
 
+    async def _quarantine_transaction(self, transaction_id: str, exc: Exception) -> None:
+        """Move a transaction that cannot be rolled back out of the way: its row to the
+        quarantine table, its snapshot to governance/quarantine/ for an operator."""
+        async with self.db.execute(
+            "SELECT * FROM transactions WHERE transaction_id = ?", (transaction_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+        await self.db.execute(
+            "INSERT INTO quarantine VALUES ('transaction', ?, ?, ?, ?)",
+            (transaction_id, json.dumps(list(row or ()), default=str), reason, self._clock()),
+        )
+        await self.db.execute(
+            "DELETE FROM transactions WHERE transaction_id = ?", (transaction_id,)
+        )
+        await self.db.commit()
+        snapshot = self._snapshot_dir(transaction_id)
+        kept = self._dir / QUARANTINE_DIR / transaction_id
+        if snapshot.exists():
+            kept.parent.mkdir(exist_ok=True)
+            await asyncio.to_thread(shutil.move, snapshot, kept)
+        await self.log.append(
+            caller="governance",
+            action="quarantine_transaction",
+            outcome="quarantined",
+            policy_version=self.policy.version,
+            detail=f"transaction {transaction_id}: {reason}; snapshot kept in {kept}",
+        )
+        logger.error(
+            "transaction %s quarantined (%s); snapshot in %s", transaction_id, reason, kept
+        )
+
     async def recover_transactions(self, *, startup: bool = False) -> int:
         """Roll back transactions whose holder died: all open ones at startup, else expired."""
         now = self._clock()
@@ -836,7 +947,11 @@ class Governance:
             ids = [row[0] async for row in cursor]
         for transaction_id in ids:
             reason = "governance restarted" if startup else "holder timed out"
-            await self.rollback(transaction_id, caller="governance", reason=reason)
+            try:
+                await self.rollback(transaction_id, caller="governance", reason=reason)
+            except Exception as exc:  # a bad row must not stop the service or the others
+                await self._quarantine_transaction(transaction_id, exc)
+                continue
             logger.warning("transaction %s rolled back: %s", transaction_id, reason)
         if startup:
             # Nothing is open now: what is left are snapshots of transactions that never got

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
@@ -16,6 +16,56 @@ from services.governance.audit import AuditFilter
 from services.governance.core import Governance, ToolCall
 
 MAX_WAIT_FOR_APPROVAL_SECONDS = 300
+MAX_REQUEST_ID_CHARS = 512
+# A tool call's parameters: nesting and number of values (the message size bounds the rest).
+MAX_PARAMETER_DEPTH = 32
+MAX_PARAMETER_VALUES = 100_000
+# Audit filter times: 1970-01-01 up to the end of year 9999.
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+
+
+def check_parameters(value: Any) -> None:
+    """Bound the shape of a tool call's parameters before any of it is evaluated."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    count = 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > MAX_PARAMETER_DEPTH:
+            raise InvalidArgumentError(
+                f"parameters nest deeper than {MAX_PARAMETER_DEPTH} levels", field="parameters"
+            )
+        if count > MAX_PARAMETER_VALUES:
+            raise InvalidArgumentError(
+                f"parameters hold more than {MAX_PARAMETER_VALUES} values", field="parameters"
+            )
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgumentError(
+            f"request_id may have at most {MAX_REQUEST_ID_CHARS} characters "
+            f"(got {len(request_id)})",
+            field="request_id",
+        )
+
+
+def audit_time(request: Any, name: str) -> datetime | None:
+    if not request.HasField(name):
+        return None
+    stamp = getattr(request, name)
+    if not (0 <= stamp.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= stamp.nanos < 1_000_000_000):
+        raise InvalidArgumentError(
+            f"{name} must lie between 1970-01-01 and 9999-12-31 (got {stamp.seconds} s, "
+            f"{stamp.nanos} ns)",
+            field=name,
+        )
+    when: datetime = stamp.ToDatetime(tzinfo=UTC)
+    return when
 
 
 def caller_name(on_behalf_of: str = "") -> str:
@@ -57,10 +107,13 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
                 f"{MAX_WAIT_FOR_APPROVAL_SECONDS} (got {request.wait_for_approval_seconds})",
                 field="wait_for_approval_seconds",
             )
+        check_request_id(request.request_id)
+        parameters = struct_to_dict(request.parameters)
+        check_parameters(parameters)
         call = ToolCall(
             caller=caller_name(request.on_behalf_of),
             tool=tool,
-            parameters=struct_to_dict(request.parameters),
+            parameters=parameters,
             request_id=request.request_id,
             dry_run=request.dry_run,
             cycle_id=request.cycle_id,
@@ -81,6 +134,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     async def BeginTransaction(
         self, request: governance_pb2.BeginTransactionRequest, context: Any
     ) -> governance_pb2.BeginTransactionResponse:
+        check_request_id(request.request_id)
         transaction = await self._gov.begin(
             caller=caller_name(request.on_behalf_of),
             tool=enum_field(request, "tool", Tool),
@@ -176,12 +230,8 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             caller=request.caller,
             tool=tool,
             decision=decision,
-            start_time=request.start_time.ToDatetime(tzinfo=UTC)
-            if request.HasField("start_time")
-            else None,
-            end_time=request.end_time.ToDatetime(tzinfo=UTC)
-            if request.HasField("end_time")
-            else None,
+            start_time=audit_time(request, "start_time"),
+            end_time=audit_time(request, "end_time"),
         )
         records, more = await self._gov.log.list(flt, offset=offset, limit=limit)
         return governance_pb2.ListAuditRecordsResponse(

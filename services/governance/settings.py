@@ -17,5 +17,7 @@ class GovernanceSettings(ServiceSettings):
     pending_ttl_seconds: float = Field(default=3600.0, gt=0)
     # An open transaction whose holder vanished is rolled back after this.
     transaction_timeout_seconds: float = Field(default=3600.0, gt=0)
+    # The longest a caller may ask a transaction to stay open (BeginTransaction).
+    max_transaction_timeout_seconds: float = Field(default=86400.0, gt=0, le=366 * 86400)
     max_snapshot_bytes: int = Field(default=2 * 1024**3, ge=1024)
     housekeeping_interval_seconds: float = Field(default=1.0, gt=0)
