@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Self, TypeVar
@@ -21,6 +22,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -261,9 +264,83 @@ class DatasetSpec(_Spec):
         return self
 
 
+@dataclass(frozen=True)
+class _Bound:
+    """One step parameter: a number in [low, high] (an integer when ``integer``), or a
+    list of 1-4 such numbers when ``vector``."""
+
+    low: float
+    high: float
+    integer: bool = False
+    vector: bool = False
+    low_open: bool = False  # low itself excluded
+
+    def check(self, name: str, value: Any) -> None:
+        items = value if self.vector and isinstance(value, list) else [value]
+        if self.vector and not 1 <= len(items) <= 4:
+            raise ValueError(f"{name} must be a list of 1 to 4 numbers")
+        what = "an integer" if self.integer else "a number"
+        shown = f"({self.low}, {self.high}]" if self.low_open else f"[{self.low}, {self.high}]"
+        for item in items:
+            number = item if isinstance(item, int | float) and not isinstance(item, bool) else None
+            if (
+                number is None
+                or not math.isfinite(number)
+                or (self.integer and not float(number).is_integer())
+                or not self.low <= number <= self.high
+                or (self.low_open and number == self.low)
+            ):
+                raise ValueError(f"{name} must be {what} in {shown} (got {item!r})")
+
+
+_SIZE = _Bound(1, 4096, integer=True)
+_PROBABILITY = _Bound(0, 1)
+STEP_PARAMS: dict[PreprocessingStepType, dict[str, _Bound]] = {
+    PreprocessingStepType.RESIZE: {"size": _SIZE},
+    PreprocessingStepType.CENTER_CROP: {"size": _SIZE},
+    PreprocessingStepType.NORMALIZE: {
+        "mean": _Bound(-10, 10, vector=True),
+        "std": _Bound(0, 10, vector=True, low_open=True),
+    },
+    PreprocessingStepType.CLAHE: {
+        "clip_limit": _Bound(0, 100, low_open=True),
+        "grid": _Bound(1, 64, integer=True),
+    },
+    PreprocessingStepType.GREEN_CHANNEL: {},
+    PreprocessingStepType.HORIZONTAL_FLIP: {"p": _PROBABILITY},
+    PreprocessingStepType.VERTICAL_FLIP: {"p": _PROBABILITY},
+    PreprocessingStepType.ROTATION: {"degrees": _Bound(0, 360)},
+    PreprocessingStepType.COLOR_JITTER: {
+        "brightness": _Bound(0, 10),
+        "contrast": _Bound(0, 10),
+        "saturation": _Bound(0, 10),
+    },
+    PreprocessingStepType.RANDOM_RESIZED_CROP: {
+        "size": _SIZE,
+        "min_scale": _Bound(0, 1, low_open=True),
+    },
+}
+
+
 class PreprocessingStep(_Spec):
     type: PreprocessingStepType
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _params_of_the_step(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Each step takes its own parameters, each bounded (no zero CLAHE grid, no
+        2^31-pixel resize reaches the image code)."""
+        kind = info.data.get("type")
+        if kind is None:  # the type itself is invalid and reported
+            return params
+        allowed = STEP_PARAMS[kind]
+        for name, value in params.items():
+            if name not in allowed:
+                takes = ", ".join(allowed) or "no parameters"
+                raise ValueError(f"{kind.value} takes {takes}, not {name[:64]!r}")
+            allowed[name].check(f"params.{name}", value)
+        return params
 
 
 class PreprocessingChain(_Spec):

@@ -42,5 +42,7 @@ class ExecutorSettings(ServiceSettings):
     repositories: dict[str, str] = Field(default_factory=lambda: {"models": "code/models"})
     # DVC remote for SyncDatasets; empty uses a local directory remote in the workspace.
     dvc_remote: str = ""
+    # At most this many dataset ids in one SyncDatasets call.
+    max_sync_datasets: int = Field(default=100, ge=1, le=10_000)
     # Seconds a tool child process (evaluation, visualization) may run.
     tool_timeout_seconds: float = Field(default=600.0, gt=0)

@@ -11,14 +11,19 @@ from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, checkpoint_
 from services.executor.registry import MAC_SUFFIX
 
 
+def _metadata(meta: Path) -> CheckpointInfo:
+    """What the trainer wrote beside the weights; a missing, unreadable or malformed file
+    lists the checkpoint without it (its path, size and checksum only)."""
+    try:
+        return CheckpointInfo.model_validate_json(meta.read_bytes())
+    except (OSError, ValueError):
+        return CheckpointInfo(path="")
+
+
 def list_checkpoints(folder: Path, workspace: Path) -> list[CheckpointInfo]:
     out = []
     for path in sorted(folder.rglob("*.pt")):
-        meta = path.with_name(path.name + META_SUFFIX)
-        if meta.exists():
-            info = CheckpointInfo.model_validate_json(meta.read_text())
-        else:
-            info = CheckpointInfo(path="")
+        info = _metadata(path.with_name(path.name + META_SUFFIX))
         stat = path.stat()
         out.append(
             info.model_copy(

@@ -348,6 +348,10 @@ class Tools:
 
     # --- sync_datasets -----------------------------------------------------------
 
+    def _check_dataset_ids(self, dataset_ids: list[str]) -> None:
+        for index, dataset_id in enumerate(dataset_ids):
+            self.access.dataset_id(f"dataset_ids[{index}]", dataset_id)
+
     async def sync(
         self, *, caller: str, request_id: str, push: bool, dataset_ids: list[str], remote: str
     ) -> list[dvcsync.Transfer]:
@@ -355,8 +359,15 @@ class Tools:
             raise InvalidArgumentError(
                 "dataset_ids must name at least one dataset", field="dataset_ids"
             )
-        for index, dataset_id in enumerate(dataset_ids):
-            self.access.dataset_id(f"dataset_ids[{index}]", dataset_id)
+        if len(dataset_ids) > self.settings.max_sync_datasets:
+            raise InvalidArgumentError(
+                f"dataset_ids may name at most {self.settings.max_sync_datasets} datasets "
+                f"(got {len(dataset_ids)})",
+                field="dataset_ids",
+            )
+        if len(set(dataset_ids)) != len(dataset_ids):
+            raise InvalidArgumentError("dataset_ids must not repeat a dataset", field="dataset_ids")
+        await asyncio.to_thread(self._check_dataset_ids, dataset_ids)
         params = {"direction": "push" if push else "pull", "dataset_ids": dataset_ids}
         await self.governed.check(Tool.SYNC_DATASETS, params, caller=caller, request_id=request_id)
         # Another remote may only be a folder inside the workspace: no agent points DVC at
