@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -15,6 +17,7 @@ from arc_common.convert import (
     to_model,
     to_proto,
 )
+from arc_common.digest import message_digest
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.models import (
     Lease,
@@ -27,6 +30,8 @@ from services.executor.ledger import ToolLedger
 from services.executor.runs import RunManager
 from services.executor.tools.service import Tools
 
+M = TypeVar("M", bound=Message)
+
 
 def _identity() -> auth.Identity:
     identity = auth.current_identity.get()
@@ -35,8 +40,19 @@ def _identity() -> auth.Identity:
     return identity
 
 
-def _key(rpc: str, request_id: str) -> str:
-    return f"{_identity().name}:{rpc}:{request_id}" if request_id else ""
+MAX_LEASE_GPUS = 64
+
+
+def _lease(request: Any) -> Lease:
+    """The request's lease; its GPU list bounded before anything uses it."""
+    if len(request.lease.gpu_indices) > MAX_LEASE_GPUS:
+        raise InvalidArgumentError(
+            f"lease.gpu_indices may name at most {MAX_LEASE_GPUS} GPUs", field="lease.gpu_indices"
+        )
+    return to_model(request.lease, Lease, prefix="lease")
+
+
+MAX_REQUEST_ID = 256
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
@@ -44,6 +60,20 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self._runs = runs
         self._tools = tools
         self._ledger = ledger
+
+    async def _once(
+        self, rpc: str, request: Any, response_type: type[M], call: Callable[[], Awaitable[M]]
+    ) -> M:
+        """``call`` once per (caller, rpc, request_id), bound to the request's body."""
+        request_id: str = request.request_id
+        if len(request_id) > MAX_REQUEST_ID:
+            raise InvalidArgumentError(
+                f"request_id must be at most {MAX_REQUEST_ID} characters", field="request_id"
+            )
+        key = f"{_identity().name}:{rpc}:{request_id}" if request_id else ""
+        return await self._ledger.once(
+            key, response_type, call, digest=message_digest(request), request_id=request_id
+        )
 
     async def StartRun(
         self, request: executor_pb2.StartRunRequest, context: Any
@@ -55,7 +85,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
                 "lease is required: acquire one from the gpu-manager first", field="lease"
             )
         config = to_model(request.config, TrainingJobConfig, prefix="config")
-        lease = to_model(request.lease, Lease, prefix="lease")
+        lease = _lease(request)
         run = await self._runs.start(config, lease, request_id=request.request_id)
         return executor_pb2.StartRunResponse(run=to_proto(run, executor_pb2.Run))
 
@@ -77,7 +107,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             raise InvalidArgumentError(
                 "lease is required: acquire one from the gpu-manager first", field="lease"
             )
-        lease = to_model(request.lease, Lease, prefix="lease")
+        lease = _lease(request)
         run = await self._runs.activate(request.run_id, lease)
         return executor_pb2.ActivateRunResponse(run=to_proto(run, executor_pb2.Run))
 
@@ -95,9 +125,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             return executor_pb2.CancelRunResponse(run=to_proto(run, executor_pb2.Run))
 
         # A retried cancel (same request_id) gets the first answer, not FAILED_PRECONDITION.
-        return await self._ledger.once(
-            _key("CancelRun", request.request_id), executor_pb2.CancelRunResponse, cancel
-        )
+        return await self._once("CancelRun", request, executor_pb2.CancelRunResponse, cancel)
 
     async def StreamRunEvents(
         self, request: executor_pb2.StreamRunEventsRequest, context: Any
@@ -119,8 +147,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def PreprocessDataset(
         self, request: executor_pb2.PreprocessDatasetRequest, context: Any
     ) -> executor_pb2.PreprocessDatasetResponse:
-        return await self._ledger.once(
-            _key("PreprocessDataset", request.request_id),
+        return await self._once(
+            "PreprocessDataset",
+            request,
             executor_pb2.PreprocessDatasetResponse,
             lambda: self._PreprocessDataset(request),
         )
@@ -151,8 +180,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def EvaluateCheckpoint(
         self, request: executor_pb2.EvaluateCheckpointRequest, context: Any
     ) -> executor_pb2.EvaluateCheckpointResponse:
-        return await self._ledger.once(
-            _key("EvaluateCheckpoint", request.request_id),
+        return await self._once(
+            "EvaluateCheckpoint",
+            request,
             executor_pb2.EvaluateCheckpointResponse,
             lambda: self._EvaluateCheckpoint(request),
         )
@@ -160,9 +190,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def _EvaluateCheckpoint(
         self, request: executor_pb2.EvaluateCheckpointRequest
     ) -> executor_pb2.EvaluateCheckpointResponse:
-        lease = (
-            to_model(request.lease, Lease, prefix="lease") if request.HasField("lease") else None
-        )
+        lease = _lease(request) if request.HasField("lease") else None
         if lease is not None and _identity().role is auth.Role.AGENT:
             # Agents hold no leases (AcquireLease is not theirs): one an agent shows is
             # someone else's. A GPU evaluation is a scheduler job (SubmitJob.evaluation).
@@ -203,8 +231,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def DeleteCheckpoint(
         self, request: executor_pb2.DeleteCheckpointRequest, context: Any
     ) -> executor_pb2.DeleteCheckpointResponse:
-        return await self._ledger.once(
-            _key("DeleteCheckpoint", request.request_id),
+        return await self._once(
+            "DeleteCheckpoint",
+            request,
             executor_pb2.DeleteCheckpointResponse,
             lambda: self._DeleteCheckpoint(request),
         )
@@ -232,8 +261,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def GenerateVisualizations(
         self, request: executor_pb2.GenerateVisualizationsRequest, context: Any
     ) -> executor_pb2.GenerateVisualizationsResponse:
-        return await self._ledger.once(
-            _key("GenerateVisualizations", request.request_id),
+        return await self._once(
+            "GenerateVisualizations",
+            request,
             executor_pb2.GenerateVisualizationsResponse,
             lambda: self._GenerateVisualizations(request),
         )
@@ -258,8 +288,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def SyncDatasets(
         self, request: executor_pb2.SyncDatasetsRequest, context: Any
     ) -> executor_pb2.SyncDatasetsResponse:
-        return await self._ledger.once(
-            _key("SyncDatasets", request.request_id),
+        return await self._once(
+            "SyncDatasets",
+            request,
             executor_pb2.SyncDatasetsResponse,
             lambda: self._SyncDatasets(request),
         )
@@ -292,8 +323,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def ApplyCodePatch(
         self, request: executor_pb2.ApplyCodePatchRequest, context: Any
     ) -> executor_pb2.ApplyCodePatchResponse:
-        return await self._ledger.once(
-            _key("ApplyCodePatch", request.request_id),
+        return await self._once(
+            "ApplyCodePatch",
+            request,
             executor_pb2.ApplyCodePatchResponse,
             lambda: self._ApplyCodePatch(request),
         )
