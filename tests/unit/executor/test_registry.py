@@ -83,7 +83,7 @@ def test_a_pickle_payload_never_runs(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps(Payload(marker)))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported|unpickl"):
+    with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|unpickl"):
         load_verified(path, digest)
     assert not marker.exists()
     assert load_verified(path, "0" * 64) is None  # bytes not the verified ones: not read
