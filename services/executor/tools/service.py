@@ -187,8 +187,8 @@ class Tools:
         await self.governed.check(
             Tool.RUN_EVALUATION_JOB, params, caller=caller, request_id=request_id
         )
-        checkpoint, digest = await self._registered(checkpoint_path)
         data = self._data(data_path, "data_path")
+        checkpoint, digest = await self._registered(checkpoint_path)
         report_path = checkpoint.with_name(f"{checkpoint.stem}.eval-{split}.json")
         async with self.governed.transaction(
             Tool.RUN_EVALUATION_JOB, [self._rel(report_path)], caller=caller, request_id=request_id
@@ -320,13 +320,10 @@ class Tools:
         await self.governed.check(
             Tool.GENERATE_VISUALIZATIONS, params, caller=caller, request_id=request_id
         )
-        checkpoint, digest = await self._registered(checkpoint_path)
         data = self._data(data_path, "data_path")
-        output = (
-            self.access.path("output_dir", output_dir)
-            if output_dir
-            else checkpoint.parent.parent / "gradcam"
-        )
+        chosen = self.access.path("output_dir", output_dir) if output_dir else None
+        checkpoint, digest = await self._registered(checkpoint_path)
+        output = chosen or checkpoint.parent.parent / "gradcam"
         async with self.governed.transaction(
             Tool.GENERATE_VISUALIZATIONS, [self._rel(output)], caller=caller, request_id=request_id
         ):
