@@ -7,6 +7,8 @@ import contextlib
 import logging
 import signal
 
+from grpc_health.v1 import health_pb2
+
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc_common.auth import TokenStore
 from arc_common.cli import parse_service_args
@@ -57,6 +59,16 @@ async def housekeeping(governance: Governance, interval: float) -> None:
             logger.exception("governance housekeeping failed")
 
 
+async def audit_checks(governance: Governance, interval: float) -> None:
+    """Verify the audit records added since the last check; a break locks governance."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await governance.check_audit()
+        except Exception:
+            logger.exception("audit verification failed")
+
+
 async def start(settings: GovernanceSettings, tokens: TokenStore) -> ServerHandle:
     """The service, serving (tests and ``serve`` share this)."""
     handle, _ = await _start(settings, tokens)
@@ -68,17 +80,34 @@ async def _start(
 ) -> tuple[ServerHandle, Governance]:
     governance = build_governance(settings)
     await governance.open()
-    task = asyncio.create_task(housekeeping(governance, settings.housekeeping_interval_seconds))
+    tasks = [
+        asyncio.create_task(housekeeping(governance, settings.housekeeping_interval_seconds)),
+        asyncio.create_task(audit_checks(governance, settings.audit_verify_interval_seconds)),
+    ]
 
     async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await governance.close()
 
-    handle = await start_server(
-        settings, [registration(governance)], tokens=tokens, on_shutdown=[stop]
-    )
+    reg = registration(governance)
+    handle = await start_server(settings, [reg], tokens=tokens, on_shutdown=[stop])
+
+    async def report(reason: str) -> None:
+        """The governance service is NOT_SERVING while its audit chain is broken (the
+        process still answers, so an operator can look and act)."""
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if reason
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        await handle.health.set(reg.descriptor.full_name, status)
+
+    governance.on_audit_break.append(report)
+    if governance.audit_break:
+        await report(governance.audit_break)
     return handle, governance
 
 

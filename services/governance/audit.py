@@ -1,9 +1,15 @@
-"""The tamper-evident audit log: append-only rows in SQLite, chained by SHA-256.
+"""The tamper-evident audit log: append-only rows in SQLite, chained by a keyed MAC.
 
-hash(n) = SHA-256(previous_hash || canonical JSON of record n without its hash). Editing a
+hash(n) = HMAC-SHA256(key, previous_hash || canonical JSON of record n without its hash),
+with the ``audit`` key from the secrets directory (arc_common.keys), out of the
+workspace's readable files: without it nobody can recompute the chain after an edit.
+Records written before the log had a key (sequence < ``keyed_from``, kept in the database
+and in every anchor) keep their plain SHA-256 links and are verified as such. Editing a
 byte, deleting, reordering or inserting a row breaks the chain at that row's sequence
 number. Truncating the tail leaves a valid chain, so the head hash and count are also
-written to an anchor file after every commit; a log shorter than its anchor is truncated.
+kept in three anchors: a ``meta`` row committed with the records, ``audit_anchor.json``
+next to the log and a copy in the secrets directory; deleting or rewinding one of them
+is a break, as is a log shorter than any of them.
 Records of concurrent callers share one commit and one anchor write (group commit); each
 caller is answered only once its record is committed (fsync'd) and its anchor written. The
 anchor reaches the disk within ANCHOR_SYNC_SECONDS: a power loss in between leaves an
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -69,7 +76,9 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_caller ON audit(caller);
 CREATE INDEX IF NOT EXISTS audit_time ON audit(time);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 
 _FIELDS = (
     "sequence",
@@ -112,9 +121,13 @@ class AuditRow:
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in _FIELDS)
 
-    def compute_hash(self) -> str:
+    def compute_hash(self, key: bytes | None = None) -> str:
+        """HMAC-SHA256 under ``key``; plain SHA-256 for a record of before the key."""
         body = {name: getattr(self, name) for name in _FIELDS[:-1]}
-        return hashlib.sha256((self.previous_hash + canonical_json(body)).encode()).hexdigest()
+        message = (self.previous_hash + canonical_json(body)).encode()
+        if key is None:
+            return hashlib.sha256(message).hexdigest()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
 
     def to_model(self) -> AuditRecord:
         return AuditRecord(
@@ -143,6 +156,28 @@ class VerifyResult:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    count: int
+    head_hash: str
+    keyed_from: int = 0  # 0: an anchor of before the key
+
+    def encode(self) -> str:
+        return json.dumps(
+            {"count": self.count, "head_hash": self.head_hash, "keyed_from": self.keyed_from}
+        )
+
+    @staticmethod
+    def decode(text: str) -> Anchor:
+        try:
+            data = json.loads(text)
+            return Anchor(
+                int(data["count"]), str(data["head_hash"]), int(data.get("keyed_from", 0))
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return Anchor(-1, "")
+
+
+@dataclass(frozen=True)
 class AuditFilter:
     caller: str = ""
     tool: str = ""
@@ -157,10 +192,25 @@ class AuditLog:
     the loop free), not one per statement. Reads (verify, list, export) run on connections
     of their own in a thread."""
 
-    def __init__(self, path: Path, anchor_path: Path, *, legacy: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        anchor_path: Path,
+        *,
+        key: bytes | None = None,
+        second_anchor: Path | None = None,
+        legacy: Path | None = None,
+    ) -> None:
         self._path = path
         self._anchor_path = anchor_path
+        self._second_anchor = second_anchor
+        self._key = key  # None: an unkeyed chain (benchmarks)
+        self._keyed_from = 1
         self._legacy = legacy  # a database that still holds an ``audit`` table: moved once
+        # Why the log cannot be trusted, found at open (empty: nothing found).
+        self.break_reason = ""
+        # Records up to here were verified (sequence, hash); newer ones are checked next.
+        self._verified = (0, GENESIS_HASH)
         self._db: sqlite3.Connection | None = None
         self._head_sequence = 0
         self._head_hash = GENESIS_HASH
@@ -173,7 +223,7 @@ class AuditLog:
         # Held from a group's commit to its anchor write, and by a reader while it takes its
         # snapshot and reads the anchor: the two always agree.
         self._anchor_lock = threading.Lock()
-        self._anchor_fd: int | None = None
+        self._anchor_fds: dict[Path, int] = {}
         self._expected = 0  # records announced by callers still deciding them
         self._settled: asyncio.Future[None] | None = None  # resolved once none is expected
         self._inline = True  # the last commit was fast: commit on the loop's thread
@@ -188,6 +238,16 @@ class AuditLog:
             raise RuntimeError("audit log is not open")
         return self._db
 
+    def _anchor_paths(self) -> list[Path]:
+        return [self._anchor_path] + ([self._second_anchor] if self._second_anchor else [])
+
+    def _meta(self, db: sqlite3.Connection, key: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _key_for(self, sequence: int) -> bytes | None:
+        return self._key if sequence >= self._keyed_from else None
+
     async def open(self) -> None:
         self._db = db = connect_sync(self._path)  # written only by the writer thread
         db.executescript(SCHEMA)
@@ -197,23 +257,62 @@ class AuditLog:
         ).fetchone()
         if row is not None:
             self._head_sequence, self._head_hash = int(row[0]), str(row[1])
-        anchor = self.read_anchor()
-        count, head = anchor if anchor is not None else (self._head_sequence, self._head_hash)
-        if anchor is None:
-            self._write_anchor(self._head_sequence, self._head_hash)
-        elif count < self._head_sequence <= count + MAX_UNANCHORED and self._chains_to(count, head):
-            # A crash between a group's commit and its anchor: the records after the
-            # anchor chain onto it, so catch the anchor up.
-            self._write_anchor(self._head_sequence, self._head_hash)
-        elif self._head_sequence < count:
+        stored = self._meta(db, "anchor")
+        anchors = {
+            "database": Anchor.decode(stored) if stored is not None else None,
+            **{str(path): self.read_anchor(path) for path in self._anchor_paths()},
+        }
+        keyed_from = self._meta(db, "keyed_from")
+        problems: list[str] = []
+        if keyed_from is None:
+            # First open with a key: what is there already stays verifiable as plain
+            # SHA-256, up to this boundary (kept in every anchor from now on).
+            self._keyed_from = self._head_sequence + 1 if self._key is not None else 1 << 62
+            if self._key is not None and any(a and a.keyed_from for a in anchors.values()):
+                problems.append("the database lost its key boundary, which an anchor records")
+        else:
+            self._keyed_from = int(keyed_from)
+            for name, found in anchors.items():
+                if found is None:
+                    problems.append(f"the {name} anchor is missing")
+                elif found.keyed_from != self._keyed_from:
+                    problems.append(f"the {name} anchor records another key boundary")
+        present = [a for a in anchors.values() if a is not None]
+        longest = max(present, key=lambda a: a.count, default=None)
+        for name, found in anchors.items():
+            if found is None or found.count > self._head_sequence:
+                continue
+            if found.count < 0 or not self._chains_to(found.count, found.head_hash):
+                problems.append(f"the {name} anchor does not match record {found.count}")
+            elif self._head_sequence > found.count + MAX_UNANCHORED:
+                problems.append(f"the {name} anchor is {self._head_sequence - found.count} behind")
+        if longest is not None and longest.count > self._head_sequence:
             # The tail was cut off. Keep chaining from the anchor so the gap stays visible.
-            logger.error(
-                "audit log has %d records but its anchor records %d: tail truncated",
-                self._head_sequence,
-                count,
+            problems.append(
+                f"log truncated: {self._head_sequence} records, an anchor records {longest.count}"
             )
-            self._head_sequence, self._head_hash = count, head
+            self._head_sequence, self._head_hash = longest.count, longest.head_hash
+        verified = self._meta(db, "verified")
+        if verified is not None:
+            mark = Anchor.decode(verified)
+            self._verified = (mark.count, mark.head_hash)
+        if problems:
+            self.break_reason = "; ".join(problems)
+            logger.error("audit log broken: %s", self.break_reason)
+        # Every anchor now says where the log is (the break, if any, is recorded by the
+        # caller): a crash between a group's commit and its anchor writes is caught up.
+        self._set_anchors(db)
         self._durable_sequence = self._head_sequence
+
+    def _set_anchors(self, db: sqlite3.Connection) -> None:
+        anchor = Anchor(self._head_sequence, self._head_hash, self._keyed_from)
+        with self._anchor_lock:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(_META, ("keyed_from", str(self._keyed_from)))
+            db.execute(_META, ("anchor", anchor.encode()))
+            db.execute(_META, ("verified", Anchor(*self._verified).encode()))
+            db.execute("COMMIT")
+            self._write_anchors(anchor)
 
     def _move_legacy(self, db: sqlite3.Connection) -> None:
         """Workspaces made before the log had its own file keep it in the governance
@@ -252,29 +351,30 @@ class AuditLog:
         row = self.db.execute("SELECT hash FROM audit WHERE sequence = ?", (count,)).fetchone()
         return row is not None and str(row[0]) == head
 
-    def read_anchor(self) -> tuple[int, str] | None:
+    def read_anchor(self, path: Path | None = None) -> Anchor | None:
         try:
-            data = json.loads(self._anchor_path.read_text())
-            return int(data["count"]), str(data["head_hash"])
+            return Anchor.decode((path or self._anchor_path).read_text())
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
-            return (-1, "")
+        except (OSError, UnicodeDecodeError):
+            return Anchor(-1, "")
 
-    def _write_anchor(self, count: int, head: str, *, sync: bool = True) -> None:
-        """Overwrite the anchor in place: JSON padded to one 512-byte sector (a sector is
-        written whole or not at all), then fdatasync unless ``sync`` is False (a group
-        commit's anchor: ``_sync_anchor_soon``). No temporary file, no rename: the anchor
-        is written once per group commit."""
-        body = json.dumps({"count": count, "head_hash": head}).encode()
-        if self._anchor_fd is None:
-            self._anchor_fd = os.open(self._anchor_path, os.O_RDWR | os.O_CREAT, 0o644)
-        os.pwrite(self._anchor_fd, body.ljust(ANCHOR_BYTES), 0)
-        if os.fstat(self._anchor_fd).st_size != ANCHOR_BYTES:
-            os.ftruncate(self._anchor_fd, ANCHOR_BYTES)  # an anchor written otherwise
-            os.fsync(self._anchor_fd)
-        elif sync:
-            os.fdatasync(self._anchor_fd)
+    def _write_anchors(self, anchor: Anchor, *, sync: bool = True) -> None:
+        """Overwrite each anchor file in place: JSON padded to one 512-byte sector (a
+        sector is written whole or not at all), then fdatasync unless ``sync`` is False (a
+        group commit's anchor: ``_sync_anchor_soon``). No temporary file, no rename: the
+        anchors are written once per group commit."""
+        body = anchor.encode().encode().ljust(ANCHOR_BYTES)
+        for path in self._anchor_paths():
+            fd = self._anchor_fds.get(path)
+            if fd is None:
+                fd = self._anchor_fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.pwrite(fd, body, 0)
+            if os.fstat(fd).st_size != ANCHOR_BYTES:
+                os.ftruncate(fd, ANCHOR_BYTES)  # an anchor written otherwise
+                os.fsync(fd)
+            elif sync:
+                os.fdatasync(fd)
 
     def _sync_anchor_soon(self) -> None:
         """fsync the anchor on the writer thread, at most every ANCHOR_SYNC_SECONDS and one
@@ -291,8 +391,7 @@ class AuditLog:
             )
             self._anchor_dirty = False
             self._anchor_synced = time.monotonic()
-            fd = self._anchor_fd
-            if fd is not None:  # close() shuts the fd only after the thread has finished
+            for fd in list(self._anchor_fds.values()):  # close() shuts them after the thread
                 await loop.run_in_executor(self._thread, os.fdatasync, fd)
 
     async def close(self) -> None:
@@ -304,15 +403,15 @@ class AuditLog:
                 self._anchor_sync.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._anchor_sync
-            if self._anchor_fd is not None:
-                os.fdatasync(self._anchor_fd)
+            for fd in self._anchor_fds.values():
+                os.fdatasync(fd)
             self._thread.shutdown(wait=True)
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            if self._anchor_fd is not None:
-                os.close(self._anchor_fd)
-                self._anchor_fd = None
+            for fd in self._anchor_fds.values():
+                os.close(fd)
+            self._anchor_fds.clear()
 
     def append_nowait(
         self,
@@ -341,7 +440,7 @@ class AuditLog:
             detail=detail,
             previous_hash=self._head_hash,
         )
-        row.hash = row.compute_hash()
+        row.hash = row.compute_hash(self._key_for(row.sequence))
         self._unwritten.append(row)
         self._head_sequence, self._head_hash = row.sequence, row.hash
         return row
@@ -423,16 +522,19 @@ class AuditLog:
         """Commit the group, then anchor its last record (fsync'd soon after)."""
         db = self.db
         with self._anchor_lock:
+            anchor = Anchor(rows[-1].sequence, rows[-1].hash, self._keyed_from)
             try:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany(_INSERT, [row.values() for row in rows])
+                db.execute(_META, ("anchor", anchor.encode()))
+                db.execute(_META, ("verified", Anchor(*self._verified).encode()))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
             self.commits += 1
-            self._write_anchor(rows[-1].sequence, rows[-1].hash, sync=False)
+            self._write_anchors(anchor, sync=False)
 
     async def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run a read on a connection of its own, in a thread, once every record chained
@@ -449,61 +551,84 @@ class AuditLog:
         return await asyncio.to_thread(run)
 
     async def verify(self) -> VerifyResult:
-        return await self._read(self._verify)
+        """The whole chain, against every anchor."""
+        return await self._read(lambda db: self._verify(db, (0, GENESIS_HASH)))
 
-    def _verify(self, db: sqlite3.Connection) -> VerifyResult:
-        with self._anchor_lock:  # the snapshot and the anchor of the same commit
+    async def verify_new(self) -> VerifyResult:
+        """Only the records after the last verified one (at start and on a timer), against
+        every anchor; moves the verified mark on when they hold."""
+        result = await self._read(lambda db: self._verify(db, self._verified))
+        if result.ok and result.records_checked >= self._verified[0]:
+            self._verified = (result.records_checked, result.head_hash)
+        return result
+
+    async def accept_head(self) -> None:
+        """An operator acknowledged a break: verification goes on from the current head,
+        and every anchor says where the log is now (the break stays in the history for a
+        full ``verify``)."""
+        await self.durable()
+        self._verified = (self._head_sequence, self._head_hash)
+        self.break_reason = ""
+        self._set_anchors(self.db)  # on the loop: never beside an inline group write
+
+    def _verify(self, db: sqlite3.Connection, start: tuple[int, str]) -> VerifyResult:
+        with self._anchor_lock:  # the snapshot and the anchors of the same commit
             db.execute("BEGIN")
-            db.execute("SELECT COUNT(*) FROM audit").fetchone()
-            anchor = self.read_anchor()
-        previous = GENESIS_HASH
-        expected = 1
-        for raw in db.execute(f"SELECT {', '.join(_FIELDS)} FROM audit ORDER BY rowid"):
-            row = AuditRow(*raw)
-            if row.sequence != expected:
-                return VerifyResult(
-                    False,
-                    expected - 1,
-                    expected,
-                    f"record {expected} is missing or out of order "
-                    f"(found {row.sequence} in its place)",
-                )
-            if row.previous_hash != previous:
-                return VerifyResult(
-                    False,
-                    expected - 1,
-                    row.sequence,
-                    f"record {row.sequence} does not chain to record {row.sequence - 1}",
-                )
-            if row.compute_hash() != row.hash:
-                return VerifyResult(
-                    False,
-                    expected - 1,
-                    row.sequence,
-                    f"record {row.sequence} was altered (hash mismatch)",
-                )
-            previous = row.hash
-            expected += 1
-        db.execute("COMMIT")
+            last = db.execute("SELECT MAX(sequence) FROM audit").fetchone()[0] or 0
+            stored = db.execute("SELECT value FROM meta WHERE key = 'anchor'").fetchone()
+            anchors = {
+                "database": Anchor.decode(str(stored[0])) if stored else None,
+                **{str(path): self.read_anchor(path) for path in self._anchor_paths()},
+            }
+        try:
+            expected, previous = start[0] + 1, start[1]
+            for raw in db.execute(
+                f"SELECT {', '.join(_FIELDS)} FROM audit WHERE rowid > ? ORDER BY rowid",
+                (start[0],),
+            ):
+                row = AuditRow(*raw)
+                problem = ""
+                if row.sequence != expected:
+                    problem = (
+                        f"record {expected} is missing or out of order "
+                        f"(found {row.sequence} in its place)"
+                    )
+                elif row.previous_hash != previous:
+                    problem = f"record {row.sequence} does not chain to record {row.sequence - 1}"
+                elif not hmac.compare_digest(
+                    row.compute_hash(self._key_for(row.sequence)), row.hash
+                ):
+                    problem = f"record {row.sequence} was altered (hash mismatch)"
+                if problem:
+                    return VerifyResult(False, expected - 1, expected, problem)
+                previous = row.hash
+                expected += 1
+        finally:
+            db.execute("COMMIT")
         count = expected - 1
-        if anchor is not None:
-            anchor_count, anchor_head = anchor
-            if count < anchor_count:
+        if last < start[0]:
+            return VerifyResult(
+                False, last, last + 1, f"log truncated: {last} records, {start[0]} were verified"
+            )
+        for name, anchor in anchors.items():
+            if anchor is None:
+                return VerifyResult(False, count, count + 1, f"the anchor {name} is missing")
+            if count < anchor.count:
                 return VerifyResult(
                     False,
                     count,
                     count + 1,
-                    f"log truncated: {count} records, the anchor records {anchor_count}",
+                    f"log truncated: {count} records, the anchor {name} records {anchor.count}",
                 )
-            if count > anchor_count:
+            if count > anchor.count:
                 return VerifyResult(
                     False,
                     count,
-                    anchor_count + 1,
-                    f"records after {anchor_count} were added outside the service",
+                    anchor.count + 1,
+                    f"records after {anchor.count} were added outside the service",
                 )
-            if previous != anchor_head:
-                return VerifyResult(False, count, count, "head hash differs from the anchor")
+            if previous != anchor.head_hash or anchor.keyed_from != self._keyed_from:
+                return VerifyResult(False, count, count, f"the anchor {name} differs from the log")
         return VerifyResult(True, count, 0, "", previous)
 
     async def list(

@@ -20,7 +20,7 @@ import shutil
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from arc_common.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from arc_common.keys import load_key, secrets_dir
 from arc_common.models import (
     Decision,
     DecisionOutcome,
@@ -200,6 +201,10 @@ class Governance:
         self._calls: dict[str, deque[float]] = defaultdict(deque)
         self._decided = asyncio.Condition()
         self._committed = GroupCommit(self._commit)
+        # Why governance locked itself (the audit chain broke); empty when it did not.
+        self.audit_break = ""
+        # Called with the break's reason when it begins, with "" when an operator clears it.
+        self.on_audit_break: list[Callable[[str], Awaitable[None]]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -236,6 +241,8 @@ class Governance:
         self.audit = AuditLog(
             self._dir / "audit.sqlite3",
             self._dir / "audit_anchor.json",
+            key=load_key(self.home, "audit"),
+            second_anchor=secrets_dir(self.home) / "audit_anchor.json",
             legacy=self._dir / "governance.sqlite3",
         )
         await self.audit.open()
@@ -246,7 +253,13 @@ class Governance:
             self.mode = Mode(stored)
         except ValueError:
             logger.error("stored mode %r is not a mode: governance starts LOCKED", stored)
-            await self.set_mode(Mode.LOCKED, caller="governance", reason=f"bad mode {stored!r}")
+            await self._store_mode(Mode.LOCKED, caller="governance", reason=f"bad mode {stored!r}")
+        async with self._db.execute("SELECT value FROM state WHERE key = 'audit_break'") as cursor:
+            row = await cursor.fetchone()
+        self.audit_break = str(row[0]) if row else ""  # not yet acknowledged by an operator
+        if self.audit.break_reason:
+            await self._enter_audit_break(self.audit.break_reason)
+        await self.check_audit()
         recovered = await self.recover_transactions(startup=True)
         logger.info(
             "governance ready: mode %s, policy %s, %d open transactions rolled back",
@@ -620,22 +633,73 @@ class Governance:
             (caller, cycle_id, hours),
         )
 
+    # --- the audit chain ---------------------------------------------------------------------
+
+    async def check_audit(self) -> None:
+        """Verify the records added since the last check (at start and on a timer); a
+        break locks governance until an operator acts."""
+        result = await self.log.verify_new()
+        if not result.ok:
+            await self._enter_audit_break(f"record {result.first_bad_sequence}: {result.reason}")
+
+    async def _enter_audit_break(self, reason: str) -> None:
+        if self.audit_break:
+            return  # already locked for a break nobody acknowledged yet
+        logger.error("audit chain broken, governance LOCKED: %s", reason)
+        async with self._lock:
+            self.audit_break = reason[:2000]
+            await self.db.execute(
+                "INSERT OR REPLACE INTO state VALUES ('audit_break', ?)", (self.audit_break,)
+            )
+            await self._store_mode(Mode.LOCKED, caller="governance", reason=f"audit: {reason}")
+            await self.log.append(
+                caller="governance",
+                action="audit_break",
+                outcome="locked",
+                policy_version=self.policy.version,
+                detail=self.audit_break,
+            )
+        for hook in self.on_audit_break:
+            await hook(self.audit_break)
+
     # --- modes and approvals -----------------------------------------------------------------
 
-    async def set_mode(self, mode: Mode, *, caller: str, reason: str = "") -> Mode:
-        async with self._lock:
-            previous = self.mode
-            await self.db.execute("INSERT OR REPLACE INTO state VALUES ('mode', ?)", (mode.value,))
-            await self.db.commit()
-            self.mode = mode
-            await self.log.append(
-                caller=caller,
-                action="set_mode",
-                outcome=f"{previous.value} -> {mode.value}",
-                policy_version=self.policy.version,
-                detail=reason,
-            )
+    async def _store_mode(self, mode: Mode, *, caller: str, reason: str) -> Mode:
+        previous = self.mode
+        await self.db.execute("INSERT OR REPLACE INTO state VALUES ('mode', ?)", (mode.value,))
+        await self.db.commit()
+        self.mode = mode
+        await self.log.append(
+            caller=caller,
+            action="set_mode",
+            outcome=f"{previous.value} -> {mode.value}",
+            policy_version=self.policy.version,
+            detail=reason,
+        )
         logger.warning("governance mode %s -> %s by %s", previous.value, mode.value, caller)
+        return previous
+
+    async def set_mode(self, mode: Mode, *, caller: str, reason: str = "") -> Mode:
+        """An operator's choice; it also acknowledges an audit break (recorded), after
+        which verification goes on from the current head."""
+        async with self._lock:
+            previous = await self._store_mode(mode, caller=caller, reason=reason)
+            cleared = self.audit_break
+            if cleared:
+                await self.db.execute("DELETE FROM state WHERE key = 'audit_break'")
+                await self.db.commit()
+                self.audit_break = ""
+                await self.log.append(
+                    caller=caller,
+                    action="audit_break_cleared",
+                    outcome=f"acknowledged; mode {mode.value}",
+                    policy_version=self.policy.version,
+                    detail=f"{cleared}; {reason}",
+                )
+                await self.log.accept_head()
+        if cleared:
+            for hook in self.on_audit_break:
+                await hook("")
         return previous
 
     def _pending_from_row(self, row: Any) -> PendingRequest:

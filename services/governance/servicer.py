@@ -174,6 +174,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
         return governance_pb2.GetModeResponse(
             mode=governance_pb2.Mode.Value(f"MODE_{self._gov.mode.value.upper()}"),
             policy_version=self._gov.policy.version,
+            locked_reason=self._gov.audit_break,
         )
 
     async def SetMode(

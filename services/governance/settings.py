@@ -21,3 +21,5 @@ class GovernanceSettings(ServiceSettings):
     max_transaction_timeout_seconds: float = Field(default=86400.0, gt=0, le=366 * 86400)
     max_snapshot_bytes: int = Field(default=2 * 1024**3, ge=1024)
     housekeeping_interval_seconds: float = Field(default=1.0, gt=0)
+    # How often the audit records added since the last check are verified (also at start).
+    audit_verify_interval_seconds: float = Field(default=60.0, gt=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from arc_common.models import Tool
+from arc_common.models import Mode, Tool
 from services.governance import audit
 from services.governance.audit import SCHEMA
 from services.governance.core import ToolCall
@@ -57,7 +57,9 @@ async def test_concurrent_validations_share_commits_and_all_are_durable(
     await asyncio.sleep(audit.ANCHOR_SYNC_SECONDS * 2)
     assert happened[-1] == "anchor fsync", happened  # the last commit's anchor is on disk
     since = happened[happened.index("commit") :]  # (opening the log wrote one first)
-    assert 1 <= since.count("anchor fsync") <= since.count("commit") == gov.log.commits
+    assert since.count("commit") == gov.log.commits
+    # At most one fsync per anchor file (next to the log, in the secrets dir) per commit.
+    assert 2 <= since.count("anchor fsync") <= 2 * gov.log.commits
     await gov.close()
 
 
@@ -95,7 +97,7 @@ async def test_records_committed_but_not_anchored_are_caught_up(
     for n in range(5):  # committed, but the crash comes before the anchor
         gov.log.append_nowait(caller="c", action="test", detail=f"late {n}")
     with monkeypatch.context() as patch:
-        patch.setattr(gov.log, "_write_anchor", lambda count, head, **_: None)
+        patch.setattr(gov.log, "_write_anchors", lambda anchor, **_: None)
         await gov.log.durable()
     await gov.close()
     anchor = json.loads((home / "governance" / "audit_anchor.json").read_text())
@@ -109,7 +111,7 @@ async def test_records_committed_but_not_anchored_are_caught_up(
     await again.close()
 
 
-async def test_a_tail_that_does_not_chain_to_the_anchor_is_not_caught_up(tmp_path: Path) -> None:
+async def test_a_tail_that_does_not_chain_to_the_anchor_is_a_break(tmp_path: Path) -> None:
     clock = FakeClock()
     home = tmp_path / "ws"
     gov = await open_gov(home, clock)
@@ -119,10 +121,11 @@ async def test_a_tail_that_does_not_chain_to_the_anchor_is_not_caught_up(tmp_pat
     await gov.close()
     anchor_path = home / "governance" / "audit_anchor.json"
     # The anchor says fewer records, with a head that is not the hash of that record.
-    anchor_path.write_text(json.dumps({"count": count - 1, "head_hash": "f" * 64}))
+    anchor = json.loads(anchor_path.read_text())
+    anchor_path.write_text(json.dumps({**anchor, "count": count - 1, "head_hash": "f" * 64}))
     again = await open_gov(home, clock)
-    result = await again.log.verify()
-    assert not result.ok
+    assert "does not match record" in again.audit_break
+    assert again.mode is Mode.LOCKED
     await again.close()
 
 
@@ -133,12 +136,18 @@ async def test_a_log_kept_in_the_governance_database_moves_to_its_own_file(
     and no second copy left behind."""
     clock = FakeClock()
     home = tmp_path / "ws"
-    gov = await open_gov(home, clock)
-    for n in range(6):
-        await gov.log.append(caller="c", action="test", detail=f"record {n}")
-    before = await gov.log.verify()
-    await gov.close()
     folder = home / "governance"
+    folder.mkdir(parents=True)
+    # A log of before keys: plain SHA-256 links, an anchor without a key boundary.
+    gov = audit.AuditLog(folder / "audit.sqlite3", folder / "audit_anchor.json")
+    await gov.open()
+    for n in range(6):
+        await gov.append(caller="c", action="test", detail=f"record {n}")
+    before = await gov.verify()
+    await gov.close()
+    (folder / "audit_anchor.json").write_text(
+        json.dumps({"count": before.records_checked, "head_hash": before.head_hash})
+    )
     with sqlite3.connect(folder / "governance.sqlite3") as old:  # the old layout
         old.executescript(SCHEMA)
         old.execute("ATTACH DATABASE ? AS moved", (str(folder / "audit.sqlite3"),))

@@ -589,17 +589,23 @@ class GetModeResponse(_message.Message):
 
     MODE_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    LOCKED_REASON_FIELD_NUMBER: _builtins.int
     mode: Global___Mode.ValueType
     policy_version: _builtins.str
+    locked_reason: _builtins.str
+    """Why governance locked itself (its audit chain broke); empty otherwise. Cleared when an
+    operator sets a mode (SetMode), which is audited.
+    """
     def __init__(
         self,
         *,
         mode: Global___Mode.ValueType = ...,
         policy_version: _builtins.str = ...,
+        locked_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "policy_version", b"policy_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locked_reason", b"locked_reason", "mode", b"mode", "policy_version", b"policy_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
