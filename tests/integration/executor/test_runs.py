@@ -20,6 +20,7 @@ from arc.executor.v1 import executor_pb2
 from arc.gpu.v1 import gpu_pb2
 from arc_common.auth import Role
 from services.executor.protocol import checkpoint_is_intact
+from services.executor.registry import CheckpointRegistry
 from services.executor.runs import process_group_members
 from tests.integration.executor.conftest import IMAGE_SIZE, Suite, job_config
 
@@ -100,9 +101,12 @@ async def test_two_epoch_run_streams_events_and_checkpoint_reproduces_auc(
     best = next(c for c in result.checkpoints if c.kind == common_pb2.CHECKPOINT_KIND_BEST)
     path = suite.home / best.path
     assert checkpoint_is_intact(path)
+    # The executor registered it as its trainer reported it: the tools may load it.
+    CheckpointRegistry(suite.home).verify(path, field="checkpoint_path")
 
-    # Reload with torch and torchvision alone and recompute the test AUC with scikit-learn.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # Reload with torch and torchvision alone (tensors and plain data only) and recompute
+    # the test AUC with scikit-learn.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = torchvision.models.get_model(
         checkpoint["architecture"]["variant"], num_classes=len(checkpoint["class_names"])
     )

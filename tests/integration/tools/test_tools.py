@@ -22,6 +22,8 @@ from arc_common.convert import dict_to_proto
 from tests.integration.tools.conftest import SIZE, Tools, git
 
 CHECKPOINT = "runs/r1/checkpoints/best.pt"
+# What the services change by themselves on every call (audit, its anchor, databases).
+SERVICES_OWN = ("governance", "executor.sqlite3", "gpu_manager", ".secrets/audit")
 
 
 def tree_digest(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
@@ -75,7 +77,7 @@ async def test_preprocess_manifest_corrupt_images_and_reuse(tools: Tools) -> Non
 
 
 async def test_denied_call_changes_nothing_and_is_audited(tools: Tools) -> None:
-    before = tree_digest(tools.home, skip=("governance", "executor.sqlite3", "gpu_manager"))
+    before = tree_digest(tools.home, skip=SERVICES_OWN)
     with pytest.raises(aio.AioRpcError) as info:
         await tools.executor().PreprocessDataset(
             executor_pb2.PreprocessDatasetRequest(
@@ -85,7 +87,7 @@ async def test_denied_call_changes_nothing_and_is_audited(tools: Tools) -> None:
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "output_path" in (info.value.details() or "")
     assert not (tools.home / "elsewhere").exists()
-    after = tree_digest(tools.home, skip=("governance", "executor.sqlite3", "gpu_manager"))
+    after = tree_digest(tools.home, skip=SERVICES_OWN)
     assert after == before
     records = await tools.governance().ListAuditRecords(
         governance_pb2.ListAuditRecordsRequest(decision=governance_pb2.DECISION_OUTCOME_DENIED)
@@ -280,9 +282,7 @@ async def test_malicious_patches_apply_nothing(tools: Tools, name: str) -> None:
     repo = tools.home / "code" / "models"
     (repo / "existing_link").symlink_to(tools.home.parent)
     head = git(repo, "rev-parse", "HEAD")
-    outside = tree_digest(
-        tools.home.parent, skip=("ws/governance", "ws/executor.sqlite3", "ws/gpu_manager")
-    )
+    outside = tree_digest(tools.home.parent, skip=tuple(f"ws/{p}" for p in SERVICES_OWN))
     inside = tree_digest(repo, skip=(".git",))
     with pytest.raises(aio.AioRpcError) as info:
         await tools.executor().ApplyCodePatch(
@@ -295,12 +295,7 @@ async def test_malicious_patches_apply_nothing(tools: Tools, name: str) -> None:
     }
     assert git(repo, "rev-parse", "HEAD") == head
     assert tree_digest(repo, skip=(".git",)) == inside
-    assert (
-        tree_digest(
-            tools.home.parent, skip=("ws/governance", "ws/executor.sqlite3", "ws/gpu_manager")
-        )
-        == outside
-    )
+    assert tree_digest(tools.home.parent, skip=tuple(f"ws/{p}" for p in SERVICES_OWN)) == outside
     assert not Path("/tmp/arc-absolute-pwned").exists()
 
 
