@@ -183,19 +183,19 @@ def git(repo: Path, *args: str, stdin: str | None = None, scratch: Path | None =
     process = subprocess.run(
         ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.symlinks=false", *args],
         cwd=repo,
-        input=stdin,
+        input=stdin.encode() if stdin is not None else None,
         capture_output=True,
-        text=True,
         env=env,
         timeout=120,
         check=False,
     )
     if process.returncode != 0:
-        raise FailedPreconditionError(
-            f"git {args[0]} failed: {(process.stderr or process.stdout).strip()[:2000]}",
-            field="patch",
-        )
-    return process.stdout
+        said = (process.stderr or process.stdout).decode(errors="replace").strip()
+        raise FailedPreconditionError(f"git {args[0]} failed: {said[:2000]}", field="patch")
+    try:
+        return process.stdout.decode()
+    except UnicodeDecodeError:  # a quoted name with octal escapes that are no UTF-8
+        raise InvalidArgumentError("patch names a path that is not UTF-8", field="patch") from None
 
 
 def ensure_repository(repo: Path) -> None:

@@ -57,10 +57,12 @@ def test_renames_copies_modes_and_spaces_are_listed_whole(repo: Path) -> None:
         "diff --git a/l b/l\nnew file mode 0120000\n--- /dev/null\n+++ b/l\n@@ -0,0 +1 @@\n+/etc\n",
         "diff --git a/tokens.json b/tokens.json\nnew file mode 100644\n--- /dev/null\n"
         "+++ b/tokens.json\n@@ -0,0 +1 @@\n+{}\n",
+        'diff --git "a/\\377.py" "b/\\377.py"\nnew file mode 100644\n--- /dev/null\n'
+        '+++ "b/\\377.py"\n@@ -0,0 +1 @@\n+X = 1\n',
         "not a patch at all\n",
         "",
     ],
-    ids=["symlink", "reserved", "no-diff", "empty"],
+    ids=["symlink", "reserved", "not-utf8", "no-diff", "empty"],
 )
 def test_refused_shapes(repo: Path, patch: str) -> None:
     with pytest.raises(InvalidArgumentError) as info:
