@@ -581,6 +581,13 @@ class AuditLog:
                 **{str(path): self.read_anchor(path) for path in self._anchor_paths()},
             }
         try:
+            if start[0]:
+                mark = db.execute("SELECT hash FROM audit WHERE rowid = ?", (start[0],)).fetchone()
+                if mark is None or str(mark[0]) != start[1]:
+                    what = "is missing" if mark is None else "was altered"
+                    return VerifyResult(
+                        False, start[0] - 1, start[0], f"record {start[0]} {what} since verified"
+                    )
             expected, previous = start[0] + 1, start[1]
             for raw in db.execute(
                 f"SELECT {', '.join(_FIELDS)} FROM audit WHERE rowid > ? ORDER BY rowid",

@@ -18,7 +18,7 @@ from services.governance.core import Governance, ToolCall
 MAX_WAIT_FOR_APPROVAL_SECONDS = 300
 MAX_REQUEST_ID_CHARS = 512
 # A tool call's parameters: nesting and number of values (the message size bounds the rest).
-MAX_PARAMETER_DEPTH = 32
+MAX_PARAMETER_DEPTH = 16
 MAX_PARAMETER_VALUES = 100_000
 # Audit filter times: 1970-01-01 up to the end of year 9999.
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
