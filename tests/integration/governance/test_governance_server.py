@@ -307,3 +307,34 @@ async def test_malformed_values_are_invalid_argument_and_audited(governance: Cli
         gpb.ListAuditRecordsRequest(decision=gpb.DECISION_OUTCOME_DENIED)
     )
     assert any("must be finite" in r.outcome for r in records.records)
+
+
+async def test_a_retry_after_a_kill_mid_transaction_gets_a_new_transaction(
+    governance: Client,
+) -> None:
+    home = governance.service.home
+    (home / "work").mkdir()
+    (home / "work" / "a").write_text("original")
+    begin = gpb.BeginTransactionRequest(
+        request_id="txn:k1", tool=gpb.TOOL_MANAGE_CHECKPOINTS, paths=["work"]
+    )
+    first = (await governance.stub(Role.SERVICE).BeginTransaction(begin)).transaction
+    (home / "work" / "a").write_text("half-done")
+    await governance.close()
+    assert await governance.service.signal_and_wait(signal.SIGKILL) == -signal.SIGKILL
+    await governance.service.start()  # rolls the open transaction back
+    assert (home / "work" / "a").read_text() == "original"
+    service = governance.stub(Role.SERVICE)
+    retry = (await service.BeginTransaction(begin)).transaction  # the tool's retry
+    assert retry.transaction_id != first.transaction_id
+    assert retry.state == gpb.TRANSACTION_STATE_OPEN
+    (home / "work" / "a").write_text("the retry failed too")
+    await service.RollbackTransaction(
+        gpb.RollbackTransactionRequest(transaction_id=retry.transaction_id)
+    )
+    assert (home / "work" / "a").read_text() == "original"
+    with pytest.raises(aio.AioRpcError) as info:
+        await service.CommitTransaction(
+            gpb.CommitTransactionRequest(transaction_id=first.transaction_id)
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
