@@ -592,11 +592,12 @@ class RunManager:
         try:
             folder = resolve_in_root(self.home, live.run.config.checkpoint_dir, field="path")
             path = resolve_in_root(self.home, relative, field="path")
-        except ArcError:
-            path, folder = Path(), Path("/nonexistent")
-        if path.parent != folder or not await asyncio.to_thread(
-            self.checkpoints.register, path, sha256
-        ):
+            registered = path.parent == folder and await asyncio.to_thread(
+                self.checkpoints.register, path, sha256
+            )
+        except (ArcError, OSError):
+            registered = False
+        if not registered:
             logger.warning(
                 "run %s: not registering checkpoint %r (outside %s/ under runs/)",
                 live.run.run_id,
