@@ -398,7 +398,8 @@ class Governance:
             )
         if decision.pending_request_id:
             decision = await self._decision_for_pending(decision, digest)
-        record = await self.log.append(
+        # The replay is on record; the answer stays the first one (same audit_sequence).
+        await self.log.append(
             caller=call.caller,
             action="validate_replay",
             tool=call.tool,
@@ -409,7 +410,7 @@ class Governance:
             detail=f"request_id={call.request_id}; via={call.asked_by}; first decided at "
             f"audit record {decision.audit_sequence}",
         )
-        return decision.model_copy(update={"audit_sequence": record.sequence})
+        return decision
 
     async def _decision_for_pending(self, decision: Decision, digest: str) -> Decision:
         row = await self._pending_row(decision.pending_request_id)
