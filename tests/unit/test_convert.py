@@ -91,7 +91,7 @@ def fill(message: Message, depth: int = 0) -> Message:
         message.FromDatetime(STAMP)  # type: ignore[attr-defined]
         return message
     if descriptor.full_name == "google.protobuf.Struct":
-        message.update({"size": 224, "mode": "bilinear"})  # type: ignore[attr-defined]
+        message.update({"size": 224})  # type: ignore[attr-defined]
         return message
     overrides = VALID.get(descriptor.full_name, {})
     oneofs_done: set[str] = set()
