@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 from pathlib import Path
 
 from tests.helpers import ServiceProcess
@@ -101,3 +102,14 @@ class ProcessSuite:
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             process.kill()
+
+
+def git(repo: Path, *args: str) -> str:
+    """git in a test's repository, as a fixed test author."""
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout

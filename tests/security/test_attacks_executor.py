@@ -9,7 +9,6 @@ import hashlib
 import os
 import pickle
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from arc_common.auth import Role, TokenStore
 from arc_common.convert import dict_to_proto
 from services.executor.synth import generate_dataset
 from services.governance.policy import DEFAULT_POLICY_PATH
-from tests.security.suite import ProcessSuite
+from tests.security.suite import ProcessSuite, git
 
 REFUSED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -34,16 +33,6 @@ REFUSED = {
     grpc.StatusCode.NOT_FOUND,
 }
 DATA = "datasets/fundus"
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 class Mkdir:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from arc.governance.v1 import governance_pb2 as gpb
 from arc.governance.v1 import governance_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from services.governance.policy import DEFAULT_POLICY_PATH
-from tests.security.suite import ProcessSuite
+from tests.security.suite import ProcessSuite, git
 from tests.unit.governance.test_audit_break import rechain_with_sha256
 
 REFUSED = {
@@ -34,16 +33,6 @@ REFUSED = {
     grpc.StatusCode.ALREADY_EXISTS,
 }
 SERVICE_NAME = "arc.governance.v1.GovernanceService"
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
 
 
 @pytest.fixture(scope="module")
