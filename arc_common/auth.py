@@ -60,7 +60,9 @@ _OPS_SVC = frozenset({Role.OPERATOR, Role.SERVICE})
 # job): a job belongs to the identity that submitted it (its name in tokens.json, shown as
 # Job.submitted_by). An agent may cancel only the jobs it submitted; operators and services
 # may cancel any job, except that a job stored without a submitter (from before owners
-# were kept) only an operator may cancel. Request ids are per identity too: one caller's
+# were kept) only an operator may cancel. The executor applies the same rule to the files a
+# job wrote: an agent deletes checkpoints or writes visualizations only in the folders of its
+# own jobs (services.executor.registry). Request ids are per identity too: one caller's
 # request_id never answers with another caller's job, lease or experiment.
 AUTHORIZATION: dict[str, frozenset[Role]] = {
     # scheduler: agents drive experiments; everyone reads.

@@ -419,6 +419,9 @@ class TrainingJobConfig(_Spec):
     timeout_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
     max_retries: Annotated[int, Field(ge=0, le=10)] = 0
     resume_from: Annotated[str, AfterValidator(_optional_path)] = ""
+    # The identity that submitted the job (its name in tokens.json); the executor records
+    # it as the owner of the job's folder under runs/.
+    submitted_by: Annotated[str, Field(max_length=128, pattern=r"^[^\n]*$")] = ""
 
 
 # --- results -------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ anyone can compute proves nothing; this MAC proves the executor saw the engine's
 write these bytes at this path. A tool verifies it before the bytes are loaded (and the
 loader checks the bytes it reads hash to the verified digest, so nothing can be swapped in
 between).
+
+The executor also records who submitted each job whose files it writes: ``runs/<job>/.owner``
+holds the submitter's name and an HMAC over (folder, name). Tools let an agent delete or
+write only in the folders of its own jobs (``owner``); a folder without a valid record
+(copied in by hand, or written before owners were kept) belongs to the operator.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from services.executor.protocol import file_sha256
 MAC_SUFFIX = ".mac"
 KEY_NAME = "checkpoints"
 RUNS_DIR = "runs"
+OWNER_FILE = ".owner"
 
 
 def mac_path(path: Path) -> Path:
@@ -44,6 +50,41 @@ class CheckpointRegistry:
         if not resolved.is_relative_to(self.home / RUNS_DIR) or resolved.suffix != ".pt":
             return None
         return str(resolved.relative_to(self.home))
+
+    def _job_folder(self, path: Path) -> Path | None:
+        """``runs/<job>`` for a path inside it, else None."""
+        resolved = Path(os.path.realpath(path))
+        if not resolved.is_relative_to(self.home / RUNS_DIR):
+            return None
+        parts = resolved.relative_to(self.home / RUNS_DIR).parts
+        return self.home / RUNS_DIR / parts[0] if parts else None
+
+    def _owner_mac(self, folder: Path, owner: str) -> str:
+        message = f"arc-owner-v1\n{folder.relative_to(self.home)}\n{owner}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def owner(self, path: Path) -> str:
+        """Who submitted the job whose folder holds ``path``; "" when no valid record says
+        (then only an operator or a service may change it). Blocking."""
+        folder = self._job_folder(path)
+        if folder is None:
+            return ""
+        try:
+            owner, recorded = (folder / OWNER_FILE).read_text().split("\n")[:2]
+        except (OSError, UnicodeDecodeError, ValueError):
+            return ""
+        return owner if hmac.compare_digest(recorded, self._owner_mac(folder, owner)) else ""
+
+    def claim(self, path: Path, owner: str) -> None:
+        """Record ``owner`` as the submitter of the job whose folder holds ``path``; the
+        first claim stands (a job's folder never changes hands). Blocking."""
+        folder = self._job_folder(path)
+        if folder is None or not owner or "\n" in owner or self.owner(path):
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{OWNER_FILE}.tmp"
+        tmp.write_text(f"{owner}\n{self._owner_mac(folder, owner)}\n")
+        tmp.replace(folder / OWNER_FILE)
 
     def register(self, path: Path, sha256: str) -> bool:
         """Record that the engine wrote ``sha256`` at ``path``; False (nothing written)

@@ -350,6 +350,7 @@ class RunManager:
         spec = config.experiment_spec
         checkpoint_dir = resolve_in_root(self.home, config.checkpoint_dir, field="checkpoint_dir")
         log_dir = resolve_in_root(self.home, config.log_dir, field="log_dir")
+        await asyncio.to_thread(self.checkpoints.claim, checkpoint_dir, config.submitted_by)
         if spec.dataset.dvc_revision:
             await self._checkout_revision(spec.dataset.data_path, spec.dataset.dvc_revision)
         data_path = self._resolve_data(spec.dataset.data_path)

@@ -251,7 +251,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             retention = (rule.checkpoint_dir, rule.keep_best, rule.metric, mode)
         deleted = await self._tools.delete(
             caller=identity.name,
-            operator=identity.role is auth.Role.OPERATOR,
+            role=identity.role,
             request_id=request.request_id,
             path=request.path,
             retention=retention,
@@ -271,8 +271,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def _GenerateVisualizations(
         self, request: executor_pb2.GenerateVisualizationsRequest
     ) -> executor_pb2.GenerateVisualizationsResponse:
+        identity = _identity()
         images, index = await self._tools.visualize(
-            caller=_identity().name,
+            caller=identity.name,
+            role=identity.role,
             request_id=request.request_id,
             checkpoint_path=request.checkpoint_path,
             data_path=request.data_path,

@@ -984,6 +984,7 @@ class Scheduler:
             timeout_seconds=job.timeout_seconds,
             max_retries=job.max_retries,
             resume_from=resume,
+            submitted_by=job.caller,
         )
 
     async def _prepare(self, job: JobRecord) -> None:

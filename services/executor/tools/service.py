@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from arc_common.auth import Role
 from arc_common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -151,6 +152,20 @@ class Tools:
             raise NotFoundError(f"no checkpoint at {rel!r}", field=field)
         return path
 
+    async def _owned(self, path: Path, field: str, caller: str, role: Role) -> None:
+        """An agent may delete or write only in the folders of jobs it submitted; an
+        operator or a service anywhere under runs/ (registry.CheckpointRegistry.owner)."""
+        if role is not Role.AGENT:
+            return
+        owner = await asyncio.to_thread(self.runs.checkpoints.owner, path)
+        if owner != caller:
+            whose = f"job of {owner!r}" if owner else "folder no agent's job wrote"
+            raise PermissionDeniedError(
+                f"{field} {self._rel(path)!r} is in a {whose}: an agent may change only "
+                "the files of its own jobs",
+                field=field,
+            )
+
     async def _registered(self, rel: str) -> tuple[Path, str]:
         """A checkpoint a tool may load: one the executor registered (see registry)."""
         path = self._checkpoint(rel)
@@ -241,13 +256,13 @@ class Tools:
         self,
         *,
         caller: str,
-        operator: bool,
+        role: Role,
         request_id: str,
         path: str,
         retention: tuple[str, int, str, MetricMode] | None,
     ) -> list[str]:
         if retention is not None:
-            if not operator:
+            if role is not Role.OPERATOR:
                 raise PermissionDeniedError(
                     "only an operator may apply a retention rule", field="retention"
                 )
@@ -283,6 +298,7 @@ class Tools:
                 request_id=request_id,
             )
             victims = [self._checkpoint(path, "path")]
+            await self._owned(victims[0], "path", caller, role)
         if not victims:
             return []
         touched = [self._rel(p) for v in victims for p in ckpt.companions(v)]
@@ -300,6 +316,7 @@ class Tools:
         self,
         *,
         caller: str,
+        role: Role,
         request_id: str,
         checkpoint_path: str,
         data_path: str,
@@ -324,6 +341,7 @@ class Tools:
         chosen = self.access.path("output_dir", output_dir) if output_dir else None
         checkpoint, digest = await self._registered(checkpoint_path)
         output = chosen or checkpoint.parent.parent / "gradcam"
+        await self._owned(output, "output_dir", caller, role)
         async with self.governed.transaction(
             Tool.GENERATE_VISUALIZATIONS, [self._rel(output)], caller=caller, request_id=request_id
         ):

@@ -83,6 +83,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registry = CheckpointRegistry(root)  # its key travels with the copied workspace
     for info in reported.values():
         assert registry.register(root / info.path, info.sha256)
+    registry.claim(root / "runs/r1", Role.AGENT.value)  # r1 is the agent's job
     return root
 
 

@@ -87,3 +87,23 @@ def test_a_pickle_payload_never_runs(tmp_path: Path) -> None:
         load_verified(path, digest)
     assert not marker.exists()
     assert load_verified(path, "0" * 64) is None  # bytes not the verified ones: not read
+
+
+def test_a_job_folder_has_one_owner_and_a_forged_record_counts_for_none(tmp_path: Path) -> None:
+    registry = CheckpointRegistry(tmp_path)
+    path, _ = checkpoint(tmp_path, "runs/j/attempt-1/checkpoints/best.pt")
+    assert registry.owner(path) == ""  # nobody claimed it: the operator's
+    registry.claim(tmp_path / "runs/j/attempt-1/checkpoints", "architect")
+    assert registry.owner(path) == "architect"
+    assert registry.owner(tmp_path / "runs/j/attempt-2/logs") == "architect"
+    registry.claim(tmp_path / "runs/j/attempt-2/checkpoints", "critic")  # the first stands
+    assert registry.owner(path) == "architect"
+    assert registry.owner(tmp_path / "runs/other/x.pt") == ""
+    assert registry.owner(tmp_path / "datasets/fundus") == ""
+
+    # A record written without the key (by hand, or copied from another job) is no owner.
+    (tmp_path / "runs/j/.owner").write_text("critic\n" + "0" * 64 + "\n")
+    assert registry.owner(path) == ""
+    registry.claim(tmp_path / "runs/k/checkpoints", "critic")
+    (tmp_path / "runs/j/.owner").write_bytes((tmp_path / "runs/k/.owner").read_bytes())
+    assert registry.owner(path) == ""

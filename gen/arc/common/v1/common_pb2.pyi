@@ -626,6 +626,7 @@ class TrainingJobConfig(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     RESUME_FROM_FIELD_NUMBER: _builtins.int
+    SUBMITTED_BY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     checkpoint_dir: _builtins.str
     """Relative to the workspace."""
@@ -636,6 +637,10 @@ class TrainingJobConfig(_message.Message):
     resume_from: _builtins.str
     """A checkpoint of an earlier attempt to resume from (workspace-relative); ignored when
     it is missing or fails its checksum.
+    """
+    submitted_by: _builtins.str
+    """Who submitted the job (its name in tokens.json). The executor records it as the owner
+    of the job's folder under runs/: an agent may delete or write files only in its own.
     """
     @_builtins.property
     def experiment_spec(self) -> Global___ExperimentSpec: ...
@@ -652,10 +657,11 @@ class TrainingJobConfig(_message.Message):
         timeout_seconds: _builtins.int = ...,
         max_retries: _builtins.int = ...,
         resume_from: _builtins.str = ...,
+        submitted_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["experiment_spec", b"experiment_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "experiment_spec", b"experiment_spec", "gpu_ids", b"gpu_ids", "job_id", b"job_id", "log_dir", b"log_dir", "max_retries", b"max_retries", "resume_from", b"resume_from", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "experiment_spec", b"experiment_spec", "gpu_ids", b"gpu_ids", "job_id", b"job_id", "log_dir", b"log_dir", "max_retries", b"max_retries", "resume_from", b"resume_from", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
