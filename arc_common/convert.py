@@ -35,7 +35,7 @@ _Descriptor = Any
 _TIMESTAMP = Timestamp.DESCRIPTOR.full_name
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STRUCT = Struct.DESCRIPTOR.full_name
-_METRIC_BATCH = "arc.executor.v1.MetricBatch"
+_METRIC_BATCH = "arc.common.v1.MetricBatch"
 
 
 _PREFIXES: dict[_Descriptor, str] = {}

@@ -168,6 +168,27 @@ class Mode(StrEnum):
     LOCKED = "locked"
 
 
+class RunEndCause(StrEnum):
+    """Why a run ended (arc.common.v1.RunEndCause): what retries are decided on."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PRUNED = "pruned"
+    LOST_LEASE = "lost_lease"
+    EXECUTOR_SHUTDOWN = "executor_shutdown"
+    TIMED_OUT = "timed_out"
+    OOM = "oom"
+    CRASHED = "crashed"
+
+
+class ViolationKind(StrEnum):
+    POLICY = "policy"
+    MALFORMED = "malformed"
+    QUOTA = "quota"
+    BUDGET = "budget"
+
+
 class DecisionOutcome(StrEnum):
     ALLOWED = "allowed"
     DENIED = "denied"
@@ -437,7 +458,7 @@ class MetricResult(_Resource):
 
 
 class PackedMetrics(_Resource):
-    """Metrics that travel together, kept as one serialized ``arc.executor.v1.MetricBatch``
+    """Metrics that travel together, kept as one serialized ``arc.common.v1.MetricBatch``
     from the trainer to the WatchJob client, so that no service looks at them one by one
     (``arc_common.packed`` packs and opens them). ``count`` is how many it holds."""
 
@@ -515,6 +536,7 @@ class Violation(_Resource):
     constraint: str
     actual: str = ""
     suggested: str = ""
+    kind: ViolationKind | None = None
 
 
 class Decision(_Resource):
@@ -658,6 +680,7 @@ class StateChange(_Resource):
     previous_state: JobState | None = None
     state: JobState | None = None
     reason: str = ""
+    cause: RunEndCause | None = None
 
 
 class LogExcerpt(_Resource):
@@ -696,6 +719,7 @@ class Run(_Resource):
     result: ExperimentResult | None = None
     error_message: str = ""
     last_sequence: int = 0
+    end_cause: RunEndCause | None = None
 
 
 # --- validation helpers -------------------------------------------------------------------------

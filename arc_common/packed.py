@@ -1,4 +1,4 @@
-"""Metrics in bulk: a batch stays one serialized ``arc.executor.v1.MetricBatch``
+"""Metrics in bulk: a batch stays one serialized ``arc.common.v1.MetricBatch``
 (``PackedMetrics``) from the trainer that writes it to the WatchJob client that reads it.
 
 A training can log a metric every step; looking at each one as a Python object in every
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from arc.executor.v1 import executor_pb2
+from arc.common.v1 import common_pb2
 from arc_common.convert import fill_metric, metric_to_dict
 from arc_common.models import MetricResult, PackedMetrics
 
@@ -23,9 +23,9 @@ def pack(metrics: Iterable[MetricResult]) -> PackedMetrics:
     return packer.take() or PackedMetrics()
 
 
-def open_batch(packed: PackedMetrics) -> executor_pb2.MetricBatch:
+def open_batch(packed: PackedMetrics) -> common_pb2.MetricBatch:
     """The batch's messages (protobuf parses them in C; iterating them is the cost)."""
-    return executor_pb2.MetricBatch.FromString(packed.data)
+    return common_pb2.MetricBatch.FromString(packed.data)
 
 
 def unpack(packed: PackedMetrics, *, skip: str = "") -> list[MetricResult]:
@@ -33,11 +33,11 @@ def unpack(packed: PackedMetrics, *, skip: str = "") -> list[MetricResult]:
     return models(open_batch(packed), skip=skip)
 
 
-def models(batch: executor_pb2.MetricBatch, *, skip: str = "") -> list[MetricResult]:
+def models(batch: common_pb2.MetricBatch, *, skip: str = "") -> list[MetricResult]:
     return [MetricResult.model_validate(metric_to_dict(m)) for m in batch.metrics if m.name != skip]
 
 
-def from_message(batch: executor_pb2.MetricBatch) -> PackedMetrics:
+def from_message(batch: common_pb2.MetricBatch) -> PackedMetrics:
     return PackedMetrics(count=len(batch.metrics), data=batch.SerializeToString())
 
 
@@ -45,7 +45,7 @@ class Packer:
     """The batch being built, one metric at a time (a trainer's step losses)."""
 
     def __init__(self) -> None:
-        self._batch = executor_pb2.MetricBatch()
+        self._batch = common_pb2.MetricBatch()
 
     def __len__(self) -> int:
         return len(self._batch.metrics)
@@ -77,5 +77,5 @@ class Packer:
         if not self._batch.metrics:
             return None
         packed = from_message(self._batch)
-        self._batch = executor_pb2.MetricBatch()
+        self._batch = common_pb2.MetricBatch()
         return packed

@@ -14,7 +14,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from arc.common.v1 import common_pb2
-from arc.executor.v1 import executor_pb2
 
 BATCH = 256
 
@@ -24,7 +23,7 @@ async def metrics(request: bytes, context: Any) -> AsyncIterator[bytes]:
     stamp = Timestamp()
     stamp.GetCurrentTime()
     for first in range(1, count + 1, BATCH):
-        batch = executor_pb2.MetricBatch(
+        batch = common_pb2.MetricBatch(
             metrics=[
                 common_pb2.MetricResult(
                     name="train_step_loss", value=1.0 / step, step=step, epoch=1, time=stamp

@@ -542,7 +542,7 @@ async def bare_stream_rate(count: int) -> float:
             began = time.perf_counter()
             received = 0
             async for raw in stream(str(count).encode()):
-                batch = executor_pb2.MetricBatch.FromString(raw)
+                batch = common_pb2.MetricBatch.FromString(raw)
                 received += len(batch.metrics)
             elapsed = time.perf_counter() - began
     finally:

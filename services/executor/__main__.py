@@ -12,6 +12,7 @@ from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
+from arc_common.ledger import RequestLedger
 from arc_common.logs import configure_logging
 from arc_common.models import RunEvent, acted_on, metric_count
 from arc_common.server import (
@@ -22,7 +23,6 @@ from arc_common.server import (
     start_server,
 )
 from services.executor.leases import GrpcLeaseChecker
-from services.executor.ledger import ToolLedger
 from services.executor.runs import RunManager
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
@@ -40,7 +40,7 @@ class Executor:
     events: EventLog[RunEvent]
     channels: list[object]
     tools: Tools
-    ledger: ToolLedger
+    ledger: RequestLedger
 
     async def stop(self) -> None:
         await self.runs.close()
@@ -78,7 +78,7 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
         governance_channel = create_channel(settings.governance_address, token=token)
         channels.append(governance_channel)
     governed = Governed(governance_channel, approval_wait_seconds=settings.approval_wait_seconds)
-    ledger = ToolLedger(db)
+    ledger = RequestLedger(db)
     await ledger.open()
     tools = Tools(settings, governed, runs, leases=leases)
     return Executor(runs, db, events, channels, tools, ledger)

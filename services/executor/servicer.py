@@ -17,8 +17,8 @@ from arc_common.convert import (
     to_model,
     to_proto,
 )
-from arc_common.digest import message_digest
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
+from arc_common.ledger import RequestLedger
 from arc_common.models import (
     Lease,
     MetricMode,
@@ -26,7 +26,6 @@ from arc_common.models import (
     TrainingJobConfig,
 )
 from arc_common.pagination import paginate
-from services.executor.ledger import ToolLedger
 from services.executor.runs import RunManager
 from services.executor.tools.service import Tools
 
@@ -52,11 +51,8 @@ def _lease(request: Any) -> Lease:
     return to_model(request.lease, Lease, prefix="lease")
 
 
-MAX_REQUEST_ID = 256
-
-
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
-    def __init__(self, runs: RunManager, tools: Tools, ledger: ToolLedger) -> None:
+    def __init__(self, runs: RunManager, tools: Tools, ledger: RequestLedger) -> None:
         self._runs = runs
         self._tools = tools
         self._ledger = ledger
@@ -64,16 +60,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def _once(
         self, rpc: str, request: Any, response_type: type[M], call: Callable[[], Awaitable[M]]
     ) -> M:
-        """``call`` once per (caller, rpc, request_id), bound to the request's body."""
-        request_id: str = request.request_id
-        if len(request_id) > MAX_REQUEST_ID:
-            raise InvalidArgumentError(
-                f"request_id must be at most {MAX_REQUEST_ID} characters", field="request_id"
-            )
-        key = f"{_identity().name}:{rpc}:{request_id}" if request_id else ""
-        return await self._ledger.once(
-            key, response_type, call, digest=message_digest(request), request_id=request_id
-        )
+        return await self._ledger.call(_identity().name, rpc, request, response_type, call)
 
     async def StartRun(
         self, request: executor_pb2.StartRunRequest, context: Any

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from arc.executor.v1 import executor_pb2
 from arc_common.digest import message_digest
 from arc_common.errors import AlreadyExistsError
+from arc_common.ledger import RequestLedger
 from arc_common.models import PreprocessingChain
-from services.executor.ledger import ToolLedger
 from services.executor.tools.checkpoints import list_checkpoints
 
 
@@ -71,7 +71,7 @@ def test_malformed_metadata_lists_the_checkpoint_without_it(tmp_path: Path) -> N
 
 async def test_a_request_id_is_bound_to_its_body(tmp_path: Path) -> None:
     async with aiosqlite.connect(tmp_path / "ledger.sqlite3") as db:
-        ledger = ToolLedger(db)
+        ledger = RequestLedger(db)
         await ledger.open()
         calls: list[str] = []
 

@@ -238,6 +238,58 @@ JOB_STATE_TIMED_OUT: JobState.ValueType  # 7
 JOB_STATE_PRUNED: JobState.ValueType  # 8
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
+class _RunEndCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunEndCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEndCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_END_CAUSE_UNSPECIFIED: _RunEndCause.ValueType  # 0
+    RUN_END_CAUSE_COMPLETED: _RunEndCause.ValueType  # 1
+    """The trainer finished its epochs (or stopped early by its own rule)."""
+    RUN_END_CAUSE_FAILED: _RunEndCause.ValueType  # 2
+    """The trainer failed: an exception, a non-finite loss, a bad input it found."""
+    RUN_END_CAUSE_CANCELLED: _RunEndCause.ValueType  # 3
+    """Stopped by CancelRun."""
+    RUN_END_CAUSE_PRUNED: _RunEndCause.ValueType  # 4
+    """Stopped by CancelRun asking for a prune (its curve fell behind)."""
+    RUN_END_CAUSE_LOST_LEASE: _RunEndCause.ValueType  # 5
+    """Its lease was lost or its fencing token went stale: its GPUs may be someone else's."""
+    RUN_END_CAUSE_EXECUTOR_SHUTDOWN: _RunEndCause.ValueType  # 6
+    """The executor shut down, or restarted, while the run was live."""
+    RUN_END_CAUSE_TIMED_OUT: _RunEndCause.ValueType  # 7
+    """It ran past its timeout_seconds."""
+    RUN_END_CAUSE_OOM: _RunEndCause.ValueType  # 8
+    """It ran out of GPU or host memory."""
+    RUN_END_CAUSE_CRASHED: _RunEndCause.ValueType  # 9
+    """The trainer process died without saying why (a signal, an exit code)."""
+
+class RunEndCause(_RunEndCause, metaclass=_RunEndCauseEnumTypeWrapper):
+    """Why a run ended, set with its terminal state. The scheduler decides retries on it,
+    never on the reason's text (which is for people).
+    """
+
+RUN_END_CAUSE_UNSPECIFIED: RunEndCause.ValueType  # 0
+RUN_END_CAUSE_COMPLETED: RunEndCause.ValueType  # 1
+"""The trainer finished its epochs (or stopped early by its own rule)."""
+RUN_END_CAUSE_FAILED: RunEndCause.ValueType  # 2
+"""The trainer failed: an exception, a non-finite loss, a bad input it found."""
+RUN_END_CAUSE_CANCELLED: RunEndCause.ValueType  # 3
+"""Stopped by CancelRun."""
+RUN_END_CAUSE_PRUNED: RunEndCause.ValueType  # 4
+"""Stopped by CancelRun asking for a prune (its curve fell behind)."""
+RUN_END_CAUSE_LOST_LEASE: RunEndCause.ValueType  # 5
+"""Its lease was lost or its fencing token went stale: its GPUs may be someone else's."""
+RUN_END_CAUSE_EXECUTOR_SHUTDOWN: RunEndCause.ValueType  # 6
+"""The executor shut down, or restarted, while the run was live."""
+RUN_END_CAUSE_TIMED_OUT: RunEndCause.ValueType  # 7
+"""It ran past its timeout_seconds."""
+RUN_END_CAUSE_OOM: RunEndCause.ValueType  # 8
+"""It ran out of GPU or host memory."""
+RUN_END_CAUSE_CRASHED: RunEndCause.ValueType  # 9
+"""The trainer process died without saying why (a signal, an exit code)."""
+Global___RunEndCause: _TypeAlias = RunEndCause  # noqa: Y015
+
 class _CheckpointKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -666,6 +718,28 @@ class TrainingJobConfig(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainingJobConfig: _TypeAlias = TrainingJobConfig  # noqa: Y015
+
+@_typing.final
+class MetricBatch(_message.Message):
+    """Metrics that travel together (one trainer message, one WatchJob event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricResult]: ...
+    def __init__(
+        self,
+        *,
+        metrics: _abc.Iterable[Global___MetricResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricBatch: _TypeAlias = MetricBatch  # noqa: Y015
 
 @_typing.final
 class MetricResult(_message.Message):

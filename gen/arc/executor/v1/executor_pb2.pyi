@@ -74,6 +74,7 @@ class Run(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    END_CAUSE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     job_id: _builtins.str
     state: _common_pb2.JobState.ValueType
@@ -81,6 +82,8 @@ class Run(_message.Message):
     error_message: _builtins.str
     last_sequence: _builtins.int
     """Sequence number of the newest event of the run."""
+    end_cause: _common_pb2.RunEndCause.ValueType
+    """Why it ended; unset while it lives."""
     @_builtins.property
     def config(self) -> _common_pb2.TrainingJobConfig: ...
     @_builtins.property
@@ -108,10 +111,11 @@ class Run(_message.Message):
         result: _common_pb2.ExperimentResult | None = ...,
         error_message: _builtins.str = ...,
         last_sequence: _builtins.int = ...,
+        end_cause: _common_pb2.RunEndCause.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "end_time", b"end_time", "lease", b"lease", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "job_id", b"job_id", "last_sequence", b"last_sequence", "lease", b"lease", "pid", b"pid", "result", b"result", "run_id", b"run_id", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "end_cause", b"end_cause", "end_time", b"end_time", "error_message", b"error_message", "job_id", b"job_id", "last_sequence", b"last_sequence", "lease", b"lease", "pid", b"pid", "result", b"result", "run_id", b"run_id", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,43 +128,28 @@ class StateChange(_message.Message):
     PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
     previous_state: _common_pb2.JobState.ValueType
     state: _common_pb2.JobState.ValueType
     reason: _builtins.str
+    """For people; decisions use cause."""
+    cause: _common_pb2.RunEndCause.ValueType
+    """Set with a terminal state."""
     def __init__(
         self,
         *,
         previous_state: _common_pb2.JobState.ValueType = ...,
         state: _common_pb2.JobState.ValueType = ...,
         reason: _builtins.str = ...,
+        cause: _common_pb2.RunEndCause.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_state", b"previous_state", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "previous_state", b"previous_state", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StateChange: _TypeAlias = StateChange  # noqa: Y015
-
-@_typing.final
-class MetricBatch(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    METRICS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.MetricResult]: ...
-    def __init__(
-        self,
-        *,
-        metrics: _abc.Iterable[_common_pb2.MetricResult] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___MetricBatch: _TypeAlias = MetricBatch  # noqa: Y015
 
 @_typing.final
 class LogExcerpt(_message.Message):
@@ -234,7 +223,7 @@ class RunEvent(_message.Message):
     @_builtins.property
     def state_change(self) -> Global___StateChange: ...
     @_builtins.property
-    def metrics(self) -> Global___MetricBatch: ...
+    def metrics(self) -> _common_pb2.MetricBatch: ...
     @_builtins.property
     def checkpoint(self) -> _common_pb2.CheckpointInfo: ...
     @_builtins.property
@@ -250,7 +239,7 @@ class RunEvent(_message.Message):
         run_id: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         state_change: Global___StateChange | None = ...,
-        metrics: Global___MetricBatch | None = ...,
+        metrics: _common_pb2.MetricBatch | None = ...,
         checkpoint: _common_pb2.CheckpointInfo | None = ...,
         log: Global___LogExcerpt | None = ...,
         result: _common_pb2.ExperimentResult | None = ...,

@@ -133,6 +133,36 @@ PENDING_REQUEST_STATE_REJECTED: PendingRequestState.ValueType  # 3
 PENDING_REQUEST_STATE_EXPIRED: PendingRequestState.ValueType  # 4
 Global___PendingRequestState: _TypeAlias = PendingRequestState  # noqa: Y015
 
+class _ViolationKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ViolationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ViolationKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VIOLATION_KIND_UNSPECIFIED: _ViolationKind.ValueType  # 0
+    VIOLATION_KIND_POLICY: _ViolationKind.ValueType  # 1
+    """A rule of the policy (a bound, an allowed value, a path): fix the request."""
+    VIOLATION_KIND_MALFORMED: _ViolationKind.ValueType  # 2
+    """The value is no valid value at all (NaN, text for a number): INVALID_ARGUMENT."""
+    VIOLATION_KIND_QUOTA: _ViolationKind.ValueType  # 3
+    """A rate or concurrency limit: wait and retry (RESOURCE_EXHAUSTED)."""
+    VIOLATION_KIND_BUDGET: _ViolationKind.ValueType  # 4
+    """A GPU-hour budget: wait for the window or shrink the job (RESOURCE_EXHAUSTED)."""
+
+class ViolationKind(_ViolationKind, metaclass=_ViolationKindEnumTypeWrapper):
+    """What kind of rule a violation broke: it decides the status code a denial gets."""
+
+VIOLATION_KIND_UNSPECIFIED: ViolationKind.ValueType  # 0
+VIOLATION_KIND_POLICY: ViolationKind.ValueType  # 1
+"""A rule of the policy (a bound, an allowed value, a path): fix the request."""
+VIOLATION_KIND_MALFORMED: ViolationKind.ValueType  # 2
+"""The value is no valid value at all (NaN, text for a number): INVALID_ARGUMENT."""
+VIOLATION_KIND_QUOTA: ViolationKind.ValueType  # 3
+"""A rate or concurrency limit: wait and retry (RESOURCE_EXHAUSTED)."""
+VIOLATION_KIND_BUDGET: ViolationKind.ValueType  # 4
+"""A GPU-hour budget: wait for the window or shrink the job (RESOURCE_EXHAUSTED)."""
+Global___ViolationKind: _TypeAlias = ViolationKind  # noqa: Y015
+
 @_typing.final
 class Violation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -141,6 +171,7 @@ class Violation(_message.Message):
     CONSTRAINT_FIELD_NUMBER: _builtins.int
     ACTUAL_FIELD_NUMBER: _builtins.int
     SUGGESTED_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     field: _builtins.str
     """Path of the offending parameter, e.g. "hyperparameters.optimizer.learning_rate"."""
     constraint: _builtins.str
@@ -148,6 +179,7 @@ class Violation(_message.Message):
     actual: _builtins.str
     suggested: _builtins.str
     """A value that would pass, when one exists."""
+    kind: Global___ViolationKind.ValueType
     def __init__(
         self,
         *,
@@ -155,10 +187,11 @@ class Violation(_message.Message):
         constraint: _builtins.str = ...,
         actual: _builtins.str = ...,
         suggested: _builtins.str = ...,
+        kind: Global___ViolationKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "constraint", b"constraint", "field", b"field", "suggested", b"suggested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "constraint", b"constraint", "field", b"field", "kind", b"kind", "suggested", b"suggested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,71 +23,70 @@ _sym_db = _symbol_database.Default()
 
 
 from arc.common.v1 import common_pb2 as arc_dot_common_dot_v1_dot_common__pb2
-from arc.executor.v1 import executor_pb2 as arc_dot_executor_dot_v1_dot_executor__pb2
 from arc.governance.v1 import governance_pb2 as arc_dot_governance_dot_v1_dot_governance__pb2
 from arc.gpu.v1 import gpu_pb2 as arc_dot_gpu_dot_v1_dot_gpu__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n arc/scheduler/v1/scheduler.proto\x12\x10\x61rc.scheduler.v1\x1a\x1a\x61rc/common/v1/common.proto\x1a\x1e\x61rc/executor/v1/executor.proto\x1a\"arc/governance/v1/governance.proto\x1a\x14\x61rc/gpu/v1/gpu.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\nExperiment\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07results\x18\x04 \x03(\x0b\x32\x1f.arc.common.v1.ExperimentResult\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\x12\x0f\n\x07job_ids\x18\x06 \x03(\t\"\xf5\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x06 \x01(\x05\x12\x16\n\x0epending_reason\x18\x07 \x01(\t\x12\x16\n\x0equeue_position\x18\x08 \x01(\x05\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06result\x18\x0c \x01(\x0b\x32\x1f.arc.common.v1.ExperimentResult\x12\x13\n\x0bgpu_indices\x18\r \x03(\x05\x12\x0c\n\x04node\x18\x0e \x01(\t\x12\x0e\n\x06run_id\x18\x0f \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x10 \x01(\x03\x12\x15\n\rerror_message\x18\x11 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x12 \x01(\t\"\xf9\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0cstate_change\x18\x04 \x01(\x0b\x32\x1d.arc.scheduler.v1.StateChangeH\x00\x12-\n\x06metric\x18\x05 \x01(\x0b\x32\x1b.arc.common.v1.MetricResultH\x00\x12\x33\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x1d.arc.common.v1.CheckpointInfoH\x00\x12\x31\n\x06result\x18\x07 \x01(\x0b\x32\x1f.arc.common.v1.ExperimentResultH\x00\x12/\n\x07metrics\x18\t \x01(\x0b\x32\x1c.arc.executor.v1.MetricBatchH\x00\x12\x17\n\x0fsource_sequence\x18\x08 \x01(\x03\x42\t\n\x07payload\"\x87\x01\n\x0bStateChange\x12/\n\x0eprevious_state\x18\x01 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xb4\x01\n\x0fSchedulerStatus\x12\x14\n\x0cqueue_length\x18\x01 \x01(\x05\x12\x14\n\x0crunning_jobs\x18\x02 \x01(\x05\x12\x16\n\x0e\x61vailable_gpus\x18\x03 \x01(\x05\x12\x1d\n\x04gpus\x18\x04 \x03(\x0b\x32\x0f.arc.gpu.v1.Gpu\x12*\n\x0bqueued_jobs\x18\x05 \x03(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x12\n\ndown_nodes\x18\x06 \x03(\t\"Z\n\x17\x43reateExperimentRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\"\xcd\x01\n\x18\x43reateExperimentResponse\x12\x30\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.arc.scheduler.v1.Experiment\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.arc.governance.v1.Decision\x12\x14\n\x0c\x64uplicate_of\x18\x03 \x01(\t\x12:\n\x11\x64uplicate_results\x18\x04 \x03(\x0b\x32\x1f.arc.common.v1.ExperimentResult\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"I\n\x15GetExperimentResponse\x12\x30\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.arc.scheduler.v1.Experiment\"\xad\x01\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x63ycle_id\x18\x03 \x01(\x05\x12\x32\n\rnovelty_class\x18\x04 \x01(\x0e\x32\x1b.arc.common.v1.NoveltyClass\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.arc.common.v1.JobState\"e\n\x17ListExperimentsResponse\x12\x31\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1c.arc.scheduler.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf1\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12+\n\x04spec\x18\x03 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bmax_retries\x18\x05 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x03\x12\x33\n\nevaluation\x18\x07 \x01(\x0b\x32\x1f.arc.scheduler.v1.EvaluationJobB\x0b\n\t_priority\"e\n\rEvaluationJob\x12\x17\n\x0f\x63heckpoint_path\x18\x01 \x01(\t\x12\x11\n\tdata_path\x18\x02 \x01(\t\x12\r\n\x05split\x18\x03 \x01(\t\x12\x19\n\x11\x62ootstrap_samples\x18\x04 \x01(\x05\"g\n\x11SubmitJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12\x16\n\x0e\x61vailable_gpus\x18\x03 \x01(\x05\"Y\n\x11SubmitJobsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x04jobs\x18\x02 \x03(\x0b\x32\".arc.scheduler.v1.SubmitJobRequest\"J\n\x12SubmitJobsResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.arc.scheduler.v1.SubmitJobResponse\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\"w\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x10\x43\x61ncelJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\"1\n\x19GetSchedulerStatusRequest\x12\x14\n\x0cqueued_limit\x18\x01 \x01(\x05\"O\n\x1aGetSchedulerStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.arc.scheduler.v1.SchedulerStatus\"p\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\x12\x1f\n\x17max_events_per_response\x18\x03 \x01(\x05\x12\x15\n\rbatch_metrics\x18\x04 \x01(\x08\"i\n\x10WatchJobResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.arc.scheduler.v1.JobEvent\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.arc.scheduler.v1.JobEvent2\xb2\x07\n\x10SchedulerService\x12i\n\x10\x43reateExperiment\x12).arc.scheduler.v1.CreateExperimentRequest\x1a*.arc.scheduler.v1.CreateExperimentResponse\x12`\n\rGetExperiment\x12&.arc.scheduler.v1.GetExperimentRequest\x1a\'.arc.scheduler.v1.GetExperimentResponse\x12\x66\n\x0fListExperiments\x12(.arc.scheduler.v1.ListExperimentsRequest\x1a).arc.scheduler.v1.ListExperimentsResponse\x12T\n\tSubmitJob\x12\".arc.scheduler.v1.SubmitJobRequest\x1a#.arc.scheduler.v1.SubmitJobResponse\x12W\n\nSubmitJobs\x12#.arc.scheduler.v1.SubmitJobsRequest\x1a$.arc.scheduler.v1.SubmitJobsResponse\x12K\n\x06GetJob\x12\x1f.arc.scheduler.v1.GetJobRequest\x1a .arc.scheduler.v1.GetJobResponse\x12Q\n\x08ListJobs\x12!.arc.scheduler.v1.ListJobsRequest\x1a\".arc.scheduler.v1.ListJobsResponse\x12T\n\tCancelJob\x12\".arc.scheduler.v1.CancelJobRequest\x1a#.arc.scheduler.v1.CancelJobResponse\x12o\n\x12GetSchedulerStatus\x12+.arc.scheduler.v1.GetSchedulerStatusRequest\x1a,.arc.scheduler.v1.GetSchedulerStatusResponse\x12S\n\x08WatchJob\x12!.arc.scheduler.v1.WatchJobRequest\x1a\".arc.scheduler.v1.WatchJobResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n arc/scheduler/v1/scheduler.proto\x12\x10\x61rc.scheduler.v1\x1a\x1a\x61rc/common/v1/common.proto\x1a\"arc/governance/v1/governance.proto\x1a\x14\x61rc/gpu/v1/gpu.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\nExperiment\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07results\x18\x04 \x03(\x0b\x32\x1f.arc.common.v1.ExperimentResult\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\x12\x0f\n\x07job_ids\x18\x06 \x03(\t\"\xf5\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x06 \x01(\x05\x12\x16\n\x0epending_reason\x18\x07 \x01(\t\x12\x16\n\x0equeue_position\x18\x08 \x01(\x05\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06result\x18\x0c \x01(\x0b\x32\x1f.arc.common.v1.ExperimentResult\x12\x13\n\x0bgpu_indices\x18\r \x03(\x05\x12\x0c\n\x04node\x18\x0e \x01(\t\x12\x0e\n\x06run_id\x18\x0f \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x10 \x01(\x03\x12\x15\n\rerror_message\x18\x11 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x12 \x01(\t\"\xf7\x02\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x0cstate_change\x18\x04 \x01(\x0b\x32\x1d.arc.scheduler.v1.StateChangeH\x00\x12-\n\x06metric\x18\x05 \x01(\x0b\x32\x1b.arc.common.v1.MetricResultH\x00\x12\x33\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x1d.arc.common.v1.CheckpointInfoH\x00\x12\x31\n\x06result\x18\x07 \x01(\x0b\x32\x1f.arc.common.v1.ExperimentResultH\x00\x12-\n\x07metrics\x18\t \x01(\x0b\x32\x1a.arc.common.v1.MetricBatchH\x00\x12\x17\n\x0fsource_sequence\x18\x08 \x01(\x03\x42\t\n\x07payload\"\x87\x01\n\x0bStateChange\x12/\n\x0eprevious_state\x18\x01 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\"\xb4\x01\n\x0fSchedulerStatus\x12\x14\n\x0cqueue_length\x18\x01 \x01(\x05\x12\x14\n\x0crunning_jobs\x18\x02 \x01(\x05\x12\x16\n\x0e\x61vailable_gpus\x18\x03 \x01(\x05\x12\x1d\n\x04gpus\x18\x04 \x03(\x0b\x32\x0f.arc.gpu.v1.Gpu\x12*\n\x0bqueued_jobs\x18\x05 \x03(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x12\n\ndown_nodes\x18\x06 \x03(\t\"Z\n\x17\x43reateExperimentRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x04spec\x18\x02 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\"\xcd\x01\n\x18\x43reateExperimentResponse\x12\x30\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.arc.scheduler.v1.Experiment\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x1b.arc.governance.v1.Decision\x12\x14\n\x0c\x64uplicate_of\x18\x03 \x01(\t\x12:\n\x11\x64uplicate_results\x18\x04 \x03(\x0b\x32\x1f.arc.common.v1.ExperimentResult\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"I\n\x15GetExperimentResponse\x12\x30\n\nexperiment\x18\x01 \x01(\x0b\x32\x1c.arc.scheduler.v1.Experiment\"\xad\x01\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08\x63ycle_id\x18\x03 \x01(\x05\x12\x32\n\rnovelty_class\x18\x04 \x01(\x0e\x32\x1b.arc.common.v1.NoveltyClass\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.arc.common.v1.JobState\"e\n\x17ListExperimentsResponse\x12\x31\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x1c.arc.scheduler.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf1\x01\n\x10SubmitJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\x12+\n\x04spec\x18\x03 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bmax_retries\x18\x05 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x03\x12\x33\n\nevaluation\x18\x07 \x01(\x0b\x32\x1f.arc.scheduler.v1.EvaluationJobB\x0b\n\t_priority\"e\n\rEvaluationJob\x12\x17\n\x0f\x63heckpoint_path\x18\x01 \x01(\t\x12\x11\n\tdata_path\x18\x02 \x01(\t\x12\r\n\x05split\x18\x03 \x01(\t\x12\x19\n\x11\x62ootstrap_samples\x18\x04 \x01(\x05\"g\n\x11SubmitJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x16\n\x0equeue_position\x18\x02 \x01(\x05\x12\x16\n\x0e\x61vailable_gpus\x18\x03 \x01(\x05\"Y\n\x11SubmitJobsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x04jobs\x18\x02 \x03(\x0b\x32\".arc.scheduler.v1.SubmitJobRequest\"J\n\x12SubmitJobsResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.arc.scheduler.v1.SubmitJobResponse\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0eGetJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\"w\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.arc.common.v1.JobState\x12\x15\n\rexperiment_id\x18\x04 \x01(\t\"P\n\x10ListJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.arc.scheduler.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x10\x43\x61ncelJobRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"7\n\x11\x43\x61ncelJobResponse\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.arc.scheduler.v1.Job\"1\n\x19GetSchedulerStatusRequest\x12\x14\n\x0cqueued_limit\x18\x01 \x01(\x05\"O\n\x1aGetSchedulerStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.arc.scheduler.v1.SchedulerStatus\"p\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\x12\x1f\n\x17max_events_per_response\x18\x03 \x01(\x05\x12\x15\n\rbatch_metrics\x18\x04 \x01(\x08\"i\n\x10WatchJobResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.arc.scheduler.v1.JobEvent\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.arc.scheduler.v1.JobEvent2\xb2\x07\n\x10SchedulerService\x12i\n\x10\x43reateExperiment\x12).arc.scheduler.v1.CreateExperimentRequest\x1a*.arc.scheduler.v1.CreateExperimentResponse\x12`\n\rGetExperiment\x12&.arc.scheduler.v1.GetExperimentRequest\x1a\'.arc.scheduler.v1.GetExperimentResponse\x12\x66\n\x0fListExperiments\x12(.arc.scheduler.v1.ListExperimentsRequest\x1a).arc.scheduler.v1.ListExperimentsResponse\x12T\n\tSubmitJob\x12\".arc.scheduler.v1.SubmitJobRequest\x1a#.arc.scheduler.v1.SubmitJobResponse\x12W\n\nSubmitJobs\x12#.arc.scheduler.v1.SubmitJobsRequest\x1a$.arc.scheduler.v1.SubmitJobsResponse\x12K\n\x06GetJob\x12\x1f.arc.scheduler.v1.GetJobRequest\x1a .arc.scheduler.v1.GetJobResponse\x12Q\n\x08ListJobs\x12!.arc.scheduler.v1.ListJobsRequest\x1a\".arc.scheduler.v1.ListJobsResponse\x12T\n\tCancelJob\x12\".arc.scheduler.v1.CancelJobRequest\x1a#.arc.scheduler.v1.CancelJobResponse\x12o\n\x12GetSchedulerStatus\x12+.arc.scheduler.v1.GetSchedulerStatusRequest\x1a,.arc.scheduler.v1.GetSchedulerStatusResponse\x12S\n\x08WatchJob\x12!.arc.scheduler.v1.WatchJobRequest\x1a\".arc.scheduler.v1.WatchJobResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'arc.scheduler.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPERIMENT']._serialized_start=206
-  _globals['_EXPERIMENT']._serialized_end=441
-  _globals['_JOB']._serialized_start=444
-  _globals['_JOB']._serialized_end=945
-  _globals['_JOBEVENT']._serialized_start=948
-  _globals['_JOBEVENT']._serialized_end=1325
-  _globals['_STATECHANGE']._serialized_start=1328
-  _globals['_STATECHANGE']._serialized_end=1463
-  _globals['_SCHEDULERSTATUS']._serialized_start=1466
-  _globals['_SCHEDULERSTATUS']._serialized_end=1646
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=1648
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=1738
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=1741
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=1946
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1948
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1993
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=1995
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=2068
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=2071
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=2244
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=2246
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=2347
-  _globals['_SUBMITJOBREQUEST']._serialized_start=2350
-  _globals['_SUBMITJOBREQUEST']._serialized_end=2591
-  _globals['_EVALUATIONJOB']._serialized_start=2593
-  _globals['_EVALUATIONJOB']._serialized_end=2694
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=2696
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=2799
-  _globals['_SUBMITJOBSREQUEST']._serialized_start=2801
-  _globals['_SUBMITJOBSREQUEST']._serialized_end=2890
-  _globals['_SUBMITJOBSRESPONSE']._serialized_start=2892
-  _globals['_SUBMITJOBSRESPONSE']._serialized_end=2966
-  _globals['_GETJOBREQUEST']._serialized_start=2968
-  _globals['_GETJOBREQUEST']._serialized_end=2999
-  _globals['_GETJOBRESPONSE']._serialized_start=3001
-  _globals['_GETJOBRESPONSE']._serialized_end=3053
-  _globals['_LISTJOBSREQUEST']._serialized_start=3055
-  _globals['_LISTJOBSREQUEST']._serialized_end=3174
-  _globals['_LISTJOBSRESPONSE']._serialized_start=3176
-  _globals['_LISTJOBSRESPONSE']._serialized_end=3256
-  _globals['_CANCELJOBREQUEST']._serialized_start=3258
-  _globals['_CANCELJOBREQUEST']._serialized_end=3328
-  _globals['_CANCELJOBRESPONSE']._serialized_start=3330
-  _globals['_CANCELJOBRESPONSE']._serialized_end=3385
-  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_start=3387
-  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_end=3436
-  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_start=3438
-  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_end=3517
-  _globals['_WATCHJOBREQUEST']._serialized_start=3519
-  _globals['_WATCHJOBREQUEST']._serialized_end=3631
-  _globals['_WATCHJOBRESPONSE']._serialized_start=3633
-  _globals['_WATCHJOBRESPONSE']._serialized_end=3738
-  _globals['_SCHEDULERSERVICE']._serialized_start=3741
-  _globals['_SCHEDULERSERVICE']._serialized_end=4687
+  _globals['_EXPERIMENT']._serialized_start=174
+  _globals['_EXPERIMENT']._serialized_end=409
+  _globals['_JOB']._serialized_start=412
+  _globals['_JOB']._serialized_end=913
+  _globals['_JOBEVENT']._serialized_start=916
+  _globals['_JOBEVENT']._serialized_end=1291
+  _globals['_STATECHANGE']._serialized_start=1294
+  _globals['_STATECHANGE']._serialized_end=1429
+  _globals['_SCHEDULERSTATUS']._serialized_start=1432
+  _globals['_SCHEDULERSTATUS']._serialized_end=1612
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=1614
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=1704
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=1707
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=1912
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=1914
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=1959
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=1961
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=2034
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=2037
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=2210
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=2212
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=2313
+  _globals['_SUBMITJOBREQUEST']._serialized_start=2316
+  _globals['_SUBMITJOBREQUEST']._serialized_end=2557
+  _globals['_EVALUATIONJOB']._serialized_start=2559
+  _globals['_EVALUATIONJOB']._serialized_end=2660
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=2662
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=2765
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=2767
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=2856
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=2858
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=2932
+  _globals['_GETJOBREQUEST']._serialized_start=2934
+  _globals['_GETJOBREQUEST']._serialized_end=2965
+  _globals['_GETJOBRESPONSE']._serialized_start=2967
+  _globals['_GETJOBRESPONSE']._serialized_end=3019
+  _globals['_LISTJOBSREQUEST']._serialized_start=3021
+  _globals['_LISTJOBSREQUEST']._serialized_end=3140
+  _globals['_LISTJOBSRESPONSE']._serialized_start=3142
+  _globals['_LISTJOBSRESPONSE']._serialized_end=3222
+  _globals['_CANCELJOBREQUEST']._serialized_start=3224
+  _globals['_CANCELJOBREQUEST']._serialized_end=3294
+  _globals['_CANCELJOBRESPONSE']._serialized_start=3296
+  _globals['_CANCELJOBRESPONSE']._serialized_end=3351
+  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_start=3353
+  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_end=3402
+  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_start=3404
+  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_end=3483
+  _globals['_WATCHJOBREQUEST']._serialized_start=3485
+  _globals['_WATCHJOBREQUEST']._serialized_end=3597
+  _globals['_WATCHJOBRESPONSE']._serialized_start=3599
+  _globals['_WATCHJOBRESPONSE']._serialized_end=3704
+  _globals['_SCHEDULERSERVICE']._serialized_start=3707
+  _globals['_SCHEDULERSERVICE']._serialized_end=4653
 # @@protoc_insertion_point(module_scope)

@@ -4,7 +4,6 @@ isort:skip_file
 The scheduler: the front door that agents and people call."""
 
 from arc.common.v1 import common_pb2 as _common_pb2
-from arc.executor.v1 import executor_pb2 as _executor_pb2
 from arc.governance.v1 import governance_pb2 as _governance_pb2
 from arc.gpu.v1 import gpu_pb2 as _gpu_pb2
 from collections import abc as _abc
@@ -174,7 +173,7 @@ class JobEvent(_message.Message):
     @_builtins.property
     def result(self) -> _common_pb2.ExperimentResult: ...
     @_builtins.property
-    def metrics(self) -> _executor_pb2.MetricBatch:
+    def metrics(self) -> _common_pb2.MetricBatch:
         """Only to a WatchJob with batch_metrics: metrics the trainer sent together, oldest
         first. They are the events numbered sequence - len(metrics) + 1 through sequence
         (without batch_metrics each comes as its own `metric` event with its own number).
@@ -190,7 +189,7 @@ class JobEvent(_message.Message):
         metric: _common_pb2.MetricResult | None = ...,
         checkpoint: _common_pb2.CheckpointInfo | None = ...,
         result: _common_pb2.ExperimentResult | None = ...,
-        metrics: _executor_pb2.MetricBatch | None = ...,
+        metrics: _common_pb2.MetricBatch | None = ...,
         source_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "metric", b"metric", "metrics", b"metrics", "payload", b"payload", "result", b"result", "state_change", b"state_change", "time", b"time"]  # noqa: Y015

@@ -1,4 +1,7 @@
-"""Tool calls by request id: a retried call gets the first answer, not a second execution.
+"""Mutating calls by request id: a retried call gets the first answer, not a second execution.
+
+Every service keeps one (its own table in its own database) under the RPCs that change
+something; ``RequestLedger.call`` wraps a servicer method.
 
 An id belongs to its caller (the key holds the caller's name) and to the exact request it
 came with (the digest of its body): the same body again gets the stored answer, another
@@ -11,37 +14,59 @@ import asyncio
 import hmac
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 from google.protobuf.message import Message
 
-from arc_common.errors import AlreadyExistsError
+from arc_common.digest import message_digest
+from arc_common.errors import AlreadyExistsError, InvalidArgumentError
 
 M = TypeVar("M", bound=Message)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tool_calls (
-    key TEXT PRIMARY KEY,
-    response BLOB NOT NULL
-);
-"""
+MAX_REQUEST_ID = 256
 
 
-class ToolLedger:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+class RequestLedger:
+    def __init__(self, db: aiosqlite.Connection, table: str = "tool_calls") -> None:
+        if not table.isidentifier():
+            raise ValueError(f"bad table name {table!r}")
         self._db = db
+        self._table = table
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def open(self) -> None:
-        await self._db.executescript(SCHEMA)
-        async with self._db.execute("PRAGMA table_info(tool_calls)") as cursor:
+        await self._db.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._table} "
+            "(key TEXT PRIMARY KEY, response BLOB NOT NULL)"
+        )
+        async with self._db.execute(f"PRAGMA table_info({self._table})") as cursor:
             columns = {row[1] async for row in cursor}
         if "digest" not in columns:  # a workspace from before bodies were bound
             await self._db.execute(
-                "ALTER TABLE tool_calls ADD COLUMN digest TEXT NOT NULL DEFAULT ''"
+                f"ALTER TABLE {self._table} ADD COLUMN digest TEXT NOT NULL DEFAULT ''"
             )
         await self._db.commit()
+
+    async def call(
+        self,
+        caller: str,
+        rpc: str,
+        request: Any,  # a request message with a request_id field
+        response_type: type[M],
+        call: Callable[[], Awaitable[M]],
+    ) -> M:
+        """``call`` once per (caller, rpc, request.request_id), bound to the request's body;
+        a request without a request_id always runs."""
+        request_id: str = request.request_id
+        if len(request_id) > MAX_REQUEST_ID:
+            raise InvalidArgumentError(
+                f"request_id must be at most {MAX_REQUEST_ID} characters", field="request_id"
+            )
+        key = f"{caller}:{rpc}:{request_id}" if request_id else ""
+        return await self.once(
+            key, response_type, call, digest=message_digest(request), request_id=request_id
+        )
 
     async def once(
         self,
@@ -62,7 +87,7 @@ class ToolLedger:
             return await call()
         async with self._locks[key]:
             async with self._db.execute(
-                "SELECT response, digest FROM tool_calls WHERE key = ?", (key,)
+                f"SELECT response, digest FROM {self._table} WHERE key = ?", (key,)
             ) as cursor:
                 row = await cursor.fetchone()
             if row is not None:
@@ -77,7 +102,7 @@ class ToolLedger:
                 return stored
             response = await call()
             await self._db.execute(
-                "INSERT INTO tool_calls (key, response, digest) VALUES (?, ?, ?)",
+                f"INSERT INTO {self._table} (key, response, digest) VALUES (?, ?, ?)",
                 (key, response.SerializeToString(), digest),
             )
             await self._db.commit()
