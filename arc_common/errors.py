@@ -6,17 +6,45 @@ codes, and the client maps the codes back. Nothing in here imports grpc.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """A gRPC status code by name, without importing grpc.
+
+    The values are the names of ``grpc.StatusCode`` members, so ``Status(code.name)`` and
+    ``grpc.StatusCode[status]`` convert both ways.
+    """
+
+    OK = "OK"
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    DATA_LOSS = "DATA_LOSS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+
 
 class ArcError(Exception):
     """Root of every error the engine raises on purpose.
 
     ``field`` names the offending input (a dotted path such as
     ``hyperparameters.optimizer.learning_rate``) when one is to blame; ``status`` is the
-    name of the gRPC status code when the error came back from a remote call.
+    gRPC status code when the error came back from a remote call.
     """
 
     def __init__(
-        self, message: str, *, field: str | None = None, status: str | None = None
+        self, message: str, *, field: str | None = None, status: Status | None = None
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -48,7 +76,7 @@ class InvalidArgumentError(ArcError):
         message: str,
         *,
         field: str | None = None,
-        status: str | None = None,
+        status: Status | None = None,
         violations: list[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__(message, field=field, status=status)

@@ -35,4 +35,4 @@ def status_for(error: errors.ArcError) -> grpc.StatusCode:
 def error_from_status(code: grpc.StatusCode, message: str) -> errors.ArcError:
     """The domain error a client raises for a status code it received."""
     cls = ERROR_BY_STATUS.get(code, errors.ArcError)
-    return cls(message, status=code.name)
+    return cls(message, status=errors.Status(code.name))
