@@ -33,7 +33,7 @@ from arc_common.models import TrainingJobConfig
 from bench.common import REPO, drive, p50, rss_mib
 from services.executor.protocol import TrainerInput, load_message
 from services.executor.runs import process_group_members
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from tests.helpers import ServiceProcess
 from tests.integration.scheduler.conftest import TERMINAL
 from tests.security.suite import ProcessSuite, free_port

@@ -17,6 +17,7 @@ from typing import Any
 
 from arc_common.models import CheckpointKind, JobState
 from clients.arc_client import ArcClient
+from clients.display import Out, leaderboard_rows, watch_job
 from clients.orchestrator import Orchestrator
 from clients.suite import LocalSuite
 
@@ -55,8 +56,6 @@ def say(text: str) -> None:
 
 
 async def run_demo(home: Path, port_base: int, *, keep: bool = False) -> int:
-    from clients.cli import Out, leaderboard_rows, watch_job
-
     started = time.monotonic()
     home.mkdir(parents=True, exist_ok=True)
     suite = LocalSuite(home, port_base)
@@ -65,7 +64,7 @@ async def run_demo(home: Path, port_base: int, *, keep: bool = False) -> int:
     try:
         data = home / "datasets" / "fundus"
         if not data.exists():
-            from services.executor.synth import generate_dataset
+            from arc_common.synth import generate_dataset
 
             counts = await asyncio.to_thread(
                 generate_dataset, data, count=160, size=64, seed=7, splits=(0.6, 0.2, 0.2)

@@ -9,7 +9,7 @@ import torch
 
 from arc_common.models import TrainingJobConfig
 from services.executor.protocol import TrainerInput
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from services.executor.trainer.train import Reporter, train
 
 pytestmark = pytest.mark.gpu

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from arc.common.v1 import common_pb2
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from tests.integration.executor.conftest import Suite, running_suite
 from tests.integration.executor.test_runs import wait_done
 from tests.integration.executor.test_warm_pool import parent_of, pool_ready

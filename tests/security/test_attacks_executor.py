@@ -22,7 +22,7 @@ from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.convert import dict_to_proto
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from services.governance.policy import DEFAULT_POLICY_PATH
 from tests.security.suite import ProcessSuite, git
 

@@ -24,7 +24,7 @@ from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.auth import TOKENS_FILE, Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from tests.integration.scheduler.conftest import spec
 from tests.security.suite import ProcessSuite
 

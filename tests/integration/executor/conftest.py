@@ -19,7 +19,7 @@ from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
 from services.executor import __main__ as executor_main
 from services.executor.settings import ExecutorSettings
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from services.gpu_manager import __main__ as gpu_main
 from services.gpu_manager.settings import GpuManagerSettings
 

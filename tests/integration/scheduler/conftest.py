@@ -20,7 +20,7 @@ from arc_common.convert import dict_to_proto
 from arc_common.server import ServerHandle
 from services.executor import __main__ as executor_main
 from services.executor.settings import ExecutorSettings
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from services.governance import __main__ as governance_main
 from services.governance.settings import GovernanceSettings
 from services.gpu_manager import __main__ as gpu_main

@@ -22,7 +22,7 @@ from services.executor import __main__ as executor_main
 from services.executor.protocol import TrainerInput
 from services.executor.registry import CheckpointRegistry
 from services.executor.settings import ExecutorSettings
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from services.governance import __main__ as governance_main
 from services.governance.settings import GovernanceSettings
 from services.gpu_manager import __main__ as gpu_main

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from arc_common.models import ArchitectureSpec
-from services.executor.synth import generate_dataset
+from arc_common.synth import generate_dataset
 from services.executor.tools.torchwork import gradcam
 from services.executor.trainer.models import build_model
 from services.executor.trainer.train import save_checkpoint
