@@ -8,14 +8,19 @@ from arc_common.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
-from arc_common.models import Decision, Tool, Violation
+from arc_common.models import Decision, Tool, Violation, ViolationKind
+
+# Budget, concurrency and rate limits: wait or shrink, rather than fix the request.
+_EXHAUSTED = frozenset({ViolationKind.QUOTA, ViolationKind.BUDGET})
+
+
+def kind_of(violation: Violation) -> ViolationKind:
+    """The violation's kind; a governance older than the field sends none: POLICY."""
+    return violation.kind or ViolationKind.POLICY
 
 
 def is_quota(violation: Violation) -> bool:
-    """Budget, concurrency and rate limits: wait or shrink, rather than fix the request."""
-    return violation.field in {"rate", "concurrent_jobs"} or violation.constraint.startswith(
-        "GPU-hour budget"
-    )
+    return kind_of(violation) in _EXHAUSTED
 
 
 def describe(decision: Decision) -> str:
@@ -28,24 +33,16 @@ def describe(decision: Decision) -> str:
     return "; ".join(parts) if parts else decision.reason
 
 
-MALFORMED = (
-    "must be finite",
-    "must be a number",
-    "must be within bounds",
-    "must be an object",
-    "must be a list",
-)
-
-
 def denial_error(tool: Tool, decision: Decision) -> ArcError:
-    """INVALID_ARGUMENT for malformed values (NaN, infinities, text for numbers),
-    RESOURCE_EXHAUSTED when only quotas refuse, PERMISSION_DENIED otherwise. The decision
-    is in the audit log either way."""
+    """INVALID_ARGUMENT when a value is malformed (NaN, infinities, text for numbers),
+    RESOURCE_EXHAUSTED when only quotas and budgets refuse, PERMISSION_DENIED otherwise.
+    The decision is in the audit log either way."""
     message = f"{tool.value} denied by policy {decision.policy_version}: {describe(decision)}"
-    malformed = [v for v in decision.violations if v.constraint in MALFORMED]
+    violations = decision.violations
+    malformed = [v for v in violations if kind_of(v) is ViolationKind.MALFORMED]
     if malformed:
         return InvalidArgumentError(message, field=malformed[0].field)
-    if decision.violations and all(is_quota(v) for v in decision.violations):
-        return ResourceExhaustedError(message, field=decision.violations[0].field)
-    field = decision.violations[0].field if decision.violations else None
+    if violations and all(is_quota(v) for v in violations):
+        return ResourceExhaustedError(message, field=violations[0].field)
+    field = violations[0].field if violations else None
     return PermissionDeniedError(message, field=field)

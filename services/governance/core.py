@@ -47,6 +47,7 @@ from arc_common.models import (
     Transaction,
     TransactionState,
     Violation,
+    ViolationKind,
 )
 from arc_common.paths import resolve_in_root
 from arc_common.sqlite import GroupCommit
@@ -129,12 +130,16 @@ MAX_TRAINING_SECONDS = 10 * 365 * 86400
 
 
 class MalformedParameterError(ValueError):
-    """A value the budget cannot be computed from (its constraint is in MALFORMED)."""
+    """A value the budget cannot be computed from (a MALFORMED violation)."""
 
     def __init__(self, field: str, constraint: str, actual: Any, suggested: str = "") -> None:
         super().__init__(f"{field} {constraint}")
         self.violation = Violation(
-            field=field, constraint=constraint, actual=repr(actual)[:200], suggested=suggested
+            field=field,
+            constraint=constraint,
+            actual=repr(actual)[:200],
+            suggested=suggested,
+            kind=ViolationKind.MALFORMED,
         )
 
 
@@ -484,7 +489,11 @@ class Governance:
         limits = policy.limits(call.caller)
         violations = [
             Violation(
-                field=v.field, constraint=v.constraint, actual=v.actual, suggested=v.suggested
+                field=v.field,
+                constraint=v.constraint,
+                actual=v.actual,
+                suggested=v.suggested,
+                kind=v.kind,
             )
             for v in policy.evaluate(call.tool, call.parameters)
         ]
@@ -507,6 +516,7 @@ class Governance:
                         f"{used:.2f} h used",
                         actual=f"{hours:.2f} GPU-hours",
                         suggested=str(seconds_left) if seconds_left >= 1 else "",
+                        kind=ViolationKind.BUDGET,
                     )
                 )
             running = await self._open_jobs(call.caller)
@@ -517,6 +527,7 @@ class Governance:
                         constraint=f"at most {limits.max_concurrent_jobs} running jobs",
                         actual=str(running),
                         suggested="wait for a running job to finish",
+                        kind=ViolationKind.QUOTA,
                     )
                 )
         if not self._rate_ok(call.caller, limits.calls_per_minute, count=not call.dry_run):
@@ -526,6 +537,7 @@ class Governance:
                     constraint=f"at most {limits.calls_per_minute} calls per minute",
                     actual=f"{limits.calls_per_minute}+ calls in the last minute",
                     suggested="retry in a minute",
+                    kind=ViolationKind.QUOTA,
                 )
             )
         locked = self.mode is Mode.LOCKED

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from arc_common.models import Tool, describe_errors
+from arc_common.models import Tool, ViolationKind, describe_errors
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
 
@@ -96,6 +96,8 @@ class PolicyViolation:
     constraint: str
     actual: str
     suggested: str = ""
+    # A value no rule can be checked against is MALFORMED; every other breach is POLICY.
+    kind: ViolationKind = ViolationKind.POLICY
 
 
 class Policy:
@@ -197,11 +199,21 @@ def _check(field: str, constraint: Constraint, value: Any) -> list[PolicyViolati
     out: list[PolicyViolation] = []
     if constraint.min is not None or constraint.max is not None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            out.append(PolicyViolation(field, "must be a number", repr(value)))
+            out.append(
+                PolicyViolation(
+                    field, "must be a number", repr(value), kind=ViolationKind.MALFORMED
+                )
+            )
         elif not math.isfinite(value):
             suggestion = constraint.max if constraint.max is not None else constraint.min
             out.append(
-                PolicyViolation(field, "must be finite", str(value), _fmt(suggestion or 0.0))
+                PolicyViolation(
+                    field,
+                    "must be finite",
+                    str(value),
+                    _fmt(suggestion or 0.0),
+                    kind=ViolationKind.MALFORMED,
+                )
             )
         else:
             if constraint.min is not None and value < constraint.min:
