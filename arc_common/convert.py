@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -25,8 +25,12 @@ from pydantic import BaseModel
 from arc_common.errors import InvalidArgumentError
 from arc_common.models import MetricResult, parse_model
 
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
 M = TypeVar("M", bound=BaseModel)
 P = TypeVar("P", bound=Message)
+V = TypeVar("V", bound=int)
 
 # Descriptors are typed loosely on purpose: protobuf's stubs make every nested descriptor
 # Optional and split pure-Python and upb classes, which adds noise without safety here.
@@ -69,6 +73,25 @@ def enum_from_str(enum: _Descriptor, value: str) -> int:
 
 
 E = TypeVar("E", bound=Enum)
+
+
+def enum_value(enum: _EnumTypeWrapper[V], value: Enum | str) -> V:
+    """The proto number of a model value, typed as the generated enum's values:
+    ``enum_value(governance_pb2.Mode, Mode.OPEN)`` is ``MODE_OPEN``."""
+    name = value.value if isinstance(value, Enum) else value
+    try:
+        return enum.Value(enum_prefix(enum.DESCRIPTOR) + str(name).upper())
+    except ValueError:
+        raise ValueError(f"{name!r} is not a value of {enum.DESCRIPTOR.full_name}") from None
+
+
+def enum_member(enum: _EnumTypeWrapper[V], number: V, model_enum: type[E]) -> E:
+    """The model value of a proto number, the reverse of ``enum_value``; ValueError when the
+    number is unset or has no model value."""
+    name = enum_to_str(enum.DESCRIPTOR, number)
+    if name is None:
+        raise ValueError(f"{enum.DESCRIPTOR.full_name} is not set")
+    return model_enum(name)
 
 
 def enum_field(

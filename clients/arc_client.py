@@ -25,7 +25,7 @@ from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.channel import create_channel
-from arc_common.convert import to_model, to_proto
+from arc_common.convert import enum_member, enum_value, to_model, to_proto
 from arc_common.models import (
     TERMINAL_STATES,
     AuditRecord,
@@ -189,7 +189,7 @@ class ArcClient:
                         page_size=500,
                         page_token=token,
                         experiment_id=experiment_id,
-                        state=common_pb2.JobState.Value(f"JOB_STATE_{state.value.upper()}")
+                        state=enum_value(common_pb2.JobState, state)
                         if state
                         else common_pb2.JOB_STATE_UNSPECIFIED,
                     )
@@ -278,7 +278,7 @@ class ArcClient:
         reply = await unary(
             self.governance.ValidateToolRequest(
                 governance_pb2.ValidateToolRequestRequest(
-                    tool=governance_pb2.Tool.Value(f"TOOL_{tool.value.upper()}"),
+                    tool=enum_value(governance_pb2.Tool, tool),
                     parameters=struct,
                     dry_run=dry_run,
                 )
@@ -288,19 +288,17 @@ class ArcClient:
 
     async def mode(self) -> tuple[Mode, str]:
         reply = await unary(self.governance.GetMode(governance_pb2.GetModeRequest()))
-        return Mode(governance_pb2.Mode.Name(reply.mode).removeprefix("MODE_").lower()), (
-            reply.policy_version
-        )
+        return enum_member(governance_pb2.Mode, reply.mode, Mode), (reply.policy_version)
 
     async def set_mode(self, mode: Mode, reason: str = "") -> Mode:
         reply = await unary(
             self.governance.SetMode(
                 governance_pb2.SetModeRequest(
-                    mode=governance_pb2.Mode.Value(f"MODE_{mode.value.upper()}"), reason=reason
+                    mode=enum_value(governance_pb2.Mode, mode), reason=reason
                 )
             )
         )
-        return Mode(governance_pb2.Mode.Name(reply.previous_mode).removeprefix("MODE_").lower())
+        return enum_member(governance_pb2.Mode, reply.previous_mode, Mode)
 
     async def pending(self) -> list[PendingRequest]:
         reply = await unary(

@@ -199,6 +199,18 @@ def test_enum_values_match_proto_names() -> None:
         assert names == {m.value for m in model_enum}
 
 
+def test_enum_value_and_member_convert_model_enums_both_ways() -> None:
+    assert convert.enum_value(governance_pb2.Mode, models.Mode.OPEN) == governance_pb2.MODE_OPEN
+    assert convert.enum_value(common_pb2.JobState, "timed_out") == common_pb2.JOB_STATE_TIMED_OUT
+    for mode in models.Mode:
+        number = convert.enum_value(governance_pb2.Mode, mode)
+        assert convert.enum_member(governance_pb2.Mode, number, models.Mode) is mode
+    with pytest.raises(ValueError, match=r"arc\.governance\.v1\.Mode"):
+        convert.enum_value(governance_pb2.Mode, "nonsense")
+    with pytest.raises(ValueError, match="not set"):
+        convert.enum_member(governance_pb2.Mode, governance_pb2.MODE_UNSPECIFIED, models.Mode)
+
+
 def test_unset_optional_zero_is_kept_apart_from_absent() -> None:
     spec = common_pb2.ExperimentSpec()
     fill(spec)
