@@ -77,7 +77,7 @@ E = TypeVar("E", bound=Enum)
 
 def enum_value(enum: _EnumTypeWrapper[V], value: Enum | str) -> V:
     """The proto number of a model value, typed as the generated enum's values:
-    ``enum_value(governance_pb2.Mode, Mode.OPEN)`` is ``MODE_OPEN``."""
+    ``enum_value(governance_pb2.Mode, Mode.LOCKED)`` is ``MODE_LOCKED``."""
     name = value.value if isinstance(value, Enum) else value
     try:
         return enum.Value(enum_prefix(enum.DESCRIPTOR) + str(name).upper())

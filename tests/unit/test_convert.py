@@ -200,7 +200,7 @@ def test_enum_values_match_proto_names() -> None:
 
 
 def test_enum_value_and_member_convert_model_enums_both_ways() -> None:
-    assert convert.enum_value(governance_pb2.Mode, models.Mode.OPEN) == governance_pb2.MODE_OPEN
+    assert convert.enum_value(governance_pb2.Mode, models.Mode.LOCKED) == governance_pb2.MODE_LOCKED
     assert convert.enum_value(common_pb2.JobState, "timed_out") == common_pb2.JOB_STATE_TIMED_OUT
     for mode in models.Mode:
         number = convert.enum_value(governance_pb2.Mode, mode)
