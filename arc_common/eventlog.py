@@ -33,6 +33,8 @@ from typing import Generic, TypeVar
 import aiosqlite
 from pydantic import BaseModel
 
+from arc_common.batch import Batcher
+
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=BaseModel)
@@ -77,14 +79,13 @@ class EventLog(Generic[E]):
         self._table = table
         self._key_field = key_field
         self._on_commit = on_commit
-        self._flush_seconds = flush_ms / 1000
-        self._queue: list[E] = []
+        self._batches: Batcher[E] = Batcher.on_loop(
+            self._commit, name="event-flusher", max_delay=flush_ms / 1000, requeue_failed=True
+        )
         self._next: dict[str, int] = {}
         self._committed: dict[str, int] = {}
         self._closed: set[str] = set()
         self._changed = asyncio.Condition()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         # key -> its newest committed events, without gaps; the least recently written
         # key goes first when there are too many. Events are frozen: shared safely.
         self._tails: OrderedDict[str, deque[E]] = OrderedDict()
@@ -92,7 +93,6 @@ class EventLog(Generic[E]):
         self._span = span
         self._tail_weight = 0
         self._urgent = urgent
-        self._hurry = asyncio.Event()  # an urgent event is queued: flush without waiting
 
     async def open(self) -> None:
         await self._db.execute(
@@ -107,14 +107,8 @@ class EventLog(Generic[E]):
             async for key, last in cursor:
                 self._next[key] = int(last) + 1
                 self._committed[key] = int(last)
-        self._task = asyncio.create_task(self._flusher(), name="event-flusher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
         await self.flush()
 
     def _key(self, event: E) -> str:
@@ -128,10 +122,9 @@ class EventLog(Generic[E]):
         event = self._model.model_validate(
             {"sequence": sequence, self._key_field: key, "time": datetime.now(UTC), **payload}
         )
-        self._queue.append(event)
-        self._wake.set()
-        if self._urgent(event):
-            self._hurry.set()
+        self._batches.add(event)
+        if self._urgent(event):  # others act on it: commit it now, with what is queued
+            self._batches.hurry()
         return event
 
     def last_sequence(self, key: str) -> int:
@@ -145,14 +138,20 @@ class EventLog(Generic[E]):
             self._changed.notify_all()
 
     async def flush(self) -> None:
-        if not self._queue:
-            return
-        batch, self._queue = self._queue, []
-        await self._db.executemany(
-            f"INSERT INTO {self._table} (key, sequence, event) VALUES (?, ?, ?)",
-            [(self._key(e), _sequence(e), e.model_dump_json()) for e in batch],
-        )
-        await self._db.commit()
+        """Commit what is queued now; raise if that commit failed (the events stay queued
+        and go with the next one)."""
+        await self._batches.flush()
+
+    async def _commit(self, batch: list[E]) -> None:
+        try:
+            await self._db.executemany(
+                f"INSERT INTO {self._table} (key, sequence, event) VALUES (?, ?, ?)",
+                [(self._key(e), _sequence(e), e.model_dump_json()) for e in batch],
+            )
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()  # the group goes again whole, with the next one
+            raise
         for event in batch:
             key = self._key(event)
             self._committed[key] = max(self._committed.get(key, 0), _sequence(event))
@@ -164,20 +163,6 @@ class EventLog(Generic[E]):
                 logger.exception("event commit hook failed")
         async with self._changed:
             self._changed.notify_all()
-
-    async def _flusher(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not self._hurry.is_set():  # let more events join this group
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), self._flush_seconds)
-            self._hurry.clear()  # what is queued now goes with this flush
-            try:
-                await self.flush()
-            except Exception:
-                logger.exception("event flush failed; retrying")
-                self._wake.set()
 
     def _keep(self, key: str, event: E) -> None:
         tail = self._tails.get(key)
