@@ -53,6 +53,8 @@ class TrainerMessage(BaseModel):
     kind: Literal["state", "metrics", "checkpoint", "result", "log", "released"]
     state: str = ""
     reason: str = ""
+    # With state "failed": why, as the trainer can tell (out of memory, or any other error).
+    cause: Literal["", "failed", "oom"] = ""
     # One serialized MetricBatch (arc_common.packed), not one JSON object a metric.
     metrics: PackedMetrics | None = None
     checkpoint: CheckpointInfo | None = None

@@ -46,6 +46,7 @@ from arc_common.models import (
     LogExcerpt,
     MetricResult,
     Run,
+    RunEndCause,
     RunEvent,
     StateChange,
     TrainingJobConfig,
@@ -179,8 +180,10 @@ class LiveRun:
     process: TrainerProcess | None = None
     stop_reason: str = ""
     stop_state: JobState | None = None
+    stop_cause: RunEndCause | None = None
     trainer_state: JobState | None = None
     trainer_reason: str = ""
+    trainer_cause: RunEndCause | None = None  # FAILED or OOM, as the trainer reported it
     result: ExperimentResult | None = None
     epoch_metrics: list[MetricResult] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -406,7 +409,12 @@ class RunManager:
                     live.run.run_id,
                     job_id,
                 )
-                await self.stop(live, JobState.CANCELLED, "superseded: its job was started cold")
+                await self.stop(
+                    live,
+                    JobState.CANCELLED,
+                    "superseded: its job was started cold",
+                    RunEndCause.CANCELLED,
+                )
                 await live.done.wait()
 
     def _check_no_live_run(self, job_id: str) -> None:
@@ -443,7 +451,9 @@ class RunManager:
         try:
             await self._spawn(live, paths)
         except Exception as exc:
-            await self._finish(live, JobState.FAILED, f"could not start the trainer: {exc}")
+            await self._finish(
+                live, JobState.FAILED, f"could not start the trainer: {exc}", RunEndCause.FAILED
+            )
             raise
         live.tasks.append(
             asyncio.create_task(self._supervise(live, paths.log_dir), name=live.run.run_id)
@@ -579,6 +589,9 @@ class RunManager:
             elif message.state == JobState.PRUNED.value:
                 live.trainer_state = JobState.PRUNED
                 live.trainer_reason = message.reason[:2000]
+            elif message.state == JobState.FAILED.value:
+                # The trainer caught its error: a failure (or OOM), not a crash.
+                live.trainer_cause = RunEndCause(message.cause or RunEndCause.FAILED.value)
             elif message.reason:
                 self.events.append(run_id, log=LogExcerpt(stream="trainer", lines=[message.reason]))
         elif message.kind == "result" and message.result is not None:
@@ -623,15 +636,20 @@ class RunManager:
         )
         logger.info("run %s released GPUs %s", live.run.run_id, live.run.lease.gpu_indices)
 
-    async def _transition(self, live: LiveRun, state: JobState, reason: str) -> None:
+    async def _transition(
+        self, live: LiveRun, state: JobState, reason: str, cause: RunEndCause | None = None
+    ) -> None:
         previous = live.run.state
         updates: dict[str, object] = {"state": state}
         if state in TERMINAL_STATES:
             updates["end_time"] = datetime.now(UTC)
+            updates["end_cause"] = cause
         live.run = live.run.model_copy(update=updates)
         self.events.append(
             live.run.run_id,
-            state_change=StateChange(previous_state=previous, state=state, reason=reason),
+            state_change=StateChange(
+                previous_state=previous, state=state, reason=reason, cause=cause
+            ),
         )
         await self._save(live.run)
 
@@ -648,7 +666,7 @@ class RunManager:
                 await self._leases.renew(lease)
             except FailedPreconditionError as exc:
                 logger.error("run %s: lease lost, stopping: %s", live.run.run_id, exc)
-                await self.stop(live, JobState.FAILED, f"lease lost: {exc}")
+                await self.stop(live, JobState.FAILED, f"lease lost: {exc}", RunEndCause.LOST_LEASE)
                 return
             except (UnavailableError, ArcError) as exc:
                 logger.warning("run %s: lease renewal failed (%s); retrying", live.run.run_id, exc)
@@ -667,7 +685,9 @@ class RunManager:
         try:
             await asyncio.wait_for(exited, timeout=timeout)
         except TimeoutError:
-            await self.stop(live, JobState.TIMED_OUT, f"timed out after {timeout} s")
+            await self.stop(
+                live, JobState.TIMED_OUT, f"timed out after {timeout} s", RunEndCause.TIMED_OUT
+            )
             await process.wait()
         finally:
             heartbeat, live.heartbeat = live.heartbeat, None
@@ -681,19 +701,23 @@ class RunManager:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), timeout=10)
         await self._kill_group(process.pid, grace=0)  # leftovers of a normal exit
+        cause: RunEndCause
         if live.stop_state is not None:
             state, reason = live.stop_state, live.stop_reason
+            cause = live.stop_cause or RunEndCause.CANCELLED
         elif live.trainer_state is JobState.PRUNED:
-            state, reason = JobState.PRUNED, live.trainer_reason
+            state, reason, cause = JobState.PRUNED, live.trainer_reason, RunEndCause.PRUNED
         elif process.returncode == 0 and live.result is not None:
-            state, reason = JobState.COMPLETED, "training finished"
+            state, reason, cause = JobState.COMPLETED, "training finished", RunEndCause.COMPLETED
         else:
             tail = self._stderr_tail(log_dir)
             state = JobState.FAILED
+            # Without the trainer's word on its error, it died: killed, or crashed hard.
+            cause = live.trainer_cause or RunEndCause.CRASHED
             if tail:
                 self.events.append(live.run.run_id, log=LogExcerpt(stream="stderr", lines=tail))
             reason = "\n".join([f"trainer exited with {process.returncode}", *tail])
-        await self._finish(live, state, reason)
+        await self._finish(live, state, reason, cause)
 
     def _stderr_tail(self, log_dir: Path) -> list[str]:
         path = log_dir / "stderr.log"
@@ -707,7 +731,9 @@ class RunManager:
             deque((line for line in lines if line.strip()), maxlen=self.settings.stderr_tail_lines)
         )
 
-    async def _finish(self, live: LiveRun, state: JobState, reason: str) -> None:
+    async def _finish(
+        self, live: LiveRun, state: JobState, reason: str, cause: RunEndCause
+    ) -> None:
         result = (live.result or ExperimentResult()).model_copy(
             update={
                 "experiment_id": live.run.config.experiment_spec.experiment_id
@@ -729,7 +755,7 @@ class RunManager:
             os.close(live.standby)
             live.standby = None
         self.events.append(live.run.run_id, result=result)
-        await self._transition(live, state, reason.splitlines()[0] if reason else "")
+        await self._transition(live, state, reason.splitlines()[0] if reason else "", cause)
         await self.events.mark_closed(live.run.run_id)
         live.done.set()
         self._live.pop(live.run.run_id, None)
@@ -755,10 +781,10 @@ class RunManager:
             await asyncio.sleep(0.05)
         logger.error("process group %d survived SIGKILL", pgid)
 
-    async def stop(self, live: LiveRun, state: JobState, reason: str) -> None:
+    async def stop(self, live: LiveRun, state: JobState, reason: str, cause: RunEndCause) -> None:
         if live.stop_state is not None or live.done.is_set():
             return
-        live.stop_state, live.stop_reason = state, reason
+        live.stop_state, live.stop_reason, live.stop_cause = state, reason, cause
         if live.process is not None:
             await self._kill_group(live.process.pid, grace=self.settings.cancel_grace_seconds)
 
@@ -774,9 +800,13 @@ class RunManager:
             )
         return live
 
-    async def cancel(self, run_id: str, reason: str) -> Run:
+    async def cancel(self, run_id: str, reason: str, *, prune: bool = False) -> Run:
+        """Stop a live run: CANCELLED, or PRUNED when its metrics were why."""
         live = await self._live_run(run_id, "cancel")
-        await self.stop(live, JobState.CANCELLED, reason or "cancelled")
+        if prune:
+            await self.stop(live, JobState.PRUNED, reason or "pruned", RunEndCause.PRUNED)
+        else:
+            await self.stop(live, JobState.CANCELLED, reason or "cancelled", RunEndCause.CANCELLED)
         await live.done.wait()
         return await self.get(run_id)
 
@@ -789,7 +819,9 @@ class RunManager:
     async def close(self) -> None:
         """Executor shutdown: stop every live run (they are reported lost on restart anyway)."""
         for live in list(self._live.values()):
-            await self.stop(live, JobState.FAILED, "executor shut down")
+            await self.stop(
+                live, JobState.FAILED, "executor shut down", RunEndCause.EXECUTOR_SHUTDOWN
+            )
         for live in list(self._live.values()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done.wait(), timeout=30)
@@ -814,6 +846,6 @@ class RunManager:
                 killed = f"; its process group {pgid} was killed"
             reason = f"lost: the executor restarted while the run was live{killed}"
             live = LiveRun(run=run)
-            await self._finish(live, JobState.FAILED, reason)
+            await self._finish(live, JobState.FAILED, reason, RunEndCause.EXECUTOR_SHUTDOWN)
             logger.warning("run %s %s", run.run_id, reason)
         return len(rows)

@@ -108,7 +108,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self, request: executor_pb2.CancelRunRequest, context: Any
     ) -> executor_pb2.CancelRunResponse:
         async def cancel() -> executor_pb2.CancelRunResponse:
-            run = await self._runs.cancel(request.run_id, request.reason)
+            run = await self._runs.cancel(request.run_id, request.reason, prune=request.prune)
             return executor_pb2.CancelRunResponse(run=to_proto(run, executor_pb2.Run))
 
         # A retried cancel (same request_id) gets the first answer, not FAILED_PRECONDITION.

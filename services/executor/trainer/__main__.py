@@ -8,6 +8,7 @@ completed or was pruned (the last message says which), 1 on a crash.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -166,6 +167,15 @@ def _metrics_flood(inp: TrainerInput, channel: Channel, count: int) -> int:
     return 0
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Host memory (MemoryError) or a device's (torch's OutOfMemoryError) ran out."""
+    torch = sys.modules.get("torch")
+    cuda_oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return isinstance(exc, MemoryError) or (
+        isinstance(cuda_oom, type) and isinstance(exc, cuda_oom)
+    )
+
+
 def run(input_path: str, metrics_fd: int) -> int:
     """One run, start to end: the cold ``python -m`` entry and the warm pool's forked child
     (services.executor.warm) both come here."""
@@ -200,9 +210,17 @@ def run(input_path: str, metrics_fd: int) -> int:
         channel.send(TrainerMessage(kind="state", state=JobState.PRUNED.value, reason=str(exc)))
         channel.flush()
         return 0
-    except Exception:
+    except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
+        cause = "oom" if _out_of_memory(exc) else "failed"
+        with contextlib.suppress(OSError, ValueError):  # the executor may be gone
+            channel.send(
+                TrainerMessage(
+                    kind="state", state=JobState.FAILED.value, reason=repr(exc)[:500], cause=cause
+                )
+            )
+            channel.flush()
         return 1
     channel.send(TrainerMessage(kind="result", result=result))
     channel.flush()

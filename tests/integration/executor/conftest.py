@@ -17,9 +17,9 @@ from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
+from arc_common.synth import generate_dataset
 from services.executor import __main__ as executor_main
 from services.executor.settings import ExecutorSettings
-from arc_common.synth import generate_dataset
 from services.gpu_manager import __main__ as gpu_main
 from services.gpu_manager.settings import GpuManagerSettings
 

@@ -91,6 +91,7 @@ async def test_sigkill_executor_then_restart_reports_run_lost(
         stub = executor_pb2_grpc.ExecutorServiceStub(channel)
         after = (await stub.GetRun(executor_pb2.GetRunRequest(run_id=run.run_id))).run
         assert after.state == common_pb2.JOB_STATE_FAILED
+        assert after.end_cause == common_pb2.RUN_END_CAUSE_EXECUTOR_SHUTDOWN
         assert "lost" in after.error_message
         assert (f"process group {run.pid}" in after.error_message) == frozen
         assert process_group_members(run.pid) == []
@@ -102,6 +103,7 @@ async def test_sigkill_executor_then_restart_reports_run_lost(
         ]
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
         assert events[-1].state_change.state == common_pb2.JOB_STATE_FAILED
+        assert events[-1].state_change.cause == common_pb2.RUN_END_CAUSE_EXECUTOR_SHUTDOWN
         await channel.close()
         await gpu_channel.close()
     finally:

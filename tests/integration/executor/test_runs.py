@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import grpc
@@ -56,6 +58,13 @@ async def wait_for_event(suite: Suite, run_id: str, kind: str) -> executor_pb2.R
     raise AssertionError(f"no {kind} event")
 
 
+def end_cause(events: list[executor_pb2.RunEvent]) -> int:
+    """The cause on the run's terminal StateChange event."""
+    changes = [e.state_change for e in events if e.WhichOneof("payload") == "state_change"]
+    assert all(not c.cause for c in changes[:-1])  # only the end has a cause
+    return changes[-1].cause
+
+
 def states(events: list[executor_pb2.RunEvent]) -> list[int]:
     return [e.state_change.state for e in events if e.WhichOneof("payload") == "state_change"]
 
@@ -95,6 +104,8 @@ async def test_two_epoch_run_streams_events_and_checkpoint_reproduces_auc(
 
     final = await wait_done(suite, run.run_id)
     assert final.state == common_pb2.JOB_STATE_COMPLETED, final.error_message
+    assert final.end_cause == common_pb2.RUN_END_CAUSE_COMPLETED
+    assert end_cause(events) == common_pb2.RUN_END_CAUSE_COMPLETED
     result = final.result
     assert result.state == common_pb2.JOB_STATE_COMPLETED
     reported_auc = result.best_metrics["test_auc"]
@@ -154,6 +165,8 @@ async def test_cancel_mid_epoch_leaves_no_process(
         )
     ).run
     assert cancelled.state == common_pb2.JOB_STATE_CANCELLED
+    assert cancelled.end_cause == common_pb2.RUN_END_CAUSE_CANCELLED
+    assert end_cause(await suite.events(run.run_id)) == common_pb2.RUN_END_CAUSE_CANCELLED
     assert "changed its mind" in cancelled.error_message
     assert process_group_members(run.pid) == []
     with pytest.raises(aio.AioRpcError) as info:
@@ -161,10 +174,37 @@ async def test_cancel_mid_epoch_leaves_no_process(
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_a_cancel_that_prunes_ends_pruned(suite: Suite) -> None:
+    run = await suite.start("job-pruned", hyperparameters={"epochs": 200})
+    await wait_for_event(suite, run.run_id, "metrics")
+    pruned = (
+        await suite.executor().CancelRun(
+            executor_pb2.CancelRunRequest(run_id=run.run_id, reason="below median", prune=True)
+        )
+    ).run
+    assert pruned.state == common_pb2.JOB_STATE_PRUNED
+    assert pruned.end_cause == common_pb2.RUN_END_CAUSE_PRUNED
+    assert end_cause(await suite.events(run.run_id)) == common_pb2.RUN_END_CAUSE_PRUNED
+    assert process_group_members(run.pid) == []
+
+
+async def test_a_trainer_killed_without_a_word_ends_crashed(suite: Suite) -> None:
+    run = await suite.start("job-killed", hyperparameters={"epochs": 200})
+    await wait_for_event(suite, run.run_id, "metrics")
+    os.kill(run.pid, signal.SIGKILL)
+    final = await wait_done(suite, run.run_id)
+    assert final.state == common_pb2.JOB_STATE_FAILED
+    assert final.end_cause == common_pb2.RUN_END_CAUSE_CRASHED
+    assert end_cause(await suite.events(run.run_id)) == common_pb2.RUN_END_CAUSE_CRASHED
+    assert process_group_members(run.pid) == []
+
+
 async def test_crashing_child_ends_failed_with_its_error(suite: Suite) -> None:
     run = await suite.start("job-crash", architecture={"family": "resnet", "variant": "resnet999"})
     final = await wait_done(suite, run.run_id)
     assert final.state == common_pb2.JOB_STATE_FAILED
+    # The trainer caught the error and said so: a failure, not a crash.
+    assert final.end_cause == common_pb2.RUN_END_CAUSE_FAILED
     assert "resnet999" in final.error_message
     assert "not a torchvision model" in final.error_message
     logs = [e for e in await suite.events(run.run_id) if e.WhichOneof("payload") == "log"]
@@ -176,6 +216,7 @@ async def test_nan_loss_ends_pruned(suite: Suite, monkeypatch: pytest.MonkeyPatc
     run = await suite.start("job-nan")
     final = await wait_done(suite, run.run_id)
     assert final.state == common_pb2.JOB_STATE_PRUNED
+    assert final.end_cause == common_pb2.RUN_END_CAUSE_PRUNED
     assert "loss is nan at step 2" in final.error_message
 
 
@@ -199,6 +240,7 @@ async def test_stale_lease_stops_the_run(suite: Suite) -> None:
     assert newer.fencing_token > lease.fencing_token
     final = await wait_done(suite, run.run_id, timeout=30)
     assert final.state == common_pb2.JOB_STATE_FAILED
+    assert final.end_cause == common_pb2.RUN_END_CAUSE_LOST_LEASE
     assert "lease lost" in final.error_message
     assert process_group_members(run.pid) == []
 
@@ -262,5 +304,6 @@ async def test_timeout_ends_timed_out_with_no_process_left(suite: Suite) -> None
     ).run
     final = await wait_done(suite, run.run_id, timeout=60)
     assert final.state == common_pb2.JOB_STATE_TIMED_OUT
+    assert final.end_cause == common_pb2.RUN_END_CAUSE_TIMED_OUT
     assert "timed out after 4 s" in final.error_message
     assert process_group_members(run.pid) == []

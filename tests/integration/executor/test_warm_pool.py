@@ -62,5 +62,6 @@ async def test_a_warm_run_that_crashes_reports_its_exit_code(suite: Suite) -> No
     run = await suite.start("job-bad", architecture={"variant": "resnet999"})
     done = await wait_done(suite, run.run_id)
     assert done.state == common_pb2.JOB_STATE_FAILED
+    assert done.end_cause == common_pb2.RUN_END_CAUSE_FAILED
     assert "trainer exited with 1" in done.error_message
     assert "resnet999" in done.error_message

@@ -11,8 +11,8 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from arc_common.models import PreprocessingChain
-from services.executor.protocol import CHECKSUM_SUFFIX, checkpoint_is_intact
 from arc_common.synth import CDR_THRESHOLD, generate_dataset, make_fundus
+from services.executor.protocol import CHECKSUM_SUFFIX, checkpoint_is_intact
 from services.executor.trainer import metrics as M
 from services.executor.trainer.transforms import Clahe, build_transforms, clahe_channel
 

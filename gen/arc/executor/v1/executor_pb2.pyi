@@ -353,7 +353,12 @@ class ActivateRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    request_id: _builtins.str
+    """A retry with the same id gets the first answer; another body under it is
+    ALREADY_EXISTS.
+    """
     @_builtins.property
     def lease(self) -> _gpu_pb2.Lease: ...
     def __init__(
@@ -361,10 +366,11 @@ class ActivateRunRequest(_message.Message):
         *,
         run_id: _builtins.str = ...,
         lease: _gpu_pb2.Lease | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -436,19 +442,26 @@ class CancelRunRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PRUNE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     run_id: _builtins.str
     reason: _builtins.str
+    """For people; the run's end says why in cause."""
+    prune: _builtins.bool
+    """Stopped for its metrics (median pruning): the run ends PRUNED, cause PRUNED, rather
+    than CANCELLED.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         run_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        prune: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prune", b"prune", "reason", b"reason", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
