@@ -95,8 +95,13 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
                 "lease is required: acquire one from the gpu-manager first", field="lease"
             )
         lease = _lease(request)
-        run = await self._runs.activate(request.run_id, lease)
-        return executor_pb2.ActivateRunResponse(run=to_proto(run, executor_pb2.Run))
+
+        async def activate() -> executor_pb2.ActivateRunResponse:
+            run = await self._runs.activate(request.run_id, lease)
+            return executor_pb2.ActivateRunResponse(run=to_proto(run, executor_pb2.Run))
+
+        # A retried activation (same request_id) gets the first answer.
+        return await self._once("ActivateRun", request, executor_pb2.ActivateRunResponse, activate)
 
     async def GetRun(
         self, request: executor_pb2.GetRunRequest, context: Any

@@ -49,17 +49,24 @@ async def test_prepared_run_waits_without_a_lease_then_trains_once_activated(
     assert waiting.state == common_pb2.JOB_STATE_QUEUED  # no GPU, so no training
 
     lease = await suite.lease("job-ahead")
-    active = (
-        await suite.executor().ActivateRun(
-            executor_pb2.ActivateRunRequest(run_id=run.run_id, lease=lease)
-        )
-    ).run
+    activation = executor_pb2.ActivateRunRequest(
+        request_id="job-ahead:activate", run_id=run.run_id, lease=lease
+    )
+    active = (await suite.executor().ActivateRun(activation)).run
     assert active.state == common_pb2.JOB_STATE_STARTING
     assert list(active.config.gpu_ids) == list(lease.gpu_indices)
-    retried = await suite.executor().ActivateRun(  # the same lease again: the same answer
+    replayed = await suite.executor().ActivateRun(activation)  # its request_id: the first answer
+    assert replayed.run == active
+    retried = await suite.executor().ActivateRun(  # the same lease again: the same run
         executor_pb2.ActivateRunRequest(run_id=run.run_id, lease=lease)
     )
     assert retried.run.run_id == run.run_id
+    other_body = executor_pb2.ActivateRunRequest()
+    other_body.CopyFrom(activation)
+    other_body.run_id = "another-run"
+    with pytest.raises(aio.AioRpcError) as info:  # the id is bound to its first body
+        await suite.executor().ActivateRun(other_body)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     final = await wait_done(suite, run.run_id)
     assert final.state == common_pb2.JOB_STATE_COMPLETED, final.error_message
     events = await suite.events(run.run_id)
