@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 
 from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
-from arc.governance.v1 import governance_pb2, governance_pb2_grpc
+from arc.governance.v1 import governance_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.channel import create_channel
-from arc_common.convert import enum_member, enum_value, to_model, to_proto
+from arc_common.convert import enum_value, to_model, to_proto
+from arc_common.governance_client import AuditCheck, GovernanceClient
 from arc_common.models import (
     TERMINAL_STATES,
     AuditRecord,
@@ -61,14 +61,6 @@ class Addresses:
         )
 
 
-@dataclass(frozen=True)
-class AuditCheck:
-    ok: bool
-    records_checked: int
-    first_bad_sequence: int
-    reason: str
-
-
 def default_home() -> Path:
     return Path(os.environ.get("ARC_HOME", ".arc"))
 
@@ -89,6 +81,7 @@ class ArcClient:
         self._token = token
         self._timeout = timeout
         self._channels: dict[str, aio.Channel] = {}
+        self._governance_client: GovernanceClient | None = None
 
     def _channel(self, target: str) -> aio.Channel:
         if target not in self._channels:
@@ -117,6 +110,7 @@ class ArcClient:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._governance_client = None
 
     async def __aenter__(self) -> ArcClient:
         return self
@@ -270,85 +264,39 @@ class ArcClient:
 
     # --- governance ----------------------------------------------------------------------------
 
+    @property
+    def _governance(self) -> GovernanceClient:
+        if self._governance_client is None:
+            self._governance_client = GovernanceClient(
+                self._channel(self.addresses.governance), timeout=self._timeout
+            )
+        return self._governance_client
+
     async def validate(
         self, tool: Tool, parameters: dict[str, Any], *, dry_run: bool = True
     ) -> Decision:
-        struct = Struct()
-        struct.update(parameters)
-        reply = await unary(
-            self.governance.ValidateToolRequest(
-                governance_pb2.ValidateToolRequestRequest(
-                    tool=enum_value(governance_pb2.Tool, tool),
-                    parameters=struct,
-                    dry_run=dry_run,
-                )
-            )
-        )
-        return to_model(reply.decision, Decision)
+        return await self._governance.validate(tool, parameters, dry_run=dry_run)
 
     async def mode(self) -> tuple[Mode, str]:
-        reply = await unary(self.governance.GetMode(governance_pb2.GetModeRequest()))
-        return enum_member(governance_pb2.Mode, reply.mode, Mode), (reply.policy_version)
+        status = await self._governance.mode()
+        return status.mode, status.policy_version
 
     async def set_mode(self, mode: Mode, reason: str = "") -> Mode:
-        reply = await unary(
-            self.governance.SetMode(
-                governance_pb2.SetModeRequest(
-                    mode=enum_value(governance_pb2.Mode, mode), reason=reason
-                )
-            )
-        )
-        return enum_member(governance_pb2.Mode, reply.previous_mode, Mode)
+        return await self._governance.set_mode(mode, reason=reason)
 
     async def pending(self) -> list[PendingRequest]:
-        reply = await unary(
-            self.governance.ListPendingRequests(
-                governance_pb2.ListPendingRequestsRequest(page_size=1000)
-            )
-        )
-        return [to_model(p, PendingRequest) for p in reply.pending_requests]
+        return await self._governance.pending(limit=1000)
 
     async def decide(
         self, pending_request_id: str, *, approve: bool, reason: str = ""
     ) -> PendingRequest:
-        if approve:
-            reply = await unary(
-                self.governance.ApproveRequest(
-                    governance_pb2.ApproveRequestRequest(
-                        pending_request_id=pending_request_id, reason=reason
-                    )
-                )
-            )
-        else:
-            reply = await unary(
-                self.governance.RejectRequest(
-                    governance_pb2.RejectRequestRequest(
-                        pending_request_id=pending_request_id, reason=reason
-                    )
-                )
-            )
-        return to_model(reply.pending_request, PendingRequest)
+        return await self._governance.decide(pending_request_id, approve=approve, reason=reason)
 
     async def audit(self, *, caller: str = "", limit: int = 1000) -> list[AuditRecord]:
-        out: list[AuditRecord] = []
-        token = ""
-        while len(out) < limit:
-            reply = await unary(
-                self.governance.ListAuditRecords(
-                    governance_pb2.ListAuditRecordsRequest(
-                        page_size=min(500, limit - len(out)), page_token=token, caller=caller
-                    )
-                )
-            )
-            out += [to_model(r, AuditRecord) for r in reply.records]
-            token = reply.next_page_token
-            if not token:
-                break
-        return out
+        return await self._governance.audit(caller=caller, limit=limit)
 
     async def verify_audit(self) -> AuditCheck:
-        reply = await unary(self.governance.VerifyAuditLog(governance_pb2.VerifyAuditLogRequest()))
-        return AuditCheck(reply.ok, reply.records_checked, reply.first_bad_sequence, reply.reason)
+        return await self._governance.verify_audit()
 
     # --- executor tools ------------------------------------------------------------------------
 
