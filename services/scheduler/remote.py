@@ -1,14 +1,9 @@
-"""The scheduler's view of the other services, as domain calls over gRPC.
-
-``NodeClient`` is one machine (its gpu-manager and executor); ``GovernanceClient`` checks
-tool calls. The core sees only these Protocols and domain models, so it can be tested
-against real servers and reasoned about without gRPC.
-"""
+"""The gRPC implementations of the scheduler's ports (services.scheduler.ports)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, cast
 
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
@@ -18,7 +13,7 @@ from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
-from arc_common.convert import to_model, to_proto
+from arc_common.convert import enum_from_str, to_model, to_proto
 from arc_common.models import (
     Decision,
     EvaluationJob,
@@ -33,43 +28,11 @@ from arc_common.models import (
 )
 from arc_common.rpc import unary
 from arc_common.status import error_from_status
+from services.scheduler.ports import GovernanceClient, NodeClient
+
+__all__ = ["GovernanceClient", "GrpcGovernance", "GrpcNode", "NodeClient"]
 
 RPC_TIMEOUT = 30.0
-
-
-class NodeClient(Protocol):
-    name: str
-
-    async def acquire(
-        self, job_id: str, allocation: GpuAllocation, *, ttl_seconds: int, request_id: str
-    ) -> Lease: ...
-    async def release(self, lease: Lease) -> None: ...
-    async def list_gpus(self) -> list[Gpu]: ...
-    async def start_run(
-        self, config: TrainingJobConfig, lease: Lease, *, request_id: str
-    ) -> Run: ...
-    async def prepare_run(self, config: TrainingJobConfig, *, request_id: str) -> Run: ...
-    async def activate_run(self, run_id: str, lease: Lease) -> Run: ...
-    async def get_run(self, run_id: str) -> Run: ...
-    async def cancel_run(self, run_id: str, reason: str) -> Run: ...
-    def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
-    async def evaluate(
-        self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
-    ) -> dict[str, Any]: ...
-
-
-class GovernanceClient(Protocol):
-    async def validate(
-        self,
-        tool: Tool,
-        parameters: dict[str, Any],
-        *,
-        dry_run: bool,
-        request_id: str = "",
-        on_behalf_of: str = "",
-        cycle_id: int = 0,
-        invalid_reason: str = "",
-    ) -> Decision: ...
 
 
 class GrpcNode:
@@ -85,9 +48,10 @@ class GrpcNode:
         request = gpu_pb2.AcquireLeaseRequest(
             request_id=request_id,
             job_id=job_id,
-            preference=common_pb2.GPU_PREFERENCE_SPECIFIC
-            if specific
-            else common_pb2.GPU_PREFERENCE_AUTO,
+            preference=cast(
+                common_pb2.GpuPreference.ValueType,
+                enum_from_str(common_pb2.GpuPreference.DESCRIPTOR, allocation.preference),
+            ),
             gpu_indices=allocation.gpu_indices if specific else [],
             gpu_count=allocation.count,
             min_free_memory_mib=allocation.min_free_memory_mib,
@@ -214,7 +178,10 @@ class GrpcGovernance:
             self._stub.ValidateToolRequest(
                 governance_pb2.ValidateToolRequestRequest(
                     request_id=request_id,
-                    tool=governance_pb2.Tool.Value(f"TOOL_{tool.value.upper()}"),
+                    tool=cast(
+                        governance_pb2.Tool.ValueType,
+                        enum_from_str(governance_pb2.Tool.DESCRIPTOR, tool.value),
+                    ),
                     parameters=struct,
                     dry_run=dry_run,
                     cycle_id=cycle_id,

@@ -82,7 +82,8 @@ def _submission(
         else None
     )
     return Submission(
-        evaluation=evaluation,
+        kind="evaluation" if evaluation is not None else "training",
+        payload=evaluation.model_dump(mode="json") if evaluation is not None else {},
         spec=spec,
         experiment_id=request.experiment_id,
         priority=request.priority if request.HasField("priority") else None,

@@ -19,10 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from arc_common import sqlite
-from arc_common.models import EvaluationJob, ExperimentResult, ExperimentSpec, JobState, Lease
+from arc_common.models import ExperimentResult, ExperimentSpec, JobState, Lease, RunEndCause
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,8 +96,23 @@ class JobRecord(BaseModel):
     error_message: str = ""
     not_before: float = 0.0
     approval: str = ""  # governance pending_request_id while waiting for an operator
-    evaluation: EvaluationJob | None = None  # an evaluation job instead of a training run
+    # Its kind (services.scheduler.kinds) and what that kind needs beyond the spec.
+    kind: str = "training"
+    payload: dict[str, Any] = Field(default_factory=dict)
     cancel_requested: str = ""
+    # How a stop the scheduler asked for ends the job: CANCELLED or PRUNED.
+    stop_cause: RunEndCause | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_evaluation(cls, data: Any) -> Any:
+        """Rows stored before job kinds kept an evaluation job in ``evaluation``."""
+        if isinstance(data, dict) and "evaluation" in data:
+            data = dict(data)
+            evaluation = data.pop("evaluation")
+            if evaluation is not None:
+                data["kind"], data["payload"] = "evaluation", evaluation
+        return data
 
 
 @dataclass(frozen=True)
