@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.governance import core
+from services.governance.__main__ import main as serve
 from services.governance.audit import AuditLog, AuditRow
 
 
@@ -18,10 +18,7 @@ class NoAudit(AuditLog):
 
 
 def main() -> None:
-    setattr(core, "AuditLog", NoAudit)  # noqa: B010 - the one thing this baseline changes
-    from services.governance.__main__ import main as serve
-
-    serve()
+    serve(audit_log=NoAudit.for_workspace)  # the one thing this baseline changes
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
 from grpc_health.v1 import health_pb2
 
@@ -21,11 +23,16 @@ from arc_common.server import (
     serve_until_signal,
     start_server,
 )
+from services.governance.audit import AuditLog
 from services.governance.core import Governance, GovernanceConfig
 from services.governance.servicer import GovernanceServicer
 from services.governance.settings import GovernanceSettings
 
 logger = logging.getLogger(__name__)
+
+# The audit log of a workspace (its home): the benchmark's baseline passes one that keeps
+# nothing.
+AuditFactory = Callable[[Path], AuditLog]
 
 
 def registration(governance: Governance) -> Registration:
@@ -36,9 +43,12 @@ def registration(governance: Governance) -> Registration:
     )
 
 
-def build_governance(settings: GovernanceSettings) -> Governance:
+def build_governance(
+    settings: GovernanceSettings, *, audit_log: AuditFactory = AuditLog.for_workspace
+) -> Governance:
     return Governance(
         settings.home,
+        audit=audit_log(settings.home),
         config=GovernanceConfig(
             pending_ttl_seconds=settings.pending_ttl_seconds,
             transaction_timeout_seconds=settings.transaction_timeout_seconds,
@@ -76,9 +86,12 @@ async def start(settings: GovernanceSettings, tokens: TokenStore) -> ServerHandl
 
 
 async def _start(
-    settings: GovernanceSettings, tokens: TokenStore
+    settings: GovernanceSettings,
+    tokens: TokenStore,
+    *,
+    audit_log: AuditFactory = AuditLog.for_workspace,
 ) -> tuple[ServerHandle, Governance]:
-    governance = build_governance(settings)
+    governance = build_governance(settings, audit_log=audit_log)
     await governance.open()
     tasks = [
         asyncio.create_task(housekeeping(governance, settings.housekeeping_interval_seconds)),
@@ -111,8 +124,12 @@ async def _start(
     return handle, governance
 
 
-async def serve(settings: GovernanceSettings) -> None:
-    handle, governance = await _start(settings, TokenStore.ensure(settings.home))
+async def serve(
+    settings: GovernanceSettings, *, audit_log: AuditFactory = AuditLog.for_workspace
+) -> None:
+    handle, governance = await _start(
+        settings, TokenStore.ensure(settings.home), audit_log=audit_log
+    )
 
     def reload() -> None:
         async def run() -> None:
@@ -125,10 +142,10 @@ async def serve(settings: GovernanceSettings) -> None:
     await serve_until_signal(handle, settings.grace_seconds)
 
 
-def main() -> None:
+def main(*, audit_log: AuditFactory = AuditLog.for_workspace) -> None:
     settings = parse_service_args(GovernanceSettings, service="governance", default_port=50053)
     configure_logging("governance", settings.log_level)
-    run_service(serve(settings))
+    run_service(serve(settings, audit_log=audit_log))
 
 
 if __name__ == "__main__":

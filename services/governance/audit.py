@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
 import os
 import sqlite3
@@ -30,160 +27,55 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from arc_common.digest import params_digest
+from arc_common.keys import load_key, secrets_dir
 from arc_common.models import AuditRecord, DecisionOutcome, Tool
 from arc_common.sqlite import connect_sync
+from services.governance.audit_chain import against_anchors, check_at_open, move_legacy, walk
+from services.governance.audit_records import (
+    ANCHOR_BYTES,
+    GENESIS_HASH,
+    INSERT,
+    META,
+    SCHEMA,
+    Anchor,
+    AuditFilter,
+    AuditRow,
+    VerifyResult,
+    canonical_json,
+    filter_query,
+)
+
+__all__ = [
+    "SCHEMA",
+    "AuditFilter",
+    "AuditLog",
+    "AuditRow",
+    "VerifyResult",
+    "canonical_json",
+]
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-GENESIS_HASH = "0" * 64
-# Records a crash can leave committed but not yet anchored (those of the groups in flight).
-MAX_UNANCHORED = 10_000
-ANCHOR_BYTES = 512
 # How long a group about to be written waits for records callers have announced
 # (``expecting``) but not yet chained: PostgreSQL's commit_delay, taken only when there are
 # such siblings, so a lone caller never waits.
 GROUP_WAIT_SECONDS = 0.002
 # A group is committed on the event loop's thread while commits take less than this (a
-# local SSD's fsync, even on a busy machine): the hop to the writer thread and back cost
-# more of the loop's CPU than such a commit blocks it (bench measure 8: 1.25 to 1.15). A
-# slower disk's commits go to the thread, so that the loop keeps deciding meanwhile.
+# local SSD's fsync, even on a busy machine): the hop to the writer thread and back costs
+# the loop more CPU than such a commit blocks it. A slower disk's commits go to the
+# thread, so that the loop keeps deciding meanwhile.
 INLINE_COMMIT_SECONDS = 0.005
 # The anchor is written after every commit and fsync'd at most this often, off the loop.
 ANCHOR_SYNC_SECONDS = 0.1
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    sequence INTEGER PRIMARY KEY,
-    time TEXT NOT NULL,
-    caller TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    parameters_digest TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    policy_version TEXT NOT NULL,
-    action TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    previous_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_caller ON audit(caller);
-CREATE INDEX IF NOT EXISTS audit_time ON audit(time);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-_META = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
-
-_FIELDS = (
-    "sequence",
-    "time",
-    "caller",
-    "tool",
-    "parameters_digest",
-    "decision",
-    "outcome",
-    "policy_version",
-    "action",
-    "detail",
-    "previous_hash",
-    "hash",
-)
-
-
-_INSERT = f"INSERT INTO audit ({', '.join(_FIELDS)}) VALUES ({', '.join('?' * len(_FIELDS))})"
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-@dataclass(slots=True)
-class AuditRow:
-    sequence: int
-    time: str
-    caller: str
-    tool: str
-    parameters_digest: str
-    decision: str
-    outcome: str
-    policy_version: str
-    action: str
-    detail: str
-    previous_hash: str
-    hash: str = ""
-
-    def values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in _FIELDS)
-
-    def compute_hash(self, key: bytes | None = None) -> str:
-        """HMAC-SHA256 under ``key``; plain SHA-256 for a record of before the key."""
-        body = {name: getattr(self, name) for name in _FIELDS[:-1]}
-        message = (self.previous_hash + canonical_json(body)).encode()
-        if key is None:
-            return hashlib.sha256(message).hexdigest()
-        return hmac.new(key, message, hashlib.sha256).hexdigest()
-
-    def to_model(self) -> AuditRecord:
-        return AuditRecord(
-            sequence=self.sequence,
-            time=datetime.fromisoformat(self.time),
-            caller=self.caller,
-            tool=Tool(self.tool) if self.tool else None,
-            parameters_digest=self.parameters_digest,
-            decision=DecisionOutcome(self.decision) if self.decision else None,
-            outcome=self.outcome,
-            previous_hash=self.previous_hash,
-            hash=self.hash,
-            policy_version=self.policy_version,
-            action=self.action,
-            detail=self.detail,
-        )
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    records_checked: int
-    first_bad_sequence: int = 0
-    reason: str = ""
-    head_hash: str = ""
-
-
-@dataclass(frozen=True)
-class Anchor:
-    count: int
-    head_hash: str
-    keyed_from: int = 0  # 0: an anchor of before the key
-
-    def encode(self) -> str:
-        return json.dumps(
-            {"count": self.count, "head_hash": self.head_hash, "keyed_from": self.keyed_from}
-        )
-
-    @staticmethod
-    def decode(text: str) -> Anchor:
-        try:
-            data = json.loads(text)
-            return Anchor(
-                int(data["count"]), str(data["head_hash"]), int(data.get("keyed_from", 0))
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return Anchor(-1, "")
-
-
-@dataclass(frozen=True)
-class AuditFilter:
-    caller: str = ""
-    tool: str = ""
-    decision: str = ""
-    start_time: datetime | None = None
-    end_time: datetime | None = None
+KeySource = bytes | Callable[[], bytes] | None
 
 
 class AuditLog:
@@ -197,14 +89,17 @@ class AuditLog:
         path: Path,
         anchor_path: Path,
         *,
-        key: bytes | None = None,
+        key: KeySource = None,
         second_anchor: Path | None = None,
         legacy: Path | None = None,
     ) -> None:
+        """``key``: the chain's key, or how to load it when the log opens; None: an unkeyed
+        chain (benchmarks)."""
         self._path = path
         self._anchor_path = anchor_path
         self._second_anchor = second_anchor
-        self._key = key  # None: an unkeyed chain (benchmarks)
+        self._key_source = key
+        self._key: bytes | None = None
         self._keyed_from = 1
         self._legacy = legacy  # a database that still holds an ``audit`` table: moved once
         # Why the log cannot be trusted, found at open (empty: nothing found).
@@ -232,6 +127,19 @@ class AuditLog:
         self._anchor_dirty = False  # written since its last fsync
         self.commits = 0
 
+    @classmethod
+    def for_workspace(cls, home: Path) -> AuditLog:
+        """The workspace's log: in governance's folder, keyed with its ``audit`` key, one
+        anchor beside it and one in the secrets directory."""
+        folder = home / "governance"
+        return cls(
+            folder / "audit.sqlite3",
+            folder / "audit_anchor.json",
+            key=lambda: load_key(home, "audit"),
+            second_anchor=secrets_dir(home) / "audit_anchor.json",
+            legacy=folder / "governance.sqlite3",
+        )
+
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -249,9 +157,12 @@ class AuditLog:
         return self._key if sequence >= self._keyed_from else None
 
     async def open(self) -> None:
+        source = self._key_source
+        self._key = source() if callable(source) else source
         self._db = db = connect_sync(self._path)  # written only by the writer thread
         db.executescript(SCHEMA)
-        self._move_legacy(db)
+        if self._legacy is not None:  # a database that still holds an ``audit`` table
+            move_legacy(db, self._legacy, self._path)
         row = db.execute(
             "SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1"
         ).fetchone()
@@ -262,36 +173,16 @@ class AuditLog:
             "database": Anchor.decode(stored) if stored is not None else None,
             **{str(path): self.read_anchor(path) for path in self._anchor_paths()},
         }
-        keyed_from = self._meta(db, "keyed_from")
-        problems: list[str] = []
-        if keyed_from is None:
-            # First open with a key: what is there already stays verifiable as plain
-            # SHA-256, up to this boundary (kept in every anchor from now on).
-            self._keyed_from = self._head_sequence + 1 if self._key is not None else 1 << 62
-            if self._key is not None and any(a and a.keyed_from for a in anchors.values()):
-                problems.append("the database lost its key boundary, which an anchor records")
-        else:
-            self._keyed_from = int(keyed_from)
-            for name, found in anchors.items():
-                if found is None:
-                    problems.append(f"the {name} anchor is missing")
-                elif found.keyed_from != self._keyed_from:
-                    problems.append(f"the {name} anchor records another key boundary")
-        present = [a for a in anchors.values() if a is not None]
-        longest = max(present, key=lambda a: a.count, default=None)
-        for name, found in anchors.items():
-            if found is None or found.count > self._head_sequence:
-                continue
-            if found.count < 0 or not self._chains_to(found.count, found.head_hash):
-                problems.append(f"the {name} anchor does not match record {found.count}")
-            elif self._head_sequence > found.count + MAX_UNANCHORED:
-                problems.append(f"the {name} anchor is {self._head_sequence - found.count} behind")
-        if longest is not None and longest.count > self._head_sequence:
-            # The tail was cut off. Keep chaining from the anchor so the gap stays visible.
-            problems.append(
-                f"log truncated: {self._head_sequence} records, an anchor records {longest.count}"
-            )
-            self._head_sequence, self._head_hash = longest.count, longest.head_hash
+        found = check_at_open(
+            db,
+            head=(self._head_sequence, self._head_hash),
+            anchors=anchors,
+            keyed_from=self._meta(db, "keyed_from"),
+            keyed=self._key is not None,
+        )
+        self._keyed_from = found.keyed_from
+        self._head_sequence, self._head_hash = found.head
+        problems = found.problems
         verified = self._meta(db, "verified")
         if verified is not None:
             mark = Anchor.decode(verified)
@@ -308,48 +199,11 @@ class AuditLog:
         anchor = Anchor(self._head_sequence, self._head_hash, self._keyed_from)
         with self._anchor_lock:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(_META, ("keyed_from", str(self._keyed_from)))
-            db.execute(_META, ("anchor", anchor.encode()))
-            db.execute(_META, ("verified", Anchor(*self._verified).encode()))
+            db.execute(META, ("keyed_from", str(self._keyed_from)))
+            db.execute(META, ("anchor", anchor.encode()))
+            db.execute(META, ("verified", Anchor(*self._verified).encode()))
             db.execute("COMMIT")
             self._write_anchors(anchor)
-
-    def _move_legacy(self, db: sqlite3.Connection) -> None:
-        """Workspaces made before the log had its own file keep it in the governance
-        database: copy it over verbatim (the chain is unchanged), then drop it there. Two
-        transactions, copy first: a crash between them leaves a copy to drop next time."""
-        if self._legacy is None or not self._legacy.exists():
-            return
-        db.execute("ATTACH DATABASE ? AS legacy", (str(self._legacy),))
-        try:
-            found = db.execute(
-                "SELECT 1 FROM legacy.sqlite_master WHERE type = 'table' AND name = 'audit'"
-            ).fetchone()
-            if found is None:
-                return
-            columns = ", ".join(_FIELDS)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if db.execute("SELECT COUNT(*) FROM main.audit").fetchone()[0] == 0:
-                    db.execute(
-                        f"INSERT INTO main.audit ({columns}) "
-                        f"SELECT {columns} FROM legacy.audit ORDER BY rowid"
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            moved = db.execute("SELECT COUNT(*) FROM main.audit").fetchone()[0]
-            db.execute("DROP TABLE legacy.audit")
-            logger.info("audit log moved to %s (%d records)", self._path, moved)
-        finally:
-            db.execute("DETACH DATABASE legacy")
-
-    def _chains_to(self, count: int, head: str) -> bool:
-        if count == 0:
-            return head == GENESIS_HASH
-        row = self.db.execute("SELECT hash FROM audit WHERE sequence = ?", (count,)).fetchone()
-        return row is not None and str(row[0]) == head
 
     def read_anchor(self, path: Path | None = None) -> Anchor | None:
         try:
@@ -525,9 +379,9 @@ class AuditLog:
             anchor = Anchor(rows[-1].sequence, rows[-1].hash, self._keyed_from)
             try:
                 db.execute("BEGIN IMMEDIATE")
-                db.executemany(_INSERT, [row.values() for row in rows])
-                db.execute(_META, ("anchor", anchor.encode()))
-                db.execute(_META, ("verified", Anchor(*self._verified).encode()))
+                db.executemany(INSERT, [row.values() for row in rows])
+                db.execute(META, ("anchor", anchor.encode()))
+                db.execute(META, ("verified", Anchor(*self._verified).encode()))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -581,85 +435,21 @@ class AuditLog:
                 **{str(path): self.read_anchor(path) for path in self._anchor_paths()},
             }
         try:
-            if start[0]:
-                mark = db.execute("SELECT hash FROM audit WHERE rowid = ?", (start[0],)).fetchone()
-                if mark is None or str(mark[0]) != start[1]:
-                    what = "is missing" if mark is None else "was altered"
-                    return VerifyResult(
-                        False, start[0] - 1, start[0], f"record {start[0]} {what} since verified"
-                    )
-            expected, previous = start[0] + 1, start[1]
-            for raw in db.execute(
-                f"SELECT {', '.join(_FIELDS)} FROM audit WHERE rowid > ? ORDER BY rowid",
-                (start[0],),
-            ):
-                row = AuditRow(*raw)
-                problem = ""
-                if row.sequence != expected:
-                    problem = (
-                        f"record {expected} is missing or out of order "
-                        f"(found {row.sequence} in its place)"
-                    )
-                elif row.previous_hash != previous:
-                    problem = f"record {row.sequence} does not chain to record {row.sequence - 1}"
-                elif not hmac.compare_digest(
-                    row.compute_hash(self._key_for(row.sequence)), row.hash
-                ):
-                    problem = f"record {row.sequence} was altered (hash mismatch)"
-                if problem:
-                    return VerifyResult(False, expected - 1, expected, problem)
-                previous = row.hash
-                expected += 1
+            walked = walk(db, start, self._key_for)
         finally:
             db.execute("COMMIT")
-        count = expected - 1
-        if last < start[0]:
-            return VerifyResult(
-                False, last, last + 1, f"log truncated: {last} records, {start[0]} were verified"
-            )
-        for name, anchor in anchors.items():
-            if anchor is None:
-                return VerifyResult(False, count, count + 1, f"the anchor {name} is missing")
-            if count < anchor.count:
-                return VerifyResult(
-                    False,
-                    count,
-                    count + 1,
-                    f"log truncated: {count} records, the anchor {name} records {anchor.count}",
-                )
-            if count > anchor.count:
-                return VerifyResult(
-                    False,
-                    count,
-                    anchor.count + 1,
-                    f"records after {anchor.count} were added outside the service",
-                )
-            if previous != anchor.head_hash or anchor.keyed_from != self._keyed_from:
-                return VerifyResult(False, count, count, f"the anchor {name} differs from the log")
-        return VerifyResult(True, count, 0, "", previous)
+        if isinstance(walked, VerifyResult):
+            return walked
+        count, head = walked
+        return against_anchors(
+            count, head, last=last, start=start[0], anchors=anchors, keyed_from=self._keyed_from
+        )
 
     async def list(
         self, flt: AuditFilter, *, offset: int, limit: int
     ) -> tuple[list[AuditRecord], bool]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        for column, value in (
-            ("caller", flt.caller),
-            ("tool", flt.tool),
-            ("decision", flt.decision),
-        ):
-            if value:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        if flt.start_time is not None:
-            clauses.append("time >= ?")
-            args.append(flt.start_time.astimezone(UTC).isoformat(timespec="microseconds"))
-        if flt.end_time is not None:
-            clauses.append("time < ?")
-            args.append(flt.end_time.astimezone(UTC).isoformat(timespec="microseconds"))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        query = f"SELECT {', '.join(_FIELDS)} FROM audit {where} ORDER BY sequence LIMIT ? OFFSET ?"
-        raws = await self._read(lambda db: db.execute(query, (*args, limit + 1, offset)).fetchall())
+        query, args = filter_query(flt, offset=offset, limit=limit + 1)
+        raws = await self._read(lambda db: db.execute(query, args).fetchall())
         rows = [AuditRow(*raw) for raw in raws]
         return [r.to_model() for r in rows[:limit]], len(rows) > limit
 

@@ -11,7 +11,8 @@ import pytest
 
 from arc_common.errors import PermissionDeniedError
 from arc_common.models import DecisionOutcome, Mode, Tool
-from services.governance.audit import _FIELDS, AuditFilter, AuditRow, canonical_json
+from services.governance.audit import AuditFilter, AuditRow, canonical_json
+from services.governance.audit_records import FIELDS as _FIELDS
 from services.governance.core import Governance, ToolCall
 from tests.unit.governance.test_governance_core import FakeClock, open_gov
 

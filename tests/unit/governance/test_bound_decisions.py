@@ -97,4 +97,4 @@ async def test_a_replay_is_not_charged_twice_and_ints_equal_floats(gov: Governan
             patch_call(body, tool=Tool.RUN_TRAINING_JOB, request_id="run:1")
         )
         assert decision.allowed
-    assert await gov._used_gpu_hours("agent", 0) == pytest.approx(2.0)
+    assert await gov.budgets.used_gpu_hours("agent", 0) == pytest.approx(2.0)

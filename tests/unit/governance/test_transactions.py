@@ -99,7 +99,7 @@ async def test_a_row_that_cannot_be_rolled_back_is_quarantined_at_start(
         ).state is TransactionState.ROLLED_BACK
         with pytest.raises(NotFoundError):
             await gov.get_transaction("hostile")
-        async with gov.db.execute("SELECT kind, key, reason FROM quarantine") as cursor:
+        async with gov.store.db.execute("SELECT kind, key, reason FROM quarantine") as cursor:
             rows = [tuple(row) async for row in cursor]
         assert rows == [("transaction", "hostile", rows[0][2])]
         assert "OverflowError" in rows[0][2]
