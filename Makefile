@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install protos protos-check lint format test test-long bench bench-quick bench-gpu demo clean
+.PHONY: install protos protos-check lint format test test-long bench bench-quick bench-gpu demo docs clean
 
 # Idempotent: re-runs pip only when pyproject.toml changed since the last install.
 install: $(VENV)/.installed
@@ -71,6 +71,10 @@ ARC_DEMO_HOME ?= .arc-demo
 ARC_DEMO_PORT_BASE ?= 50051
 demo: install
 	$(BIN)/arc --home $(ARC_DEMO_HOME) --port-base $(ARC_DEMO_PORT_BASE) demo
+
+# The README's configuration table, generated from the settings models (a test checks it).
+docs: install
+	$(PY) -m arc_common.settings_table --write README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
