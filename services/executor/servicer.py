@@ -40,6 +40,11 @@ def _identity() -> auth.Identity:
 
 
 MAX_LEASE_GPUS = 64
+VISUALIZATION_METHODS = {
+    executor_pb2.VISUALIZATION_METHOD_UNSPECIFIED: "gradcam",
+    executor_pb2.VISUALIZATION_METHOD_GRAD_CAM: "gradcam",
+    executor_pb2.VISUALIZATION_METHOD_ATTENTION: "attention",
+}
 
 
 def _lease(request: Any) -> Lease:
@@ -264,6 +269,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self, request: executor_pb2.GenerateVisualizationsRequest
     ) -> executor_pb2.GenerateVisualizationsResponse:
         identity = _identity()
+        method = VISUALIZATION_METHODS.get(request.method)
+        if method is None:  # a value this server does not know
+            raise InvalidArgumentError("method must be GRAD_CAM or ATTENTION", field="method")
         images, index = await self._tools.visualize(
             caller=identity.name,
             role=identity.role,
@@ -273,6 +281,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             split=request.split,
             count=request.num_images,
             output_dir=request.output_dir,
+            method=method,
         )
         return executor_pb2.GenerateVisualizationsResponse(
             images=[dict_to_proto(i, executor_pb2.VisualizationImage) for i in images],

@@ -31,6 +31,7 @@ from services.executor.tools.governed import Governed
 from services.executor.tools.preprocess import PreprocessResult, preprocess
 
 SPLITS = {"train", "val", "test"}
+VISUALIZATIONS = ("gradcam", "attention")
 
 
 def _split(split: str) -> str:
@@ -103,6 +104,8 @@ class Tools:
             answer = {}
         if process.returncode != 0 or "result" not in answer:
             message = answer.get("error") or err.decode(errors="replace").strip()[-500:]
+            if answer.get("field"):  # the request asked what this checkpoint cannot do
+                raise InvalidArgumentError(message, field=str(answer["field"]))
             raise FailedPreconditionError(f"{request['tool']} failed: {message}")
         return answer["result"]
 
@@ -323,7 +326,12 @@ class Tools:
         split: str,
         count: int,
         output_dir: str,
+        method: str = "gradcam",
     ) -> tuple[list[dict[str, Any]], str]:
+        """Grad-CAM (``method`` "gradcam", any model) or attention rollout ("attention",
+        ViT models only: INVALID_ARGUMENT naming ``method`` for the others)."""
+        if method not in VISUALIZATIONS:
+            raise InvalidArgumentError(f"method must be one of {VISUALIZATIONS}", field="method")
         split = _split(split)
         count = count or 8
         if not 1 <= count <= 256:
@@ -340,14 +348,14 @@ class Tools:
         data = self._data(data_path, "data_path")
         chosen = self.access.path("output_dir", output_dir) if output_dir else None
         checkpoint, digest = await self._registered(checkpoint_path)
-        output = chosen or checkpoint.parent.parent / "gradcam"
+        output = chosen or checkpoint.parent.parent / method
         await self._owned(output, "output_dir", caller, role)
         async with self.governed.transaction(
             Tool.GENERATE_VISUALIZATIONS, [self._rel(output)], caller=caller, request_id=request_id
         ):
             images = await self._child(
                 {
-                    "tool": "gradcam",
+                    "tool": method,
                     "checkpoint": str(checkpoint),
                     "sha256": digest,
                     "data_path": str(data),

@@ -1,6 +1,6 @@
-"""The tools that need torch: evaluation and Grad-CAM. They run in a child process
-(``python -m services.executor.tools.worker``) so the executor never loads torch and a
-tool on a leased GPU gets ``CUDA_VISIBLE_DEVICES`` of its own."""
+"""The tools that need torch: evaluation, Grad-CAM and attention rollout. They run in a
+child process (``python -m services.executor.tools.worker``) so the executor never loads
+torch and a tool on a leased GPU gets ``CUDA_VISIBLE_DEVICES`` of its own."""
 
 from __future__ import annotations
 
@@ -176,15 +176,16 @@ def _heatmap(values: np.ndarray) -> np.ndarray:
     return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
 
 
-def gradcam(
-    checkpoint: Path, data_path: Path, split: str, output: Path, *, sha256: str, count: int
-) -> list[dict[str, Any]]:
-    model, payload, device = load_checkpoint(checkpoint, sha256)
-    class_names: list[str] = payload["class_names"]
-    family = ArchitectureFamily(payload["architecture"]["family"])
-    transform = _transform(payload)
-    samples = split_samples(data_path, split, class_names)
-    # An even pick across classes, so the maps of each class can be compared.
+class UnsupportedRequest(ValueError):
+    """The request asks for what this model cannot give; ``field`` names what to change."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _even_pick(samples: list[tuple[Path, int]], count: int) -> list[tuple[Path, int]]:
+    """An even pick across classes, so the maps of each class can be compared."""
     by_class: dict[int, list[tuple[Path, int]]] = {}
     for sample in samples:
         by_class.setdefault(sample[1], []).append(sample)
@@ -193,6 +194,41 @@ def gradcam(
         for items in by_class.values():
             if items and len(chosen) < count:
                 chosen.append(items.pop(0))
+    return chosen
+
+
+def _overlay(original: Image.Image, cam: torch.Tensor, output: Path, name: str) -> None:
+    """``cam`` (a 2-D map, any scale) coloured over ``original``, saved as ``name``."""
+    cam = cam / cam.max() if float(cam.max()) > 0 else cam
+    cam_image = Image.fromarray((cam.cpu().numpy() * 255).astype(np.uint8)).resize(
+        original.size, Image.Resampling.BILINEAR
+    )
+    heat = _heatmap(np.asarray(cam_image, dtype=np.float64) / 255.0)
+    overlay = (0.55 * np.asarray(original) + 0.45 * heat).astype(np.uint8)
+    Image.fromarray(overlay).save(output / name)
+
+
+def _entry(
+    name: str, sample: tuple[Path, int], predicted: int, probs: torch.Tensor, classes: list[str]
+) -> dict[str, Any]:
+    path, label = sample
+    return {
+        "path": name,
+        "source_image": str(path),
+        "true_class": classes[label],
+        "predicted_class": classes[predicted],
+        "probability": float(probs[predicted]),
+    }
+
+
+def gradcam(
+    checkpoint: Path, data_path: Path, split: str, output: Path, *, sha256: str, count: int
+) -> list[dict[str, Any]]:
+    model, payload, device = load_checkpoint(checkpoint, sha256)
+    class_names: list[str] = payload["class_names"]
+    family = ArchitectureFamily(payload["architecture"]["family"])
+    transform = _transform(payload)
+    chosen = _even_pick(split_samples(data_path, split, class_names), count)
     first = transform(Image.open(chosen[0][0]).convert("RGB")).unsqueeze(0).to(device)
     layer, tokens = _target_layer(model, family, first)
     store: dict[str, torch.Tensor] = {}
@@ -221,24 +257,76 @@ def gradcam(
                 gradient = gradient.reshape(1, side, side, -1).permute(0, 3, 1, 2)
             weights = gradient.mean(dim=(2, 3), keepdim=True)
             cam = torch.relu((weights * activation).sum(1))[0]
-            cam = cam / cam.max() if float(cam.max()) > 0 else cam
-            cam_image = Image.fromarray((cam.cpu().numpy() * 255).astype(np.uint8)).resize(
-                original.size, Image.Resampling.BILINEAR
-            )
-            heat = _heatmap(np.asarray(cam_image, dtype=np.float64) / 255.0)
-            overlay = (0.55 * np.asarray(original) + 0.45 * heat).astype(np.uint8)
             name = f"gradcam_{number:03d}_{class_names[label]}_as_{class_names[predicted]}.png"
-            Image.fromarray(overlay).save(output / name)
-            entries.append(
-                {
-                    "path": name,
-                    "source_image": str(path),
-                    "true_class": class_names[label],
-                    "predicted_class": class_names[predicted],
-                    "probability": float(probs[predicted]),
-                }
-            )
+            _overlay(original, cam, output, name)
+            entries.append(_entry(name, (path, label), predicted, probs, class_names))
     finally:
         handle.remove()
+    (output / "index.json").write_text(json.dumps({"images": entries}, indent=2))
+    return entries
+
+
+# --- attention rollout ---------------------------------------------------------------------
+
+
+def _keep_attention(block: nn.MultiheadAttention, store: list[torch.Tensor]) -> list[Any]:
+    """Hooks that make ``block`` return its head-averaged attention weights (torchvision's
+    encoder asks for none) and keep them in ``store``."""
+
+    def ask(_m: nn.Module, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": True}
+
+    def keep(_m: nn.Module, _args: Any, _kwargs: Any, out: Any) -> None:
+        store.append(out[1].detach())
+
+    return [
+        block.register_forward_pre_hook(ask, with_kwargs=True),
+        block.register_forward_hook(keep, with_kwargs=True),
+    ]
+
+
+@torch.no_grad()
+def attention(
+    checkpoint: Path, data_path: Path, split: str, output: Path, *, sha256: str, count: int
+) -> list[dict[str, Any]]:
+    """Attention rollout (Abnar and Zuidema, 2020) for ViT models: the class token's
+    attention to each patch through every layer, residual connections counted in."""
+    model, payload, device = load_checkpoint(checkpoint, sha256)
+    family = ArchitectureFamily(payload["architecture"]["family"])
+    if family is not ArchitectureFamily.VIT:
+        raise UnsupportedRequest(
+            f"method ATTENTION needs a ViT model; this checkpoint is {family.value} (use GRAD_CAM)",
+            field="method",
+        )
+    class_names: list[str] = payload["class_names"]
+    transform = _transform(payload)
+    chosen = _even_pick(split_samples(data_path, split, class_names), count)
+    encoder: Any = getattr(model, "encoder")  # noqa: B009
+    store: list[torch.Tensor] = []
+    hooks = [h for layer in encoder.layers for h in _keep_attention(layer.self_attention, store)]
+    output.mkdir(parents=True, exist_ok=True)
+    entries = []
+    try:
+        for number, (path, label) in enumerate(chosen):
+            original = Image.open(path).convert("RGB")
+            store.clear()
+            logits = model(transform(original).unsqueeze(0).to(device))
+            probs = torch.softmax(logits.float(), 1)[0]
+            predicted = int(probs.argmax())
+            rollout: torch.Tensor | None = None
+            for weights in store:  # (1, tokens, tokens) per layer
+                eye = torch.eye(weights.shape[-1], device=weights.device)
+                step = 0.5 * weights[0].float() + 0.5 * eye
+                step = step / step.sum(dim=-1, keepdim=True)
+                rollout = step if rollout is None else step @ rollout
+            assert rollout is not None
+            patches = rollout[0, 1:]  # the class token's row, without itself
+            side = round(patches.shape[0] ** 0.5)
+            name = f"attention_{number:03d}_{class_names[label]}_as_{class_names[predicted]}.png"
+            _overlay(original, patches.reshape(side, side), output, name)
+            entries.append(_entry(name, (path, label), predicted, probs, class_names))
+    finally:
+        for hook in hooks:
+            hook.remove()
     (output / "index.json").write_text(json.dumps({"images": entries}, indent=2))
     return entries

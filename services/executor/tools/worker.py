@@ -22,8 +22,9 @@ def main() -> int:
                 bootstrap=int(request["bootstrap"]),
                 seed=int(request["seed"]),
             )
-        elif request["tool"] == "gradcam":
-            answer = torchwork.gradcam(
+        elif request["tool"] in ("gradcam", "attention"):
+            method = torchwork.gradcam if request["tool"] == "gradcam" else torchwork.attention
+            answer = method(
                 Path(request["checkpoint"]),
                 Path(request["data_path"]),
                 request["split"],
@@ -35,7 +36,9 @@ def main() -> int:
             raise ValueError(f"unknown tool {request['tool']!r}")
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
-        json.dump({"error": f"{type(exc).__name__}: {exc}"}, sys.stdout)
+        field = getattr(exc, "field", "")  # torchwork.UnsupportedRequest: the caller's to fix
+        message = str(exc) if field else f"{type(exc).__name__}: {exc}"
+        json.dump({"error": message, "field": field}, sys.stdout)
         return 1
     json.dump({"result": answer}, sys.stdout)
     return 0

@@ -188,6 +188,21 @@ async def test_gradcam_pngs_differ_between_classes(tools: Tools) -> None:
     assert np.abs(by_class["glaucoma"] - by_class["normal"]).mean() > 1.0
 
 
+async def test_attention_maps_of_a_cnn_are_refused_naming_method(tools: Tools) -> None:
+    for method in (executor_pb2.VISUALIZATION_METHOD_ATTENTION, 99):
+        with pytest.raises(aio.AioRpcError) as info:
+            await tools.executor().GenerateVisualizations(
+                executor_pb2.GenerateVisualizationsRequest(
+                    checkpoint_path=CHECKPOINT,
+                    data_path="datasets/fundus",
+                    num_images=2,
+                    method=method,  # type: ignore[arg-type]
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "method" in (info.value.details() or "")
+
+
 async def test_failing_tool_is_rolled_back_exactly(tools: Tools) -> None:
     output = tools.home / "runs" / "r1" / "cams"
     output.mkdir()
