@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from arc_common.batch import Batcher
 from arc_common.digest import params_digest
 from arc_common.keys import load_key, secrets_dir
 from arc_common.models import AuditRecord, DecisionOutcome, Tool
@@ -109,18 +110,22 @@ class AuditLog:
         self._db: sqlite3.Connection | None = None
         self._head_sequence = 0
         self._head_hash = GENESIS_HASH
-        self._unwritten: list[AuditRow] = []  # chained, waiting for the next group commit
         self._durable_sequence = 0  # committed and anchored up to here
-        self._next_group: asyncio.Future[None] | None = None  # for records not yet written
-        self._in_flight: tuple[int, asyncio.Future[None]] | None = None  # (last, done)
-        self._writer: asyncio.Future[None] | None = None
+        # Chained records go to the disk in groups: a group waits for announced siblings.
+        self._groups: Batcher[AuditRow] = Batcher.on_loop(
+            self._write_group,
+            name="audit",
+            max_delay=GROUP_WAIT_SECONDS,
+            linger_if=lambda: self._expected > 0,
+            requeue_failed=True,  # still chained: they go with the next group
+        )
+        self._last: asyncio.Future[None] | None = None  # done once the head record is
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         # Held from a group's commit to its anchor write, and by a reader while it takes its
         # snapshot and reads the anchor: the two always agree.
         self._anchor_lock = threading.Lock()
         self._anchor_fds: dict[Path, int] = {}
         self._expected = 0  # records announced by callers still deciding them
-        self._settled: asyncio.Future[None] | None = None  # resolved once none is expected
         self._inline = True  # the last commit was fast: commit on the loop's thread
         self._anchor_synced = 0.0  # monotonic time of the anchor's last fsync
         self._anchor_sync: asyncio.Future[None] | None = None
@@ -295,7 +300,7 @@ class AuditLog:
             previous_hash=self._head_hash,
         )
         row.hash = row.compute_hash(self._key_for(row.sequence))
-        self._unwritten.append(row)
+        self._last = self._groups.post(row)
         self._head_sequence, self._head_hash = row.sequence, row.hash
         return row
 
@@ -317,9 +322,8 @@ class AuditLog:
             yield
         finally:
             self._expected -= 1
-            settled = self._settled
-            if self._expected == 0 and settled is not None and not settled.done():
-                settled.set_result(None)
+            if self._expected == 0 and self._groups.pending:
+                self._groups.hurry()  # the group waiting for siblings has them all
 
     def is_durable(self) -> bool:
         """Whether every record chained so far is committed and anchored."""
@@ -331,46 +335,22 @@ class AuditLog:
         meanwhile all go with the next one (one transaction, one anchor write)."""
         target = self._head_sequence
         while self._durable_sequence < target:
-            if self._in_flight is not None and target <= self._in_flight[0]:
-                waiter = self._in_flight[1]
+            last = self._last
+            if last is None or last.done():
+                # Its group failed (the caller heard): this writes the kept records again.
+                await self._groups.flush()
             else:
-                if self._next_group is None:
-                    self._next_group = asyncio.get_running_loop().create_future()
-                waiter = self._next_group
-                if self._writer is None or self._writer.done():
-                    self._writer = asyncio.ensure_future(self._write_groups())
-            await asyncio.shield(waiter)
+                await asyncio.shield(last)
 
-    async def _write_groups(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._unwritten:
-            if self._expected:  # siblings still deciding: let their records join this group
-                self._settled = loop.create_future()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled, GROUP_WAIT_SECONDS)
-                self._settled = None
-            rows, self._unwritten = self._unwritten, []
-            waiter = self._next_group or loop.create_future()
-            self._next_group = None
-            self._in_flight = (rows[-1].sequence, waiter)
-            try:
-                began = time.monotonic()
-                if self._inline:
-                    self._write(rows)
-                else:
-                    await loop.run_in_executor(self._thread, self._write, rows)
-                self._inline = time.monotonic() - began < INLINE_COMMIT_SECONDS
-            except Exception as exc:  # every caller of the group gets the error
-                logger.exception("audit commit failed")
-                self._unwritten[:0] = rows  # still chained: they go with the next commit
-                waiter.set_exception(exc)
-                waiter.exception()  # retrieved: a group nobody waits on is not an error
-                return
-            finally:
-                self._in_flight = None
-            self._durable_sequence = rows[-1].sequence
-            waiter.set_result(None)
-            self._sync_anchor_soon()
+    async def _write_group(self, rows: list[AuditRow]) -> None:
+        began = time.monotonic()
+        if self._inline:
+            self._write(rows)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, rows)
+        self._inline = time.monotonic() - began < INLINE_COMMIT_SECONDS
+        self._durable_sequence = rows[-1].sequence
+        self._sync_anchor_soon()
 
     def _write(self, rows: list[AuditRow]) -> None:
         """Commit the group, then anchor its last record (fsync'd soon after)."""

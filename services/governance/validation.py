@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from arc_common.batch import GroupCommit
 from arc_common.digest import params_digest
 from arc_common.errors import FailedPreconditionError
 from arc_common.models import Decision, DecisionOutcome, Mode, Tool, Violation
-from arc_common.sqlite import GroupCommit
 from services.governance.approvals import Approvals
 from services.governance.audit import AuditLog
 from services.governance.budgets import Budgets, MalformedParameterError, estimated_gpu_hours
