@@ -9,6 +9,7 @@ deadline on every unary call, returns domain models and raises ``arc_common.erro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,8 +42,7 @@ from arc_common.models import (
     SchedulerStatus,
     Tool,
 )
-from arc_common.rpc import unary
-from arc_common.status import error_from_status
+from arc_common.rpc import stream, unary
 
 DEFAULT_PORT_BASE = 50051
 
@@ -240,14 +240,10 @@ class ArcClient:
                 batch_metrics=batch_metrics,
             )
         )
-        try:
-            async for reply in call:
+        async with contextlib.aclosing(stream(call)) as replies:
+            async for reply in replies:
                 for event in reply.events if batch > 1 else [reply.event]:
                     yield to_model(event, JobEvent)
-        except aio.AioRpcError as exc:
-            raise error_from_status(exc.code(), exc.details() or exc.code().name) from None
-        finally:
-            call.cancel()
 
     async def wait(self, job_id: str, *, poll_seconds: float = 0.5) -> Job:
         while True:
