@@ -1,19 +1,25 @@
-"""GovernanceService: converts requests, calls Governance, converts back."""
+"""GovernanceService: converts requests, calls Governance, converts back. The mutating
+RPCs go through the request ledger: a replay of a request_id gets the first answer."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc_common import auth
-from arc_common.convert import enum_field, enum_to_str, struct_to_dict, to_proto
+from arc_common.convert import enum_field, enum_to_str, enum_value, struct_to_dict, to_proto
 from arc_common.decisions import denial_error
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.models import DecisionOutcome, Mode, Tool
 from arc_common.pagination import encode_token, page_bounds
 from services.governance.audit import AuditFilter
 from services.governance.core import Governance, ToolCall
+
+# The answer of an operator's decision on a pending request.
+Decided = TypeVar(
+    "Decided", governance_pb2.ApproveRequestResponse, governance_pb2.RejectRequestResponse
+)
 
 MAX_WAIT_FOR_APPROVAL_SECONDS = 300
 MAX_REQUEST_ID_CHARS = 512
@@ -149,30 +155,48 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     async def CommitTransaction(
         self, request: governance_pb2.CommitTransactionRequest, context: Any
     ) -> governance_pb2.CommitTransactionResponse:
-        transaction = await self._gov.commit(
-            request.transaction_id, caller=caller_name(), outcome=request.outcome
-        )
-        return governance_pb2.CommitTransactionResponse(
-            transaction=to_proto(transaction, governance_pb2.Transaction)
+        caller = caller_name()
+
+        async def commit() -> governance_pb2.CommitTransactionResponse:
+            transaction = await self._gov.commit(
+                request.transaction_id, caller=caller, outcome=request.outcome
+            )
+            return governance_pb2.CommitTransactionResponse(
+                transaction=to_proto(transaction, governance_pb2.Transaction)
+            )
+
+        return await self._gov.requests.call(
+            caller, "CommitTransaction", request, governance_pb2.CommitTransactionResponse, commit
         )
 
     async def RollbackTransaction(
         self, request: governance_pb2.RollbackTransactionRequest, context: Any
     ) -> governance_pb2.RollbackTransactionResponse:
-        transaction, restored, removed = await self._gov.rollback(
-            request.transaction_id, caller=caller_name(), reason=request.reason
-        )
-        return governance_pb2.RollbackTransactionResponse(
-            transaction=to_proto(transaction, governance_pb2.Transaction),
-            restored_files=restored,
-            removed_files=removed,
+        caller = caller_name()
+
+        async def rollback() -> governance_pb2.RollbackTransactionResponse:
+            transaction, restored, removed = await self._gov.rollback(
+                request.transaction_id, caller=caller, reason=request.reason
+            )
+            return governance_pb2.RollbackTransactionResponse(
+                transaction=to_proto(transaction, governance_pb2.Transaction),
+                restored_files=restored,
+                removed_files=removed,
+            )
+
+        return await self._gov.requests.call(
+            caller,
+            "RollbackTransaction",
+            request,
+            governance_pb2.RollbackTransactionResponse,
+            rollback,
         )
 
     async def GetMode(
         self, request: governance_pb2.GetModeRequest, context: Any
     ) -> governance_pb2.GetModeResponse:
         return governance_pb2.GetModeResponse(
-            mode=governance_pb2.Mode.Value(f"MODE_{self._gov.mode.value.upper()}"),
+            mode=enum_value(governance_pb2.Mode, self._gov.mode),
             policy_version=self._gov.policy.version,
             locked_reason=self._gov.audit_break,
         )
@@ -181,10 +205,17 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
         self, request: governance_pb2.SetModeRequest, context: Any
     ) -> governance_pb2.SetModeResponse:
         mode = enum_field(request, "mode", Mode)
-        previous = await self._gov.set_mode(mode, caller=caller_name(), reason=request.reason)
-        return governance_pb2.SetModeResponse(
-            mode=request.mode,
-            previous_mode=governance_pb2.Mode.Value(f"MODE_{previous.value.upper()}"),
+        caller = caller_name()
+
+        async def set_mode() -> governance_pb2.SetModeResponse:
+            previous = await self._gov.set_mode(mode, caller=caller, reason=request.reason)
+            return governance_pb2.SetModeResponse(
+                mode=enum_value(governance_pb2.Mode, mode),
+                previous_mode=enum_value(governance_pb2.Mode, previous),
+            )
+
+        return await self._gov.requests.call(
+            caller, "SetMode", request, governance_pb2.SetModeResponse, set_mode
         )
 
     async def ListPendingRequests(
@@ -197,29 +228,31 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             next_page_token=encode_token(offset + limit) if more else "",
         )
 
-    async def _decide(self, pending_request_id: str, *, approve: bool, reason: str) -> Any:
-        if not pending_request_id:
-            raise InvalidArgumentError("pending_request_id is required", field="pending_request_id")
-        pending = await self._gov.decide_pending(
-            pending_request_id, approve=approve, caller=caller_name(), reason=reason
-        )
-        return to_proto(pending, governance_pb2.PendingRequest)
-
     async def ApproveRequest(
         self, request: governance_pb2.ApproveRequestRequest, context: Any
     ) -> governance_pb2.ApproveRequestResponse:
-        pending = await self._decide(
-            request.pending_request_id, approve=True, reason=request.reason
-        )
-        return governance_pb2.ApproveRequestResponse(pending_request=pending)
+        return await self._decide(request, governance_pb2.ApproveRequestResponse, approve=True)
 
     async def RejectRequest(
         self, request: governance_pb2.RejectRequestRequest, context: Any
     ) -> governance_pb2.RejectRequestResponse:
-        pending = await self._decide(
-            request.pending_request_id, approve=False, reason=request.reason
-        )
-        return governance_pb2.RejectRequestResponse(pending_request=pending)
+        return await self._decide(request, governance_pb2.RejectRequestResponse, approve=False)
+
+    async def _decide(
+        self, request: Any, response_type: type[Decided], *, approve: bool
+    ) -> Decided:
+        if not request.pending_request_id:
+            raise InvalidArgumentError("pending_request_id is required", field="pending_request_id")
+        caller = caller_name()
+
+        async def decide() -> Decided:
+            pending = await self._gov.decide_pending(
+                request.pending_request_id, approve=approve, caller=caller, reason=request.reason
+            )
+            return response_type(pending_request=to_proto(pending, governance_pb2.PendingRequest))
+
+        rpc = "ApproveRequest" if approve else "RejectRequest"
+        return await self._gov.requests.call(caller, rpc, request, response_type, decide)
 
     async def ListAuditRecords(
         self, request: governance_pb2.ListAuditRecordsRequest, context: Any
