@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -36,9 +35,9 @@ from arc_common.digest import params_digest
 from arc_common.keys import load_key, secrets_dir
 from arc_common.models import AuditRecord, DecisionOutcome, Tool
 from arc_common.sqlite import connect_sync
+from services.governance.audit_anchors import ANCHOR_SYNC_SECONDS, AnchorFiles
 from services.governance.audit_chain import against_anchors, check_at_open, move_legacy, walk
 from services.governance.audit_records import (
-    ANCHOR_BYTES,
     GENESIS_HASH,
     INSERT,
     META,
@@ -52,6 +51,7 @@ from services.governance.audit_records import (
 )
 
 __all__ = [
+    "ANCHOR_SYNC_SECONDS",
     "SCHEMA",
     "AuditFilter",
     "AuditLog",
@@ -73,8 +73,6 @@ GROUP_WAIT_SECONDS = 0.002
 # the loop more CPU than such a commit blocks it. A slower disk's commits go to the
 # thread, so that the loop keeps deciding meanwhile.
 INLINE_COMMIT_SECONDS = 0.005
-# The anchor is written after every commit and fsync'd at most this often, off the loop.
-ANCHOR_SYNC_SECONDS = 0.1
 
 KeySource = bytes | Callable[[], bytes] | None
 
@@ -97,8 +95,6 @@ class AuditLog:
         """``key``: the chain's key, or how to load it when the log opens; None: an unkeyed
         chain (benchmarks)."""
         self._path = path
-        self._anchor_path = anchor_path
-        self._second_anchor = second_anchor
         self._key_source = key
         self._key: bytes | None = None
         self._keyed_from = 1
@@ -124,12 +120,11 @@ class AuditLog:
         # Held from a group's commit to its anchor write, and by a reader while it takes its
         # snapshot and reads the anchor: the two always agree.
         self._anchor_lock = threading.Lock()
-        self._anchor_fds: dict[Path, int] = {}
+        self._anchors = AnchorFiles(
+            [anchor_path] + ([second_anchor] if second_anchor else []), self._thread
+        )
         self._expected = 0  # records announced by callers still deciding them
         self._inline = True  # the last commit was fast: commit on the loop's thread
-        self._anchor_synced = 0.0  # monotonic time of the anchor's last fsync
-        self._anchor_sync: asyncio.Future[None] | None = None
-        self._anchor_dirty = False  # written since its last fsync
         self.commits = 0
 
     @classmethod
@@ -151,12 +146,9 @@ class AuditLog:
             raise RuntimeError("audit log is not open")
         return self._db
 
-    def _anchor_paths(self) -> list[Path]:
-        return [self._anchor_path] + ([self._second_anchor] if self._second_anchor else [])
-
     def _meta(self, db: sqlite3.Connection, key: str) -> str | None:
         row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else str(row["value"])
 
     def _key_for(self, sequence: int) -> bytes | None:
         return self._key if sequence >= self._keyed_from else None
@@ -165,6 +157,7 @@ class AuditLog:
         source = self._key_source
         self._key = source() if callable(source) else source
         self._db = db = connect_sync(self._path)  # written only by the writer thread
+        db.row_factory = sqlite3.Row
         db.executescript(SCHEMA)
         if self._legacy is not None:  # a database that still holds an ``audit`` table
             move_legacy(db, self._legacy, self._path)
@@ -172,11 +165,11 @@ class AuditLog:
             "SELECT sequence, hash FROM audit ORDER BY sequence DESC LIMIT 1"
         ).fetchone()
         if row is not None:
-            self._head_sequence, self._head_hash = int(row[0]), str(row[1])
+            self._head_sequence, self._head_hash = int(row["sequence"]), str(row["hash"])
         stored = self._meta(db, "anchor")
         anchors = {
             "database": Anchor.decode(stored) if stored is not None else None,
-            **{str(path): self.read_anchor(path) for path in self._anchor_paths()},
+            **self._anchors.read(),
         }
         found = check_at_open(
             db,
@@ -208,69 +201,19 @@ class AuditLog:
             db.execute(META, ("anchor", anchor.encode()))
             db.execute(META, ("verified", Anchor(*self._verified).encode()))
             db.execute("COMMIT")
-            self._write_anchors(anchor)
-
-    def read_anchor(self, path: Path | None = None) -> Anchor | None:
-        try:
-            return Anchor.decode((path or self._anchor_path).read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError):
-            return Anchor(-1, "")
-
-    def _write_anchors(self, anchor: Anchor, *, sync: bool = True) -> None:
-        """Overwrite each anchor file in place: JSON padded to one 512-byte sector (a
-        sector is written whole or not at all), then fdatasync unless ``sync`` is False (a
-        group commit's anchor: ``_sync_anchor_soon``). No temporary file, no rename: the
-        anchors are written once per group commit."""
-        body = anchor.encode().encode().ljust(ANCHOR_BYTES)
-        for path in self._anchor_paths():
-            fd = self._anchor_fds.get(path)
-            if fd is None:
-                fd = self._anchor_fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.pwrite(fd, body, 0)
-            if os.fstat(fd).st_size != ANCHOR_BYTES:
-                os.ftruncate(fd, ANCHOR_BYTES)  # an anchor written otherwise
-                os.fsync(fd)
-            elif sync:
-                os.fdatasync(fd)
-
-    def _sync_anchor_soon(self) -> None:
-        """fsync the anchor on the writer thread, at most every ANCHOR_SYNC_SECONDS and one
-        at a time: a power loss can leave it that far behind its log, never ahead."""
-        self._anchor_dirty = True
-        if self._anchor_sync is None or self._anchor_sync.done():
-            self._anchor_sync = asyncio.ensure_future(self._sync_anchor())
-
-    async def _sync_anchor(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._anchor_dirty:  # a commit during a sync: one more after it
-            await asyncio.sleep(
-                max(0.0, self._anchor_synced + ANCHOR_SYNC_SECONDS - time.monotonic())
-            )
-            self._anchor_dirty = False
-            self._anchor_synced = time.monotonic()
-            for fd in list(self._anchor_fds.values()):  # close() shuts them after the thread
-                await loop.run_in_executor(self._thread, os.fdatasync, fd)
+            self._anchors.write(anchor)
 
     async def close(self) -> None:
         try:
             if self._db is not None:
                 await self.durable()
         finally:  # a failed last commit is raised, but the files are still closed
-            if self._anchor_sync is not None:
-                self._anchor_sync.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._anchor_sync
-            for fd in self._anchor_fds.values():
-                os.fdatasync(fd)
+            await self._anchors.stop_syncing()
             self._thread.shutdown(wait=True)
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            for fd in self._anchor_fds.values():
-                os.close(fd)
-            self._anchor_fds.clear()
+            self._anchors.close()
 
     def append_nowait(
         self,
@@ -350,7 +293,7 @@ class AuditLog:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._write, rows)
         self._inline = time.monotonic() - began < INLINE_COMMIT_SECONDS
         self._durable_sequence = rows[-1].sequence
-        self._sync_anchor_soon()
+        self._anchors.sync_soon()
 
     def _write(self, rows: list[AuditRow]) -> None:
         """Commit the group, then anchor its last record (fsync'd soon after)."""
@@ -368,7 +311,7 @@ class AuditLog:
                     db.execute("ROLLBACK")
                 raise
             self.commits += 1
-            self._write_anchors(anchor, sync=False)
+            self._anchors.write(anchor, sync=False)
 
     async def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run a read on a connection of its own, in a thread, once every record chained
@@ -377,6 +320,7 @@ class AuditLog:
 
         def run() -> _T:
             db = sqlite3.connect(self._path)
+            db.row_factory = sqlite3.Row
             try:
                 return query(db)
             finally:
@@ -408,11 +352,11 @@ class AuditLog:
     def _verify(self, db: sqlite3.Connection, start: tuple[int, str]) -> VerifyResult:
         with self._anchor_lock:  # the snapshot and the anchors of the same commit
             db.execute("BEGIN")
-            last = db.execute("SELECT MAX(sequence) FROM audit").fetchone()[0] or 0
+            last = db.execute("SELECT MAX(sequence) AS last FROM audit").fetchone()["last"] or 0
             stored = db.execute("SELECT value FROM meta WHERE key = 'anchor'").fetchone()
             anchors = {
-                "database": Anchor.decode(str(stored[0])) if stored else None,
-                **{str(path): self.read_anchor(path) for path in self._anchor_paths()},
+                "database": Anchor.decode(str(stored["value"])) if stored else None,
+                **self._anchors.read(),
             }
         try:
             walked = walk(db, start, self._key_for)
@@ -430,7 +374,7 @@ class AuditLog:
     ) -> tuple[list[AuditRecord], bool]:
         query, args = filter_query(flt, offset=offset, limit=limit + 1)
         raws = await self._read(lambda db: db.execute(query, args).fetchall())
-        rows = [AuditRow(*raw) for raw in raws]
+        rows = [AuditRow.from_row(raw) for raw in raws]
         return [r.to_model() for r in rows[:limit]], len(rows) > limit
 
     async def export_jsonl(self, path: Path, flt: AuditFilter | None = None) -> int:

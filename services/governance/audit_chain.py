@@ -38,7 +38,7 @@ def _chains_to(db: sqlite3.Connection, count: int, head: str) -> bool:
     if count == 0:
         return head == GENESIS_HASH
     row = db.execute("SELECT hash FROM audit WHERE sequence = ?", (count,)).fetchone()
-    return row is not None and str(row[0]) == head
+    return row is not None and str(row["hash"]) == head
 
 
 def check_at_open(
@@ -88,7 +88,7 @@ def walk(
     its key: the first that is not, or the (count, head hash) they reach."""
     if start[0]:
         mark = db.execute("SELECT hash FROM audit WHERE rowid = ?", (start[0],)).fetchone()
-        if mark is None or str(mark[0]) != start[1]:
+        if mark is None or str(mark["hash"]) != start[1]:
             what = "is missing" if mark is None else "was altered"
             return VerifyResult(
                 False, start[0] - 1, start[0], f"record {start[0]} {what} since verified"
@@ -97,7 +97,7 @@ def walk(
     for raw in db.execute(
         f"SELECT {', '.join(FIELDS)} FROM audit WHERE rowid > ? ORDER BY rowid", (start[0],)
     ):
-        row = AuditRow(*raw)
+        row = AuditRow.from_row(raw)
         problem = ""
         if row.sequence != expected:
             problem = (
@@ -167,7 +167,7 @@ def move_legacy(db: sqlite3.Connection, legacy: Path, path: Path) -> None:
         columns = ", ".join(FIELDS)
         db.execute("BEGIN IMMEDIATE")
         try:
-            if db.execute("SELECT COUNT(*) FROM main.audit").fetchone()[0] == 0:
+            if db.execute("SELECT 1 FROM main.audit LIMIT 1").fetchone() is None:
                 db.execute(
                     f"INSERT INTO main.audit ({columns}) "
                     f"SELECT {columns} FROM legacy.audit ORDER BY rowid"
@@ -176,7 +176,7 @@ def move_legacy(db: sqlite3.Connection, legacy: Path, path: Path) -> None:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        moved = db.execute("SELECT COUNT(*) FROM main.audit").fetchone()[0]
+        moved = db.execute("SELECT COUNT(*) AS n FROM main.audit").fetchone()["n"]
         db.execute("DROP TABLE legacy.audit")
         logger.info("audit log moved to %s (%d records)", path, moved)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +76,11 @@ class AuditRow:
     detail: str
     previous_hash: str
     hash: str = ""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> AuditRow:
+        """A row read with its columns named (sqlite3.Row)."""
+        return cls(**{name: row[name] for name in FIELDS})
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in FIELDS)

@@ -97,7 +97,7 @@ async def test_records_committed_but_not_anchored_are_caught_up(
     for n in range(5):  # committed, but the crash comes before the anchor
         gov.log.append_nowait(caller="c", action="test", detail=f"late {n}")
     with monkeypatch.context() as patch:
-        patch.setattr(gov.log, "_write_anchors", lambda anchor, **_: None)
+        patch.setattr(gov.log._anchors, "write", lambda anchor, **_: None)
         await gov.log.durable()
     await gov.close()
     anchor = json.loads((home / "governance" / "audit_anchor.json").read_text())
