@@ -176,3 +176,32 @@ async def test_an_urgent_event_is_committed_at_once_with_what_is_queued(
     assert [e.sequence for e in await log.read("job", 0)] == [1, 2, 3]
     await log.close()  # flushes what is left
     await log._db.close()
+
+
+async def test_a_failed_commit_keeps_its_events_for_the_next_one(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "events.sqlite3")
+    db = log._db
+    real_commit = db.commit
+    failures = 1
+
+    async def failing_commit() -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError("disk full")
+        await real_commit()
+
+    db.commit = failing_commit  # type: ignore[method-assign]
+    for step in (1, 2):
+        log.append("job", **metric(step))
+    with pytest.raises(OSError, match="disk full"):
+        await log.flush()
+    assert await log.read("job", 0) == []  # nothing half-written is visible
+    log.append("job", **metric(3))
+    await log.flush()
+    db.commit = real_commit  # type: ignore[method-assign]
+    cold = await open_log(tmp_path / "events.sqlite3")
+    assert [e.sequence for e in await cold.read("job", 0)] == [1, 2, 3]  # no gap, no reuse
+    for each in (log, cold):
+        await each.close()
+        await each._db.close()
