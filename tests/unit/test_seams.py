@@ -21,10 +21,7 @@ PACKAGES = [
             strict=True, reason="runs.py, train.py, tools/service.py: split in progress"
         ),
     ),
-    pytest.param(
-        "services/governance",
-        marks=pytest.mark.xfail(strict=True, reason="audit.py: split in progress"),
-    ),
+    "services/governance",
 ]
 # The reason strings services once matched with startswith, instead of a typed cause.
 OLD_PREFIXES = {"lost:", "lease lost", "executor shut down", "pruned"}
