@@ -28,10 +28,19 @@ MAX_REQUEST_ID = 256
 
 
 class RequestLedger:
-    def __init__(self, db: aiosqlite.Connection, table: str = "tool_calls") -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        table: str = "tool_calls",
+        *,
+        commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``commit``: how the connection's writes are committed (default ``db.commit``),
+        for a connection whose owner orders its commits."""
         if not table.isidentifier():
             raise ValueError(f"bad table name {table!r}")
         self._db = db
+        self._commit = commit or db.commit
         self._table = table
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -46,7 +55,7 @@ class RequestLedger:
             await self._db.execute(
                 f"ALTER TABLE {self._table} ADD COLUMN digest TEXT NOT NULL DEFAULT ''"
             )
-        await self._db.commit()
+        await self._commit()
 
     async def call(
         self,
@@ -105,5 +114,5 @@ class RequestLedger:
                 f"INSERT INTO {self._table} (key, response, digest) VALUES (?, ?, ?)",
                 (key, response.SerializeToString(), digest),
             )
-            await self._db.commit()
+            await self._commit()
             return response

@@ -58,8 +58,15 @@ class Governance:
         self._dir = home / "governance"
         self.policy_path = home / "policy.yaml"
         self.policy: Policy = Policy.load(DEFAULT_POLICY_PATH)
-        self.store = GovernanceStore(self._dir / "governance.sqlite3")
-        self.log = audit if audit is not None else AuditLog.for_workspace(home)
+        self.log = log = audit if audit is not None else AuditLog.for_workspace(home)
+
+        async def audit_first() -> None:
+            """No await between the check that every record is durable and queueing the
+            commit: every row queued before it belongs to a record already on disk."""
+            while not log.is_durable():
+                await log.durable()
+
+        self.store = GovernanceStore(self._dir / "governance.sqlite3", before_commit=audit_first)
         lock = asyncio.Lock()
 
         def version() -> str:
@@ -119,7 +126,10 @@ class Governance:
             logger.info("wrote the default policy to %s", self.policy_path)
         self.policy = Policy.load(self.policy_path)  # a broken file at startup is fatal
         await self.store.open()
-        self._requests = RequestLedger(self.store.db, table="request_ledger")
+        # Its commits wait for the audit too: they commit whatever else is on the connection.
+        self._requests = RequestLedger(
+            self.store.db, table="request_ledger", commit=self.store.commit
+        )
         await self._requests.open()
         await self.log.open()
         await self.modes.load()

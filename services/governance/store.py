@@ -1,13 +1,16 @@
 """Governance's durable state in SQLite: mode, bound decisions, usage, pending requests,
 transactions, quarantined rows. Columns are read by name.
 
-Nothing here commits on its own: a decision's rows must wait for its audit record (the
-core's group commit), so every caller says when its writes are committed (``commit``).
+Nothing here commits on its own: every caller says when its writes are committed
+(``commit``), and a commit waits first for the audit records of everything it commits
+(``before_commit``): a decision, a mode or an approval never reaches the disk without its
+record. Decisions share their commits (the validator's group commit).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,8 +116,13 @@ def _transaction(row: aiosqlite.Row) -> Transaction:
 
 
 class GovernanceStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, before_commit: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """``before_commit``: awaited before every commit, the last await before it is
+        queued (governance waits there until every audit record is on disk)."""
         self._path = path
+        self._before_commit = before_commit
         self._db: aiosqlite.Connection | None = None
 
     @property
@@ -146,6 +154,8 @@ class GovernanceStore:
             self._db = None
 
     async def commit(self) -> None:
+        if self._before_commit is not None:
+            await self._before_commit()
         await self.db.commit()
 
     async def _one(self, query: str, args: tuple[Any, ...]) -> aiosqlite.Row | None:

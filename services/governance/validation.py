@@ -94,7 +94,7 @@ class Validator:
         self._approvals = approvals
         self._modes = modes
         self._policy = policy
-        self._committed = GroupCommit(self._commit)
+        self._committed = GroupCommit(store.commit)  # after the audit (the store waits)
 
     async def validate(self, call: ToolCall, *, wait_seconds: float = 0.0) -> Decision:
         if call.invalid_reason:
@@ -121,15 +121,6 @@ class Validator:
         # rows on the same connection) while this one waits for its group's commit.
         await self._committed.wait()
         return await self._approvals.wait(decision, digest, wait_seconds)
-
-    async def _commit(self) -> None:
-        """Audit first, then the decisions, budgets and approvals that rest on it: a
-        decision never reaches the disk without its record: no await between the check that
-        every record is durable and queueing the commit, so every row it commits was
-        written after its record was on disk."""
-        while not self._log.is_durable():
-            await self._log.durable()
-        await self._store.commit()
 
     async def _record_invalid(self, call: ToolCall) -> Decision:
         """A call another service refused as malformed: audited as a denial."""

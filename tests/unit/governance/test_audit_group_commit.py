@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,60 @@ async def test_a_group_waits_for_records_announced_but_a_lone_caller_does_not(
     assert log.commits == 3
     assert (await log.verify()).ok
     await log.close()
+
+
+async def test_no_commit_reaches_the_disk_before_the_audit_records_it_rests_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decision's rows wait for its record; so does any other commit on the connection
+    (here a transaction's begin), which would otherwise carry the decision's rows along."""
+    gov = await open_gov(tmp_path / "ws", FakeClock())
+    (gov.home / "work").mkdir()
+    entered, release = threading.Event(), threading.Event()
+    real_write = audit.AuditLog._write
+
+    def slow_write(log: audit.AuditLog, rows: list[audit.AuditRow]) -> None:
+        entered.set()
+        release.wait(30)
+        real_write(log, rows)
+
+    await gov.log.append(caller="c", action="test")  # a slow commit: the writer's thread
+    monkeypatch.setattr(audit.AuditLog, "_write", slow_write)
+    monkeypatch.setattr(gov.log, "_inline", False)
+    waiting = 0
+    both_wait = asyncio.Event()
+    audit_first = gov.store._before_commit
+    assert audit_first is not None
+
+    async def counted() -> None:
+        nonlocal waiting
+        waiting += 1
+        if waiting == 2:
+            both_wait.set()
+        await audit_first()
+
+    monkeypatch.setattr(gov.store, "_before_commit", counted)
+
+    def on_disk() -> set[str]:
+        with sqlite3.connect(gov.home / "governance" / "governance.sqlite3") as conn:
+            decided = {row[0] for row in conn.execute("SELECT request_id FROM bound_decisions")}
+            opened = {row[0] for row in conn.execute("SELECT request_id FROM transactions")}
+        return decided | opened
+
+    decision = asyncio.ensure_future(
+        gov.validate(
+            ToolCall(caller="a", tool=Tool.MANAGE_CHECKPOINTS, parameters={}, request_id="d1")
+        )
+    )
+    await asyncio.to_thread(entered.wait, 30)  # its record is on its way, not on disk
+    begin = asyncio.ensure_future(
+        gov.begin(caller="s", tool=Tool.MANAGE_CHECKPOINTS, paths=["work"], request_id="t1")
+    )
+    await asyncio.wait_for(both_wait.wait(), 30)  # the decision's commit and the begin's
+    assert not decision.done() and not begin.done()
+    assert on_disk() == set()
+    release.set()
+    assert (await decision).allowed
+    await begin
+    assert on_disk() == {"d1", "t1"}
+    await gov.close()
