@@ -13,6 +13,7 @@ import pytest
 
 from arc_common.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from arc_common.models import DecisionOutcome, Mode, PendingRequestState, Tool, TransactionState
+from services.governance.audit import AuditFilter, AuditLog
 from services.governance.core import Governance, GovernanceConfig, ToolCall
 
 POLICY = """
@@ -313,3 +314,19 @@ async def test_export_jsonl(gov: Governance, tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert count == len(lines) >= 3
     assert '"sequence":1' in lines[0].replace(" ", "")
+
+
+async def test_the_audit_log_is_the_one_it_is_given(tmp_path: Path, clock: FakeClock) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    (home / "policy.yaml").write_text(POLICY)
+    given = AuditLog(tmp_path / "elsewhere.sqlite3", tmp_path / "elsewhere.json")
+    gov = Governance(home, clock=clock, audit=given)
+    await gov.open()
+    try:
+        decision = await gov.validate(call(training(), request_id="given"))
+        records, _ = await given.list(AuditFilter(caller="architect"), offset=0, limit=10)
+        assert [r.sequence for r in records] == [decision.audit_sequence]
+        assert not (home / "governance" / "audit.sqlite3").exists()
+    finally:
+        await gov.close()
