@@ -35,7 +35,9 @@ class Modes:
 
     async def load(self) -> None:
         """The stored mode and break; an unreadable mode is the safest one, LOCKED."""
-        stored = await self._store.get_state("mode") or Mode.AUTONOMOUS.value
+        stored = await self._store.get_state("mode")
+        if stored is None:
+            stored = Mode.AUTONOMOUS.value
         try:
             self.mode = Mode(stored)
         except ValueError:

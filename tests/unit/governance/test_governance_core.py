@@ -131,6 +131,21 @@ async def test_mode_survives_restart(tmp_path: Path, clock: FakeClock) -> None:
     await gov.close()
 
 
+@pytest.mark.parametrize("stored", ["", "bogus", "LOCKED "])
+async def test_a_stored_mode_that_is_no_mode_starts_locked(
+    tmp_path: Path, clock: FakeClock, stored: str
+) -> None:
+    gov = await open_gov(tmp_path / "ws", clock)
+    await gov.close()
+    with sqlite3.connect(gov.home / "governance" / "governance.sqlite3") as db:
+        db.execute("INSERT OR REPLACE INTO state VALUES ('mode', ?)", (stored,))
+    gov = await open_gov(tmp_path / "ws", clock)
+    try:
+        assert gov.mode is Mode.LOCKED
+    finally:
+        await gov.close()
+
+
 async def test_supervised_approve_reject_expire(gov: Governance, clock: FakeClock) -> None:
     await gov.set_mode(Mode.SUPERVISED, caller="op")
     first = await gov.validate(call(training(), request_id="p1"))
