@@ -394,6 +394,9 @@ class ValidateToolRequestRequest(_message.Message):
     WAIT_FOR_APPROVAL_SECONDS_FIELD_NUMBER: _builtins.int
     INVALID_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """A decision is bound to its caller, this id and the parameters' digest: a retry with the
+    same parameters gets the first decision (counted once), with others FAILED_PRECONDITION.
+    """
     tool: Global___Tool.ValueType
     dry_run: _builtins.bool
     """Check only: no budget is counted and a denial is answered, not raised."""
@@ -459,6 +462,7 @@ class BeginTransactionRequest(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """A retry while the transaction is open gets it back; once it is closed, a new one."""
     tool: Global___Tool.ValueType
     timeout_seconds: _builtins.int
     """0 uses the server's setting."""
@@ -513,6 +517,9 @@ class CommitTransactionRequest(_message.Message):
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """A replay by the same caller with the same body gets the first answer; another body
+    under this id is ALREADY_EXISTS. Empty: every call runs.
+    """
     transaction_id: _builtins.str
     outcome: _builtins.str
     def __init__(
@@ -558,6 +565,9 @@ class RollbackTransactionRequest(_message.Message):
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """A replay by the same caller with the same body gets the first answer; another body
+    under this id is ALREADY_EXISTS. Empty: every call runs.
+    """
     transaction_id: _builtins.str
     reason: _builtins.str
     def __init__(
@@ -652,6 +662,9 @@ class SetModeRequest(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """A replay by the same caller with the same body gets the first answer; another body
+    under this id is ALREADY_EXISTS. Empty: every call runs.
+    """
     mode: Global___Mode.ValueType
     reason: _builtins.str
     def __init__(
@@ -744,6 +757,9 @@ class ApproveRequestRequest(_message.Message):
     PENDING_REQUEST_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """A replay by the same caller with the same body gets the first answer; another body
+    under this id is ALREADY_EXISTS. Empty: every call runs.
+    """
     pending_request_id: _builtins.str
     reason: _builtins.str
     def __init__(
@@ -789,6 +805,9 @@ class RejectRequestRequest(_message.Message):
     PENDING_REQUEST_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """A replay by the same caller with the same body gets the first answer; another body
+    under this id is ALREADY_EXISTS. Empty: every call runs.
+    """
     pending_request_id: _builtins.str
     reason: _builtins.str
     def __init__(
