@@ -99,6 +99,7 @@ FALLBACK: dict[str, str] = {
     "ARC_EXECUTOR_DVC_REMOTE": "DVC remote (empty: `$ARC_HOME/dvc-remote`)",
     "ARC_EXECUTOR_MAX_SYNC_DATASETS": "dataset ids one SyncDatasets may name",
     "ARC_EXECUTOR_TOOL_TIMEOUT_SECONDS": "longest run of a tool child process",
+    "ARC_EXECUTOR_TRAINER_FAULTS": "tests and benchmark only: a fault every trainer runs",
 }
 
 
