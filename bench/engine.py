@@ -30,10 +30,10 @@ from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
 from arc_common.models import TrainingJobConfig
-from bench.common import REPO, drive, p50, rss_mib
-from services.executor.protocol import TrainerInput, load_message
-from services.executor.runs import process_group_members
 from arc_common.synth import generate_dataset
+from bench.common import REPO, drive, p50, rss_mib
+from services.executor.procfs import process_group_members
+from services.executor.protocol import TrainerInput, load_message
 from tests.helpers import ServiceProcess
 from tests.integration.scheduler.conftest import TERMINAL
 from tests.security.suite import ProcessSuite, free_port
@@ -310,12 +310,12 @@ async def streaming_cost(
     home: Path, *, epochs: int, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """7, paired: one training through the suite whose trainer streams every step's loss in
-    odd epochs and none in even ones (ARC_TRAINER_INJECT=stream_alternate), so streaming on
+    odd epochs and none in even ones (ARC_EXECUTOR_TRAINER_FAULTS=stream_alternate), so streaming on
     and off are timed by the same process on the same data, a minute apart at most. The
     first two epochs (warm-up) are left out; each later even epoch is paired with the odd
     one before it, and the ratio is the median of the pairs' step times."""
     make_dataset(home, count=320)
-    probe = {**(env or {}), "ARC_TRAINER_INJECT": "stream_alternate"}
+    probe = {**(env or {}), "ARC_EXECUTOR_TRAINER_FAULTS": "stream_alternate"}
     async with running_suite(home, env=probe) as bench:
         run = await suite_training(bench, "m7", spec_dict("m7", epochs=epochs))
     per_epoch = {m.epoch: m.value for m in run["metrics"] if m.name == "images_per_second"}
@@ -503,7 +503,7 @@ def raw_kill(home: Path, job_id: str) -> float:
 
 async def metrics_path(home: Path, *, count: int) -> dict[str, Any]:
     make_dataset(home, count=16)  # the executor checks it is there; the probe reads none
-    async with running_suite(home, env={"ARC_TRAINER_INJECT": f"metrics_flood:{count}"}) as bench:
+    async with running_suite(home, env={"ARC_EXECUTOR_TRAINER_FAULTS": f"metrics_flood:{count}"}) as bench:
         stub = bench.scheduler()
         spec = dict_to_proto(spec_dict("m6", epochs=1), common_pb2.ExperimentSpec)
         reply = await stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec))

@@ -23,6 +23,8 @@ from arc_common.server import (
     start_server,
 )
 from services.executor.leases import GrpcLeaseChecker
+from services.executor.local_launcher import LocalLauncher
+from services.executor.run_store import SqliteRunStore
 from services.executor.runs import RunManager
 from services.executor.servicer import ExecutorServicer
 from services.executor.settings import ExecutorSettings
@@ -69,8 +71,10 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
         pool = WarmPool(settings.home / "logs" / "warm-pool.log")
         await pool.start()  # ready in a few seconds; runs before that start cold
     leases = GrpcLeaseChecker(channel)
-    runs = RunManager(settings, db, events, leases, pool)
-    await runs.open()
+    launcher = LocalLauncher(pool)
+    store = SqliteRunStore(db)
+    await store.open()
+    runs = RunManager(settings, store, events, leases, launcher)
     await runs.recover()
     channels = [channel]
     governance_channel = None
@@ -80,7 +84,7 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
     governed = Governed(governance_channel, approval_wait_seconds=settings.approval_wait_seconds)
     ledger = RequestLedger(db)
     await ledger.open()
-    tools = Tools(settings, governed, runs, leases=leases)
+    tools = Tools(settings, governed, runs, leases=leases, launcher=launcher)
     return Executor(runs, db, events, channels, tools, ledger)
 
 

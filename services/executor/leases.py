@@ -1,4 +1,4 @@
-"""Lease checks against the gpu-manager, over gRPC.
+"""Lease checks against the gpu-manager, over gRPC, and the heartbeat of a run's lease.
 
 A lease a caller presents is a claim, not a fact: before anything runs on its GPUs the
 gpu-manager is asked that the lease is live, that its fencing token is the one presented
@@ -8,6 +8,9 @@ caller shown someone else's lease cannot keep it alive; ``renew`` is the holder'
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from datetime import UTC, datetime
 from typing import Protocol
 
 from grpc import aio
@@ -22,6 +25,8 @@ from arc_common.errors import (
 )
 from arc_common.models import Lease
 from arc_common.rpc import unary
+
+logger = logging.getLogger(__name__)
 
 RPC_TIMEOUT = 10.0
 
@@ -95,3 +100,33 @@ class GrpcLeaseChecker:
                 field="lease.gpu_indices",
             )
         return held
+
+
+class LeaseChecker(Protocol):
+    async def renew(self, lease: Lease) -> Lease:
+        """Renew the lease; FailedPreconditionError when its token is stale."""
+        ...
+
+
+def renew_interval(lease: Lease, heartbeat_seconds: float) -> float:
+    """``heartbeat_seconds``, or when 0 a third of what is left of the lease's TTL."""
+    ttl = 30.0
+    if lease.expire_time is not None:
+        ttl = max(1.0, (lease.expire_time - datetime.now(UTC)).total_seconds())
+    return heartbeat_seconds or max(0.2, ttl / 3)
+
+
+async def keep_renewed(
+    leases: LeaseChecker, lease: Lease, *, interval: float, run_id: str
+) -> FailedPreconditionError:
+    """Renew ``lease`` every ``interval`` seconds until it is refused (a stale token:
+    someone else holds the GPUs now); that refusal is returned. A renewal that fails
+    otherwise (the gpu-manager is down) is retried at the next beat."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await leases.renew(lease)
+        except FailedPreconditionError as exc:
+            return exc
+        except ArcError as exc:
+            logger.warning("run %s: lease renewal failed (%s); retrying", run_id, exc)

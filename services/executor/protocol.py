@@ -35,10 +35,8 @@ class TrainerInput(BaseModel):
     # Its SHA-256 as the executor registered it; the trainer loads only bytes that match
     # ("" when it is unregistered or torn: a fresh start).
     resume_sha256: str = ""
-    # Fault injection for the tests of the executor's failure handling ("nan_loss_at_step:N")
-    # and the benchmark's probes of the metrics path ("metrics_flood:N") and of the step
-    # time with streaming on and off ("stream_alternate"), from the executor's
-    # ARC_TRAINER_INJECT (never from the API).
+    # A fault or probe for the tests and the benchmark only (trainer.faults), from the
+    # executor's test-only setting trainer_faults (never from the API).
     inject: str = ""
     # Prepared ahead of its GPUs (ExecutorService.PrepareRun): open the data and build the
     # model in host memory, then wait for one JSON line {"gpu_indices": [...]} on stdin

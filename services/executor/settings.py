@@ -46,3 +46,6 @@ class ExecutorSettings(ServiceSettings):
     max_sync_datasets: int = Field(default=100, ge=1, le=10_000)
     # Seconds a tool child process (evaluation, visualization) may run.
     tool_timeout_seconds: float = Field(default=600.0, gt=0)
+    # For tests and the benchmark only, never in production: a fault or probe every
+    # trainer runs (services.executor.trainer.faults), e.g. "nan_loss_at_step:2".
+    trainer_faults: str = ""

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +17,9 @@ from arc_common.errors import (
 )
 from arc_common.models import CheckpointInfo, Lease, MetricMode, PreprocessingChain, Tool
 from arc_common.paths import resolve_in_root
+from services.executor.launcher import Launcher, ToolCall
 from services.executor.leases import LeaseVerifier
-from services.executor.runs import REPO_ROOT, RunManager
+from services.executor.runs import RunManager
 from services.executor.settings import ExecutorSettings
 from services.executor.tools import checkpoints as ckpt
 from services.executor.tools import dvcsync, patches
@@ -50,9 +47,11 @@ class Tools:
         runs: RunManager,
         *,
         leases: LeaseVerifier,
+        launcher: Launcher,
     ) -> None:
         self.settings = settings
         self.leases = leases
+        self.launcher = launcher
         self.home = settings.home.resolve()
         self.governed = governed
         self.runs = runs
@@ -65,45 +64,20 @@ class Tools:
         return self.access.data(field, rel)
 
     async def _child(self, request: dict[str, Any], lease: Lease | None) -> Any:
-        """Run a torch tool in a child process (its own process group, no shell)."""
-        env = dict(os.environ)
-        env["CUDA_VISIBLE_DEVICES"] = (
-            ",".join(str(i) for i in lease.gpu_indices) if lease is not None else ""
-        )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.executor.tools.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=str(REPO_ROOT),
-            env=env,
-            start_new_session=True,
-        )
+        """Run a torch tool in a child process, through the launcher (its own process
+        group, no shell, the lease's GPUs only); killed when the caller goes away."""
+        timeout = self.settings.tool_timeout_seconds
+        call = ToolCall(request, lease.gpu_indices if lease is not None else [], timeout)
         try:
-            out, err = await asyncio.wait_for(
-                process.communicate(json.dumps(request).encode()),
-                timeout=self.settings.tool_timeout_seconds,
-            )
-        except asyncio.CancelledError:  # the caller went away: nothing may keep running
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-            raise
+            done = await self.launcher.run_tool(call)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-            raise UnavailableError(
-                f"{request['tool']} took longer than {self.settings.tool_timeout_seconds:.0f} s"
-            ) from None
+            raise UnavailableError(f"{request['tool']} took longer than {timeout:.0f} s") from None
         try:
-            answer = json.loads(out or b"{}")
+            answer = json.loads(done.stdout or b"{}")
         except json.JSONDecodeError:
             answer = {}
-        if process.returncode != 0 or "result" not in answer:
-            message = answer.get("error") or err.decode(errors="replace").strip()[-500:]
+        if done.returncode != 0 or "result" not in answer:
+            message = answer.get("error") or done.stderr.decode(errors="replace").strip()[-500:]
             if answer.get("field"):  # the request asked what this checkpoint cannot do
                 raise InvalidArgumentError(message, field=str(answer["field"]))
             raise FailedPreconditionError(f"{request['tool']} failed: {message}")

@@ -22,9 +22,10 @@ import traceback
 from pathlib import Path
 from typing import IO
 
-from arc_common.models import CheckpointInfo, ExperimentResult, JobState
+from arc_common.models import CheckpointInfo, JobState
 from arc_common.packed import Packer
 from services.executor.protocol import TrainerInput, TrainerMessage, dump
+from services.executor.trainer import faults
 
 logger = logging.getLogger("arc.trainer")
 
@@ -144,29 +145,6 @@ def _limit_resources() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _metrics_flood(inp: TrainerInput, channel: Channel, count: int) -> int:
-    """The benchmark's probe of the metrics path (ARC_TRAINER_INJECT=metrics_flood:N on
-    the executor): ``count`` step losses as fast as the channel takes them, then a result;
-    no training."""
-    channel.state(JobState.RUNNING.value, "metrics flood (benchmark probe)")
-    now = time.time_ns()
-    for step in range(1, count + 1):
-        channel.metric("train_step_loss", 1.0 / step, step=step, epoch=1, time_ns=now)
-    channel.send(
-        TrainerMessage(
-            kind="result",
-            result=ExperimentResult(
-                experiment_id=inp.config.experiment_spec.experiment_id,
-                job_id=inp.config.job_id,
-                state=JobState.COMPLETED,
-                best_metrics={"metrics_sent": float(count)},
-            ),
-        )
-    )
-    channel.flush()
-    return 0
-
-
 def _out_of_memory(exc: BaseException) -> bool:
     """Host memory (MemoryError) or a device's (torch's OutOfMemoryError) ran out."""
     torch = sys.modules.get("torch")
@@ -187,10 +165,12 @@ def run(input_path: str, metrics_fd: int) -> int:
     inp = TrainerInput.model_validate_json(Path(input_path).read_text())
     stream = os.fdopen(metrics_fd, "w", buffering=1 << 16)
     channel = Channel(stream)
-    if inp.inject.startswith("metrics_flood:"):
-        return _metrics_flood(inp, channel, int(inp.inject.split(":")[1]))
+    if (flood := faults.flood_count(inp.inject)) is not None:
+        return faults.metrics_flood(inp, channel, flood)
     # Imported here so that a bad input fails fast, before torch loads (a warm child has
     # it loaded already).
+    from torch import nn
+
     from services.executor.trainer.train import Pruned, Reporter, train
 
     reporter = Reporter(
@@ -200,8 +180,9 @@ def run(input_path: str, metrics_fd: int) -> int:
         release=channel.release,
         await_devices=await_devices,
     )
+    reporter, criterion = faults.apply(inp.inject, reporter, nn.CrossEntropyLoss())
     try:
-        result = train(inp, reporter)
+        result = train(inp, reporter, criterion=criterion)
     except NoDevices as exc:
         logger.info("prepared run leaves without training: %s", exc)
         return 0

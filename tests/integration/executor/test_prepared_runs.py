@@ -13,7 +13,7 @@ from grpc import aio
 from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2
 from arc.gpu.v1 import gpu_pb2
-from services.executor.runs import process_group_members
+from services.executor.procfs import process_group_members
 from tests.integration.executor.conftest import Suite, job_config
 from tests.integration.executor.test_runs import states, wait_done
 

@@ -13,7 +13,7 @@ from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.auth import Role, TokenStore
-from services.executor.runs import process_group_members
+from services.executor.procfs import process_group_members
 from tests.helpers import ServiceProcess
 from tests.integration.executor.conftest import job_config
 

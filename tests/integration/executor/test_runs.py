@@ -21,10 +21,10 @@ from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2
 from arc.gpu.v1 import gpu_pb2
 from arc_common.auth import Role
+from services.executor.procfs import process_group_members
 from services.executor.protocol import checkpoint_is_intact
 from services.executor.registry import CheckpointRegistry
-from services.executor.runs import process_group_members
-from tests.integration.executor.conftest import IMAGE_SIZE, Suite, job_config
+from tests.integration.executor.conftest import IMAGE_SIZE, Suite, job_config, running_suite
 
 
 async def wait_done(suite: Suite, run_id: str, timeout: float = 240) -> executor_pb2.Run:
@@ -211,10 +211,13 @@ async def test_crashing_child_ends_failed_with_its_error(suite: Suite) -> None:
     assert logs and logs[-1].log.stream == "stderr"
 
 
-async def test_nan_loss_ends_pruned(suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ARC_TRAINER_INJECT", "nan_loss_at_step:2")
-    run = await suite.start("job-nan")
-    final = await wait_done(suite, run.run_id)
+async def test_nan_loss_ends_pruned(tmp_path: Path, data_root: Path) -> None:
+    # The executor's test-only fault setting: every trainer's loss is NaN at step 2.
+    async with running_suite(
+        tmp_path / "ws", data_root, trainer_faults="nan_loss_at_step:2", event_flush_ms=10
+    ) as suite:
+        run = await suite.start("job-nan")
+        final = await wait_done(suite, run.run_id)
     assert final.state == common_pb2.JOB_STATE_PRUNED
     assert final.end_cause == common_pb2.RUN_END_CAUSE_PRUNED
     assert "loss is nan at step 2" in final.error_message

@@ -9,8 +9,12 @@ from typing import Any
 from arc_common import packed, sqlite
 from arc_common.eventlog import EventLog
 from arc_common.models import MetricResult, PackedMetrics, Run, RunEvent, metric_count
+from services.executor.live import LiveRun
+from services.executor.local_launcher import LocalLauncher
+from services.executor.pipe import STEP_LOSS
 from services.executor.protocol import TrainerMessage
-from services.executor.runs import STEP_LOSS, LiveRun, RunManager
+from services.executor.run_store import SqliteRunStore
+from services.executor.runs import RunManager
 from services.executor.settings import ExecutorSettings
 
 
@@ -19,7 +23,9 @@ async def test_only_sound_batches_are_stored_and_epoch_metrics_are_kept(tmp_path
     events = EventLog(db, model=RunEvent, table="run_events", key_field="run_id")
     await events.open()
     leases: Any = None  # no lease is checked on this path
-    manager = RunManager(ExecutorSettings(home=tmp_path), db, events, leases)
+    store = SqliteRunStore(db)
+    await store.open()
+    manager = RunManager(ExecutorSettings(home=tmp_path), store, events, leases, LocalLauncher())
     live = LiveRun(run=Run(run_id="r1"))
     sound = packed.pack(
         [

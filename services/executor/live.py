@@ -1,0 +1,47 @@
+"""A run while the executor supervises it, and how it ends."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from arc_common.models import ExperimentResult, JobState, MetricResult, Run, RunEndCause
+from services.executor.launcher import Launched
+
+
+@dataclass(frozen=True)
+class Ending:
+    state: JobState
+    reason: str
+    cause: RunEndCause
+
+
+@dataclass
+class LiveRun:
+    run: Run
+    launched: Launched | None = None
+    stopping: Ending | None = None  # the executor stops it (cancel, timeout, lost lease...)
+    trainer_end: Ending | None = None  # what the trainer said: pruned, or failed and why
+    result: ExperimentResult | None = None
+    epoch_metrics: list[MetricResult] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    heartbeat: asyncio.Task[None] | None = None  # renews the lease while the GPUs are used
+    prepared: bool = False  # waiting for its GPUs (``RunManager.activate``)
+    activated: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def ending(live: LiveRun, returncode: int, tail: list[str]) -> Ending:
+    """How a run whose trainer exited with ``returncode`` ended; ``tail`` its last stderr
+    lines. A stop the executor asked for wins; then what the trainer said; without a
+    result or a word of its failure, the trainer died (killed, or crashed hard)."""
+    if live.stopping is not None:
+        return live.stopping
+    said = live.trainer_end
+    if said is not None and said.state is JobState.PRUNED:
+        return said
+    if returncode == 0 and live.result is not None:
+        return Ending(JobState.COMPLETED, "training finished", RunEndCause.COMPLETED)
+    cause = said.cause if said is not None else RunEndCause.CRASHED
+    reason = "\n".join([f"trainer exited with {returncode}", *tail])
+    return Ending(JobState.FAILED, reason, cause)
