@@ -9,11 +9,12 @@ import aiosqlite
 from grpc import aio
 
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from arc_common import sqlite
+from arc_common import governance_client, sqlite
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
+from arc_common.ledger import RequestLedger
 from arc_common.logs import configure_logging
 from arc_common.models import JobEvent, metric_count
 from arc_common.server import (
@@ -24,7 +25,7 @@ from arc_common.server import (
     start_server,
 )
 from services.scheduler.core import Scheduler
-from services.scheduler.remote import GrpcGovernance, GrpcNode, NodeClient
+from services.scheduler.remote import GovernanceClient, GrpcNode, NodeClient
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import SchedulerStore
@@ -34,6 +35,8 @@ DB_FILE = "scheduler.sqlite3"
 # commits should never queue behind an event flush (or the other way round).
 EVENTS_FILE = "scheduler_events.sqlite3"
 EVENTS_TABLE = "job_events"
+# The first answers of CreateExperiment and CancelJob by request id (arc_common.ledger).
+LEDGER_FILE = "scheduler_ledger.sqlite3"
 
 
 async def move_events(events_db: aiosqlite.Connection, old_file: Path) -> None:
@@ -65,11 +68,14 @@ async def move_events(events_db: aiosqlite.Connection, old_file: Path) -> None:
 class SchedulerApp:
     scheduler: Scheduler
     events_db: aiosqlite.Connection
+    ledger_db: aiosqlite.Connection
+    ledger: RequestLedger
     channels: list[aio.Channel] = field(default_factory=list)
 
     async def stop(self) -> None:
         await self.scheduler.close()
         await self.events_db.close()
+        await self.ledger_db.close()
         for channel in self.channels:
             await channel.close()
 
@@ -83,11 +89,11 @@ async def build_scheduler(settings: SchedulerSettings, tokens: TokenStore) -> Sc
         executor = create_channel(address.executor, token=token)
         channels += [gpu, executor]
         nodes.append(GrpcNode(address.name, gpu, executor))
-    governance = None
+    governance: GovernanceClient | None = None
     if settings.governance_address:
         channel = create_channel(settings.governance_address, token=token)
         channels.append(channel)
-        governance = GrpcGovernance(channel)
+        governance = governance_client.GovernanceClient(channel)
     store = SchedulerStore(settings.home / DB_FILE)
     scheduler_ref: list[Scheduler] = []
 
@@ -110,12 +116,15 @@ async def build_scheduler(settings: SchedulerSettings, tokens: TokenStore) -> Sc
     scheduler = Scheduler(settings, store=store, events=events, nodes=nodes, governance=governance)
     scheduler_ref.append(scheduler)
     await scheduler.open()
-    return SchedulerApp(scheduler, events_db, channels)
+    ledger_db = await sqlite.connect(settings.home / LEDGER_FILE)
+    ledger = RequestLedger(ledger_db, table="requests")
+    await ledger.open()
+    return SchedulerApp(scheduler, events_db, ledger_db, ledger, channels)
 
 
 def registration(app: SchedulerApp) -> Registration:
     return Registration(
-        servicer=SchedulerServicer(app.scheduler),
+        servicer=SchedulerServicer(app.scheduler, ledger=app.ledger),
         add_to_server=scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
         descriptor=scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
     )

@@ -14,7 +14,7 @@ from services.scheduler.kinds import KindRegistry
 from services.scheduler.nodes import Nodes
 from services.scheduler.queue import JobQueue
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.store import JobRecord, SchedulerStore, Write
+from services.scheduler.store import JobRecord, Store, Write
 
 Clock = Callable[[], float]
 
@@ -22,7 +22,7 @@ Clock = Callable[[], float]
 @dataclass
 class Context:
     settings: SchedulerSettings
-    store: SchedulerStore
+    store: Store
     events: EventLog[JobEvent]
     clock: Clock
     nodes: Nodes

@@ -18,6 +18,7 @@ from arc_common.errors import FailedPreconditionError, PermissionDeniedError, Un
 from arc_common.eventlog import EventLog
 from arc_common.models import (
     TERMINAL_STATES,
+    Decision,
     Experiment,
     ExperimentSpec,
     JobEvent,
@@ -46,7 +47,7 @@ from services.scheduler.ports import GovernanceClient, NodeClient
 from services.scheduler.prepared import PreparedRuns
 from services.scheduler.pruning import MedianPruner
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.store import JobRecord, SchedulerStore
+from services.scheduler.store import JobRecord, Store
 from services.scheduler.views import Views
 
 __all__ = ["Caller", "Scheduler", "Submission"]
@@ -68,7 +69,7 @@ class Scheduler:
         self,
         settings: SchedulerSettings,
         *,
-        store: SchedulerStore,
+        store: Store,
         events: EventLog[JobEvent],
         nodes: list[NodeClient],
         governance: GovernanceClient | None,
@@ -175,6 +176,10 @@ class Scheduler:
         await self.events.close()
         await self.store.close()
 
+    async def dispatch_once(self) -> None:
+        """One dispatch pass now, besides the loop's (tests, and after a manual change)."""
+        await self._dispatcher.dispatch_pass()
+
     async def write_jsonl(self, events: list[JobEvent]) -> None:
         """The event log's commit hook: state changes mirrored to a JSONL file."""
         await mirror.write_jsonl(self.settings.home, events)
@@ -183,12 +188,13 @@ class Scheduler:
 
     async def create_experiment(
         self, spec: ExperimentSpec, *, caller: str, request_id: str = "", request_digest: str = ""
-    ) -> tuple[Experiment, str]:
-        """The experiment and the id of an earlier one with identical content."""
-        experiment_id, duplicate = await self._maker.create(
+    ) -> tuple[Experiment, str, Decision | None]:
+        """The experiment, the id of an earlier one with identical content, and
+        governance's decision (None for a replay)."""
+        experiment_id, duplicate, decision = await self._maker.create(
             spec, caller=caller, request_id=request_id, request_digest=request_digest
         )
-        return self.experiment(experiment_id), duplicate
+        return self.experiment(experiment_id), duplicate, decision
 
     def list_experiments(
         self, *, cycle_id: int, novelty: NoveltyClass | None, state: JobState | None

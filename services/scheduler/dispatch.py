@@ -45,14 +45,17 @@ class Dispatcher:
         self._prepared = prepared
         self._follower = follower
         self._gate = gate
+        # One pass at a time: two would race for the same job's lease.
+        self._pass = asyncio.Lock()
 
     async def loop(self) -> None:
         ctx = self._ctx
         while True:
+            # asyncio.timeout, not wait_for: wait_for can swallow a cancel that comes as
+            # the wake does, and close() would wait on this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    ctx.wake.wait(), timeout=ctx.settings.dispatch_interval_seconds
-                )
+                async with asyncio.timeout(ctx.settings.dispatch_interval_seconds):
+                    await ctx.wake.wait()
             ctx.wake.clear()
             try:
                 await self.dispatch_pass()
@@ -60,6 +63,10 @@ class Dispatcher:
                 logger.exception("dispatch pass failed")
 
     async def dispatch_pass(self) -> None:
+        async with self._pass:
+            await self._dispatch_pass()
+
+    async def _dispatch_pass(self) -> None:
         ctx = self._ctx
         blocked: dict[Shape, str] = {}
         current = ctx.clock()

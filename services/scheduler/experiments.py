@@ -8,15 +8,13 @@ from pathlib import Path
 
 from arc_common.batch import Batcher
 from arc_common.errors import AlreadyExistsError
-from arc_common.models import ExperimentSpec
+from arc_common.models import Decision, ExperimentSpec
 from services.scheduler.admission import check_length, reused
 from services.scheduler.checks import GovernanceGate
 from services.scheduler.context import Context
 from services.scheduler.jobs import content_hash
 from services.scheduler.lifecycle import now
-from services.scheduler.store import Write
-
-Requests = dict[tuple[str, str, str], tuple[str, str]]
+from services.scheduler.store import Requests, Write
 
 
 class RequestBook:
@@ -78,21 +76,22 @@ class ExperimentMaker:
 
     async def create(
         self, spec: ExperimentSpec, *, caller: str, request_id: str = "", request_digest: str = ""
-    ) -> tuple[str, str]:
-        """The experiment's id and the id of an earlier one with identical content. A retry
-        under the same request id gets the experiment it created."""
+    ) -> tuple[str, str, Decision | None]:
+        """The experiment's id, the id of an earlier one with identical content and
+        governance's decision. A retry under the same request id gets the experiment it
+        created (and no decision: it was not asked again)."""
         ctx, method = self._ctx, "CreateExperiment"
         check_length(request_id, "request_id")
         replayed = self._requests.replayed(caller, method, request_id, request_digest)
         if replayed is not None:
-            return replayed, ctx.experiments.duplicate_of(replayed)
+            return replayed, ctx.experiments.duplicate_of(replayed), None
         kind = ctx.kinds.get("training")
-        await self._gate.check(kind, spec, {}, caller=caller, dry_run=True)
+        decision = await self._gate.check(kind, spec, {}, caller=caller, dry_run=True)
         digest = content_hash(spec)
         async with ctx.lock:
             replayed = self._requests.replayed(caller, method, request_id, request_digest)
             if replayed is not None:
-                return replayed, ctx.experiments.duplicate_of(replayed)
+                return replayed, ctx.experiments.duplicate_of(replayed), None
             known = ctx.experiments.get(spec.experiment_id)
             if known is not None:
                 raise AlreadyExistsError(
@@ -114,4 +113,4 @@ class ExperimentMaker:
                 self._requests.forget(caller, method, request_id)
                 raise
         await self.spec_files.submit(spec)
-        return spec.experiment_id, duplicate
+        return spec.experiment_id, duplicate, decision

@@ -129,4 +129,4 @@ class Follower:
         node = self._ctx.nodes.get(job.node)
         if node is not None and job.run_id:
             with contextlib.suppress(ArcError):
-                await node.client.cancel_run(job.run_id, reason)
+                await node.client.cancel_run(job.run_id, reason, prune=cause is RunEndCause.PRUNED)

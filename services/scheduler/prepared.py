@@ -112,7 +112,9 @@ class PreparedRuns:
         if job.prepared_run_id and job.prepared_node == node.name:
             run_id = job.prepared_run_id
             try:
-                run = await node.client.activate_run(run_id, job.lease)
+                run = await node.client.activate_run(
+                    run_id, job.lease, request_id=f"{job.job_id}:attempt-{job.attempt}:activate"
+                )
             except ArcError as exc:
                 logger.warning("job %s: prepared run %s not used: %s", job.job_id, run_id, exc)
             else:

@@ -1,21 +1,19 @@
-"""The gRPC implementations of the scheduler's ports (services.scheduler.ports)."""
+"""The gRPC implementation of the scheduler's NodeClient port (services.scheduler.ports);
+its GovernanceClient is arc_common.governance_client's."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.struct_pb2 import Struct
 from grpc import aio
 
 from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
-from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
-from arc_common.convert import enum_from_str, to_model, to_proto
+from arc_common.convert import enum_value, to_model, to_proto
 from arc_common.models import (
-    Decision,
     EvaluationJob,
     Gpu,
     GpuAllocation,
@@ -23,14 +21,13 @@ from arc_common.models import (
     Lease,
     Run,
     RunEvent,
-    Tool,
     TrainingJobConfig,
 )
 from arc_common.rpc import unary
 from arc_common.status import error_from_status
 from services.scheduler.ports import GovernanceClient, NodeClient
 
-__all__ = ["GovernanceClient", "GrpcGovernance", "GrpcNode", "NodeClient"]
+__all__ = ["GovernanceClient", "GrpcNode", "NodeClient"]
 
 RPC_TIMEOUT = 30.0
 
@@ -48,10 +45,7 @@ class GrpcNode:
         request = gpu_pb2.AcquireLeaseRequest(
             request_id=request_id,
             job_id=job_id,
-            preference=cast(
-                common_pb2.GpuPreference.ValueType,
-                enum_from_str(common_pb2.GpuPreference.DESCRIPTOR, allocation.preference),
-            ),
+            preference=enum_value(common_pb2.GpuPreference, allocation.preference),
             gpu_indices=allocation.gpu_indices if specific else [],
             gpu_count=allocation.count,
             min_free_memory_mib=allocation.min_free_memory_mib,
@@ -98,11 +92,11 @@ class GrpcNode:
         )
         return to_model(reply.run, Run)
 
-    async def activate_run(self, run_id: str, lease: Lease) -> Run:
+    async def activate_run(self, run_id: str, lease: Lease, *, request_id: str) -> Run:
         reply = await unary(
             self._executor.ActivateRun(
                 executor_pb2.ActivateRunRequest(
-                    run_id=run_id, lease=to_proto(lease, gpu_pb2.Lease)
+                    run_id=run_id, lease=to_proto(lease, gpu_pb2.Lease), request_id=request_id
                 ),
                 timeout=RPC_TIMEOUT,
             )
@@ -115,10 +109,11 @@ class GrpcNode:
         )
         return to_model(reply.run, Run)
 
-    async def cancel_run(self, run_id: str, reason: str) -> Run:
+    async def cancel_run(self, run_id: str, reason: str, *, prune: bool = False) -> Run:
         reply = await unary(
             self._executor.CancelRun(
-                executor_pb2.CancelRunRequest(run_id=run_id, reason=reason), timeout=120
+                executor_pb2.CancelRunRequest(run_id=run_id, reason=reason, prune=prune),
+                timeout=120,
             )
         )
         return to_model(reply.run, Run)
@@ -155,40 +150,3 @@ class GrpcNode:
             raise error_from_status(exc.code(), exc.details() or exc.code().name) from None
         finally:
             call.cancel()
-
-
-class GrpcGovernance:
-    def __init__(self, channel: aio.Channel) -> None:
-        self._stub = governance_pb2_grpc.GovernanceServiceStub(channel)
-
-    async def validate(
-        self,
-        tool: Tool,
-        parameters: dict[str, Any],
-        *,
-        dry_run: bool,
-        request_id: str = "",
-        on_behalf_of: str = "",
-        cycle_id: int = 0,
-        invalid_reason: str = "",
-    ) -> Decision:
-        struct = Struct()
-        struct.update(parameters)
-        reply = await unary(
-            self._stub.ValidateToolRequest(
-                governance_pb2.ValidateToolRequestRequest(
-                    request_id=request_id,
-                    tool=cast(
-                        governance_pb2.Tool.ValueType,
-                        enum_from_str(governance_pb2.Tool.DESCRIPTOR, tool.value),
-                    ),
-                    parameters=struct,
-                    dry_run=dry_run,
-                    cycle_id=cycle_id,
-                    on_behalf_of=on_behalf_of,
-                    invalid_reason=invalid_reason,
-                ),
-                timeout=RPC_TIMEOUT,
-            )
-        )
-        return to_model(reply.decision, Decision)

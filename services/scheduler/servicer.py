@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from arc.common.v1 import common_pb2
+from arc.governance.v1 import governance_pb2
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common import auth, packed
 from arc_common.convert import (
@@ -21,6 +22,7 @@ from arc_common.convert import (
 )
 from arc_common.digest import message_digest
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
+from arc_common.ledger import RequestLedger
 from arc_common.models import (
     EvaluationJob,
     ExperimentSpec,
@@ -30,7 +32,10 @@ from arc_common.models import (
     Tool,
 )
 from arc_common.pagination import paginate
+from services.scheduler.admission import check_length
 from services.scheduler.core import Caller, Scheduler, Submission
+
+M = TypeVar("M", bound=Message)
 
 
 def _identity() -> auth.Identity:
@@ -142,8 +147,20 @@ def event_messages(
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, *, ledger: RequestLedger | None = None) -> None:
+        """``ledger``: a replayed CreateExperiment or CancelJob gets its first answer (the
+        scheduler's own request ids still make each change happen once without it)."""
         self._s = scheduler
+        self._ledger = ledger
+
+    async def _once(
+        self, rpc: str, request: Any, response_type: type[M], call: Callable[[], Awaitable[M]]
+    ) -> M:
+        if self._ledger is None:
+            return await call()
+        # Not the ledger's own length check: the scheduler's names the field the same way.
+        check_length(request.request_id, "request_id")
+        return await self._ledger.call(_caller(), rpc, request, response_type, call)
 
     def _job(self, job_id: str) -> scheduler_pb2.Job:
         return to_proto(self._s.view(self._s.job(job_id)), scheduler_pb2.Job)
@@ -164,19 +181,27 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             spec = to_model(request.spec, ExperimentSpec, prefix="spec")
         except InvalidArgumentError as exc:
             await self._audited(request, exc)
-        experiment, duplicate = await self._s.create_experiment(
-            spec,
-            caller=_caller(),
-            request_id=request.request_id,
-            request_digest=message_digest(request),
+
+        async def create() -> scheduler_pb2.CreateExperimentResponse:
+            experiment, duplicate, decision = await self._s.create_experiment(
+                spec,
+                caller=_caller(),
+                request_id=request.request_id,
+                request_digest=message_digest(request),
+            )
+            response = scheduler_pb2.CreateExperimentResponse(
+                experiment=to_proto(experiment, scheduler_pb2.Experiment), duplicate_of=duplicate
+            )
+            if decision is not None:
+                response.decision.CopyFrom(to_proto(decision, governance_pb2.Decision))
+            if duplicate:
+                for result in self._s.experiment(duplicate).results:
+                    response.duplicate_results.append(to_proto(result, common_pb2.ExperimentResult))
+            return response
+
+        return await self._once(
+            "CreateExperiment", request, scheduler_pb2.CreateExperimentResponse, create
         )
-        response = scheduler_pb2.CreateExperimentResponse(
-            experiment=to_proto(experiment, scheduler_pb2.Experiment), duplicate_of=duplicate
-        )
-        if duplicate:
-            for result in self._s.experiment(duplicate).results:
-                response.duplicate_results.append(to_proto(result, common_pb2.ExperimentResult))
-        return response
 
     async def GetExperiment(
         self, request: scheduler_pb2.GetExperimentRequest, context: Any
@@ -269,14 +294,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def CancelJob(
         self, request: scheduler_pb2.CancelJobRequest, context: Any
     ) -> scheduler_pb2.CancelJobResponse:
-        job = await self._s.cancel(
-            request.job_id,
-            request.reason or f"cancelled by {_caller()}",
-            caller=_who(),
-            request_id=request.request_id,
-            request_digest=message_digest(request),
-        )
-        return scheduler_pb2.CancelJobResponse(job=self._job(job.job_id))
+        async def cancel() -> scheduler_pb2.CancelJobResponse:
+            job = await self._s.cancel(
+                request.job_id,
+                request.reason or f"cancelled by {_caller()}",
+                caller=_who(),
+                request_id=request.request_id,
+                request_digest=message_digest(request),
+            )
+            return scheduler_pb2.CancelJobResponse(job=self._job(job.job_id))
+
+        return await self._once("CancelJob", request, scheduler_pb2.CancelJobResponse, cancel)
 
     async def GetSchedulerStatus(
         self, request: scheduler_pb2.GetSchedulerStatusRequest, context: Any

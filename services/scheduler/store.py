@@ -8,8 +8,6 @@ is on disk, and the throughput does not pay one fsync per submission.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -17,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from arc_common import sqlite
+from arc_common.batch import Batcher
 from arc_common.models import ExperimentResult, ExperimentSpec, JobState, Lease, RunEndCause
 
 logger = logging.getLogger(__name__)
@@ -131,6 +130,28 @@ class Write:
         return (self.verb, self.table, self.columns, self.tail)
 
 
+Requests = dict[tuple[str, str, str], tuple[str, str]]
+
+
+class Store(Protocol):
+    """What the scheduler needs of its durable state; ``SchedulerStore`` is SQLite's."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def write(self, *writes: Write) -> None: ...
+    def put_job(self, job: JobRecord) -> Write: ...
+    def put_experiment(
+        self, spec: ExperimentSpec, content_hash: str, create_time: datetime
+    ) -> Write: ...
+    def put_request(
+        self, caller: str, method: str, request_id: str, digest: str, target: str
+    ) -> Write: ...
+    async def load_requests(self) -> Requests: ...
+    async def load_jobs(self) -> list[JobRecord]: ...
+    async def max_seq(self) -> int: ...
+    async def load_experiments(self) -> list[tuple[ExperimentSpec, str, datetime]]: ...
+
+
 ROWS_PER_STATEMENT = 400  # well under SQLite's 32,766 bound parameters
 
 
@@ -159,15 +180,15 @@ def _apply(db: sqlite3.Connection, writes: list[Write]) -> None:
 class SchedulerStore:
     """One plain SQLite connection owned by one thread: a whole group (its BEGIN, every
     write, the COMMIT) is a single hop to that thread, so a group of 100 submissions costs
-    one fsync and one thread switch, not hundreds."""
+    one fsync and one thread switch, not hundreds. The groups are arc_common.batch's."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-store")
-        self._pending: list[tuple[list[Write], asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._groups: Batcher[list[Write]] = Batcher(
+            self._commit_group, name="scheduler-store-writer", executor=self._thread
+        )
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._db is None:
@@ -183,15 +204,9 @@ class SchedulerStore:
 
         loop = asyncio.get_running_loop()
         self._db = await loop.run_in_executor(self._thread, connect)
-        self._task = asyncio.create_task(self._writer(), name="scheduler-store-writer")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._drain()
+        await self._groups.close()
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
@@ -200,21 +215,20 @@ class SchedulerStore:
     async def write(self, *writes: Write) -> None:
         """Commit ``writes`` (together, all or none) in the next group; returns once that
         group is committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((list(writes), future))
-        self._wake.set()
-        await future
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        await self._groups.submit(list(writes))
 
-    @staticmethod
-    def _commit_group(
-        batch: list[tuple[list[Write], asyncio.Future[None]]], db: sqlite3.Connection
-    ) -> list[BaseException | None]:
+    def _commit_group(self, batch: list[list[Write]]) -> list[BaseException | None]:
         """In the store's thread: the whole group in one transaction. Should it fail (a
         constraint, say), each caller's writes go again in a savepoint of their own, so
         one bad write fails alone."""
+        db = self._db
+        if db is None:
+            raise RuntimeError("store is not open")
         try:
             db.execute("BEGIN IMMEDIATE")
-            _apply(db, [write for writes, _ in batch for write in writes])
+            _apply(db, [write for writes in batch for write in writes])
             db.execute("COMMIT")
             return [None] * len(batch)
         except sqlite3.Error:
@@ -225,7 +239,7 @@ class SchedulerStore:
         outcomes: list[BaseException | None] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            for writes, _ in batch:
+            for writes in batch:
                 db.execute("SAVEPOINT one")
                 try:
                     _apply(db, writes)
@@ -241,32 +255,6 @@ class SchedulerStore:
                 db.execute("ROLLBACK")
             raise
         return outcomes
-
-    async def _drain(self) -> None:
-        if not self._pending or self._db is None:
-            return
-        batch, self._pending = self._pending, []
-        try:
-            outcomes = await self._run(functools.partial(self._commit_group, batch))
-        except Exception as exc:
-            logger.exception("scheduler store commit failed")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if future.done():
-                continue
-            if outcome is None:
-                future.set_result(None)
-            else:
-                future.set_exception(outcome)
-
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._drain()
 
     # --- rows ------------------------------------------------------------------------------
 
@@ -311,7 +299,7 @@ class SchedulerStore:
             (caller, method, request_id, digest, target),
         )
 
-    async def load_requests(self) -> dict[tuple[str, str, str], tuple[str, str]]:
+    async def load_requests(self) -> Requests:
         rows = await self._run(
             lambda db: db.execute(
                 "SELECT caller, method, request_id, digest, target FROM requests"

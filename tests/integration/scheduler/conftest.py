@@ -18,9 +18,9 @@ from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
 from arc_common.server import ServerHandle
+from arc_common.synth import generate_dataset
 from services.executor import __main__ as executor_main
 from services.executor.settings import ExecutorSettings
-from arc_common.synth import generate_dataset
 from services.governance import __main__ as governance_main
 from services.governance.settings import GovernanceSettings
 from services.gpu_manager import __main__ as gpu_main
