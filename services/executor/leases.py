@@ -20,6 +20,7 @@ from arc_common.convert import to_model
 from arc_common.errors import (
     ArcError,
     FailedPreconditionError,
+    InvalidArgumentError,
     PermissionDeniedError,
     UnavailableError,
 )
@@ -55,6 +56,16 @@ def check_same(presented: Lease, held: Lease) -> None:
             f"lease {presented.lease_id} belongs to job {held.job_id!r}, not {presented.job_id!r}",
             field="lease.job_id",
         )
+
+
+def check_for_job(job_id: str, lease: Lease) -> None:
+    """A lease presented to run ``job_id``: that job's (when it names one), with GPUs."""
+    if lease.job_id and lease.job_id != job_id:
+        raise FailedPreconditionError(
+            f"lease {lease.lease_id} belongs to job {lease.job_id}, not {job_id}", field="lease"
+        )
+    if not lease.gpu_indices:
+        raise InvalidArgumentError("lease.gpu_indices is empty", field="lease")
 
 
 class GrpcLeaseChecker:

@@ -45,3 +45,18 @@ def ending(live: LiveRun, returncode: int, tail: list[str]) -> Ending:
     cause = said.cause if said is not None else RunEndCause.CRASHED
     reason = "\n".join([f"trainer exited with {returncode}", *tail])
     return Ending(JobState.FAILED, reason, cause)
+
+
+def final_result(live: LiveRun, end: Ending) -> ExperimentResult:
+    """The run's result as it ends: the trainer's (if it sent one) with the epoch
+    metrics, the state and, unless it completed, why."""
+    config = live.run.config
+    return (live.result or ExperimentResult()).model_copy(
+        update={
+            "experiment_id": config.experiment_spec.experiment_id if config else "",
+            "job_id": live.run.job_id,
+            "state": end.state,
+            "metrics": list(live.epoch_metrics),
+            "error_message": "" if end.state is JobState.COMPLETED else end.reason,
+        }
+    )

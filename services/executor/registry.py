@@ -21,8 +21,9 @@ import hmac
 import os
 from pathlib import Path
 
-from arc_common.errors import NotFoundError, PermissionDeniedError
+from arc_common.errors import ArcError, NotFoundError, PermissionDeniedError
 from arc_common.keys import load_key
+from arc_common.paths import resolve_in_root
 from services.executor.protocol import file_sha256
 
 MAC_SUFFIX = ".mac"
@@ -97,6 +98,16 @@ class CheckpointRegistry:
         tmp.write_text(self._mac(relative, sha256) + "\n")
         tmp.replace(target)
         return True
+
+    def register_reported(self, checkpoint_dir: str, relative: str, sha256: str) -> bool:
+        """Register a checkpoint a trainer reports, only if it lies in its run's own
+        folder (``checkpoint_dir``, workspace-relative). Blocking."""
+        try:
+            folder = resolve_in_root(self.home, checkpoint_dir, field="path")
+            path = resolve_in_root(self.home, relative, field="path")
+            return path.parent == folder and self.register(path, sha256)
+        except (ArcError, OSError):
+            return False
 
     def verify(self, path: Path, *, field: str) -> str:
         """The checkpoint's SHA-256 when the executor registered these bytes at this path;

@@ -1,6 +1,6 @@
 """What a run reads and writes, checked before its trainer starts: its folders inside the
 workspace, its dataset (at the DVC revision its spec names), and the checkpoint a retry
-resumes from."""
+resumes from; then the ``TrainerInput`` that tells its trainer."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arc_common.errors import ArcError, InvalidArgumentError
-from arc_common.models import TrainingJobConfig
+from arc_common.models import Run, TrainingJobConfig
 from arc_common.paths import resolve_data, resolve_in_root
-from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, file_sha256
+from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, TrainerInput, file_sha256
 from services.executor.registry import CheckpointRegistry
 from services.executor.settings import ExecutorSettings
 
@@ -100,3 +100,22 @@ class RunInputs:
         if file_sha256(copied) == best_digest:
             self.checkpoints.register(copied, best_digest)
         return digest
+
+    def trainer_input(self, run: Run, paths: RunPaths, *, prepared: bool) -> TrainerInput:
+        """What the run's trainer is told: its config, folders, data and resume point."""
+        assert run.config is not None
+        workers = self.settings.dataloader_workers
+        return TrainerInput(
+            run_id=run.run_id,
+            config=run.config,
+            workspace=str(self.home),
+            data_path=str(paths.data_path),
+            checkpoint_dir=str(paths.checkpoint_dir),
+            log_dir=str(paths.log_dir),
+            workers=workers if workers >= 0 else 0,
+            log_every_steps=self.settings.log_every_steps,
+            resume_from=paths.resume,
+            resume_sha256=paths.resume_sha256,
+            inject=self.settings.trainer_faults,
+            standby=prepared,
+        )

@@ -17,12 +17,11 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from arc_common.errors import ArcError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from arc_common.errors import FailedPreconditionError, NotFoundError
 from arc_common.eventlog import EventLog
 from arc_common.models import (
     TERMINAL_STATES,
     DevicesReleased,
-    ExperimentResult,
     JobState,
     Lease,
     LogExcerpt,
@@ -32,27 +31,17 @@ from arc_common.models import (
     StateChange,
     TrainingJobConfig,
 )
-from arc_common.paths import resolve_in_root
 from services.executor import pipe
 from services.executor.launcher import Launcher, TrainerLaunch
-from services.executor.leases import LeaseChecker, keep_renewed, renew_interval
-from services.executor.live import Ending, LiveRun, ending
-from services.executor.protocol import TrainerInput, TrainerMessage
+from services.executor.leases import LeaseChecker, check_for_job, keep_renewed, renew_interval
+from services.executor.live import Ending, LiveRun, ending, final_result
+from services.executor.protocol import TrainerMessage
 from services.executor.registry import CheckpointRegistry
 from services.executor.run_inputs import RunInputs, RunPaths
 from services.executor.run_store import RunStore
 from services.executor.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
-
-
-def _check_lease(job_id: str, lease: Lease) -> None:
-    if lease.job_id and lease.job_id != job_id:
-        raise FailedPreconditionError(
-            f"lease {lease.lease_id} belongs to job {lease.job_id}, not {job_id}", field="lease"
-        )
-    if not lease.gpu_indices:
-        raise InvalidArgumentError("lease.gpu_indices is empty", field="lease")
 
 
 class RunManager:
@@ -91,7 +80,7 @@ class RunManager:
     async def start(self, config: TrainingJobConfig, lease: Lease, *, request_id: str) -> Run:
         if (earlier := await self._requested(request_id)) is not None:
             return earlier
-        _check_lease(config.job_id, lease)
+        check_for_job(config.job_id, lease)
         await self._leases.renew(lease)  # a forged or stale lease is refused before any effect
         paths = await self._inputs.check(config)
         await self._supersede_prepared(config.job_id)
@@ -128,7 +117,7 @@ class RunManager:
                 )
             if live.stopping is not None:
                 raise FailedPreconditionError(f"run {run_id} is being stopped", field="run_id")
-            _check_lease(live.run.job_id, lease)
+            check_for_job(live.run.job_id, lease)
             renewed = await self._leases.renew(lease)  # refuses a stale fencing token
             assert live.run.config is not None and live.launched is not None
             config = live.run.config.model_copy(update={"gpu_ids": list(renewed.gpu_indices)})
@@ -194,22 +183,7 @@ class RunManager:
 
     async def _launch(self, live: LiveRun, paths: RunPaths) -> None:
         run = live.run
-        assert run.config is not None
-        workers = self.settings.dataloader_workers
-        inp = TrainerInput(
-            run_id=run.run_id,
-            config=run.config,
-            workspace=str(self.home),
-            data_path=str(paths.data_path),
-            checkpoint_dir=str(paths.checkpoint_dir),
-            log_dir=str(paths.log_dir),
-            workers=workers if workers >= 0 else 0,
-            log_every_steps=self.settings.log_every_steps,
-            resume_from=paths.resume,
-            resume_sha256=paths.resume_sha256,
-            inject=self.settings.trainer_faults,
-            standby=live.prepared,
-        )
+        inp = self._inputs.trainer_input(run, paths, prepared=live.prepared)
         gpus = run.lease.gpu_indices if run.lease is not None else None
         try:
             launched = await self.launcher.start(TrainerLaunch(inp, paths.log_dir, gpus))
@@ -268,20 +242,15 @@ class RunManager:
     async def _register(self, live: LiveRun, relative: str, sha256: str) -> None:
         """Register a checkpoint the trainer reports, if it lies in the run's own folder."""
         assert live.run.config is not None
-        try:
-            folder = resolve_in_root(self.home, live.run.config.checkpoint_dir, field="path")
-            path = resolve_in_root(self.home, relative, field="path")
-            registered = path.parent == folder and await asyncio.to_thread(
-                self.checkpoints.register, path, sha256
-            )
-        except (ArcError, OSError):
-            registered = False
-        if not registered:
+        folder = live.run.config.checkpoint_dir
+        if not await asyncio.to_thread(
+            self.checkpoints.register_reported, folder, relative, sha256
+        ):
             logger.warning(
                 "run %s: not registering checkpoint %r (outside %s/ under runs/)",
                 live.run.run_id,
                 relative,
-                live.run.config.checkpoint_dir,
+                folder,
             )
 
     async def _release_devices(self, live: LiveRun) -> None:
@@ -354,20 +323,9 @@ class RunManager:
         await self._finish(live, end)
 
     async def _finish(self, live: LiveRun, end: Ending) -> None:
-        failed = end.state is not JobState.COMPLETED
-        result = (live.result or ExperimentResult()).model_copy(
-            update={
-                "experiment_id": live.run.config.experiment_spec.experiment_id
-                if live.run.config
-                else "",
-                "job_id": live.run.job_id,
-                "state": end.state,
-                "metrics": list(live.epoch_metrics),
-                "error_message": end.reason if failed else "",
-            }
-        )
+        result = final_result(live, end)
         live.run = live.run.model_copy(
-            update={"result": result, "error_message": end.reason if failed else ""}
+            update={"result": result, "error_message": result.error_message}
         )
         self.events.append(live.run.run_id, result=result)
         first_line = end.reason.splitlines()[0] if end.reason else ""

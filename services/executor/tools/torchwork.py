@@ -15,8 +15,8 @@ from torch import nn
 
 from arc_common.models import ArchitectureFamily, ArchitectureSpec, PreprocessingChain
 from services.executor.trainer import metrics as M
+from services.executor.trainer.checkpoint_io import load_verified
 from services.executor.trainer.models import build_model
-from services.executor.trainer.train import load_verified
 from services.executor.trainer.transforms import build_transforms
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from services.executor.protocol import checkpoint_is_intact
-from services.executor.trainer.train import CheckpointWriter, serialize_checkpoint, write_checkpoint
+from services.executor.trainer.checkpoint_io import (
+    CheckpointWriter,
+    serialize_checkpoint,
+    write_checkpoint,
+)
 
 
 def slow_write(path: Path, data: bytes, order: list[str]) -> None:

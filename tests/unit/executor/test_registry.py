@@ -12,7 +12,7 @@ import pytest
 from arc_common.errors import PermissionDeniedError
 from services.executor.protocol import CHECKSUM_SUFFIX
 from services.executor.registry import CheckpointRegistry, mac_path
-from services.executor.trainer.train import load_verified, save_checkpoint
+from services.executor.trainer.checkpoint_io import load_verified, save_checkpoint
 
 
 class Payload:

@@ -14,8 +14,8 @@ from PIL import Image
 from arc_common.models import ArchitectureSpec
 from arc_common.synth import generate_dataset
 from services.executor.tools.torchwork import UnsupportedRequest, attention, gradcam
+from services.executor.trainer.checkpoint_io import save_checkpoint
 from services.executor.trainer.models import build_model
-from services.executor.trainer.train import save_checkpoint
 
 
 def test_vit_attention_maps_are_written(tmp_path: Path) -> None:
