@@ -15,12 +15,7 @@ PACKAGES = [
     "arc_common",
     "services/gpu_manager",
     "services/scheduler",
-    pytest.param(
-        "services/executor",
-        marks=pytest.mark.xfail(
-            strict=True, reason="runs.py, train.py, tools/service.py: split in progress"
-        ),
-    ),
+    "services/executor",
     "services/governance",
 ]
 # The reason strings services once matched with startswith, instead of a typed cause.
