@@ -173,6 +173,17 @@ async def test_an_old_database_opens_and_a_bad_row_is_skipped(tmp_path: Path) ->
         await store.close()
 
 
+def test_a_job_stored_with_an_evaluation_reads_as_an_evaluation_kind() -> None:
+    evaluation = {"checkpoint_path": "runs/x/best.pt", "data_path": "data/fundus"}
+    old = {**job(1).model_dump(mode="json"), "evaluation": evaluation}
+    for key in ("kind", "payload", "stop_cause"):  # fields this version added
+        del old[key]
+    loaded = JobRecord.model_validate_json(json.dumps(old))
+    assert (loaded.kind, loaded.payload) == ("evaluation", evaluation)
+    training = JobRecord.model_validate_json(json.dumps({**old, "evaluation": None}))
+    assert (training.kind, training.payload) == ("training", {})
+
+
 @pytest.mark.parametrize(
     ("owner", "caller", "allowed"),
     [

@@ -61,3 +61,19 @@ async def test_an_evaluation_under_way_is_requeued(make: Factory) -> None:
     await h.until(lambda: again.attempt == 2, "requeued as a new attempt")
     await h.state(again, JobState.COMPLETED)
     assert len(h.node.evaluations) == 2
+
+
+async def test_a_job_leased_but_not_yet_started_is_started_again(make: Factory) -> None:
+    h = await make(gpus=1)
+    job = await h.submit("leased")
+    await h.running(job)
+    # As a crash between the lease and StartRun's answer leaves it: STARTING, no run id.
+    job.state, job.run_id, job.run_sequence = JobState.STARTING, "", 0
+    await h.scheduler.store.write(h.scheduler.store.put_job(job))
+    s = await h.restart()
+    again = s.job(job.job_id)
+    await h.state(again, JobState.RUNNING)
+    # The same attempt's request id: the executor answers with the run it already has.
+    assert again.attempt == 1 and len(h.node.runs) == 1
+    h.node.end(job.job_id)
+    await h.state(again, JobState.COMPLETED)
