@@ -12,6 +12,7 @@ from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.cli import parse_service_args
 from arc_common.eventlog import EventLog
+from arc_common.governance_client import GovernanceClient
 from arc_common.ledger import RequestLedger
 from arc_common.logs import configure_logging
 from arc_common.models import RunEvent, acted_on, metric_count
@@ -81,7 +82,8 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
     if settings.governance_address:
         governance_channel = create_channel(settings.governance_address, token=token)
         channels.append(governance_channel)
-    governed = Governed(governance_channel, approval_wait_seconds=settings.approval_wait_seconds)
+    governance = GovernanceClient(governance_channel) if governance_channel else None
+    governed = Governed(governance, approval_wait_seconds=settings.approval_wait_seconds)
     ledger = RequestLedger(db)
     await ledger.open()
     tools = Tools(settings, governed, runs, leases=leases, launcher=launcher)

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.executor.procfs import alive
+
 logger = logging.getLogger(__name__)
 
 POOL_MODULE = "services.executor.trainer.pool"
@@ -212,16 +214,8 @@ class WarmPool:
         self._on_gone()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 async def _watch_orphan(process: WarmProcess) -> None:
-    while _alive(process.pid):  # noqa: ASYNC110 - not our child: nothing to await
+    while alive(process.pid):  # noqa: ASYNC110 - not our child: nothing to await
         await asyncio.sleep(0.2)
     logger.warning("trainer %d outlived the warm pool; its exit status is unknown", process.pid)
     process._exited(1)
