@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common import auth
-from arc_common.convert import enum_field, to_proto
+from arc_common.convert import enum_field, enum_value, to_proto
 from arc_common.errors import InvalidArgumentError
 from arc_common.models import GpuPreference
 from arc_common.pagination import paginate
@@ -47,7 +47,7 @@ class GpuManagerServicer(gpu_pb2_grpc.GpuManagerServiceServicer):
         return gpu_pb2.ListGpusResponse(
             gpus=page,
             next_page_token=next_token,
-            backend=gpu_pb2.GpuBackend.Value(f"GPU_BACKEND_{self._manager.backend.kind.upper()}"),
+            backend=enum_value(gpu_pb2.GpuBackend, self._manager.backend.kind),
             total_count=counts.total,
             leased_count=counts.leased,
             free_count=counts.free,
