@@ -246,14 +246,16 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
                 rule, "mode", MetricMode, default=MetricMode.MAX, path="retention.mode"
             )
             retention = (rule.checkpoint_dir, rule.keep_best, rule.metric, mode)
-        deleted = await self._tools.delete(
+        deleted, transaction_id = await self._tools.delete(
             caller=identity.name,
             role=identity.role,
             request_id=request.request_id,
             path=request.path,
             retention=retention,
         )
-        return executor_pb2.DeleteCheckpointResponse(deleted_paths=deleted)
+        return executor_pb2.DeleteCheckpointResponse(
+            deleted_paths=deleted, transaction_id=transaction_id
+        )
 
     async def GenerateVisualizations(
         self, request: executor_pb2.GenerateVisualizationsRequest, context: Any

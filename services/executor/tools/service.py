@@ -237,7 +237,9 @@ class Tools:
         request_id: str,
         path: str,
         retention: tuple[str, int, str, MetricMode] | None,
-    ) -> list[str]:
+    ) -> tuple[list[str], str]:
+        """The deleted checkpoints and the governance transaction that deleted them
+        (none when nothing matched)."""
         if retention is not None:
             if role is not Role.OPERATOR:
                 raise PermissionDeniedError(
@@ -277,15 +279,15 @@ class Tools:
             victims = [self._checkpoint(path, "path")]
             await self._owned(victims[0], "path", caller, role)
         if not victims:
-            return []
+            return [], ""
         touched = [self._rel(p) for v in victims for p in ckpt.companions(v)]
         async with self.governed.transaction(
             Tool.MANAGE_CHECKPOINTS, touched, caller=caller, request_id=request_id
-        ):
+        ) as transaction_id:
             for victim in victims:
                 for item in ckpt.companions(victim):
                     item.unlink(missing_ok=True)
-        return [self._rel(v) for v in victims]
+        return [self._rel(v) for v in victims], transaction_id
 
     # --- generate_visualizations -----------------------------------------------------------
 

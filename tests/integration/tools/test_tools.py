@@ -167,6 +167,9 @@ async def test_list_delete_and_retention(tools: Tools) -> None:
         executor_pb2.DeleteCheckpointRequest(path=f"runs/r1/checkpoints/{remaining[0]}")
     )
     assert deleted.deleted_paths == [f"runs/r1/checkpoints/{remaining[0]}"]
+    # Each deletion says which governance transaction made it.
+    assert reply.transaction_id and deleted.transaction_id
+    assert reply.transaction_id != deleted.transaction_id
     assert not list((tools.home / "runs/r1/checkpoints").iterdir())
 
 
