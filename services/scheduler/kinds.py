@@ -122,7 +122,10 @@ class EvaluationKind:
         try:
             return EvaluationJob.model_validate(payload).model_dump(mode="json")
         except ValidationError as exc:
-            raise InvalidArgumentError(f"{field}: {exc.errors()[0]['msg']}", field=field) from None
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            named = f"{field}.{where}" if where else field
+            raise InvalidArgumentError(error["msg"], field=named) from None
 
     def governance_request(
         self, spec: ExperimentSpec, payload: dict[str, Any]

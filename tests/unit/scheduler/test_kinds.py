@@ -103,3 +103,14 @@ async def test_an_evaluation_job_reports_its_metrics_by_split(make: Factory) -> 
     assert evaluation.split == "val" and seconds == job.timeout_seconds
     tool, parameters, _, _ = h.governance.calls[-1]
     assert tool is Tool.RUN_EVALUATION_JOB and parameters["checkpoint_path"] == "runs/x/best.pt"
+
+
+async def test_a_bad_evaluation_names_its_field(make: Factory) -> None:
+    h = await make()
+    with pytest.raises(InvalidArgumentError) as refused:
+        await h.scheduler.submit(
+            [Submission(spec=experiment("e"), kind="evaluation", payload={"data_path": "d"})],
+            caller="agent",
+        )
+    assert refused.value.field == "evaluation.checkpoint_path"
+    assert len(h.scheduler.jobs) == 0
