@@ -310,10 +310,11 @@ async def streaming_cost(
     home: Path, *, epochs: int, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """7, paired: one training through the suite whose trainer streams every step's loss in
-    odd epochs and none in even ones (ARC_EXECUTOR_TRAINER_FAULTS=stream_alternate), so streaming on
-    and off are timed by the same process on the same data, a minute apart at most. The
-    first two epochs (warm-up) are left out; each later even epoch is paired with the odd
-    one before it, and the ratio is the median of the pairs' step times."""
+    odd epochs and none in even ones (the executor's test-only trainer_faults setting,
+    stream_alternate), so streaming on and off are timed by the same process on the same
+    data, a minute apart at most. The first two epochs (warm-up) are left out; each later
+    even epoch is paired with the odd one before it, and the ratio is the median of the
+    pairs' step times."""
     make_dataset(home, count=320)
     probe = {**(env or {}), "ARC_EXECUTOR_TRAINER_FAULTS": "stream_alternate"}
     async with running_suite(home, env=probe) as bench:
@@ -503,7 +504,9 @@ def raw_kill(home: Path, job_id: str) -> float:
 
 async def metrics_path(home: Path, *, count: int) -> dict[str, Any]:
     make_dataset(home, count=16)  # the executor checks it is there; the probe reads none
-    async with running_suite(home, env={"ARC_EXECUTOR_TRAINER_FAULTS": f"metrics_flood:{count}"}) as bench:
+    async with running_suite(
+        home, env={"ARC_EXECUTOR_TRAINER_FAULTS": f"metrics_flood:{count}"}
+    ) as bench:
         stub = bench.scheduler()
         spec = dict_to_proto(spec_dict("m6", epochs=1), common_pb2.ExperimentSpec)
         reply = await stub.SubmitJob(scheduler_pb2.SubmitJobRequest(spec=spec))

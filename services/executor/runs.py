@@ -142,12 +142,8 @@ class RunManager:
         It is cancelled first."""
         for live in list(self._live.values()):
             if live.run.job_id == job_id and live.prepared and not live.done.is_set():
-                logger.warning(
-                    "run %s: prepared ahead but its job %s is started cold; cancelled",
-                    live.run.run_id,
-                    job_id,
-                )
                 superseded = "superseded: its job was started cold"
+                logger.warning("run %s: prepared ahead; %s", live.run.run_id, superseded)
                 await self.stop(live, Ending(JobState.CANCELLED, superseded, RunEndCause.CANCELLED))
                 await live.done.wait()
 
@@ -196,12 +192,8 @@ class RunManager:
         await self.store.save(live.run, locator=launched.locator)
         live.tasks.append(asyncio.create_task(self._read(live)))
         live.tasks.append(asyncio.create_task(self._supervise(live), name=run.run_id))
-        logger.info(
-            "run %s started: pid %d, GPUs %s",
-            run.run_id,
-            launched.pid,
-            gpus if gpus is not None else "to come (prepared ahead of them)",
-        )
+        where = gpus if gpus is not None else "to come (prepared ahead of them)"
+        logger.info("run %s started: pid %d, GPUs %s", run.run_id, launched.pid, where)
 
     # --- supervision -----------------------------------------------------------------------
 

@@ -306,7 +306,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         direction = enum_to_str(executor_pb2.SyncDirection.DESCRIPTOR, request.direction)
         if direction not in {"push", "pull"}:  # unset or a value this server does not know
             raise InvalidArgumentError("direction must be PUSH or PULL", field="direction")
-        transfers = await self._tools.sync(
+        transfers = await self._tools.sources.sync(
             caller=_identity().name,
             request_id=request.request_id,
             push=direction == "push",
@@ -338,7 +338,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def _ApplyCodePatch(
         self, request: executor_pb2.ApplyCodePatchRequest
     ) -> executor_pb2.ApplyCodePatchResponse:
-        sha, plan = await self._tools.patch(
+        sha, plan = await self._tools.sources.patch(
             caller=_identity().name,
             request_id=request.request_id,
             repository=request.repository,
