@@ -237,36 +237,40 @@ class Scheduler:
         wait: float = 60.0,
     ) -> JobRecord:
         """Ownership first (nothing changes for a caller who may not); a retry under the
-        same request id gets the job back, even once it has ended."""
+        same request id gets the job back, even once it has ended, and asks the run to stop
+        again while it has not (the first ask may not have reached its machine)."""
         ctx, method = self._ctx, "CancelJob"
         check_length(reason, "reason", MAX_REASON_LENGTH)
         check_length(request_id, "request_id")
         job = self.job(job_id)
         self.check_owner(job, caller)
-        if self._requests.replayed(caller.name, method, request_id, request_digest) is not None:
-            return job
         reason = reason or "cancelled"
-        async with ctx.lock:
-            if self._requests.replayed(caller.name, method, request_id, request_digest) is not None:
-                return job
-            if job.state in TERMINAL_STATES:
-                raise FailedPreconditionError(
-                    f"job {job_id} already ended {job.state.value}; nothing to cancel",
-                    field="job_id",
-                )
-            done = self._requests.record(caller.name, method, request_id, request_digest, job_id)
-            if job.state is JobState.QUEUED:
-                await self._life.cancel_queued(job, reason, done)
-                return job
-            job.cancel_requested, job.stop_cause = reason, RunEndCause.CANCELLED
-            await ctx.save(job, also=done)
+        if self._requests.replayed(caller.name, method, request_id, request_digest) is None:
+            async with ctx.lock:
+                replayed = self._requests.replayed(caller.name, method, request_id, request_digest)
+                if replayed is None:
+                    if job.state in TERMINAL_STATES:
+                        raise FailedPreconditionError(
+                            f"job {job_id} already ended {job.state.value}; nothing to cancel",
+                            field="job_id",
+                        )
+                    done = self._requests.record(
+                        caller.name, method, request_id, request_digest, job_id
+                    )
+                    if job.state is JobState.QUEUED:
+                        await self._life.cancel_queued(job, reason, done)
+                        return job
+                    job.cancel_requested, job.stop_cause = reason, RunEndCause.CANCELLED
+                    await ctx.save(job, also=done)
+        if job.state in TERMINAL_STATES or not job.cancel_requested:
+            return job
         node = ctx.nodes.get(job.node)
         task = ctx.watchers.get(job_id)
         if isinstance(ctx.kinds.of(job), CallKind) and task is not None:
             task.cancel()
         if job.run_id and node is not None:
             try:
-                await node.client.cancel_run(job.run_id, reason)
+                await node.client.cancel_run(job.run_id, job.cancel_requested)
             except FailedPreconditionError:
                 pass  # it ended just now; the follower records how
             except UnavailableError as exc:

@@ -9,6 +9,7 @@ from arc_common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
+    UnavailableError,
 )
 from arc_common.models import DecisionOutcome, JobState, Tool
 from services.scheduler.admission import Submission
@@ -69,3 +70,19 @@ async def test_cancel_a_queued_and_a_running_job(make: Factory) -> None:
     await h.scheduler.cancel(running.job_id, "stop", caller=owner, request_id="c-1")
     with pytest.raises(FailedPreconditionError):
         await h.scheduler.cancel(running.job_id, "stop", caller=owner)
+
+
+async def test_a_cancel_retried_after_its_machine_was_unreachable_reaches_it(
+    make: Factory,
+) -> None:
+    h = await make(gpus=1)
+    job = await h.submit("hard-to-stop")
+    await h.running(job)
+    h.node.down = True
+    with pytest.raises(UnavailableError):
+        await h.scheduler.cancel(job.job_id, "stop", caller=Caller("agent"), request_id="c")
+    assert h.scheduler.view(job).state is JobState.RUNNING
+    h.node.down = False
+    await h.scheduler.cancel(job.job_id, "stop", caller=Caller("agent"), request_id="c")
+    assert h.scheduler.view(job).state is JobState.CANCELLED
+    assert h.node.run_of(job.job_id).cancel_reasons == [("stop", False)]
