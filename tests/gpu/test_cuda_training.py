@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from arc_common.models import TrainingJobConfig
-from services.executor.protocol import TrainerInput
 from arc_common.synth import generate_dataset
+from services.executor.protocol import TrainerInput
 from services.executor.trainer.train import Reporter, train
 
 pytestmark = pytest.mark.gpu
