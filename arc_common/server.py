@@ -167,8 +167,8 @@ async def run_server(
 
 # A service holds many long-lived objects (jobs, events, leases, the models in them) and
 # makes few reference cycles. With CPython's default thresholds (700, 10, 10) a full
-# collection walks all of them every few thousand requests: 200 ms pauses with 10,000
-# jobs queued, and about 15% of SubmitJob's CPU on the way there.
+# collection walks all of them every few thousand requests, a long pause with many jobs
+# queued (docs/decisions/0002-gc-tuning.md has the numbers).
 GC_THRESHOLDS = (10_000, 20, 50)
 
 

@@ -30,10 +30,9 @@ from services.executor.trainer import faults
 logger = logging.getLogger("arc.trainer")
 
 # Step metrics go out at most once a second: each batch wakes the executor, the scheduler
-# and every watcher, and on a busy CPU those wake-ups slowed the steps (bench measure 7:
-# 1.10 at 0.25 s, within noise at 1 s). States, checkpoints and the GPUs' release go at
-# once, with the metrics before them (an epoch's summary leaves with the next of these or
-# the next batch, within a second).
+# and every watcher, and on a busy CPU those wake-ups slow the steps (docs/decisions).
+# States, checkpoints and the GPUs' release go at once, with the metrics before them (an
+# epoch's summary leaves with the next of these or the next batch, within a second).
 FLUSH_SECONDS = 1.0
 FLUSH_ITEMS = 256
 

@@ -130,9 +130,8 @@ def _train(
 
     batch = spec.hyperparameters.batch_size
     # Evaluation keeps no activations for a backward pass, so twice the training batch
-    # needs less memory than training does, and fuller batches evaluate faster (about 20%
-    # on a CPU; the last validation and the test split are what the next job on the GPU
-    # waits for, bench measure 5).
+    # needs less memory than training does, and fuller batches evaluate faster: the last
+    # validation and the test split are what the next job on the GPU waits for.
     eval_batch = 2 * batch
     workers = inp.workers
     train_loader = loader(
