@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from arc_common.errors import ArcError
 from arc_common.models import (
@@ -26,6 +27,7 @@ from arc_common.models import (
     Job,
     describe_errors,
 )
+from arc_common.models.specs import SPLIT_SUM, VARIANT_FAMILY
 from clients.arc_client import ArcClient
 
 # What agents write -> where it belongs in the spec.
@@ -168,28 +170,33 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:100] or "experiment"
 
 
-def _suggest(path: str, message: str, value: Any) -> str:
-    bound = re.search(r"(less|greater) than(?: or equal to)? (-?[\d.e+-]+)", message)
-    if bound:
-        return f"set {path} to {bound.group(2)} or a value inside the range"
-    if "pattern" in message and path.endswith("experiment_id"):
+_BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt"}
+_BOUNDS["less_than_equal"] = "le"
+
+
+def _suggest(path: str, error: ErrorDetails, value: Any) -> str:
+    """A fix for one validation error, chosen on pydantic's error type (never its text)."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in _BOUNDS:
+        return f"set {path} to {ctx[_BOUNDS[kind]]} or a value inside the range"
+    if kind == "string_pattern_mismatch" and path.endswith("experiment_id"):
         return f"use letters, digits, '.', '_' or '-', e.g. {_slug(str(value))!r}"
-    if "sum to 1" in message:
+    if kind == SPLIT_SUM:
         return "use train_split 0.8, val_split 0.1, test_split 0.1"
-    if "valid integer" in message:
+    if kind in {"int_parsing", "int_from_float", "int_type"}:
         return f"use a whole number for {path}" + (
             f", e.g. {DEFAULTS[path]}" if DEFAULTS.get(path) is not None else ""
         )
-    if "valid number" in message:
+    if kind in {"float_parsing", "float_type"}:
         return f"use a number for {path}"
-    if "Input should be" in message and "'" in message:
-        options = re.findall(r"'([^']+)'", message.split("(got", maxsplit=1)[0])
+    if kind in {"enum", "literal_error"}:
+        options = re.findall(r"'([^']+)'", str(ctx.get("expected", "")))
         close = difflib.get_close_matches(str(value).lower(), options, n=1)
         return f"use {close[0]!r}" if close else f"use one of {options}"
-    if "Field required" in message:
+    if kind == "missing":
         default = DEFAULTS.get(path)
         return f"add {path}" + (f" (e.g. {default!r})" if default is not None else "")
-    if "not a" in message and "model" in message:
+    if kind == VARIANT_FAMILY:
         return "pick a variant of the family, or change the family"
     return "correct the value"
 
@@ -276,9 +283,10 @@ def interpret(proposal: dict[str, Any], *, defaults: bool = True) -> Interpretat
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
-        for path, message in describe_errors(exc):
+        details = exc.errors(include_url=False)
+        for (path, message), error in zip(describe_errors(exc), details, strict=True):
             value = _get(data, path) if path != "(request)" else None
-            problems.append(Problem(path, message, _suggest(path, message, value)))
+            problems.append(Problem(path, message, _suggest(path, error, value)))
         return Interpretation(None, problems, assumed)
     if problems:
         return Interpretation(None, problems, assumed)

@@ -13,6 +13,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from arc_common.models._base import (
     SPLIT_TOLERANCE,
@@ -32,6 +33,10 @@ from arc_common.models.enums import (
     PreprocessingStepType,
 )
 
+# Error types of the rules below, for clients that suggest fixes (clients.orchestrator).
+VARIANT_FAMILY = "variant_family"
+SPLIT_SUM = "split_sum"
+
 
 class ArchitectureSpec(_Spec):
     family: ArchitectureFamily
@@ -43,10 +48,15 @@ class ArchitectureSpec(_Spec):
     @model_validator(mode="after")
     def _variant_matches_family(self) -> Self:
         if not self.variant.startswith(self.family.value):
-            raise ValueError(
-                f"variant {self.variant!r} is not a {self.family.value} model "
-                f"(expected a name starting with {self.family.value!r}, e.g. "
-                f"{_EXAMPLE_VARIANT[self.family]!r})"
+            raise PydanticCustomError(
+                VARIANT_FAMILY,
+                "variant {variant!r} is not a {family} model (expected a name starting "
+                "with {family!r}, e.g. {example!r})",
+                {
+                    "variant": self.variant,
+                    "family": self.family.value,
+                    "example": _EXAMPLE_VARIANT[self.family],
+                },
             )
         return self
 
@@ -100,9 +110,13 @@ class DatasetSpec(_Spec):
     def _splits_sum_to_one(self) -> Self:
         total = self.train_split + self.val_split + self.test_split
         if not math.isclose(total, 1.0, abs_tol=SPLIT_TOLERANCE):
-            raise ValueError(
-                f"train_split + val_split + test_split must sum to 1 (got {total:g}: "
-                f"{self.train_split:g} + {self.val_split:g} + {self.test_split:g})"
+            raise PydanticCustomError(
+                SPLIT_SUM,
+                "train_split + val_split + test_split must sum to 1 (got {shown})",
+                {
+                    "shown": f"{total:g}: {self.train_split:g} + {self.val_split:g} + "
+                    f"{self.test_split:g}"
+                },
             )
         return self
 
