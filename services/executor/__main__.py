@@ -41,6 +41,7 @@ class Executor:
     runs: RunManager
     db: aiosqlite.Connection
     events: EventLog[RunEvent]
+    events_db: aiosqlite.Connection
     channels: list[object]
     tools: Tools
     ledger: RequestLedger
@@ -50,13 +51,17 @@ class Executor:
         await self.events.close()
         for channel in self.channels:
             await channel.close()  # type: ignore[attr-defined]
+        await self.events_db.close()
         await self.db.close()
 
 
 async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Executor:
     db = await sqlite.connect(settings.home / DB_FILE)
+    # The event log commits (and on failure rolls back) on a connection of its own, so a
+    # failed event group never takes a run row or a ledger entry with it.
+    events_db = await sqlite.connect(settings.home / DB_FILE)
     events = EventLog(
-        db,
+        events_db,
         model=RunEvent,
         table="run_events",
         key_field="run_id",
@@ -87,7 +92,7 @@ async def build_executor(settings: ExecutorSettings, tokens: TokenStore) -> Exec
     ledger = RequestLedger(db)
     await ledger.open()
     tools = Tools(settings, governed, runs, leases=leases, launcher=launcher)
-    return Executor(runs, db, events, channels, tools, ledger)
+    return Executor(runs, db, events, events_db, channels, tools, ledger)
 
 
 def registration(executor: Executor) -> Registration:
