@@ -4,9 +4,11 @@ runs and their events)."""
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    BeforeValidator,
     ConfigDict,
     Field,
 )
@@ -26,6 +28,18 @@ from arc_common.models.enums import (
 from arc_common.models.specs import ExperimentSpec, TrainingJobConfig
 
 # --- results -------------------------------------------------------------------------------
+
+
+def _known(enum: type[StrEnum]) -> BeforeValidator:
+    """A value of ``enum`` this side does not know (a newer peer's, which convert gives as
+    ``unknown_N``) reads as unset: the reader treats it as it treats an older peer's."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value not in enum._value2member_map_:
+            return None
+        return value
+
+    return BeforeValidator(check)
 
 
 class MetricResult(_Resource):
@@ -116,7 +130,7 @@ class Violation(_Resource):
     constraint: str
     actual: str = ""
     suggested: str = ""
-    kind: ViolationKind | None = None
+    kind: Annotated[ViolationKind | None, _known(ViolationKind)] = None
 
 
 class Decision(_Resource):
@@ -253,7 +267,7 @@ class StateChange(_Resource):
     previous_state: JobState | None = None
     state: JobState | None = None
     reason: str = ""
-    cause: RunEndCause | None = None
+    cause: Annotated[RunEndCause | None, _known(RunEndCause)] = None
 
 
 class LogExcerpt(_Resource):
@@ -292,4 +306,4 @@ class Run(_Resource):
     result: ExperimentResult | None = None
     error_message: str = ""
     last_sequence: int = 0
-    end_cause: RunEndCause | None = None
+    end_cause: Annotated[RunEndCause | None, _known(RunEndCause)] = None
