@@ -124,13 +124,22 @@ class Scheduler:
         self._requests.load(await self.store.load_requests())
         ctx.jobs.seq = await self.store.max_seq()
         resume: list[JobRecord] = []
+        orphans: list[JobRecord] = []
         for job in await self.store.load_jobs():
             ctx.jobs.add(job)
+            if job.state not in TERMINAL_STATES and job.kind not in ctx.kinds:
+                orphans.append(job)
+                continue
             self._prepared.load(job)
             if job.state is JobState.QUEUED:
                 self._life.enqueue(job)
             elif job.state in (JobState.STARTING, JobState.RUNNING):
                 resume.append(job)
+        for job in orphans:
+            reason = f"no job kind {job.kind!r} is registered in this scheduler"
+            logger.error("job %s fails at start: %s", job.job_id, reason)
+            await self._life.release(job)
+            await self._life.set_state(job, JobState.FAILED, reason, error_message=reason)
         for job in resume:
             last = await self.events.read_last(job.job_id)
             if last is not None:

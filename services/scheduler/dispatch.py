@@ -228,10 +228,13 @@ class Dispatcher:
                 job, node.client, job.lease, request_id=f"{job.job_id}:attempt-{job.attempt}"
             )
         except asyncio.CancelledError:
-            await self._life.release(job)
-            reason = job.cancel_requested or "cancelled"
-            await self._life.set_state(job, JobState.CANCELLED, reason, error_message=reason)
-            self._ctx.event(job, result=result_of(job))
+            # CancelJob asked first; otherwise the scheduler is closing, and the job stays
+            # RUNNING in the store so that the next start does it again.
+            if job.cancel_requested:
+                await self._life.release(job)
+                reason = job.cancel_requested
+                await self._life.set_state(job, JobState.CANCELLED, reason, error_message=reason)
+                self._ctx.event(job, result=result_of(job))
             raise
         except ArcError as exc:
             await self._life.run_ended(job, JobState.FAILED, str(exc), None, None)

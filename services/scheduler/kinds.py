@@ -171,6 +171,9 @@ class KindRegistry:
             raise InvalidArgumentError(f"no job kind {name!r} (one of {known})", field=field)
         return kind
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
     def of(self, job: JobRecord) -> JobKind:
         return self.get(job.kind)
 

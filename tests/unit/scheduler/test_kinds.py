@@ -114,3 +114,19 @@ async def test_a_bad_evaluation_names_its_field(make: Factory) -> None:
         )
     assert refused.value.field == "evaluation.checkpoint_path"
     assert len(h.scheduler.jobs) == 0
+
+
+async def test_stored_jobs_of_a_kind_gone_fail_and_the_rest_go_on(make: Factory) -> None:
+    h = await make(gpus=1, open_now=False)
+    await h.open(before_open=lambda s: s.register_kind(SleepKind()))
+    running, queued = await h.scheduler.submit([sleep(30), sleep(30, "nap-2")], caller="agent")
+    await h.state(running, JobState.RUNNING)
+    assert queued.state is JobState.QUEUED
+    s = await h.restart()  # this scheduler has no sleep kind
+    for job in (running, queued):
+        orphan = s.job(job.job_id)
+        assert orphan.state is JobState.FAILED
+        assert "'sleep'" in orphan.error_message
+    assert h.node.leases == {}
+    other = await h.submit("after")
+    await h.state(other, JobState.RUNNING)
