@@ -1,7 +1,4 @@
-"""How every service opens its SQLite database: WAL, full fsync, and patience when busy.
-
-``GroupCommit`` lives in ``arc_common.batch``; the name here is kept for the callers that
-have not moved to it yet."""
+"""How every service opens its SQLite database: WAL, full fsync, and patience when busy."""
 
 from __future__ import annotations
 
@@ -9,10 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import aiosqlite
-
-from arc_common.batch import GroupCommit
-
-__all__ = ["BUSY_TIMEOUT_MS", "GroupCommit", "connect", "connect_sync"]
 
 BUSY_TIMEOUT_MS = 10_000
 

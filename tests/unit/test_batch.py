@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from arc_common.batch import Batcher, GroupCommit, Outcomes
-from arc_common.sqlite import GroupCommit as OldGroupCommit
 
 
 class Gate:
@@ -187,7 +186,6 @@ async def test_group_commit_shares_one_commit_among_callers_that_wait_together()
     release.set()
     await asyncio.gather(first, *others)
     assert commits == 2  # the first caller's commit, then one for everyone who came after
-    assert OldGroupCommit is GroupCommit
 
 
 async def test_a_cancelled_caller_leaves_its_batch_to_the_others() -> None:
