@@ -36,7 +36,10 @@ def main() -> int:
             raise ValueError(f"unknown tool {request['tool']!r}")
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
-        field = getattr(exc, "field", "")  # torchwork.UnsupportedRequest: the caller's to fix
+        # Only torchwork.UnsupportedRequest is the caller's to fix (INVALID_ARGUMENT).
+        work = sys.modules.get("services.executor.tools.torchwork")
+        unsupported = work is not None and isinstance(exc, work.UnsupportedRequest)
+        field = str(getattr(exc, "field", "")) if unsupported else ""
         message = str(exc) if field else f"{type(exc).__name__}: {exc}"
         json.dump({"error": message, "field": field}, sys.stdout)
         return 1
