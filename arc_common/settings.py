@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORTS = {"scheduler": 50051, "gpu_manager": 50052, "governance": 50053, "executor": 50054}
@@ -21,7 +21,8 @@ class ServiceSettings(BaseSettings):
         env_prefix="ARC_", extra="forbid", frozen=True, populate_by_name=True
     )
 
-    home: Path = Field(default=Path(".arc"), validation_alias=AliasChoices("home", "ARC_HOME"))
+    # Only ARC_HOME: an alias "home" would match $HOME (env names ignore case).
+    home: Path = Field(default=Path(".arc"), validation_alias="ARC_HOME")
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
     # Written with the bound port once listening (useful with port 0).
