@@ -6,9 +6,8 @@ are logged with their traceback and answered INTERNAL without leaking details.
 
 The guard wraps each method's handler once, when the service is registered
 (``GuardedRegistrar``), instead of being a ``grpc.aio`` server interceptor: an interceptor
-runs a chain of coroutines and builds a new handler on every call: 25-40 us more of the
-event loop's CPU per RPC on this project's 2-core machines (a SubmitJob that answers at
-once, three runs each), for the same checks.
+runs a chain of coroutines and builds a new handler on every call, which costs event-loop
+CPU on every RPC for the same checks (docs/decisions/0001-guard-not-interceptor.md).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 baseline measured side by side in the same run (these machines are noisy: ratios, not
 absolute times). One table; everything also goes to ``bench/results/latest.json``.
 
-The ten measures are issue 9's (see README, Performance). ``--quick`` (CI, about a
-minute) runs 1, 2, 4, 8, 9 and 10 with short loads and a 1,000-job queue; the full run
-adds 3, 5 (two 60 s jobs), 6 and 7 and queues 10,000 jobs.
+The ten measures are issue 9's (bench/README.md has the method and the latest table).
+``--quick`` (CI, about a minute) runs 1, 2, 4, 8, 9 and 10 with short loads and a
+1,000-job queue; the full run adds 3, 5 (two 60 s jobs), 6 and 7 and queues 10,000 jobs.
 """
 
 from __future__ import annotations

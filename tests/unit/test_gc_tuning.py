@@ -1,7 +1,6 @@
 """A service process tunes the cyclic garbage collector once it has loaded its state: what
 startup made is frozen out of the collector's sight, and the young generations are
-collected less often (full collections were 200 ms pauses with 10,000 jobs queued; the
-SubmitJob p99 in ``make bench`` shows the effect)."""
+collected less often (docs/decisions/0002-gc-tuning.md)."""
 
 from __future__ import annotations
 
