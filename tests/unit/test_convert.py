@@ -307,9 +307,13 @@ def test_a_stored_metric_batch_reaches_each_watcher_as_it_asked() -> None:
 
 
 def test_a_cause_or_kind_from_a_newer_peer_reads_as_unset() -> None:
-    change = executor_pb2.StateChange(state=common_pb2.JOB_STATE_FAILED, cause=99)
+    change = executor_pb2.StateChange(
+        state=common_pb2.JOB_STATE_FAILED, cause=common_pb2.RunEndCause.ValueType(99)
+    )
     assert convert.to_model(change, models.StateChange).cause is None
     run = executor_pb2.Run(run_id="r", end_cause=common_pb2.RUN_END_CAUSE_LOST_LEASE)
     assert convert.to_model(run, models.Run).end_cause is models.RunEndCause.LOST_LEASE
-    violation = governance_pb2.Violation(field="x", constraint="c", kind=42)
+    violation = governance_pb2.Violation(
+        field="x", constraint="c", kind=governance_pb2.ViolationKind.ValueType(42)
+    )
     assert convert.to_model(violation, models.Violation).kind is None
