@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from arc_common.errors import FailedPreconditionError, NotFoundError
 from arc_common.eventlog import EventLog
@@ -63,6 +65,7 @@ class RunManager:
         self._inputs = RunInputs(settings, self.checkpoints)
         self._live: dict[str, LiveRun] = {}
         self._lock = asyncio.Lock()
+        self._launches: set[asyncio.Future[str]] = set()
 
     async def get(self, run_id: str) -> Run:
         live = self._live.get(run_id)
@@ -84,12 +87,16 @@ class RunManager:
         await self._leases.renew(lease)  # a forged or stale lease is refused before any effect
         paths = await self._inputs.check(config)
         await self._supersede_prepared(config.job_id)
-        async with self._lock:
-            self._check_no_live_run(config.job_id)
-            renewed = await self._leases.renew(lease)  # refuses a stale fencing token
-            live = await self._create(config, renewed, request_id, "lease checked")
-            await self._launch(live, paths)
-        return await self.get(live.run.run_id)
+
+        async def launch() -> str:
+            async with self._lock:
+                self._check_no_live_run(config.job_id)
+                renewed = await self._leases.renew(lease)  # refuses a stale fencing token
+                live = await self._create(config, renewed, request_id, "lease checked")
+                await self._launch(live, paths)
+            return live.run.run_id
+
+        return await self.get(await self._to_the_end(launch()))
 
     async def prepare(self, config: TrainingJobConfig, *, request_id: str) -> Run:
         """A run started ahead of its GPUs: the trainer opens its data and builds its model
@@ -97,11 +104,24 @@ class RunManager:
         if (earlier := await self._requested(request_id)) is not None:
             return earlier
         paths = await self._inputs.check(config)
-        async with self._lock:
-            self._check_no_live_run(config.job_id)
-            live = await self._create(config, None, request_id, "prepared ahead of its GPUs")
-            await self._launch(live, paths)
-        return await self.get(live.run.run_id)
+
+        async def launch() -> str:
+            async with self._lock:
+                self._check_no_live_run(config.job_id)
+                live = await self._create(config, None, request_id, "prepared ahead of its GPUs")
+                await self._launch(live, paths)
+            return live.run.run_id
+
+        return await self.get(await self._to_the_end(launch()))
+
+    async def _to_the_end(self, launch: Coroutine[Any, Any, str]) -> str:
+        """A launch runs to its end even when its caller goes away (a scheduler killed
+        mid-call cancels its RPC): cut short, it would leave a recorded run with no trainer
+        that a retried call finds by its request id and can neither activate nor stop."""
+        task = asyncio.ensure_future(launch)
+        self._launches.add(task)
+        task.add_done_callback(self._launches.discard)
+        return await asyncio.shield(task)
 
     async def activate(self, run_id: str, lease: Lease) -> Run:
         """Give a prepared run its lease: checked with the gpu-manager, then its GPUs go to
@@ -119,7 +139,10 @@ class RunManager:
                 raise FailedPreconditionError(f"run {run_id} is being stopped", field="run_id")
             check_for_job(live.run.job_id, lease)
             renewed = await self._leases.renew(lease)  # refuses a stale fencing token
-            assert live.run.config is not None and live.launched is not None
+            if live.launched is None or live.run.config is None:
+                raise FailedPreconditionError(
+                    f"run {run_id} has no trainer waiting for its GPUs", field="run_id"
+                )
             config = live.run.config.model_copy(update={"gpu_ids": list(renewed.gpu_indices)})
             live.run = live.run.model_copy(update={"lease": renewed, "config": config})
             await self._transition(live, JobState.STARTING, "lease checked")
