@@ -240,16 +240,22 @@ async def test_transaction_of_a_killed_holder_is_rolled_back(governance: Client)
     holder.kill()
     await holder.wait()
     operator = governance.stub(Role.OPERATOR)
-    for _ in range(100):
-        if not (work / "new.txt").exists():
+
+    async def rolled_back() -> bool:
+        # The rollback's audit record is written once the files are restored.
+        listed = await operator.ListAuditRecords(gpb.ListAuditRecordsRequest(caller="governance"))
+        return any(
+            r.action == "rollback_transaction" and transaction_id in r.detail
+            for r in listed.records
+        )
+
+    for _ in range(600):
+        if await rolled_back():
             break
         await asyncio.sleep(0.1)
+    assert await rolled_back()
     assert (work / "a.txt").read_text() == "original"
     assert not (work / "new.txt").exists()
-    records = await operator.ListAuditRecords(gpb.ListAuditRecordsRequest(caller="governance"))
-    assert any(
-        r.action == "rollback_transaction" and transaction_id in r.detail for r in records.records
-    )
 
 
 async def test_sigkill_mid_transaction_then_restart(governance: Client) -> None:
