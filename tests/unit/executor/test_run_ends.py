@@ -299,17 +299,17 @@ async def test_a_prepared_run_gets_its_gpus_at_activation(bench: Bench) -> None:
 async def test_a_prepare_whose_caller_goes_away_still_launches(bench: Bench) -> None:
     """A scheduler killed mid-PrepareRun cancels the call; its retry, by request id, must
     find a run with a trainer it can activate."""
-    gate = asyncio.Event()
+    gate, reached = asyncio.Event(), asyncio.Event()
     start = bench.launcher.start
 
     async def slow_start(launch: TrainerLaunch) -> FakeTrainer:
+        reached.set()  # the run is recorded; its trainer is on its way
         await gate.wait()
         return await start(launch)
 
     bench.launcher.start = slow_start  # type: ignore[method-assign]
     first = asyncio.create_task(bench.manager.prepare(config(), request_id="p2"))
-    while not bench.manager._live:  # the run is recorded; its trainer is on its way
-        await asyncio.sleep(0)
+    await reached.wait()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
