@@ -27,6 +27,7 @@ from services.governance.audit import AuditLog
 from services.governance.core import Governance, GovernanceConfig
 from services.governance.servicer import GovernanceServicer
 from services.governance.settings import GovernanceSettings
+from services.governance.transactions import TransactionLimits
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,11 @@ def build_governance(
         audit=audit_log(settings.home),
         config=GovernanceConfig(
             pending_ttl_seconds=settings.pending_ttl_seconds,
-            transaction_timeout_seconds=settings.transaction_timeout_seconds,
-            max_transaction_timeout_seconds=settings.max_transaction_timeout_seconds,
-            max_snapshot_bytes=settings.max_snapshot_bytes,
+            transactions=TransactionLimits(
+                timeout_seconds=settings.transaction_timeout_seconds,
+                max_timeout_seconds=settings.max_transaction_timeout_seconds,
+                max_snapshot_bytes=settings.max_snapshot_bytes,
+            ),
         ),
     )
 

@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from arc_common.errors import InvalidArgumentError
@@ -38,9 +38,7 @@ Clock = Callable[[], float]
 @dataclass(frozen=True)
 class GovernanceConfig:
     pending_ttl_seconds: float = 3600.0
-    transaction_timeout_seconds: float = 3600.0
-    max_transaction_timeout_seconds: float = 86400.0
-    max_snapshot_bytes: int = 2 * 1024**3
+    transactions: TransactionLimits = field(default_factory=TransactionLimits)
 
 
 class Governance:
@@ -92,11 +90,7 @@ class Governance:
             modes=self.modes,
             clock=clock,
             policy_version=version,
-            limits=TransactionLimits(
-                timeout_seconds=config.transaction_timeout_seconds,
-                max_timeout_seconds=config.max_transaction_timeout_seconds,
-                max_snapshot_bytes=config.max_snapshot_bytes,
-            ),
+            limits=config.transactions,
         )
         self._validator = Validator(
             self.store,

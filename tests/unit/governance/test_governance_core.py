@@ -15,6 +15,7 @@ from arc_common.errors import FailedPreconditionError, InvalidArgumentError, Per
 from arc_common.models import DecisionOutcome, Mode, PendingRequestState, Tool, TransactionState
 from services.governance.audit import AuditFilter, AuditLog
 from services.governance.core import Governance, GovernanceConfig, ToolCall
+from services.governance.transactions import TransactionLimits
 
 POLICY = """
 version: t
@@ -48,7 +49,9 @@ async def open_gov(home: Path, clock: FakeClock) -> Governance:
         (home / "policy.yaml").write_text(POLICY)
     gov = Governance(
         home,
-        config=GovernanceConfig(pending_ttl_seconds=60, transaction_timeout_seconds=30),
+        config=GovernanceConfig(
+            pending_ttl_seconds=60, transactions=TransactionLimits(timeout_seconds=30)
+        ),
         clock=clock,
     )
     await gov.open()
