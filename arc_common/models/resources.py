@@ -25,6 +25,7 @@ from arc_common.models.enums import (
     TransactionState,
     ViolationKind,
 )
+from arc_common.models.evaluation import Provenance, SplitEvaluation
 from arc_common.models.specs import ExperimentSpec, TrainingJobConfig
 
 # --- results -------------------------------------------------------------------------------
@@ -83,6 +84,13 @@ class ExperimentResult(_Resource):
     checkpoints: list[CheckpointInfo] = Field(default_factory=list)
     error_message: str = ""
     duration_seconds: float = 0.0
+    evaluations: list[SplitEvaluation] = Field(default_factory=list)
+    provenance: Provenance | None = None
+    test_sealed: bool = False
+    kind: str = ""
+
+    def evaluation(self, split: str) -> SplitEvaluation | None:
+        return next((e for e in self.evaluations if e.split == split), None)
 
 
 # --- GPUs and leases -------------------------------------------------------------------------
@@ -249,6 +257,9 @@ class Experiment(_Resource):
     results: list[ExperimentResult] = Field(default_factory=list)
     content_hash: str = ""
     job_ids: list[str] = Field(default_factory=list)
+    test_sealed: bool = False
+    test_revealed_time: datetime | None = None
+    test_revealed_by: str = ""
 
 
 class SchedulerStatus(_Resource):

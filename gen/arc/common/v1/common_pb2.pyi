@@ -408,9 +408,14 @@ class Hyperparameters(_message.Message):
     OPTIMIZER_FIELD_NUMBER: _builtins.int
     LR_SCHEDULE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    DETERMINISTIC_FIELD_NUMBER: _builtins.int
     batch_size: _builtins.int
     epochs: _builtins.int
     seed: _builtins.int
+    deterministic: _builtins.bool
+    """CUDA: deterministic algorithms (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG),
+    slower; the CPU is always deterministic.
+    """
     @_builtins.property
     def optimizer(self) -> Global___OptimizerSpec: ...
     @_builtins.property
@@ -423,10 +428,11 @@ class Hyperparameters(_message.Message):
         optimizer: Global___OptimizerSpec | None = ...,
         lr_schedule: Global___LrSchedule | None = ...,
         seed: _builtins.int | None = ...,
+        deterministic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "epochs", b"epochs", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "deterministic", b"deterministic", "epochs", b"epochs", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -446,6 +452,7 @@ class DatasetSpec(_message.Message):
     TEST_SPLIT_FIELD_NUMBER: _builtins.int
     IMAGE_SIZE_FIELD_NUMBER: _builtins.int
     DVC_REVISION_FIELD_NUMBER: _builtins.int
+    GROUPING_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     dataset_type: Global___DatasetType.ValueType
     data_path: _builtins.str
@@ -457,6 +464,10 @@ class DatasetSpec(_message.Message):
     """Square side in pixels fed to the model."""
     dvc_revision: _builtins.str
     """A DVC revision (git rev) of the dataset; empty means the working copy."""
+    @_builtins.property
+    def grouping(self) -> Global___Grouping:
+        """Which images belong to one patient: splits and bootstrap resamples keep them together."""
+
     def __init__(
         self,
         *,
@@ -468,14 +479,48 @@ class DatasetSpec(_message.Message):
         test_split: _builtins.float = ...,
         image_size: _builtins.int = ...,
         dvc_revision: _builtins.str = ...,
+        grouping: Global___Grouping | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grouping", b"grouping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "dataset_id", b"dataset_id", "dataset_type", b"dataset_type", "dvc_revision", b"dvc_revision", "image_size", b"image_size", "test_split", b"test_split", "train_split", b"train_split", "val_split", b"val_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "dataset_id", b"dataset_id", "dataset_type", b"dataset_type", "dvc_revision", b"dvc_revision", "grouping", b"grouping", "image_size", b"image_size", "test_split", b"test_split", "train_split", b"train_split", "val_split", b"val_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetSpec: _TypeAlias = DatasetSpec  # noqa: Y015
+
+@_typing.final
+class Grouping(_message.Message):
+    """Where an image's patient (group) id comes from; at most one of the two ways."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILENAME_PATTERN_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    filename_pattern: _builtins.str
+    """A regular expression with one capture group, searched in the image's file name, e.g.
+    "^(P\\\\d+)_" for "P0042_left.png".
+    """
+    manifest: _builtins.str
+    """A CSV file, relative to the dataset folder, with a column "image" (the image's path
+    relative to the dataset folder) and the column named by `column`.
+    """
+    column: _builtins.str
+    def __init__(
+        self,
+        *,
+        filename_pattern: _builtins.str = ...,
+        manifest: _builtins.str = ...,
+        column: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "filename_pattern", b"filename_pattern", "manifest", b"manifest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Grouping: _TypeAlias = Grouping  # noqa: Y015
 
 @_typing.final
 class PreprocessingStep(_message.Message):
@@ -619,6 +664,7 @@ class ExperimentSpec(_message.Message):
     MAX_TRAINING_TIME_SECONDS_FIELD_NUMBER: _builtins.int
     GPU_ALLOCATION_FIELD_NUMBER: _builtins.int
     EARLY_STOPPING_FIELD_NUMBER: _builtins.int
+    SEAL_TEST_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     description: _builtins.str
     cycle_id: _builtins.int
@@ -626,6 +672,10 @@ class ExperimentSpec(_message.Message):
     priority: _builtins.int
     """0 (lowest) to 10 (highest)."""
     max_training_time_seconds: _builtins.int
+    seal_test: _builtins.bool
+    """Keep test-split figures from agent tokens until an operator releases them (the
+    scheduler's seal_test setting seals every experiment).
+    """
     @_builtins.property
     def architecture(self) -> Global___ArchitectureSpec: ...
     @_builtins.property
@@ -653,10 +703,11 @@ class ExperimentSpec(_message.Message):
         max_training_time_seconds: _builtins.int = ...,
         gpu_allocation: Global___GpuAllocation | None = ...,
         early_stopping: Global___EarlyStopping | None = ...,
+        seal_test: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "dataset", b"dataset", "early_stopping", b"early_stopping", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "preprocessing", b"preprocessing", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority", "seal_test", b"seal_test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -679,6 +730,7 @@ class TrainingJobConfig(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     RESUME_FROM_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    SEAL_TEST_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     checkpoint_dir: _builtins.str
     """Relative to the workspace."""
@@ -694,6 +746,8 @@ class TrainingJobConfig(_message.Message):
     """Who submitted the job (its name in tokens.json). The executor records it as the owner
     of the job's folder under runs/: an agent may delete or write files only in its own.
     """
+    seal_test: _builtins.bool
+    """Test-split figures of this run are withheld from agent tokens."""
     @_builtins.property
     def experiment_spec(self) -> Global___ExperimentSpec: ...
     @_builtins.property
@@ -710,10 +764,11 @@ class TrainingJobConfig(_message.Message):
         max_retries: _builtins.int = ...,
         resume_from: _builtins.str = ...,
         submitted_by: _builtins.str = ...,
+        seal_test: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["experiment_spec", b"experiment_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "experiment_spec", b"experiment_spec", "gpu_ids", b"gpu_ids", "job_id", b"job_id", "log_dir", b"log_dir", "max_retries", b"max_retries", "resume_from", b"resume_from", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "experiment_spec", b"experiment_spec", "gpu_ids", b"gpu_ids", "job_id", b"job_id", "log_dir", b"log_dir", "max_retries", b"max_retries", "resume_from", b"resume_from", "seal_test", b"seal_test", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -869,17 +924,35 @@ class ExperimentResult(_message.Message):
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    EVALUATIONS_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
+    TEST_SEALED_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error_message: _builtins.str
     duration_seconds: _builtins.float
+    test_sealed: _builtins.bool
+    """Output only: test-split figures are withheld from this caller until an operator
+    releases them (RevealTestMetrics).
+    """
+    kind: _builtins.str
+    """"training" or "evaluation"."""
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricResult]: ...
     @_builtins.property
     def best_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
     def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckpointInfo]: ...
+    @_builtins.property
+    def evaluations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitEvaluation]:
+        """The best checkpoint on each split (training: "val", then "test"), or the one split an
+        evaluation job measured.
+        """
+
+    @_builtins.property
+    def provenance(self) -> Global___Provenance: ...
     def __init__(
         self,
         *,
@@ -891,11 +964,289 @@ class ExperimentResult(_message.Message):
         checkpoints: _abc.Iterable[Global___CheckpointInfo] | None = ...,
         error_message: _builtins.str = ...,
         duration_seconds: _builtins.float = ...,
+        evaluations: _abc.Iterable[Global___SplitEvaluation] | None = ...,
+        provenance: Global___Provenance | None = ...,
+        test_sealed: _builtins.bool = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metrics", b"best_metrics", "checkpoints", b"checkpoints", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "experiment_id", b"experiment_id", "job_id", b"job_id", "metrics", b"metrics", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metrics", b"best_metrics", "checkpoints", b"checkpoints", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "evaluations", b"evaluations", "experiment_id", b"experiment_id", "job_id", b"job_id", "kind", b"kind", "metrics", b"metrics", "provenance", b"provenance", "state", b"state", "test_sealed", b"test_sealed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExperimentResult: _TypeAlias = ExperimentResult  # noqa: Y015
+
+@_typing.final
+class Interval(_message.Message):
+    """A two-sided 95% confidence interval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOWER_FIELD_NUMBER: _builtins.int
+    UPPER_FIELD_NUMBER: _builtins.int
+    lower: _builtins.float
+    upper: _builtins.float
+    def __init__(
+        self,
+        *,
+        lower: _builtins.float = ...,
+        upper: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lower", b"lower", "upper", b"upper"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Interval: _TypeAlias = Interval  # noqa: Y015
+
+@_typing.final
+class OperatingPoint(_message.Message):
+    """A decision threshold on the positive class's probability, and what it gives on a split."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHOSEN_ON_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_CI_FIELD_NUMBER: _builtins.int
+    SPECIFICITY_FIELD_NUMBER: _builtins.int
+    SPECIFICITY_CI_FIELD_NUMBER: _builtins.int
+    TRUE_POSITIVES_FIELD_NUMBER: _builtins.int
+    FALSE_POSITIVES_FIELD_NUMBER: _builtins.int
+    TRUE_NEGATIVES_FIELD_NUMBER: _builtins.int
+    FALSE_NEGATIVES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"youden" (max sensitivity + specificity - 1), "spec85", "spec90", "spec95" (the lowest
+    threshold reaching that specificity).
+    """
+    chosen_on: _builtins.str
+    """The split the threshold was chosen on ("val"); on every other split it is applied as is."""
+    threshold: _builtins.float
+    sensitivity: _builtins.float
+    specificity: _builtins.float
+    true_positives: _builtins.int
+    false_positives: _builtins.int
+    true_negatives: _builtins.int
+    false_negatives: _builtins.int
+    @_builtins.property
+    def sensitivity_ci(self) -> Global___Interval:
+        """Wilson score interval."""
+
+    @_builtins.property
+    def specificity_ci(self) -> Global___Interval: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        chosen_on: _builtins.str = ...,
+        threshold: _builtins.float = ...,
+        sensitivity: _builtins.float = ...,
+        sensitivity_ci: Global___Interval | None = ...,
+        specificity: _builtins.float = ...,
+        specificity_ci: Global___Interval | None = ...,
+        true_positives: _builtins.int = ...,
+        false_positives: _builtins.int = ...,
+        true_negatives: _builtins.int = ...,
+        false_negatives: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sensitivity_ci", b"sensitivity_ci", "specificity_ci", b"specificity_ci"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_on", b"chosen_on", "false_negatives", b"false_negatives", "false_positives", b"false_positives", "name", b"name", "sensitivity", b"sensitivity", "sensitivity_ci", b"sensitivity_ci", "specificity", b"specificity", "specificity_ci", b"specificity_ci", "threshold", b"threshold", "true_negatives", b"true_negatives", "true_positives", b"true_positives"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperatingPoint: _TypeAlias = OperatingPoint  # noqa: Y015
+
+@_typing.final
+class ClassEvaluation(_message.Message):
+    """One class against the rest (multi-class tasks)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    NUM_SAMPLES_FIELD_NUMBER: _builtins.int
+    AUC_FIELD_NUMBER: _builtins.int
+    AUC_CI_FIELD_NUMBER: _builtins.int
+    class_name: _builtins.str
+    num_samples: _builtins.int
+    auc: _builtins.float
+    @_builtins.property
+    def auc_ci(self) -> Global___Interval: ...
+    def __init__(
+        self,
+        *,
+        class_name: _builtins.str = ...,
+        num_samples: _builtins.int = ...,
+        auc: _builtins.float = ...,
+        auc_ci: Global___Interval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auc_ci", b"auc_ci"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "auc_ci", b"auc_ci", "class_name", b"class_name", "num_samples", b"num_samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassEvaluation: _TypeAlias = ClassEvaluation  # noqa: Y015
+
+@_typing.final
+class SplitEvaluation(_message.Message):
+    """What a model does on one split of one dataset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPLIT_FIELD_NUMBER: _builtins.int
+    NUM_SAMPLES_FIELD_NUMBER: _builtins.int
+    NUM_POSITIVES_FIELD_NUMBER: _builtins.int
+    PREVALENCE_FIELD_NUMBER: _builtins.int
+    POSITIVE_CLASS_FIELD_NUMBER: _builtins.int
+    AUC_FIELD_NUMBER: _builtins.int
+    AUC_CI_DELONG_FIELD_NUMBER: _builtins.int
+    AUC_CI_BOOTSTRAP_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_SAMPLES_FIELD_NUMBER: _builtins.int
+    PARTIAL_AUC_FIELD_NUMBER: _builtins.int
+    OPERATING_POINTS_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_AT_95_SPECIFICITY_FIELD_NUMBER: _builtins.int
+    BRIER_SCORE_FIELD_NUMBER: _builtins.int
+    EXPECTED_CALIBRATION_ERROR_FIELD_NUMBER: _builtins.int
+    DEGENERATE_FIELD_NUMBER: _builtins.int
+    DEGENERATE_REASON_FIELD_NUMBER: _builtins.int
+    PER_CLASS_FIELD_NUMBER: _builtins.int
+    NUM_GROUPS_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    ROC_CURVE_PATH_FIELD_NUMBER: _builtins.int
+    RELIABILITY_DIAGRAM_PATH_FIELD_NUMBER: _builtins.int
+    split: _builtins.str
+    """"train", "val" or "test"."""
+    num_samples: _builtins.int
+    num_positives: _builtins.int
+    prevalence: _builtins.float
+    positive_class: _builtins.str
+    """Binary tasks: the class detected."""
+    auc: _builtins.float
+    """Binary: ROC AUC of the positive class; multi-class: macro one-vs-rest."""
+    bootstrap_samples: _builtins.int
+    partial_auc: _builtins.float
+    """Standardised partial AUC over 90-100% specificity (McClish; scikit-learn's max_fpr=0.1)."""
+    sensitivity_at_95_specificity: _builtins.float
+    """AIROGS-style: the best sensitivity at >= 95% specificity, threshold chosen on this split."""
+    brier_score: _builtins.float
+    expected_calibration_error: _builtins.float
+    """Ten equal-width bins of the positive class's probability."""
+    degenerate: _builtins.bool
+    """The scores do not rank: they barely vary, or every threshold predicts one class."""
+    degenerate_reason: _builtins.str
+    num_groups: _builtins.int
+    """Patients (groups) on this split; equal to num_samples without grouping."""
+    accuracy: _builtins.float
+    roc_curve_path: _builtins.str
+    """Workspace-relative PNGs: the ROC curve and the reliability diagram."""
+    reliability_diagram_path: _builtins.str
+    @_builtins.property
+    def auc_ci_delong(self) -> Global___Interval: ...
+    @_builtins.property
+    def auc_ci_bootstrap(self) -> Global___Interval:
+        """Stratified (and grouped, when the dataset has groups) bootstrap, percentile interval."""
+
+    @_builtins.property
+    def operating_points(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperatingPoint]:
+        """Thresholds chosen on validation, applied here."""
+
+    @_builtins.property
+    def per_class(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassEvaluation]: ...
+    def __init__(
+        self,
+        *,
+        split: _builtins.str = ...,
+        num_samples: _builtins.int = ...,
+        num_positives: _builtins.int = ...,
+        prevalence: _builtins.float = ...,
+        positive_class: _builtins.str = ...,
+        auc: _builtins.float = ...,
+        auc_ci_delong: Global___Interval | None = ...,
+        auc_ci_bootstrap: Global___Interval | None = ...,
+        bootstrap_samples: _builtins.int = ...,
+        partial_auc: _builtins.float = ...,
+        operating_points: _abc.Iterable[Global___OperatingPoint] | None = ...,
+        sensitivity_at_95_specificity: _builtins.float = ...,
+        brier_score: _builtins.float = ...,
+        expected_calibration_error: _builtins.float = ...,
+        degenerate: _builtins.bool = ...,
+        degenerate_reason: _builtins.str = ...,
+        per_class: _abc.Iterable[Global___ClassEvaluation] | None = ...,
+        num_groups: _builtins.int = ...,
+        accuracy: _builtins.float = ...,
+        roc_curve_path: _builtins.str = ...,
+        reliability_diagram_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong", "bootstrap_samples", b"bootstrap_samples", "brier_score", b"brier_score", "degenerate", b"degenerate", "degenerate_reason", b"degenerate_reason", "expected_calibration_error", b"expected_calibration_error", "num_groups", b"num_groups", "num_positives", b"num_positives", "num_samples", b"num_samples", "operating_points", b"operating_points", "partial_auc", b"partial_auc", "per_class", b"per_class", "positive_class", b"positive_class", "prevalence", b"prevalence", "reliability_diagram_path", b"reliability_diagram_path", "roc_curve_path", b"roc_curve_path", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitEvaluation: _TypeAlias = SplitEvaluation  # noqa: Y015
+
+@_typing.final
+class Provenance(_message.Message):
+    """Everything needed to repeat a result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEED_FIELD_NUMBER: _builtins.int
+    ENGINE_VERSION_FIELD_NUMBER: _builtins.int
+    TORCH_VERSION_FIELD_NUMBER: _builtins.int
+    TORCHVISION_VERSION_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    DETERMINISTIC_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    DATA_PATH_FIELD_NUMBER: _builtins.int
+    DATASET_HASH_FIELD_NUMBER: _builtins.int
+    GROUPING_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_PATH_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_SHA256_FIELD_NUMBER: _builtins.int
+    seed: _builtins.int
+    engine_version: _builtins.str
+    """The engine's package version and git commit."""
+    torch_version: _builtins.str
+    torchvision_version: _builtins.str
+    device: _builtins.str
+    """"cpu" or "cuda (NVIDIA H200)"."""
+    precision: _builtins.str
+    """"fp32" or "bf16"; training, the test pass and the evaluation tool use the same."""
+    deterministic: _builtins.bool
+    dataset_id: _builtins.str
+    data_path: _builtins.str
+    dataset_hash: _builtins.str
+    """"dvc:<md5>" for a DVC-tracked dataset, else "sha256:<hash of every image's path and bytes>"."""
+    grouping: _builtins.str
+    """How images were grouped into patients ("" when they were not)."""
+    checkpoint_path: _builtins.str
+    checkpoint_sha256: _builtins.str
+    def __init__(
+        self,
+        *,
+        seed: _builtins.int = ...,
+        engine_version: _builtins.str = ...,
+        torch_version: _builtins.str = ...,
+        torchvision_version: _builtins.str = ...,
+        device: _builtins.str = ...,
+        precision: _builtins.str = ...,
+        deterministic: _builtins.bool = ...,
+        dataset_id: _builtins.str = ...,
+        data_path: _builtins.str = ...,
+        dataset_hash: _builtins.str = ...,
+        grouping: _builtins.str = ...,
+        checkpoint_path: _builtins.str = ...,
+        checkpoint_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path", b"checkpoint_path", "checkpoint_sha256", b"checkpoint_sha256", "data_path", b"data_path", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "deterministic", b"deterministic", "device", b"device", "engine_version", b"engine_version", "grouping", b"grouping", "precision", b"precision", "seed", b"seed", "torch_version", b"torch_version", "torchvision_version", b"torchvision_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Provenance: _TypeAlias = Provenance  # noqa: Y015

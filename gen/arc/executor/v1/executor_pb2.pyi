@@ -724,6 +724,8 @@ class EvaluationReport(_message.Message):
     NUM_CLASSES_FIELD_NUMBER: _builtins.int
     ROC_CURVE_FIELD_NUMBER: _builtins.int
     CLASS_NAMES_FIELD_NUMBER: _builtins.int
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
     checkpoint_path: _builtins.str
     split: _builtins.str
     num_samples: _builtins.int
@@ -745,6 +747,12 @@ class EvaluationReport(_message.Message):
     def roc_curve(self) -> _containers.RepeatedCompositeFieldContainer[Global___RocPoint]: ...
     @_builtins.property
     def class_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def evaluation(self) -> _common_pb2.SplitEvaluation:
+        """The full evaluation (operating points from the checkpoint's validation split)."""
+
+    @_builtins.property
+    def provenance(self) -> _common_pb2.Provenance: ...
     def __init__(
         self,
         *,
@@ -764,10 +772,12 @@ class EvaluationReport(_message.Message):
         num_classes: _builtins.int = ...,
         roc_curve: _abc.Iterable[Global___RocPoint] | None = ...,
         class_names: _abc.Iterable[_builtins.str] | None = ...,
+        evaluation: _common_pb2.SplitEvaluation | None = ...,
+        provenance: _common_pb2.Provenance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_lower", b"auc_ci_lower", "auc_ci_upper", b"auc_ci_upper", "checkpoint_path", b"checkpoint_path", "class_names", b"class_names", "confusion_matrix", b"confusion_matrix", "f1", b"f1", "num_classes", b"num_classes", "num_samples", b"num_samples", "roc_curve", b"roc_curve", "sensitivity", b"sensitivity", "sensitivity_at_90_specificity", b"sensitivity_at_90_specificity", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "specificity", b"specificity", "split", b"split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_lower", b"auc_ci_lower", "auc_ci_upper", b"auc_ci_upper", "checkpoint_path", b"checkpoint_path", "class_names", b"class_names", "confusion_matrix", b"confusion_matrix", "evaluation", b"evaluation", "f1", b"f1", "num_classes", b"num_classes", "num_samples", b"num_samples", "provenance", b"provenance", "roc_curve", b"roc_curve", "sensitivity", b"sensitivity", "sensitivity_at_90_specificity", b"sensitivity_at_90_specificity", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "specificity", b"specificity", "split", b"split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -784,13 +794,19 @@ class EvaluateCheckpointRequest(_message.Message):
     BOOTSTRAP_SAMPLES_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     checkpoint_path: _builtins.str
     data_path: _builtins.str
     split: _builtins.str
-    """"train", "val" or "test"."""
+    """"train", "val" or "test". On a folder without split folders: the images the trainer
+    put on that split (the checkpoint's seed, fractions and grouping).
+    """
     bootstrap_samples: _builtins.int
+    """100 to 100000; unset means 1000."""
     seed: _builtins.int
+    dataset_id: _builtins.str
+    """A name for the dataset in the report (default: the folder's name)."""
     @_builtins.property
     def lease(self) -> _gpu_pb2.Lease:
         """Optional: run on this leased GPU instead of the CPU."""
@@ -802,15 +818,18 @@ class EvaluateCheckpointRequest(_message.Message):
         checkpoint_path: _builtins.str = ...,
         data_path: _builtins.str = ...,
         split: _builtins.str = ...,
-        bootstrap_samples: _builtins.int = ...,
+        bootstrap_samples: _builtins.int | None = ...,
         seed: _builtins.int = ...,
         lease: _gpu_pb2.Lease | None = ...,
+        dataset_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bootstrap_samples", b"_bootstrap_samples", "bootstrap_samples", b"bootstrap_samples", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_samples", b"bootstrap_samples", "checkpoint_path", b"checkpoint_path", "data_path", b"data_path", "lease", b"lease", "request_id", b"request_id", "seed", b"seed", "split", b"split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bootstrap_samples", b"_bootstrap_samples", "bootstrap_samples", b"bootstrap_samples", "checkpoint_path", b"checkpoint_path", "data_path", b"data_path", "dataset_id", b"dataset_id", "lease", b"lease", "request_id", b"request_id", "seed", b"seed", "split", b"split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__bootstrap_samples: _TypeAlias = _typing.Literal["bootstrap_samples"]  # noqa: Y015
+    _WhichOneofArgType__bootstrap_samples: _TypeAlias = _typing.Literal["_bootstrap_samples", b"_bootstrap_samples"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bootstrap_samples) -> _WhichOneofReturnType__bootstrap_samples | None: ...
 
 Global___EvaluateCheckpointRequest: _TypeAlias = EvaluateCheckpointRequest  # noqa: Y015
 
@@ -1201,3 +1220,66 @@ class ApplyCodePatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyCodePatchResponse: _TypeAlias = ApplyCodePatchResponse  # noqa: Y015
+
+@_typing.final
+class GetPredictionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    checkpoint_dir: _builtins.str
+    """Workspace-relative folder of the run's checkpoints (as in its CheckpointInfo paths)."""
+    split: _builtins.str
+    """"val" or "test"."""
+    def __init__(
+        self,
+        *,
+        checkpoint_dir: _builtins.str = ...,
+        split: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPredictionsRequest: _TypeAlias = GetPredictionsRequest  # noqa: Y015
+
+@_typing.final
+class GetPredictionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_IDS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    POSITIVE_CLASS_FIELD_NUMBER: _builtins.int
+    CLASS_NAMES_FIELD_NUMBER: _builtins.int
+    positive_class: _builtins.str
+    @_builtins.property
+    def image_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Each image's path relative to the dataset folder: images pair across runs by it."""
+
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Binary tasks: the positive class's probability, one per image."""
+
+    @_builtins.property
+    def class_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        image_ids: _abc.Iterable[_builtins.str] | None = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        positive_class: _builtins.str = ...,
+        class_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_names", b"class_names", "image_ids", b"image_ids", "labels", b"labels", "positive_class", b"positive_class", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPredictionsResponse: _TypeAlias = GetPredictionsResponse  # noqa: Y015
