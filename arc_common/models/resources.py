@@ -86,7 +86,6 @@ class ExperimentResult(_Resource):
     duration_seconds: float = 0.0
     evaluations: list[SplitEvaluation] = Field(default_factory=list)
     provenance: Provenance | None = None
-    test_sealed: bool = False
     kind: str = ""
 
     def evaluation(self, split: str) -> SplitEvaluation | None:
@@ -257,9 +256,6 @@ class Experiment(_Resource):
     results: list[ExperimentResult] = Field(default_factory=list)
     content_hash: str = ""
     job_ids: list[str] = Field(default_factory=list)
-    test_sealed: bool = False
-    test_revealed_time: datetime | None = None
-    test_revealed_by: str = ""
 
 
 class SchedulerStatus(_Resource):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
@@ -95,39 +94,6 @@ class Hyperparameters(_Spec):
     # Factories, not instances: pydantic deep-copies an instance default on every parse.
     lr_schedule: LrSchedule = Field(default_factory=LrSchedule)
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
-    deterministic: bool = False
-
-
-class Grouping(_Spec):
-    """Where an image's patient id comes from: a filename pattern or a CSV manifest."""
-
-    filename_pattern: Annotated[str, Field(max_length=256)] = ""
-    manifest: Annotated[str, AfterValidator(_optional_path)] = ""
-    column: Annotated[str, Field(max_length=128)] = ""
-
-    @model_validator(mode="after")
-    def _one_way(self) -> Grouping:
-        if self.filename_pattern and self.manifest:
-            raise ValueError("set filename_pattern or manifest, not both")
-        if self.manifest and not self.column:
-            raise ValueError("a manifest needs the column that holds the patient id")
-        if self.column and not self.manifest:
-            raise ValueError("column is read from a manifest; set manifest too")
-        if self.filename_pattern:
-            try:
-                compiled = re.compile(self.filename_pattern)
-            except re.error as exc:
-                raise ValueError(f"filename_pattern is not a regular expression: {exc}") from None
-            if compiled.groups != 1:
-                raise ValueError("filename_pattern needs exactly one capture group")
-        return self
-
-    def describe(self) -> str:
-        if self.filename_pattern:
-            return f"filename_pattern {self.filename_pattern!r}"
-        if self.manifest:
-            return f"manifest {self.manifest} column {self.column!r}"
-        return ""
 
 
 class DatasetSpec(_Spec):
@@ -139,7 +105,6 @@ class DatasetSpec(_Spec):
     test_split: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     image_size: Annotated[int, Field(ge=16, le=4096)] = 224
     dvc_revision: Annotated[str, Field(max_length=256)] = ""
-    grouping: Grouping = Field(default_factory=Grouping)
 
     @model_validator(mode="after")
     def _splits_sum_to_one(self) -> Self:
@@ -294,7 +259,6 @@ class ExperimentSpec(_Spec):
     max_training_time_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
     gpu_allocation: GpuAllocation = Field(default_factory=GpuAllocation)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
-    seal_test: bool = False
 
     @property
     def effective_priority(self) -> int:
@@ -315,7 +279,6 @@ class TrainingJobConfig(_Spec):
     # The identity that submitted the job (its name in tokens.json); the executor records
     # it as the owner of the job's folder under runs/.
     submitted_by: Annotated[str, Field(max_length=128, pattern=r"^[^\n]*$")] = ""
-    seal_test: bool = False
 
 
 class EvaluationJob(_Spec):

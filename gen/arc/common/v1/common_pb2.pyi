@@ -408,14 +408,9 @@ class Hyperparameters(_message.Message):
     OPTIMIZER_FIELD_NUMBER: _builtins.int
     LR_SCHEDULE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
-    DETERMINISTIC_FIELD_NUMBER: _builtins.int
     batch_size: _builtins.int
     epochs: _builtins.int
     seed: _builtins.int
-    deterministic: _builtins.bool
-    """CUDA: deterministic algorithms (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG),
-    slower; the CPU is always deterministic.
-    """
     @_builtins.property
     def optimizer(self) -> Global___OptimizerSpec: ...
     @_builtins.property
@@ -428,11 +423,10 @@ class Hyperparameters(_message.Message):
         optimizer: Global___OptimizerSpec | None = ...,
         lr_schedule: Global___LrSchedule | None = ...,
         seed: _builtins.int | None = ...,
-        deterministic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "deterministic", b"deterministic", "epochs", b"epochs", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "epochs", b"epochs", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -452,7 +446,6 @@ class DatasetSpec(_message.Message):
     TEST_SPLIT_FIELD_NUMBER: _builtins.int
     IMAGE_SIZE_FIELD_NUMBER: _builtins.int
     DVC_REVISION_FIELD_NUMBER: _builtins.int
-    GROUPING_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     dataset_type: Global___DatasetType.ValueType
     data_path: _builtins.str
@@ -464,10 +457,6 @@ class DatasetSpec(_message.Message):
     """Square side in pixels fed to the model."""
     dvc_revision: _builtins.str
     """A DVC revision (git rev) of the dataset; empty means the working copy."""
-    @_builtins.property
-    def grouping(self) -> Global___Grouping:
-        """Which images belong to one patient: splits and bootstrap resamples keep them together."""
-
     def __init__(
         self,
         *,
@@ -479,48 +468,14 @@ class DatasetSpec(_message.Message):
         test_split: _builtins.float = ...,
         image_size: _builtins.int = ...,
         dvc_revision: _builtins.str = ...,
-        grouping: Global___Grouping | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["grouping", b"grouping"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "dataset_id", b"dataset_id", "dataset_type", b"dataset_type", "dvc_revision", b"dvc_revision", "grouping", b"grouping", "image_size", b"image_size", "test_split", b"test_split", "train_split", b"train_split", "val_split", b"val_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "dataset_id", b"dataset_id", "dataset_type", b"dataset_type", "dvc_revision", b"dvc_revision", "image_size", b"image_size", "test_split", b"test_split", "train_split", b"train_split", "val_split", b"val_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetSpec: _TypeAlias = DatasetSpec  # noqa: Y015
-
-@_typing.final
-class Grouping(_message.Message):
-    """Where an image's patient (group) id comes from; at most one of the two ways."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    FILENAME_PATTERN_FIELD_NUMBER: _builtins.int
-    MANIFEST_FIELD_NUMBER: _builtins.int
-    COLUMN_FIELD_NUMBER: _builtins.int
-    filename_pattern: _builtins.str
-    """A regular expression with one capture group, searched in the image's file name, e.g.
-    "^(P\\\\d+)_" for "P0042_left.png".
-    """
-    manifest: _builtins.str
-    """A CSV file, relative to the dataset folder, with a column "image" (the image's path
-    relative to the dataset folder) and the column named by `column`.
-    """
-    column: _builtins.str
-    def __init__(
-        self,
-        *,
-        filename_pattern: _builtins.str = ...,
-        manifest: _builtins.str = ...,
-        column: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "filename_pattern", b"filename_pattern", "manifest", b"manifest"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Grouping: _TypeAlias = Grouping  # noqa: Y015
 
 @_typing.final
 class PreprocessingStep(_message.Message):
@@ -664,7 +619,6 @@ class ExperimentSpec(_message.Message):
     MAX_TRAINING_TIME_SECONDS_FIELD_NUMBER: _builtins.int
     GPU_ALLOCATION_FIELD_NUMBER: _builtins.int
     EARLY_STOPPING_FIELD_NUMBER: _builtins.int
-    SEAL_TEST_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     description: _builtins.str
     cycle_id: _builtins.int
@@ -672,10 +626,6 @@ class ExperimentSpec(_message.Message):
     priority: _builtins.int
     """0 (lowest) to 10 (highest)."""
     max_training_time_seconds: _builtins.int
-    seal_test: _builtins.bool
-    """Keep test-split figures from agent tokens until an operator releases them (the
-    scheduler's seal_test setting seals every experiment).
-    """
     @_builtins.property
     def architecture(self) -> Global___ArchitectureSpec: ...
     @_builtins.property
@@ -703,11 +653,10 @@ class ExperimentSpec(_message.Message):
         max_training_time_seconds: _builtins.int = ...,
         gpu_allocation: Global___GpuAllocation | None = ...,
         early_stopping: Global___EarlyStopping | None = ...,
-        seal_test: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "dataset", b"dataset", "early_stopping", b"early_stopping", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "preprocessing", b"preprocessing", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority", "seal_test", b"seal_test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -730,7 +679,6 @@ class TrainingJobConfig(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     RESUME_FROM_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
-    SEAL_TEST_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     checkpoint_dir: _builtins.str
     """Relative to the workspace."""
@@ -746,8 +694,6 @@ class TrainingJobConfig(_message.Message):
     """Who submitted the job (its name in tokens.json). The executor records it as the owner
     of the job's folder under runs/: an agent may delete or write files only in its own.
     """
-    seal_test: _builtins.bool
-    """Test-split figures of this run are withheld from agent tokens."""
     @_builtins.property
     def experiment_spec(self) -> Global___ExperimentSpec: ...
     @_builtins.property
@@ -764,11 +710,10 @@ class TrainingJobConfig(_message.Message):
         max_retries: _builtins.int = ...,
         resume_from: _builtins.str = ...,
         submitted_by: _builtins.str = ...,
-        seal_test: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["experiment_spec", b"experiment_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "experiment_spec", b"experiment_spec", "gpu_ids", b"gpu_ids", "job_id", b"job_id", "log_dir", b"log_dir", "max_retries", b"max_retries", "resume_from", b"resume_from", "seal_test", b"seal_test", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "experiment_spec", b"experiment_spec", "gpu_ids", b"gpu_ids", "job_id", b"job_id", "log_dir", b"log_dir", "max_retries", b"max_retries", "resume_from", b"resume_from", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -926,17 +871,12 @@ class ExperimentResult(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     EVALUATIONS_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
-    TEST_SEALED_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     job_id: _builtins.str
     state: Global___JobState.ValueType
     error_message: _builtins.str
     duration_seconds: _builtins.float
-    test_sealed: _builtins.bool
-    """Output only: test-split figures are withheld from this caller until an operator
-    releases them (RevealTestMetrics).
-    """
     kind: _builtins.str
     """"training" or "evaluation"."""
     @_builtins.property
@@ -966,12 +906,11 @@ class ExperimentResult(_message.Message):
         duration_seconds: _builtins.float = ...,
         evaluations: _abc.Iterable[Global___SplitEvaluation] | None = ...,
         provenance: Global___Provenance | None = ...,
-        test_sealed: _builtins.bool = ...,
         kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metrics", b"best_metrics", "checkpoints", b"checkpoints", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "evaluations", b"evaluations", "experiment_id", b"experiment_id", "job_id", b"job_id", "kind", b"kind", "metrics", b"metrics", "provenance", b"provenance", "state", b"state", "test_sealed", b"test_sealed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metrics", b"best_metrics", "checkpoints", b"checkpoints", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "evaluations", b"evaluations", "experiment_id", b"experiment_id", "job_id", b"job_id", "kind", b"kind", "metrics", b"metrics", "provenance", b"provenance", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1114,10 +1053,7 @@ class SplitEvaluation(_message.Message):
     DEGENERATE_FIELD_NUMBER: _builtins.int
     DEGENERATE_REASON_FIELD_NUMBER: _builtins.int
     PER_CLASS_FIELD_NUMBER: _builtins.int
-    NUM_GROUPS_FIELD_NUMBER: _builtins.int
     ACCURACY_FIELD_NUMBER: _builtins.int
-    ROC_CURVE_PATH_FIELD_NUMBER: _builtins.int
-    RELIABILITY_DIAGRAM_PATH_FIELD_NUMBER: _builtins.int
     split: _builtins.str
     """"train", "val" or "test"."""
     num_samples: _builtins.int
@@ -1138,17 +1074,12 @@ class SplitEvaluation(_message.Message):
     degenerate: _builtins.bool
     """The scores do not rank: they barely vary, or every threshold predicts one class."""
     degenerate_reason: _builtins.str
-    num_groups: _builtins.int
-    """Patients (groups) on this split; equal to num_samples without grouping."""
     accuracy: _builtins.float
-    roc_curve_path: _builtins.str
-    """Workspace-relative PNGs: the ROC curve and the reliability diagram."""
-    reliability_diagram_path: _builtins.str
     @_builtins.property
     def auc_ci_delong(self) -> Global___Interval: ...
     @_builtins.property
     def auc_ci_bootstrap(self) -> Global___Interval:
-        """Stratified (and grouped, when the dataset has groups) bootstrap, percentile interval."""
+        """Stratified bootstrap (resampled within each class), percentile interval."""
 
     @_builtins.property
     def operating_points(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperatingPoint]:
@@ -1176,14 +1107,11 @@ class SplitEvaluation(_message.Message):
         degenerate: _builtins.bool = ...,
         degenerate_reason: _builtins.str = ...,
         per_class: _abc.Iterable[Global___ClassEvaluation] | None = ...,
-        num_groups: _builtins.int = ...,
         accuracy: _builtins.float = ...,
-        roc_curve_path: _builtins.str = ...,
-        reliability_diagram_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong", "bootstrap_samples", b"bootstrap_samples", "brier_score", b"brier_score", "degenerate", b"degenerate", "degenerate_reason", b"degenerate_reason", "expected_calibration_error", b"expected_calibration_error", "num_groups", b"num_groups", "num_positives", b"num_positives", "num_samples", b"num_samples", "operating_points", b"operating_points", "partial_auc", b"partial_auc", "per_class", b"per_class", "positive_class", b"positive_class", "prevalence", b"prevalence", "reliability_diagram_path", b"reliability_diagram_path", "roc_curve_path", b"roc_curve_path", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "split", b"split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong", "bootstrap_samples", b"bootstrap_samples", "brier_score", b"brier_score", "degenerate", b"degenerate", "degenerate_reason", b"degenerate_reason", "expected_calibration_error", b"expected_calibration_error", "num_positives", b"num_positives", "num_samples", b"num_samples", "operating_points", b"operating_points", "partial_auc", b"partial_auc", "per_class", b"per_class", "positive_class", b"positive_class", "prevalence", b"prevalence", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "split", b"split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1205,7 +1133,6 @@ class Provenance(_message.Message):
     DATASET_ID_FIELD_NUMBER: _builtins.int
     DATA_PATH_FIELD_NUMBER: _builtins.int
     DATASET_HASH_FIELD_NUMBER: _builtins.int
-    GROUPING_FIELD_NUMBER: _builtins.int
     CHECKPOINT_PATH_FIELD_NUMBER: _builtins.int
     CHECKPOINT_SHA256_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
@@ -1216,14 +1143,12 @@ class Provenance(_message.Message):
     device: _builtins.str
     """"cpu" or "cuda (NVIDIA H200)"."""
     precision: _builtins.str
-    """"fp32" or "bf16"; training, the test pass and the evaluation tool use the same."""
+    """Of training: "fp32" or "bf16" (the final validation and test passes are fp32)."""
     deterministic: _builtins.bool
     dataset_id: _builtins.str
     data_path: _builtins.str
     dataset_hash: _builtins.str
-    """"dvc:<md5>" for a DVC-tracked dataset, else "sha256:<hash of every image's path and bytes>"."""
-    grouping: _builtins.str
-    """How images were grouped into patients ("" when they were not)."""
+    """"sha256:" over the split's image paths and sizes, in order."""
     checkpoint_path: _builtins.str
     checkpoint_sha256: _builtins.str
     def __init__(
@@ -1239,13 +1164,12 @@ class Provenance(_message.Message):
         dataset_id: _builtins.str = ...,
         data_path: _builtins.str = ...,
         dataset_hash: _builtins.str = ...,
-        grouping: _builtins.str = ...,
         checkpoint_path: _builtins.str = ...,
         checkpoint_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path", b"checkpoint_path", "checkpoint_sha256", b"checkpoint_sha256", "data_path", b"data_path", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "deterministic", b"deterministic", "device", b"device", "engine_version", b"engine_version", "grouping", b"grouping", "precision", b"precision", "seed", b"seed", "torch_version", b"torch_version", "torchvision_version", b"torchvision_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path", b"checkpoint_path", "checkpoint_sha256", b"checkpoint_sha256", "data_path", b"data_path", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "deterministic", b"deterministic", "device", b"device", "engine_version", b"engine_version", "precision", b"precision", "seed", b"seed", "torch_version", b"torch_version", "torchvision_version", b"torchvision_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,11 +99,6 @@ class ExecutorServiceStub:
                 request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchRequest.SerializeToString,
                 response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchResponse.FromString,
                 _registered_method=True)
-        self.GetPredictions = channel.unary_unary(
-                '/arc.executor.v1.ExecutorService/GetPredictions',
-                request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.GetPredictionsRequest.SerializeToString,
-                response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.GetPredictionsResponse.FromString,
-                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -197,14 +192,6 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetPredictions(self, request, context):
-        """A finished run's scores per image on one split (operators and services): what a paired
-        comparison of two models needs.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,11 +259,6 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.ApplyCodePatch,
                     request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchRequest.FromString,
                     response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchResponse.SerializeToString,
-            ),
-            'GetPredictions': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetPredictions,
-                    request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.GetPredictionsRequest.FromString,
-                    response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.GetPredictionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -630,33 +612,6 @@ class ExecutorService:
             '/arc.executor.v1.ExecutorService/ApplyCodePatch',
             arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchRequest.SerializeToString,
             arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetPredictions(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/arc.executor.v1.ExecutorService/GetPredictions',
-            arc_dot_executor_dot_v1_dot_executor__pb2.GetPredictionsRequest.SerializeToString,
-            arc_dot_executor_dot_v1_dot_executor__pb2.GetPredictionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

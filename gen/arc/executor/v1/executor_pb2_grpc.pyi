@@ -41,10 +41,6 @@ class ExecutorServiceStub:
     GenerateVisualizations: _aio.UnaryUnaryMultiCallable[_executor_pb2.GenerateVisualizationsRequest, _executor_pb2.GenerateVisualizationsResponse]
     SyncDatasets: _aio.UnaryUnaryMultiCallable[_executor_pb2.SyncDatasetsRequest, _executor_pb2.SyncDatasetsResponse]
     ApplyCodePatch: _aio.UnaryUnaryMultiCallable[_executor_pb2.ApplyCodePatchRequest, _executor_pb2.ApplyCodePatchResponse]
-    GetPredictions: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetPredictionsRequest, _executor_pb2.GetPredictionsResponse]
-    """A finished run's scores per image on one split (operators and services): what a paired
-    comparison of two models needs.
-    """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -149,15 +145,5 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.ApplyCodePatchRequest,
         context: _aio.ServicerContext[_executor_pb2.ApplyCodePatchRequest, _abc.Awaitable[_executor_pb2.ApplyCodePatchResponse]],
     ) -> _abc.Awaitable[_executor_pb2.ApplyCodePatchResponse]: ...
-
-    @_abc_1.abstractmethod
-    def GetPredictions(
-        self,
-        request: _executor_pb2.GetPredictionsRequest,
-        context: _aio.ServicerContext[_executor_pb2.GetPredictionsRequest, _abc.Awaitable[_executor_pb2.GetPredictionsResponse]],
-    ) -> _abc.Awaitable[_executor_pb2.GetPredictionsResponse]:
-        """A finished run's scores per image on one split (operators and services): what a paired
-        comparison of two models needs.
-        """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _aio.Server) -> None: ...

@@ -32,17 +32,9 @@ class Experiment(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     JOB_IDS_FIELD_NUMBER: _builtins.int
-    TEST_SEALED_FIELD_NUMBER: _builtins.int
-    TEST_REVEALED_TIME_FIELD_NUMBER: _builtins.int
-    TEST_REVEALED_BY_FIELD_NUMBER: _builtins.int
     state: _common_pb2.JobState.ValueType
     content_hash: _builtins.str
     """SHA-256 of the canonical spec content, without its id."""
-    test_sealed: _builtins.bool
-    """Test-split figures are withheld from agent tokens (spec.seal_test or the scheduler's
-    seal_test setting) ...
-    """
-    test_revealed_by: _builtins.str
     @_builtins.property
     def spec(self) -> _common_pb2.ExperimentSpec: ...
     @_builtins.property
@@ -53,10 +45,6 @@ class Experiment(_message.Message):
 
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def test_revealed_time(self) -> _timestamp_pb2.Timestamp:
-        """... until an operator releases them."""
-
     def __init__(
         self,
         *,
@@ -66,13 +54,10 @@ class Experiment(_message.Message):
         results: _abc.Iterable[_common_pb2.ExperimentResult] | None = ...,
         content_hash: _builtins.str = ...,
         job_ids: _abc.Iterable[_builtins.str] | None = ...,
-        test_sealed: _builtins.bool = ...,
-        test_revealed_time: _timestamp_pb2.Timestamp | None = ...,
-        test_revealed_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec", "test_revealed_time", b"test_revealed_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "create_time", b"create_time", "job_ids", b"job_ids", "results", b"results", "spec", b"spec", "state", b"state", "test_revealed_by", b"test_revealed_by", "test_revealed_time", b"test_revealed_time", "test_sealed", b"test_sealed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "create_time", b"create_time", "job_ids", b"job_ids", "results", b"results", "spec", b"spec", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -837,141 +822,3 @@ class WatchJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchJobResponse: _TypeAlias = WatchJobResponse  # noqa: Y015
-
-@_typing.final
-class RevealTestMetricsRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
-    request_id: _builtins.str
-    experiment_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        request_id: _builtins.str = ...,
-        experiment_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "request_id", b"request_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RevealTestMetricsRequest: _TypeAlias = RevealTestMetricsRequest  # noqa: Y015
-
-@_typing.final
-class RevealTestMetricsResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EXPERIMENT_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def experiment(self) -> Global___Experiment: ...
-    def __init__(
-        self,
-        *,
-        experiment: Global___Experiment | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RevealTestMetricsResponse: _TypeAlias = RevealTestMetricsResponse  # noqa: Y015
-
-@_typing.final
-class CompareExperimentsRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EXPERIMENT_A_FIELD_NUMBER: _builtins.int
-    EXPERIMENT_B_FIELD_NUMBER: _builtins.int
-    experiment_a: _builtins.str
-    """B is compared against A: differences are B - A."""
-    experiment_b: _builtins.str
-    def __init__(
-        self,
-        *,
-        experiment_a: _builtins.str = ...,
-        experiment_b: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_a", b"experiment_a", "experiment_b", b"experiment_b"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CompareExperimentsRequest: _TypeAlias = CompareExperimentsRequest  # noqa: Y015
-
-@_typing.final
-class SplitComparison(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SPLIT_FIELD_NUMBER: _builtins.int
-    NUM_SAMPLES_FIELD_NUMBER: _builtins.int
-    AUC_A_FIELD_NUMBER: _builtins.int
-    AUC_B_FIELD_NUMBER: _builtins.int
-    AUC_DIFFERENCE_FIELD_NUMBER: _builtins.int
-    AUC_DIFFERENCE_CI_FIELD_NUMBER: _builtins.int
-    Z_FIELD_NUMBER: _builtins.int
-    P_VALUE_FIELD_NUMBER: _builtins.int
-    split: _builtins.str
-    num_samples: _builtins.int
-    """Images scored by both models (paired by their path in the dataset)."""
-    auc_a: _builtins.float
-    auc_b: _builtins.float
-    auc_difference: _builtins.float
-    z: _builtins.float
-    """Paired DeLong test of equal AUCs, two-sided."""
-    p_value: _builtins.float
-    @_builtins.property
-    def auc_difference_ci(self) -> _common_pb2.Interval: ...
-    def __init__(
-        self,
-        *,
-        split: _builtins.str = ...,
-        num_samples: _builtins.int = ...,
-        auc_a: _builtins.float = ...,
-        auc_b: _builtins.float = ...,
-        auc_difference: _builtins.float = ...,
-        auc_difference_ci: _common_pb2.Interval | None = ...,
-        z: _builtins.float = ...,
-        p_value: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auc_difference_ci", b"auc_difference_ci"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc_a", b"auc_a", "auc_b", b"auc_b", "auc_difference", b"auc_difference", "auc_difference_ci", b"auc_difference_ci", "num_samples", b"num_samples", "p_value", b"p_value", "split", b"split", "z", b"z"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SplitComparison: _TypeAlias = SplitComparison  # noqa: Y015
-
-@_typing.final
-class CompareExperimentsResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    JOB_A_FIELD_NUMBER: _builtins.int
-    JOB_B_FIELD_NUMBER: _builtins.int
-    SPLITS_FIELD_NUMBER: _builtins.int
-    TEST_SEALED_FIELD_NUMBER: _builtins.int
-    job_a: _builtins.str
-    job_b: _builtins.str
-    test_sealed: _builtins.bool
-    """Test figures withheld from this caller (either experiment is sealed)."""
-    @_builtins.property
-    def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitComparison]: ...
-    def __init__(
-        self,
-        *,
-        job_a: _builtins.str = ...,
-        job_b: _builtins.str = ...,
-        splits: _abc.Iterable[Global___SplitComparison] | None = ...,
-        test_sealed: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_a", b"job_a", "job_b", b"job_b", "splits", b"splits", "test_sealed", b"test_sealed"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CompareExperimentsResponse: _TypeAlias = CompareExperimentsResponse  # noqa: Y015

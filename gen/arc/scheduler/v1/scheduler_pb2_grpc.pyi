@@ -27,12 +27,6 @@ class SchedulerServiceStub:
     GetSchedulerStatus: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetSchedulerStatusRequest, _scheduler_pb2.GetSchedulerStatusResponse]
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobRequest, _scheduler_pb2.WatchJobResponse]
     """A job's events from any sequence number, then live."""
-    RevealTestMetrics: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RevealTestMetricsRequest, _scheduler_pb2.RevealTestMetricsResponse]
-    """Operators: a sealed experiment's test-split figures become visible to every caller."""
-    CompareExperiments: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CompareExperimentsRequest, _scheduler_pb2.CompareExperimentsResponse]
-    """Two experiments' best completed jobs on the same images: AUC differences with a paired
-    DeLong test, on validation and (unless sealed for this caller) test.
-    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -107,23 +101,5 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_scheduler_pb2.WatchJobRequest, _abc.AsyncIterator[_scheduler_pb2.WatchJobResponse]],
     ) -> _abc.AsyncIterator[_scheduler_pb2.WatchJobResponse]:
         """A job's events from any sequence number, then live."""
-
-    @_abc_1.abstractmethod
-    def RevealTestMetrics(
-        self,
-        request: _scheduler_pb2.RevealTestMetricsRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.RevealTestMetricsRequest, _abc.Awaitable[_scheduler_pb2.RevealTestMetricsResponse]],
-    ) -> _abc.Awaitable[_scheduler_pb2.RevealTestMetricsResponse]:
-        """Operators: a sealed experiment's test-split figures become visible to every caller."""
-
-    @_abc_1.abstractmethod
-    def CompareExperiments(
-        self,
-        request: _scheduler_pb2.CompareExperimentsRequest,
-        context: _aio.ServicerContext[_scheduler_pb2.CompareExperimentsRequest, _abc.Awaitable[_scheduler_pb2.CompareExperimentsResponse]],
-    ) -> _abc.Awaitable[_scheduler_pb2.CompareExperimentsResponse]:
-        """Two experiments' best completed jobs on the same images: AUC differences with a paired
-        DeLong test, on validation and (unless sealed for this caller) test.
-        """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _aio.Server) -> None: ...
