@@ -281,9 +281,15 @@ class TrainingJobConfig(_Spec):
     submitted_by: Annotated[str, Field(max_length=128, pattern=r"^[^\n]*$")] = ""
 
 
+# Bootstrap resamples an evaluation may ask for: under 100 the interval is noise.
+MIN_BOOTSTRAP, DEFAULT_BOOTSTRAP, MAX_BOOTSTRAP = 100, 1000, 100_000
+DATASET_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+
+
 class EvaluationJob(_Spec):
     checkpoint_path: WorkspacePath
     data_path: WorkspacePath
     split: Annotated[str, Field(pattern=r"^(train|val|test)?$")] = "test"
-    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 1000
-    dataset_id: Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$")] = ""
+    bootstrap_samples: Annotated[int, Field(ge=MIN_BOOTSTRAP, le=MAX_BOOTSTRAP)] = DEFAULT_BOOTSTRAP
+    # Empty: the data folder's name.
+    dataset_id: Annotated[str, Field(pattern=f"^({DATASET_ID_PATTERN})?$")] = ""

@@ -25,6 +25,7 @@ from arc_common.models import (
     PreprocessingChain,
     TrainingJobConfig,
 )
+from arc_common.models.specs import DEFAULT_BOOTSTRAP
 from arc_common.pagination import paginate
 from services.executor.runs import RunManager
 from services.executor.tools.service import Tools
@@ -201,8 +202,13 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             checkpoint_path=request.checkpoint_path,
             data_path=request.data_path,
             split=request.split,
-            bootstrap=request.bootstrap_samples,
+            bootstrap=(
+                request.bootstrap_samples
+                if request.HasField("bootstrap_samples")
+                else DEFAULT_BOOTSTRAP
+            ),
             seed=int(request.seed),
+            dataset_id=request.dataset_id,
             lease=lease,
         )
         fields = executor_pb2.EvaluationReport.DESCRIPTOR.fields_by_name

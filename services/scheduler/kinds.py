@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import ValidationError
 
 from arc_common.errors import InvalidArgumentError
+from arc_common.evaluation import flat_metrics
 from arc_common.models import (
     EvaluationJob,
     ExperimentResult,
@@ -106,17 +107,6 @@ class EvaluationKind:
     name = "evaluation"
     tool = Tool.RUN_EVALUATION_JOB
     checked_before_batch = False
-    metric_names = (
-        "auc",
-        "auc_ci_lower",
-        "auc_ci_upper",
-        "accuracy",
-        "sensitivity",
-        "specificity",
-        "sensitivity_at_90_specificity",
-        "sensitivity_at_95_specificity",
-        "f1",
-    )
 
     def parse(self, payload: dict[str, Any], *, field: str) -> dict[str, Any]:
         try:
@@ -136,20 +126,17 @@ class EvaluationKind:
         self, job: JobRecord, node: NodeClient, lease: Lease, *, request_id: str
     ) -> ExperimentResult:
         evaluation = EvaluationJob.model_validate(job.payload)
-        report = await node.evaluate(
+        report, provenance = await node.evaluate(
             evaluation, lease, request_id=request_id, seconds=job.timeout_seconds
         )
-        split = evaluation.split or "test"
-        metrics = {
-            f"{split}_{name}": float(report[name])
-            for name in self.metric_names
-            if isinstance(report.get(name), int | float)
-        }
         return ExperimentResult(
             experiment_id=job.experiment_id,
             job_id=job.job_id,
             state=JobState.COMPLETED,
-            best_metrics=metrics,
+            best_metrics=flat_metrics(report),
+            evaluations=[report],
+            provenance=provenance,
+            kind=self.name,
         )
 
 

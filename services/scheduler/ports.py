@@ -16,8 +16,10 @@ from arc_common.models import (
     Gpu,
     GpuAllocation,
     Lease,
+    Provenance,
     Run,
     RunEvent,
+    SplitEvaluation,
     Tool,
     TrainingJobConfig,
 )
@@ -44,7 +46,9 @@ class NodeClient(Protocol):
     def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
     async def evaluate(
         self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
-    ) -> dict[str, Any]: ...
+    ) -> tuple[SplitEvaluation, Provenance]:
+        """The evaluation module's report on the split, and what it measured."""
+        ...
 
 
 class GovernanceClient(Protocol):

@@ -4,9 +4,7 @@ its GovernanceClient is arc_common.governance_client's."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-from google.protobuf import json_format
 from grpc import aio
 
 from arc.common.v1 import common_pb2
@@ -19,8 +17,10 @@ from arc_common.models import (
     GpuAllocation,
     GpuPreference,
     Lease,
+    Provenance,
     Run,
     RunEvent,
+    SplitEvaluation,
     TrainingJobConfig,
 )
 from arc_common.rpc import unary
@@ -120,7 +120,7 @@ class GrpcNode:
 
     async def evaluate(
         self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
-    ) -> dict[str, Any]:
+    ) -> tuple[SplitEvaluation, Provenance]:
         reply = await unary(
             self._executor.EvaluateCheckpoint(
                 executor_pb2.EvaluateCheckpointRequest(
@@ -129,15 +129,17 @@ class GrpcNode:
                     data_path=evaluation.data_path,
                     split=evaluation.split,
                     bootstrap_samples=evaluation.bootstrap_samples,
+                    dataset_id=evaluation.dataset_id,
                     lease=to_proto(lease, gpu_pb2.Lease),
                 ),
                 timeout=seconds,
             )
         )
-        report: dict[str, Any] = json_format.MessageToDict(
-            reply.report, preserving_proto_field_name=True
+        # Typed, not MessageToDict: that drops every field equal to zero.
+        return (
+            to_model(reply.report.evaluation, SplitEvaluation),
+            to_model(reply.report.provenance, Provenance),
         )
-        return report
 
     async def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]:
         call = self._executor.StreamRunEvents(

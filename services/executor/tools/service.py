@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,12 @@ from arc_common.errors import (
     UnavailableError,
 )
 from arc_common.models import CheckpointInfo, Lease, MetricMode, PreprocessingChain, Tool
+from arc_common.models.specs import (
+    DATASET_ID_PATTERN,
+    DEFAULT_BOOTSTRAP,
+    MAX_BOOTSTRAP,
+    MIN_BOOTSTRAP,
+)
 from services.executor.launcher import Launcher, ToolCall
 from services.executor.leases import LeaseVerifier
 from services.executor.runs import RunManager
@@ -28,6 +36,7 @@ from services.executor.tools.sources import SourceTools
 
 SPLITS = {"train", "val", "test"}
 VISUALIZATIONS = ("gradcam", "attention")
+DATASET_ID = re.compile(DATASET_ID_PATTERN)
 
 
 def _split(split: str) -> str:
@@ -161,27 +170,41 @@ class Tools:
         split: str,
         bootstrap: int,
         seed: int,
+        dataset_id: str,
         lease: Lease | None,
     ) -> tuple[dict[str, Any], str]:
         if lease is not None:  # a claim until the gpu-manager confirms it; then its GPUs
             lease = await self.leases.verify(lease)
         split = _split(split)
-        if not 0 <= bootstrap <= 10_000:
+        if not MIN_BOOTSTRAP <= bootstrap <= MAX_BOOTSTRAP:
             raise InvalidArgumentError(
-                "bootstrap_samples must be in [0, 10000]", field="bootstrap_samples"
+                f"bootstrap_samples must be in [{MIN_BOOTSTRAP}, {MAX_BOOTSTRAP}] "
+                f"(got {bootstrap}); leave it unset for {DEFAULT_BOOTSTRAP}",
+                field="bootstrap_samples",
+            )
+        dataset_id = dataset_id or Path(data_path).name
+        if not DATASET_ID.fullmatch(dataset_id):
+            raise InvalidArgumentError(
+                "dataset_id must be 1-128 letters, digits, '.', '_' or '-'", field="dataset_id"
             )
         params = {
             "checkpoint_path": checkpoint_path,
             "data_path": data_path,
             "split": split,
             "bootstrap_samples": bootstrap,
+            "dataset_id": dataset_id,
         }
         await self.governed.check(
             Tool.RUN_EVALUATION_JOB, params, caller=caller, request_id=request_id
         )
         data = self._data(data_path, "data_path")
         checkpoint, digest = await self._registered(checkpoint_path)
-        report_path = checkpoint.with_name(f"{checkpoint.stem}.eval-{split}.json")
+        # Keyed by everything it measured: a second dataset, split or folder never
+        # overwrites the first report.
+        where = hashlib.sha256(data_path.encode()).hexdigest()[:10]
+        report_path = checkpoint.with_name(
+            f"{checkpoint.stem}.eval-{split}-{dataset_id}-{where}.json"
+        )
         async with self.governed.transaction(
             Tool.RUN_EVALUATION_JOB, [self._rel(report_path)], caller=caller, request_id=request_id
         ):
@@ -191,13 +214,16 @@ class Tools:
                     "checkpoint": str(checkpoint),
                     "sha256": digest,
                     "data_path": str(data),
+                    "data_path_name": data_path,
+                    "dataset_id": dataset_id,
                     "split": split,
-                    "bootstrap": bootstrap or 1000,
+                    "bootstrap": bootstrap,
                     "seed": seed,
                 },
                 lease,
             )
             report["checkpoint_path"] = checkpoint_path
+            report["provenance"]["checkpoint_path"] = checkpoint_path
             report_path.write_text(json.dumps(report, indent=2))
         return report, self._rel(report_path)
 

@@ -5,18 +5,31 @@ torch and a tool on a leased GPU gets ``CUDA_VISIBLE_DEVICES`` of its own."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
+from sklearn.metrics import confusion_matrix, roc_curve
 from torch import nn
+from torchvision.datasets import ImageFolder
 
-from arc_common.models import ArchitectureFamily, ArchitectureSpec, PreprocessingChain
-from services.executor.trainer import metrics as M
+from arc_common import evaluation
+from arc_common.models import (
+    ArchitectureFamily,
+    ArchitectureSpec,
+    DatasetSpec,
+    OperatingPoint,
+    PreprocessingChain,
+    Provenance,
+)
 from services.executor.trainer.checkpoint_io import load_verified
+from services.executor.trainer.data import SPLITS, _stratified
 from services.executor.trainer.models import build_model
+from services.executor.trainer.provenance import dataset_hash, engine_version
 from services.executor.trainer.transforms import build_transforms
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -35,41 +48,48 @@ def load_checkpoint(path: Path, sha256: str) -> tuple[nn.Module, dict[str, Any],
     return model.to(device).eval(), payload, device
 
 
-def split_samples(data_path: Path, split: str, class_names: list[str]) -> list[tuple[Path, int]]:
-    """Images of ``split`` (a split folder when there is one, else the whole folder)."""
-    root = data_path / split if (data_path / split).is_dir() else data_path
-    samples = []
-    for index, name in enumerate(class_names):
-        folder = root / name
-        if folder.is_dir():
-            samples += [
-                (p, index) for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES
-            ]
-    if not samples:
-        raise ValueError(f"no images of classes {class_names} under {root}")
-    return samples
+def split_samples(data_path: Path, split: str, payload: dict[str, Any]) -> list[tuple[Path, int]]:
+    """Images of ``split``: its folder when the dataset has one; on an unsplit folder, the
+    images the trainer put on that split (the checkpoint's seed and fractions), never the
+    whole folder, which holds the training images too."""
+    class_names: list[str] = payload["class_names"]
+    if (data_path / split).is_dir():
+        root = data_path / split
+        samples = []
+        for index, name in enumerate(class_names):
+            folder = root / name
+            if folder.is_dir():
+                samples += [
+                    (p, index)
+                    for p in sorted(folder.rglob("*"))
+                    if p.suffix.lower() in IMAGE_SUFFIXES
+                ]
+        if not samples:
+            raise UnsupportedRequest(
+                f"no images of classes {class_names} under {split}/", field="data_path"
+            )
+        return samples
+    if "dataset" not in payload or "seed" not in payload:
+        raise UnsupportedRequest(
+            f"{data_path.name} has no {split}/ folder and the checkpoint does not record how "
+            "its trainer split an unsplit folder; evaluate a dataset with split folders",
+            field="split",
+        )
+    dataset = DatasetSpec.model_validate(payload["dataset"])
+    folder = ImageFolder(str(data_path))
+    if folder.classes != class_names:
+        raise UnsupportedRequest(
+            f"{data_path.name} has classes {folder.classes}, the checkpoint {class_names}",
+            field="data_path",
+        )
+    fractions = (dataset.train_split, dataset.val_split, dataset.test_split)
+    parts = _stratified(folder.targets, fractions, int(payload["seed"]))
+    return [(Path(folder.samples[i][0]), folder.samples[i][1]) for i in parts[SPLITS.index(split)]]
 
 
 def _transform(payload: dict[str, Any]) -> Any:
     chain = PreprocessingChain.model_validate(payload.get("preprocessing") or {})
     return build_transforms(chain, int(payload.get("image_size", 224)), train=False)
-
-
-def _bootstrap_auc(
-    labels: np.ndarray, probs: np.ndarray, samples: int, seed: int, positive: int
-) -> tuple[float, float]:
-    if samples <= 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        index = rng.integers(0, len(labels), len(labels))
-        value = M.auc(labels[index], probs[index], positive)
-        if not np.isnan(value):
-            values.append(value)
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
 @torch.no_grad()
@@ -86,33 +106,92 @@ def predict(
     return np.array(labels), np.concatenate(probs)
 
 
+def _f1(point: OperatingPoint) -> float:
+    found = 2 * point.true_positives
+    total = found + point.false_positives + point.false_negatives
+    return found / total if total else math.nan
+
+
 def evaluate(
-    checkpoint: Path, data_path: Path, split: str, *, sha256: str, bootstrap: int, seed: int
+    checkpoint: Path,
+    data_path: Path,
+    split: str,
+    *,
+    sha256: str,
+    bootstrap: int,
+    seed: int,
+    dataset_id: str,
+    data_path_name: str,
 ) -> dict[str, Any]:
+    """The evaluation module's report on ``split``. Operating points come from the same
+    dataset's validation split and are frozen for any other split (as in training); a
+    dataset without validation images lets the split choose its own, and says so."""
     model, payload, device = load_checkpoint(checkpoint, sha256)
     class_names: list[str] = payload["class_names"]
-    samples = split_samples(data_path, split, class_names)
-    labels, probs = predict(model, samples, _transform(payload), device)
-    positive = M.positive_index(class_names)
-    summary = M.summarize(labels, probs, positive)
-    scores = probs[:, positive] if probs.shape[1] == 2 else probs.max(1)
+    transform = _transform(payload)
+    samples = split_samples(data_path, split, payload)
+    frozen = None
+    if split != "val":
+        try:
+            val_samples = split_samples(data_path, "val", payload)
+        except UnsupportedRequest:
+            val_samples = []
+        if val_samples:
+            chooser = evaluation.evaluate_split(
+                *predict(model, val_samples, transform, device),
+                split="val",
+                class_names=class_names,
+                bootstrap_samples=bootstrap,
+                seed=seed,
+            )
+            frozen = chooser.operating_points or None
+    labels, probs = predict(model, samples, transform, device)
+    report = evaluation.evaluate_split(
+        labels,
+        probs,
+        split=split,
+        class_names=class_names,
+        frozen=frozen,
+        bootstrap_samples=bootstrap,
+        seed=seed,
+    )
+    positive = evaluation.positive_index(class_names)
+    binary = len(class_names) == 2
+    scores = probs[:, positive] if binary else probs.max(1)
     positives = (labels == positive).astype(np.int64)
-    fpr, tpr, thresholds = M.roc_curve(positives, scores)
-    low, high = _bootstrap_auc(labels, probs, bootstrap, seed, positive)
-    matrix = M.confusion_matrix(labels, probs.argmax(1), len(class_names))
+    fpr, tpr, thresholds = roc_curve(positives, scores)
+    youden = report.point("youden") if binary else None
+    flat = evaluation.flat_metrics(report)
+    matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(len(class_names))))
+    sens90 = report.point("spec90") if binary else None
+    record = Provenance(
+        seed=int(payload.get("seed", seed)),
+        engine_version=engine_version(),
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+        device=device.type,
+        precision="fp32",
+        deterministic=device.type == "cpu",
+        dataset_id=dataset_id,
+        data_path=data_path_name,
+        dataset_hash=dataset_hash(data_path, [str(p) for p, _ in samples]),
+        checkpoint_path="",
+        checkpoint_sha256=sha256,
+    )
     return {
         "checkpoint_path": "",
         "split": split,
         "num_samples": len(labels),
-        "auc": summary.auc,
-        "auc_ci_lower": low,
-        "auc_ci_upper": high,
-        "accuracy": summary.accuracy,
-        "sensitivity": summary.sensitivity,
-        "specificity": summary.specificity,
-        "sensitivity_at_90_specificity": M.sensitivity_at_specificity(positives, scores, 0.90),
-        "sensitivity_at_95_specificity": M.sensitivity_at_specificity(positives, scores, 0.95),
-        "f1": summary.f1,
+        "auc": report.auc,
+        "auc_ci_lower": flat[f"{split}_auc_ci_lower"],
+        "auc_ci_upper": flat[f"{split}_auc_ci_upper"],
+        "accuracy": report.accuracy,
+        # At the frozen Youden threshold, not the argmax.
+        "sensitivity": youden.sensitivity if youden else math.nan,
+        "specificity": youden.specificity if youden else math.nan,
+        "sensitivity_at_90_specificity": sens90.sensitivity if sens90 else math.nan,
+        "sensitivity_at_95_specificity": report.sensitivity_at_95_specificity,
+        "f1": _f1(youden) if youden else math.nan,
         "confusion_matrix": matrix.ravel().tolist(),
         "num_classes": len(class_names),
         "roc_curve": [
@@ -124,7 +203,9 @@ def evaluate(
             for f, t, th in zip(fpr, tpr, thresholds, strict=True)
         ],
         "class_names": class_names,
-        "positive_class": class_names[positive] if len(class_names) == 2 else "",
+        "positive_class": report.positive_class,
+        "evaluation": report.model_dump(mode="json"),
+        "provenance": record.model_dump(mode="json"),
         "labels": labels.tolist(),
         "scores": scores.tolist(),
     }
@@ -228,7 +309,7 @@ def gradcam(
     class_names: list[str] = payload["class_names"]
     family = ArchitectureFamily(payload["architecture"]["family"])
     transform = _transform(payload)
-    chosen = _even_pick(split_samples(data_path, split, class_names), count)
+    chosen = _even_pick(split_samples(data_path, split, payload), count)
     first = transform(Image.open(chosen[0][0]).convert("RGB")).unsqueeze(0).to(device)
     layer, tokens = _target_layer(model, family, first)
     store: dict[str, torch.Tensor] = {}
@@ -300,7 +381,7 @@ def attention(
         )
     class_names: list[str] = payload["class_names"]
     transform = _transform(payload)
-    chosen = _even_pick(split_samples(data_path, split, class_names), count)
+    chosen = _even_pick(split_samples(data_path, split, payload), count)
     encoder: Any = getattr(model, "encoder")  # noqa: B009
     store: list[torch.Tensor] = []
     hooks = [h for layer in encoder.layers for h in _keep_attention(layer.self_attention, store)]

@@ -21,6 +21,8 @@ def main() -> int:
                 sha256=request["sha256"],
                 bootstrap=int(request["bootstrap"]),
                 seed=int(request["seed"]),
+                dataset_id=request["dataset_id"],
+                data_path_name=request["data_path_name"],
             )
         elif request["tool"] in ("gradcam", "attention"):
             method = torchwork.gradcam if request["tool"] == "gradcam" else torchwork.attention

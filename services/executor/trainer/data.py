@@ -38,9 +38,9 @@ class _Split(Dataset[tuple[torch.Tensor, int]]):
 
 @dataclass
 class Splits:
-    train: Dataset[Any]
-    val: Dataset[Any]
-    test: Dataset[Any]
+    train: _Split
+    val: _Split
+    test: _Split
     class_names: list[str]
 
 

@@ -17,15 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from arc_common import evaluation
 from arc_common.models import (
     CheckpointInfo,
     CheckpointKind,
     ExperimentResult,
     JobState,
     MetricMode,
+    SplitEvaluation,
 )
 from services.executor.protocol import META_SUFFIX, TrainerInput
-from services.executor.trainer import metrics as M
 from services.executor.trainer.checkpoint_io import (
     CHECKPOINT_FORMAT,
     CheckpointWriter,
@@ -38,6 +39,7 @@ from services.executor.trainer.checkpoint_io import (
 from services.executor.trainer.data import load_splits, loader
 from services.executor.trainer.models import build_model
 from services.executor.trainer.optim import make_optimizer, make_scheduler, seed_everything
+from services.executor.trainer.provenance import provenance
 
 
 class Pruned(Exception):
@@ -114,7 +116,7 @@ def _train(
     # What needs no GPU comes first: a prepared run (``inp.standby``) does it ahead of its
     # GPUs, and nothing here may touch CUDA (CUDA_VISIBLE_DEVICES is not set yet).
     splits = load_splits(spec, Path(inp.data_path), seed)
-    positive = M.positive_index(splits.class_names)
+    positive = evaluation.positive_index(splits.class_names)
     model = build_model(spec.architecture)  # in host memory
     if inp.standby:
         report.state(JobState.QUEUED.value, "prepared: data opened, model built; waiting for GPUs")
@@ -177,6 +179,9 @@ def _train(
                 "class_names": splits.class_names,
                 "image_size": spec.dataset.image_size,
                 "preprocessing": spec.preprocessing.model_dump(mode="json"),
+                # How an unsplit folder was split, so a tool reads the same held-out images.
+                "dataset": spec.dataset.model_dump(mode="json"),
+                "seed": seed,
                 "experiment_id": spec.experiment_id,
                 "job_id": config.job_id,
                 # What a retried attempt needs to go on where this one stopped.
@@ -295,14 +300,12 @@ def _train(
         labels, probs, val_loss = predict(
             model, val_loader, device, amp=amp, channels_last=channels_last
         )
-        summary = M.summarize(labels, probs, positive) if len(labels) else None
+        # Per epoch only what ranks epochs; operating points are chosen once, on the best.
         epoch_metrics = {
             "train_loss": epoch_loss / max(seen, 1),
             "val_loss": val_loss,
-            "val_accuracy": summary.accuracy if summary else float("nan"),
-            "val_auc": summary.auc if summary else float("nan"),
-            "val_sensitivity": summary.sensitivity if summary else float("nan"),
-            "val_specificity": summary.specificity if summary else float("nan"),
+            "val_accuracy": float(np.mean(probs.argmax(1) == labels)) if len(labels) else math.nan,
+            "val_auc": evaluation.auc(labels, probs, positive) if len(labels) else math.nan,
             "lr": lr,
             "images_per_second": seen / elapsed,
         }
@@ -345,21 +348,22 @@ def _train(
         if best_epoch != last_epoch:  # the model in memory is the best one otherwise
             best = torch.load(checkpoint_dir / "best.pt", map_location=device, weights_only=True)
             model.load_state_dict(best["model_state_dict"])
-        labels, probs, test_loss = predict(
-            model, test_loader, device, amp=amp, channels_last=channels_last
+        # fp32 for both, as the evaluation tool scores a checkpoint: one model, one score.
+        val_labels, val_probs, _ = predict(
+            model, val_loader, device, amp=False, channels_last=channels_last
         )
-        test = M.summarize(labels, probs, positive) if len(labels) else None
-        test_metrics = {
-            "test_loss": test_loss,
-            "test_accuracy": test.accuracy if test else float("nan"),
-            "test_auc": test.auc if test else float("nan"),
-            "test_sensitivity": test.sensitivity if test else float("nan"),
-            "test_specificity": test.specificity if test else float("nan"),
-            "test_f1": test.f1 if test else float("nan"),
-        }
+        labels, probs, test_loss = predict(
+            model, test_loader, device, amp=False, channels_last=channels_last
+        )
+        evaluations = _evaluate(
+            (val_labels, val_probs), (labels, probs), splits.class_names, seed=seed
+        )
+        test_metrics = {"test_loss": test_loss} | evaluation.flat_metrics(evaluations[-1])
         for name, value in test_metrics.items():
             report.metric(name, value, step=step, epoch=best_epoch, split="test")
         best_metrics.update(test_metrics)
+        if evaluations[0].split == "val":
+            best_metrics.update(evaluation.flat_metrics(evaluations[0]))
         best_metrics["best_epoch"] = float(best_epoch)
         # Done with the GPUs: the last checkpoint is in host memory and only its write is left.
         # Give them back now, so the next job starts while this one writes.
@@ -380,4 +384,39 @@ def _train(
         best_metrics=best_metrics,
         checkpoints=checkpoints,
         duration_seconds=time.monotonic() - started,
+        evaluations=evaluations,
+        provenance=provenance(
+            spec,
+            seed=seed,
+            device=f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu",
+            precision="bf16" if amp else "fp32",
+            data_path=Path(inp.data_path),
+            images=[p for part in (splits.train, splits.val, splits.test) for p in part.paths()],
+            checkpoint=next((c for c in checkpoints if c.kind is CheckpointKind.BEST), None),
+        ),
+        kind="training",
     )
+
+
+def _evaluate(
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    class_names: list[str],
+    *,
+    seed: int,
+) -> list[SplitEvaluation]:
+    """Validation chooses the operating points; test is read at those thresholds, never its
+    own. Without validation images, test chooses its own and says so (chosen_on "test")."""
+    found: list[SplitEvaluation] = []
+    frozen = None
+    if len(val[0]):
+        found.append(
+            evaluation.evaluate_split(*val, split="val", class_names=class_names, seed=seed)
+        )
+        frozen = found[0].operating_points or None
+    found.append(
+        evaluation.evaluate_split(
+            *test, split="test", class_names=class_names, frozen=frozen, seed=seed
+        )
+    )
+    return found

@@ -23,7 +23,7 @@ async def test_evaluation_job_reproduces_the_training_test_auc(make_suite: Facto
                 checkpoint_path=best.path,
                 data_path="data/fundus",
                 split="test",
-                bootstrap_samples=50,
+                bootstrap_samples=100,
             ),
         )
     )

@@ -112,23 +112,104 @@ async def test_evaluation_agrees_with_sklearn(tools: Tools) -> None:
     positive = stored["class_names"].index("glaucoma")
     labels = (np.array(stored["labels"]) == positive).astype(int)
     scores = np.array(stored["scores"])
-    predictions = (scores >= 0.5).astype(int)
     assert report.num_samples == len(labels) == 12
-    assert report.auc == pytest.approx(skm.roc_auc_score(labels, scores))
-    assert report.accuracy == pytest.approx(skm.accuracy_score(labels, predictions))
+    assert report.auc == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-9)
+    # Sensitivity and specificity are read at the Youden threshold chosen on validation.
+    youden = next(p for p in report.evaluation.operating_points if p.name == "youden")
+    assert {p.chosen_on for p in report.evaluation.operating_points} == {"val"}
+    predictions = (scores >= youden.threshold).astype(int)
     assert report.sensitivity == pytest.approx(skm.recall_score(labels, predictions))
     assert report.specificity == pytest.approx(
         skm.recall_score(1 - labels, 1 - predictions, zero_division=0)
     )
     assert report.f1 == pytest.approx(skm.f1_score(labels, predictions, zero_division=0))
-    # Rows are true classes in folder order; the diagonal holds the correct predictions.
+    assert youden.true_positives + youden.false_negatives == labels.sum()
+    # Rows are true classes in folder order; the diagonal holds the argmax's correct ones.
     matrix = np.array(report.confusion_matrix).reshape(2, 2)
     assert matrix.sum() == len(labels)
     assert np.trace(matrix) == round(report.accuracy * len(labels))
     assert report.auc_ci_lower <= report.auc <= report.auc_ci_upper
+    assert report.evaluation.bootstrap_samples == 200
     assert report.roc_curve[0].false_positive_rate == 0
     assert report.roc_curve[-1].true_positive_rate == 1
-    assert 0 <= report.sensitivity_at_95_specificity <= report.sensitivity_at_90_specificity <= 1
+    assert 0 <= report.sensitivity_at_95_specificity <= 1
+    assert report.provenance.dataset_id == "fundus"
+    assert report.provenance.checkpoint_path == CHECKPOINT
+    assert report.provenance.dataset_hash.startswith("sha256:")
+
+
+def _flatten(home: Path) -> Path:
+    """datasets/flat: the fundus images without split folders (class folders only)."""
+    flat = home / "datasets" / "flat"
+    for image in sorted((home / "datasets" / "fundus").glob("*/*/*.png")):
+        split, label = image.parent.parent.name, image.parent.name
+        (flat / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, flat / label / f"{split}-{image.name}")
+    return flat
+
+
+async def test_test_split_of_an_unsplit_folder_is_the_trainers_held_out_part(
+    tools: Tools,
+) -> None:
+    from arc_common.models import ExperimentSpec
+    from services.executor.trainer.data import load_splits
+    from services.executor.trainer.provenance import dataset_hash
+
+    flat = _flatten(tools.home)
+    reply = await tools.executor().EvaluateCheckpoint(
+        executor_pb2.EvaluateCheckpointRequest(
+            checkpoint_path=CHECKPOINT, data_path="datasets/flat", split="test"
+        )
+    )
+    spec = ExperimentSpec.model_validate(
+        {
+            "experiment_id": "e1",
+            "architecture": {"family": "resnet", "variant": "resnet18"},
+            "hyperparameters": {
+                "batch_size": 8,
+                "epochs": 1,
+                "optimizer": {"learning_rate": 0.001},
+                "seed": 1,
+            },
+            "dataset": {"dataset_id": "flat", "data_path": "datasets/flat", "image_size": SIZE},
+        }
+    )
+    held_out = load_splits(spec, flat, seed=1).test.paths()
+    assert reply.report.num_samples == len(held_out) < len(list(flat.rglob("*.png")))
+    # The same images, not just as many: the report hashes the files it read.
+    assert reply.report.provenance.dataset_hash == dataset_hash(flat, held_out)
+
+
+async def test_reports_on_two_datasets_both_survive(tools: Tools) -> None:
+    _flatten(tools.home)
+    paths = []
+    for data_path in ("datasets/fundus", "datasets/flat"):
+        reply = await tools.executor().EvaluateCheckpoint(
+            executor_pb2.EvaluateCheckpointRequest(
+                checkpoint_path=CHECKPOINT, data_path=data_path, split="test"
+            )
+        )
+        paths.append(reply.report_path)
+    assert len(set(paths)) == 2
+    reports = [json.loads((tools.home / p).read_text()) for p in paths]
+    assert [r["provenance"]["dataset_id"] for r in reports] == ["fundus", "flat"]
+    assert [r["provenance"]["data_path"] for r in reports] == ["datasets/fundus", "datasets/flat"]
+
+
+@pytest.mark.parametrize("samples", [0, 99, 100_001, -1])
+async def test_bootstrap_samples_out_of_bounds_is_invalid_argument(
+    tools: Tools, samples: int
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        await tools.executor().EvaluateCheckpoint(
+            executor_pb2.EvaluateCheckpointRequest(
+                checkpoint_path=CHECKPOINT,
+                data_path="datasets/fundus",
+                bootstrap_samples=samples,
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bootstrap_samples" in str(info.value.details())
 
 
 async def test_list_delete_and_retention(tools: Tools) -> None:

@@ -32,9 +32,11 @@ from arc_common.models import (
     JobState,
     Lease,
     MetricResult,
+    Provenance,
     Run,
     RunEndCause,
     RunEvent,
+    SplitEvaluation,
     StateChange,
     Tool,
     TrainingJobConfig,
@@ -84,7 +86,7 @@ class FakeNode:
         self.started: list[TrainingJobConfig] = []  # in the order runs started
         self.prepared: list[TrainingJobConfig] = []
         self.evaluations: list[tuple[EvaluationJob, float]] = []
-        self.report: dict[str, Any] = {"auc": 0.75, "accuracy": 0.5}
+        self.report = SplitEvaluation(split="test", auc=0.75, accuracy=0.5)
         self.calls_started = asyncio.Event()
 
     # --- the port ----------------------------------------------------------------------
@@ -209,10 +211,10 @@ class FakeNode:
 
     async def evaluate(
         self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
-    ) -> dict[str, Any]:
+    ) -> tuple[SplitEvaluation, Provenance]:
         self._answer()
         self.evaluations.append((evaluation, seconds))
-        return dict(self.report)
+        return self.report, Provenance(dataset_id=evaluation.dataset_id or "fake")
 
     # --- what a test does to runs --------------------------------------------------------
 

@@ -13,6 +13,8 @@ from arc_common.models import (
     ExperimentSpec,
     JobState,
     Lease,
+    OperatingPoint,
+    SplitEvaluation,
     Tool,
 )
 from services.scheduler.admission import Submission
@@ -90,7 +92,14 @@ async def test_an_unknown_kind_is_refused_naming_the_field(make: Factory) -> Non
 
 async def test_an_evaluation_job_reports_its_metrics_by_split(make: Factory) -> None:
     h = await make(gpus=1)
-    h.node.report = {"auc": 0.91, "f1": 0.5, "confusion": [[1, 0], [0, 1]]}
+    # A sensitivity of zero is a figure, not a missing one.
+    h.node.report = SplitEvaluation(
+        split="val",
+        positive_class="glaucoma",
+        auc=0.91,
+        accuracy=0.5,
+        operating_points=[OperatingPoint(name="youden", chosen_on="val", specificity=1.0)],
+    )
     payload = {"checkpoint_path": "runs/x/best.pt", "data_path": "data/fundus", "split": "val"}
     [job] = await h.scheduler.submit(
         [Submission(spec=experiment("eval"), kind="evaluation", payload=payload)],
@@ -98,7 +107,11 @@ async def test_an_evaluation_job_reports_its_metrics_by_split(make: Factory) -> 
     )
     await h.state(job, JobState.COMPLETED)
     assert job.result is not None
-    assert job.result.best_metrics == {"val_auc": 0.91, "val_f1": 0.5}
+    metrics = job.result.best_metrics
+    assert metrics["val_auc"] == 0.91 and metrics["val_sensitivity"] == 0.0
+    assert metrics["val_specificity"] == 1.0
+    assert job.result.kind == "evaluation" and job.result.evaluation("val") == h.node.report
+    assert job.result.provenance is not None and job.result.provenance.dataset_id == "fake"
     [(evaluation, seconds)] = h.node.evaluations
     assert evaluation.split == "val" and seconds == job.timeout_seconds
     tool, parameters, _, _ = h.governance.calls[-1]
