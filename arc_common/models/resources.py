@@ -19,6 +19,7 @@ from arc_common.models.enums import (
     DecisionOutcome,
     GpuBackend,
     JobState,
+    MetricMode,
     PendingRequestState,
     RunEndCause,
     Tool,
@@ -87,6 +88,8 @@ class ExperimentResult(_Resource):
     evaluations: list[SplitEvaluation] = Field(default_factory=list)
     provenance: Provenance | None = None
     kind: str = ""
+    selected_by: str = ""
+    selected_mode: MetricMode | None = None
 
     def evaluation(self, split: str) -> SplitEvaluation | None:
         return next((e for e in self.evaluations if e.split == split), None)

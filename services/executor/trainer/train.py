@@ -395,6 +395,8 @@ def _train(
             checkpoint=next((c for c in checkpoints if c.kind is CheckpointKind.BEST), None),
         ),
         kind="training",
+        selected_by=monitor,
+        selected_mode=early.mode,
     )
 
 

@@ -872,6 +872,8 @@ class ExperimentResult(_message.Message):
     EVALUATIONS_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    SELECTED_BY_FIELD_NUMBER: _builtins.int
+    SELECTED_MODE_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     job_id: _builtins.str
     state: Global___JobState.ValueType
@@ -879,6 +881,11 @@ class ExperimentResult(_message.Message):
     duration_seconds: _builtins.float
     kind: _builtins.str
     """"training" or "evaluation"."""
+    selected_by: _builtins.str
+    """What chose the best epoch (the spec's early_stopping.monitor, e.g. "val_auc") and in
+    which direction: what a leaderboard ranks by. Empty for an evaluation job.
+    """
+    selected_mode: Global___MetricMode.ValueType
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricResult]: ...
     @_builtins.property
@@ -907,10 +914,12 @@ class ExperimentResult(_message.Message):
         evaluations: _abc.Iterable[Global___SplitEvaluation] | None = ...,
         provenance: Global___Provenance | None = ...,
         kind: _builtins.str = ...,
+        selected_by: _builtins.str = ...,
+        selected_mode: Global___MetricMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metrics", b"best_metrics", "checkpoints", b"checkpoints", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "evaluations", b"evaluations", "experiment_id", b"experiment_id", "job_id", b"job_id", "kind", b"kind", "metrics", b"metrics", "provenance", b"provenance", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metrics", b"best_metrics", "checkpoints", b"checkpoints", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "evaluations", b"evaluations", "experiment_id", b"experiment_id", "job_id", b"job_id", "kind", b"kind", "metrics", b"metrics", "provenance", b"provenance", "selected_by", b"selected_by", "selected_mode", b"selected_mode", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
