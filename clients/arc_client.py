@@ -139,6 +139,7 @@ class ArcClient:
         max_retries: int = 0,
         timeout_seconds: int = 0,
         request_id: str = "",
+        evaluation: scheduler_pb2.EvaluationJob | None = None,
     ) -> scheduler_pb2.SubmitJobRequest:
         request = scheduler_pb2.SubmitJobRequest(
             experiment_id=experiment_id,
@@ -150,6 +151,8 @@ class ArcClient:
             request.spec.CopyFrom(to_proto(spec, common_pb2.ExperimentSpec))
         if priority is not None:
             request.priority = priority
+        if evaluation is not None:
+            request.evaluation.CopyFrom(evaluation)  # the scheduler validates it
         return request
 
     async def submit(self, spec: ExperimentSpec | None = None, **options: Any) -> Job:
@@ -336,6 +339,7 @@ class ArcClient:
         split: str = "test",
         bootstrap_samples: int = 1000,
         seed: int = 0,
+        dataset_id: str = "",
     ) -> dict[str, Any]:
         reply = await unary(
             self.executor.EvaluateCheckpoint(
@@ -345,11 +349,15 @@ class ArcClient:
                     split=split,
                     bootstrap_samples=bootstrap_samples,
                     seed=seed,
+                    dataset_id=dataset_id,
                 ),
                 timeout=max(self._timeout, 600),
             )
         )
+        # Zeros included: a sensitivity of 0 is a figure, not a missing one.
         report: dict[str, Any] = json_format.MessageToDict(
-            reply.report, preserving_proto_field_name=True
+            reply.report,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
         )
         return report

@@ -21,11 +21,19 @@ from typing import Any
 
 import yaml
 
+from arc.scheduler.v1 import scheduler_pb2
 from arc_common import errors
-from arc_common.models import Job, JobState, Mode
+from arc_common.models import CheckpointKind, Job, JobState, Mode
 from clients.arc_client import DEFAULT_PORT_BASE, Addresses, ArcClient
 from clients.demo import run_demo
-from clients.display import Out, fmt, leaderboard_rows, watch_job
+from clients.display import (
+    LEADERBOARD,
+    Out,
+    fmt,
+    leaderboard_rows,
+    leaderboard_table,
+    watch_job,
+)
 from clients.orchestrator import interpret
 from clients.suite import LocalSuite
 
@@ -185,10 +193,48 @@ async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
 async def cmd_results(args: argparse.Namespace, out: Out) -> int:
     async with client_for(args) as client:
         jobs = await client.jobs(experiment_id=args.experiment or "")
-    out.table(
-        leaderboard_rows(jobs),
-        ["experiment", "job", "auc", "sensitivity", "specificity", "val_auc", "seconds"],
-    )
+    rows = leaderboard_rows(jobs, evaluations=args.evaluations)
+    if out.json:
+        out.data(rows)
+    else:
+        out.table(leaderboard_table(rows), LEADERBOARD)
+    return 0
+
+
+async def cmd_evaluate(args: argparse.Namespace, out: Out) -> int:
+    """Evaluate a completed job's best checkpoint on another dataset (or split), as an
+    evaluation job on a leased GPU; its row joins the experiment's in ``arc results``."""
+    async with client_for(args) as client:
+        trained = await client.job(args.job)
+        best = next(
+            (
+                c
+                for c in (trained.result.checkpoints if trained.result else [])
+                if c.kind is CheckpointKind.BEST
+            ),
+            None,
+        )
+        if best is None:
+            print(f"{args.job} has no best checkpoint to evaluate", file=sys.stderr)
+            return JOB_NOT_COMPLETED
+        evaluation = scheduler_pb2.EvaluationJob(
+            checkpoint_path=best.path,
+            data_path=args.data,
+            split=args.split,
+            bootstrap_samples=args.bootstrap,
+            dataset_id=args.dataset_id or "",
+        )
+        job = await client.submit(experiment_id=trained.experiment_id, evaluation=evaluation)
+        # Progress to stderr under --json, so stdout stays one JSON document.
+        job = await watch_job(client, job.job_id, stream=sys.stderr if out.json else None)
+    rows = leaderboard_rows([job], evaluations=True)
+    if out.json:
+        out.data(rows)
+    else:
+        out.table(leaderboard_table(rows), LEADERBOARD)
+    if job.state is not JobState.COMPLETED:
+        print(f"{job.job_id} ended {job.state}: {job.error_message}", file=sys.stderr)
+        return JOB_NOT_COMPLETED
     return 0
 
 
@@ -356,8 +402,21 @@ def parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=0, help="queued jobs to list (default 20, at most 1000)"
     )
     sub.add_parser("gpus", help="GPUs with telemetry and lease holders")
-    r = sub.add_parser("results", help="leaderboard of completed jobs")
+    r = sub.add_parser(
+        "results", help="leaderboard: ranked by validation, test AUC [95% CI] beside it"
+    )
     r.add_argument("--experiment")
+    r.add_argument(
+        "--evaluations", action="store_true", help="add evaluation jobs' rows under each row"
+    )
+    e = sub.add_parser(
+        "evaluate", help="evaluate a job's best checkpoint on a dataset (an evaluation job)"
+    )
+    e.add_argument("job", help="the completed training job")
+    e.add_argument("--data", required=True, help="workspace-relative dataset folder")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--dataset-id", help="the name on its row (default: the folder's name)")
+    e.add_argument("--bootstrap", type=int, default=1000, help="resamples, 100 to 100000")
     a = sub.add_parser("audit", help="the audit log (export: JSON lines)")
     a.add_argument("action", choices=["list", "verify", "export"])
     a.add_argument("--caller")
@@ -391,6 +450,7 @@ COMMANDS = {
     "gpus": cmd_gpus,
     "cancel": cmd_cancel,
     "watch": cmd_watch,
+    "evaluate": cmd_evaluate,
     "results": cmd_results,
     "audit": cmd_audit,
     "mode": cmd_mode,

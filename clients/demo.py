@@ -17,7 +17,7 @@ from typing import Any
 
 from arc_common.models import CheckpointKind, JobState
 from clients.arc_client import ArcClient
-from clients.display import Out, leaderboard_rows, watch_job
+from clients.display import LEADERBOARD, Out, leaderboard_rows, leaderboard_table, watch_job
 from clients.orchestrator import Orchestrator
 from clients.suite import LocalSuite
 
@@ -104,9 +104,9 @@ async def run_demo(home: Path, port_base: int, *, keep: bool = False) -> int:
                     if o.job
                 )
             )
-            say("== leaderboard (test split)")
+            say("== leaderboard (ranked by validation; test AUC, sens/spec at the val threshold)")
             rows = leaderboard_rows(list(jobs))
-            Out(False).table(rows, ["experiment", "auc", "sensitivity", "specificity", "seconds"])
+            Out(False).table(leaderboard_table(rows), LEADERBOARD)
             failed = [j for j in jobs if j.state is not JobState.COMPLETED]
             for job in failed:
                 say(f"!! {job.experiment_id} ended {job.state}: {job.error_message[:200]}")

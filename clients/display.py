@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from arc_common.models import Job, JobState
+from arc_common.models import ExperimentResult, Job, JobState, MetricMode
 from arc_common.packed import unpack
 from clients.arc_client import ArcClient
 
@@ -19,7 +19,8 @@ class Out:
         self.json = as_json
 
     def data(self, value: Any) -> None:
-        print(json.dumps(value, indent=2, default=str))
+        # NaN is not JSON: a figure that does not exist is null; a zero stays 0.0.
+        print(json.dumps(_no_nan(value), indent=2, default=str, allow_nan=False))
 
     def table(self, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         if self.json:
@@ -33,6 +34,16 @@ class Out:
         print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
         for row in cells:
             print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def fmt(value: Any) -> str:
@@ -90,21 +101,96 @@ async def watch_job(client: ArcClient, job_id: str, *, label: str = "", stream: 
     return await client.job(job_id)
 
 
-def leaderboard_rows(jobs: list[Job]) -> list[dict[str, Any]]:
-    rows = []
+def _figure(best: dict[str, float], name: str) -> float:
+    return best.get(name, math.nan)
+
+
+def _row(job: Job, result: ExperimentResult, split: str) -> dict[str, Any]:
+    """One leaderboard row: ranked by validation, test (or the evaluated split) beside it."""
+    best = result.best_metrics
+    ranked_by = result.selected_by or "val_auc"
+    flagged = [e for e in result.evaluations if e.degenerate]
+    provenance = result.provenance
+    return {
+        "experiment": job.experiment_id,
+        "job": job.job_id,
+        "kind": result.kind or "training",
+        "on": f"{provenance.dataset_id if provenance else ''}/{split}",
+        "ranked_by": ranked_by if result.kind != "evaluation" else "",
+        "val": _figure(best, ranked_by) if result.kind != "evaluation" else math.nan,
+        "auc": _figure(best, f"{split}_auc"),
+        "auc_ci_lower": _figure(best, f"{split}_auc_ci_lower"),
+        "auc_ci_upper": _figure(best, f"{split}_auc_ci_upper"),
+        "sensitivity": _figure(best, f"{split}_sensitivity"),
+        "specificity": _figure(best, f"{split}_specificity"),
+        "threshold": _figure(best, f"{split}_threshold"),
+        "flag": "degenerate" if flagged else "",
+        "flag_reason": "; ".join(f"{e.split}: {e.degenerate_reason}" for e in flagged),
+        "seconds": result.duration_seconds,
+    }
+
+
+def _rank_key(row: dict[str, Any], mode: MetricMode | None) -> tuple[str, bool, float]:
+    value = row["val"]
+    signed = value if mode is MetricMode.MIN else -value
+    return (row["ranked_by"], math.isnan(value), 0.0 if math.isnan(value) else signed)
+
+
+def leaderboard_rows(jobs: list[Job], *, evaluations: bool = False) -> list[dict[str, Any]]:
+    """Completed training jobs ranked by the validation metric each monitored (the test
+    split never chooses a winner); with ``evaluations``, each evaluation job's row under
+    its experiment's rows, labelled with the dataset and split it measured."""
+    ranked: list[tuple[tuple[str, bool, float], dict[str, Any]]] = []
+    measured: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
-        if job.state is not JobState.COMPLETED or job.result is None:
+        result = job.result
+        if job.state is not JobState.COMPLETED or result is None:
             continue
-        best = job.result.best_metrics
-        rows.append(
+        if result.kind == "evaluation":
+            split = result.evaluations[0].split if result.evaluations else "test"
+            measured.setdefault(job.experiment_id, []).append(_row(job, result, split))
+            continue
+        row = _row(job, result, "test")
+        ranked.append((_rank_key(row, result.selected_mode), row))
+    rows: list[dict[str, Any]] = []
+    for rank, (_, row) in enumerate(sorted(ranked, key=lambda pair: pair[0]), start=1):
+        row["rank"] = rank
+        rows.append(row)
+    if not evaluations:
+        return rows
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        out.append(row)
+        following = next((r for r in rows[rows.index(row) + 1 :]), None)
+        if following is None or following["experiment"] != row["experiment"]:
+            out += measured.pop(row["experiment"], [])
+    for orphans in measured.values():  # evaluations of experiments not listed
+        out += orphans
+    return out
+
+
+LEADERBOARD = ("#", "experiment", "job", "on", "ranked by", "auc [95% ci]", "sens", "spec", "flag")
+
+
+def leaderboard_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as printed: AUC with its 95% CI in one cell, the ranking metric named."""
+    shown = []
+    for row in rows:
+        auc = fmt(row["auc"])
+        if not math.isnan(row["auc_ci_lower"]):
+            auc += f" [{row['auc_ci_lower']:.3f}, {row['auc_ci_upper']:.3f}]"
+        val = f"{row['ranked_by']} {fmt(row['val'])}" if row["ranked_by"] else ""
+        shown.append(
             {
-                "experiment": job.experiment_id,
-                "job": job.job_id,
-                "auc": best.get("test_auc", math.nan),
-                "sensitivity": best.get("test_sensitivity", math.nan),
-                "specificity": best.get("test_specificity", math.nan),
-                "val_auc": best.get("val_auc", math.nan),
-                "seconds": job.result.duration_seconds,
+                "#": row.get("rank", ""),
+                "experiment": row["experiment"] if row["kind"] != "evaluation" else "",
+                "job": row["job"],
+                "on": row["on"] if row["kind"] != "evaluation" else f"eval {row['on']}",
+                "ranked by": val,
+                "auc [95% ci]": auc,
+                "sens": row["sensitivity"],
+                "spec": row["specificity"],
+                "flag": row["flag"],
             }
         )
-    return sorted(rows, key=lambda r: -r["auc"] if not math.isnan(r["auc"]) else math.inf)
+    return shown

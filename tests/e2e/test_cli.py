@@ -150,7 +150,33 @@ def test_cli_runs_a_tiny_experiment(suite: Suite) -> None:
     assert any(isinstance(m, MetricResult) and m.name == "val_auc" for _, m in expanded(batched))
     results = json.loads(suite.arc("--json", "results").stdout)
     assert [r["job"] for r in results] == [job_id]
-    assert 0.0 <= results[0]["auc"] <= 1.0
+    [row] = results
+    assert row["ranked_by"] == "val_auc" and 0.0 <= row["val"] <= 1.0
+    assert row["auc_ci_lower"] <= row["auc"] <= row["auc_ci_upper"]
+    table = suite.arc("results").stdout
+    assert "AUC [95% CI]" in table and f"{row['auc']:.3f} [" in table
+    # The same checkpoint on the same images, evaluated as its own job: its own row.
+    evaluated = suite.arc(
+        "--json", "evaluate", job_id, "--data", "datasets/fundus", "--dataset-id", "again"
+    )
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    # ... and the same figures under the same names, zeros included (a dropped 0.0 would
+    # be a missing key here).
+    figures = [
+        json.loads(suite.arc("--json", "status", job).stdout)["result"]["best_metrics"]
+        for job in (job_id, json.loads(evaluated.stdout)[0]["job"])
+    ]
+    trained = {k: v for k, v in figures[0].items() if k.startswith("test_") and k != "test_loss"}
+    assert sorted(figures[1]) == sorted(trained)
+    assert figures[1] == pytest.approx(trained, abs=1e-9, nan_ok=True)
+    rows = json.loads(suite.arc("--json", "results", "--evaluations").stdout)
+    assert [(r["job"] == job_id, r["on"]) for r in rows] == [
+        (True, "acuvue/test"),
+        (False, "again/test"),
+    ]
+    assert rows[1]["auc"] == pytest.approx(row["auc"], abs=1e-9)
+    refused = suite.arc("evaluate", job_id, "--data", "datasets/fundus", "--bootstrap", "0")
+    assert refused.returncode != 0 and "evaluation.bootstrap_samples" in refused.stderr
     status = suite.arc("status", job_id)
     assert "completed" in status.stdout and "test_auc" in status.stdout
     gpus = suite.arc("gpus")
