@@ -72,9 +72,9 @@ ARC_DEMO_PORT_BASE ?= 50051
 demo: install
 	$(BIN)/arc --home $(ARC_DEMO_HOME) --port-base $(ARC_DEMO_PORT_BASE) demo
 
-# The README's configuration table, generated from the settings models (a test checks it).
+# docs/configuration.md's table, generated from the settings models (a test checks it).
 docs: install
-	$(PY) -m arc_common.settings_table --write README.md
+	$(PY) -m arc_common.settings_table --write docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

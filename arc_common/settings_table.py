@@ -1,8 +1,8 @@
-"""The README's configuration table, generated from the services' settings models.
+"""docs/configuration.md's table, generated from the services' settings models.
 
-``python -m arc_common.settings_table`` prints the table; ``--write README.md`` replaces
-what stands between the markers there. ``tests/unit/test_settings_table.py`` fails when
-the README's table is not the generated one or when a setting has no description, so the
+``python -m arc_common.settings_table`` prints the table; ``--write docs/configuration.md``
+replaces what stands between the markers there. ``tests/unit/test_settings_table.py`` fails
+when that table is not the generated one or when a setting has no description, so the
 table cannot drift from the code.
 
 A description comes from the field's ``Field(description=...)``; where a field has none,

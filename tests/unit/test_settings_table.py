@@ -1,4 +1,4 @@
-"""The README's configuration table is the one the settings models generate."""
+"""docs/configuration.md's table is the one the settings models generate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from arc_common import settings_table
 from arc_common.settings import ServiceSettings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_every_setting_has_a_description() -> None:
@@ -41,8 +41,8 @@ def test_every_service_is_in_the_table() -> None:
 def test_the_readme_holds_the_generated_table() -> None:
     text = README.read_text()
     assert settings_table.between_markers(text) == settings_table.table(), (
-        "the README's settings table is stale: run "
-        "`python -m arc_common.settings_table --write README.md`"
+        "the settings table in docs/configuration.md is stale: run "
+        "`python -m arc_common.settings_table --write docs/configuration.md`"
     )
 
 
