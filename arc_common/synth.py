@@ -93,33 +93,45 @@ def generate_dataset(
     seed: int = 0,
     glaucoma_fraction: float = 0.5,
     splits: tuple[float, float, float] | None = None,
+    images_per_patient: int = 1,
 ) -> dict[str, int]:
     """Write ``count`` images as an ImageFolder; with ``splits``, as train/val/test folders.
 
+    With ``images_per_patient`` over 1, consecutive images belong to one patient (same
+    label, named ``p<patient>_<k>.png``) and splits keep each patient on one side.
     Returns images per class. A ``dataset.json`` beside the images records the recipe.
     """
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    labels = np.array([i < round(count * glaucoma_fraction) for i in range(count)])
-    rng.shuffle(labels)
+    patients = -(-count // images_per_patient)
+    sick = np.array([i < round(patients * glaucoma_fraction) for i in range(patients)])
+    rng.shuffle(sick)
+    labels = np.array([sick[i // images_per_patient] for i in range(count)])
     split_names: list[str] = [""] * count
     if splits is not None:
         # Stratified: every split gets both classes in the same proportion.
         for value in (True, False):
-            members = [i for i in range(count) if bool(labels[i]) is value]
+            members = [i for i in range(patients) if bool(sick[i]) is value]
             n_train = round(len(members) * splits[0])
             n_val = round(len(members) * splits[1])
-            for rank, index in enumerate(members):
-                split_names[index] = (
-                    "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-                )
+            for rank, patient in enumerate(members):
+                name = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+                for index in range(
+                    patient * images_per_patient, min(count, (patient + 1) * images_per_patient)
+                ):
+                    split_names[index] = name
     per_class: dict[str, int] = dict.fromkeys(CLASSES, 0)
     for index, glaucoma in enumerate(labels):
         sample = make_fundus(rng, size=size, glaucoma=bool(glaucoma))
         folder = out / split_names[index] if split_names[index] else out
         target = folder / sample.label
         target.mkdir(parents=True, exist_ok=True)
-        sample.image.save(target / f"fundus_{index:05d}.png", optimize=False)
+        name = (
+            f"p{index // images_per_patient:04d}_{index % images_per_patient}.png"
+            if images_per_patient > 1
+            else f"fundus_{index:05d}.png"
+        )
+        sample.image.save(target / name, optimize=False)
         per_class[sample.label] += 1
     (out / "dataset.json").write_text(
         json.dumps(
@@ -131,6 +143,7 @@ def generate_dataset(
                 "glaucoma_fraction": glaucoma_fraction,
                 "cdr_threshold": CDR_THRESHOLD,
                 "splits": list(splits) if splits else None,
+                "images_per_patient": images_per_patient,
                 "images_per_class": per_class,
             },
             indent=2,

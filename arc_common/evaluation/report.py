@@ -136,13 +136,23 @@ def _bootstrap(
     positive: int,
     samples: int,
     seed: int,
+    *,
+    groups: Sequence[str] | None = None,
 ) -> Interval:
-    """Percentile interval of the AUC over resamples drawn within each class."""
+    """Percentile interval of the AUC over resamples drawn within each class; with
+    ``groups``, whole patients are drawn (within the class of their highest label), since
+    two eyes of one patient are not two independent observations."""
     rng = np.random.default_rng(seed)
-    strata = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    members: dict[str, list[int]] = {}
+    for row, key in enumerate(groups or ()):
+        members.setdefault(key, []).append(row)
+    units = [np.array(m) for m in members.values()]
+    unit_label = np.array([labels[m].max() for m in units]) if groups else labels
+    strata = [np.flatnonzero(unit_label == k) for k in np.unique(unit_label)]
     values = []
     for _ in range(samples):
-        index = np.concatenate([rng.choice(s, size=len(s), replace=True) for s in strata])
+        drawn = np.concatenate([rng.choice(s, size=len(s), replace=True) for s in strata])
+        index = np.concatenate([units[u] for u in drawn]) if groups else drawn
         value = auc(labels[index], probabilities[index], positive)
         if not math.isnan(value):
             values.append(value)
@@ -194,11 +204,15 @@ def evaluate_split(
     frozen: Sequence[OperatingPoint] | None = None,
     bootstrap_samples: int = 1000,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> SplitEvaluation:
     """Everything reported on one split. ``frozen``: operating points chosen on validation,
     applied here at their thresholds; None chooses them here (this is the validation
-    split). A ValueError names ``bootstrap_samples`` when it is out of bounds."""
+    split). ``groups``: each image's patient, for a bootstrap over patients. A ValueError
+    names ``bootstrap_samples`` when it is out of bounds."""
     _check_bootstrap(bootstrap_samples)
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"groups has {len(groups)} entries for {len(labels)} images")
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(labels), -1)
     n, k = len(labels), max(probabilities.shape[1], len(class_names))
@@ -216,6 +230,7 @@ def evaluate_split(
             bootstrap_samples=bootstrap_samples,
             seed=seed,
             accuracy=accuracy,
+            groups=groups,
         )
     positive = positive_index(class_names)
     labels01 = (labels == positive).astype(np.int64)
@@ -232,6 +247,7 @@ def evaluate_split(
         "brier_score": brier,
         "expected_calibration_error": ece,
         "accuracy": accuracy,
+        "num_groups": len(set(groups)) if groups is not None else 0,
     }
     if positives in (0, n):
         reason = f"only one class ({'positive' if positives else 'negative'}) on this split"
@@ -263,7 +279,9 @@ def evaluate_split(
         **base,
         auc=value,
         auc_ci_delong=delong,
-        auc_ci_bootstrap=_bootstrap(labels, probabilities, positive, bootstrap_samples, seed),
+        auc_ci_bootstrap=_bootstrap(
+            labels, probabilities, positive, bootstrap_samples, seed, groups=groups
+        ),
         partial_auc=float(roc_auc_score(labels01, scores, max_fpr=0.1)),
         operating_points=points,
         sensitivity_at_95_specificity=sensitivity_at_specificity(labels01, scores, 0.95),
@@ -281,6 +299,7 @@ def _multiclass(
     bootstrap_samples: int,
     seed: int,
     accuracy: float,
+    groups: Sequence[str] | None,
 ) -> SplitEvaluation:
     per_class = []
     for index, name in enumerate(class_names):
@@ -304,7 +323,10 @@ def _multiclass(
         split=split,
         num_samples=len(labels),
         auc=macro,
-        auc_ci_bootstrap=_bootstrap(labels, probabilities, 0, bootstrap_samples, seed),
+        auc_ci_bootstrap=_bootstrap(
+            labels, probabilities, 0, bootstrap_samples, seed, groups=groups
+        ),
+        num_groups=len(set(groups)) if groups is not None else 0,
         bootstrap_samples=bootstrap_samples,
         brier_score=float(np.mean(np.sum((probabilities - onehot) ** 2, axis=1))),
         per_class=per_class,
@@ -317,9 +339,11 @@ def _multiclass(
 def flat_metrics(evaluation: SplitEvaluation) -> dict[str, float]:
     """The evaluation as ``{split}_{name}`` numbers, for ExperimentResult.best_metrics."""
     s = evaluation.split
+    # DeLong treats images as independent: the patient bootstrap is the honest interval
+    # of a grouped split, and the only one of a multi-class task.
     interval = (
         evaluation.auc_ci_delong
-        if evaluation.operating_points or evaluation.positive_class
+        if evaluation.positive_class and not evaluation.num_groups
         else evaluation.auc_ci_bootstrap
     )
     out = {

@@ -55,6 +55,7 @@ class SplitEvaluation(_Resource):
     degenerate_reason: str = ""
     per_class: list[ClassEvaluation] = Field(default_factory=list)
     accuracy: float = 0.0
+    num_groups: int = 0
 
     def point(self, name: str) -> OperatingPoint | None:
         return next((p for p in self.operating_points if p.name == name), None)
@@ -73,3 +74,4 @@ class Provenance(_Resource):
     dataset_hash: str = ""
     checkpoint_path: str = ""
     checkpoint_sha256: str = ""
+    grouping: str = ""

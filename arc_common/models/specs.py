@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
@@ -96,6 +97,36 @@ class Hyperparameters(_Spec):
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
 
 
+class Grouping(_Spec):
+    """Where an image's patient id comes from (see the proto): a pattern or a manifest."""
+
+    # A proto oneof: the one not given stays None, so it is not sent.
+    pattern: Annotated[str, Field(max_length=128)] | None = None
+    manifest: Annotated[str, AfterValidator(_optional_path), Field(max_length=256)] | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles_with_a_group(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a regular expression: {exc}") from None
+        if not compiled.groups:
+            raise ValueError("needs a group, (...) or (?P<patient>...), that is the patient id")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if bool(self.pattern) == bool(self.manifest):
+            raise PydanticCustomError("grouping_one_of", "give exactly one of pattern and manifest")
+        return self
+
+    def describe(self) -> str:
+        return f"pattern {self.pattern}" if self.pattern else f"manifest {self.manifest}"
+
+
 class DatasetSpec(_Spec):
     dataset_id: Identifier
     dataset_type: DatasetType = DatasetType.IMAGE_FOLDER
@@ -105,6 +136,7 @@ class DatasetSpec(_Spec):
     test_split: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     image_size: Annotated[int, Field(ge=16, le=4096)] = 224
     dvc_revision: Annotated[str, Field(max_length=256)] = ""
+    grouping: Grouping | None = None
 
     @model_validator(mode="after")
     def _splits_sum_to_one(self) -> Self:

@@ -79,6 +79,7 @@ VALID: dict[str, dict[str, Any]] = {
         "max_retries": 2,
     },
     "arc.common.v1.Hyperparameters": {"seed": 7, "batch_size": 16, "epochs": 3},
+    "arc.common.v1.Grouping": {"pattern": r"^(?P<patient>p\d+)_"},
 }
 
 STAMP = datetime(2026, 5, 17, 12, 30, 15, 250000, tzinfo=UTC)

@@ -182,11 +182,16 @@ class Tools:
                 f"(got {bootstrap}); leave it unset for {DEFAULT_BOOTSTRAP}",
                 field="bootstrap_samples",
             )
-        dataset_id = dataset_id or Path(data_path).name
-        if not DATASET_ID.fullmatch(dataset_id):
+        if dataset_id and not DATASET_ID.fullmatch(dataset_id):
             raise InvalidArgumentError(
-                "dataset_id must be 1-128 letters, digits, '.', '_' or '-'", field="dataset_id"
+                "dataset_id must be 1-128 letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit",
+                field="dataset_id",
             )
+        # Unnamed: the folder's name, made into an id.
+        dataset_id = dataset_id or (
+            re.sub(r"[^A-Za-z0-9._-]", "-", Path(data_path).name).lstrip("._-")[:128] or "dataset"
+        )
         params = {
             "checkpoint_path": checkpoint_path,
             "data_path": data_path,

@@ -22,12 +22,13 @@ from arc_common.models import (
     ArchitectureFamily,
     ArchitectureSpec,
     DatasetSpec,
+    Grouping,
     OperatingPoint,
     PreprocessingChain,
     Provenance,
 )
 from services.executor.trainer.checkpoint_io import load_verified
-from services.executor.trainer.data import SPLITS, _stratified
+from services.executor.trainer.data import SPLITS, patient_ids, unsplit
 from services.executor.trainer.models import build_model
 from services.executor.trainer.provenance import dataset_hash, engine_version
 from services.executor.trainer.transforms import build_transforms
@@ -48,11 +49,17 @@ def load_checkpoint(path: Path, sha256: str) -> tuple[nn.Module, dict[str, Any],
     return model.to(device).eval(), payload, device
 
 
-def split_samples(data_path: Path, split: str, payload: dict[str, Any]) -> list[tuple[Path, int]]:
-    """Images of ``split``: its folder when the dataset has one; on an unsplit folder, the
-    images the trainer put on that split (the checkpoint's seed and fractions), never the
-    whole folder, which holds the training images too."""
+def split_samples(
+    data_path: Path, split: str, payload: dict[str, Any]
+) -> tuple[list[tuple[Path, int]], list[str] | None]:
+    """Images of ``split`` and, when the checkpoint's dataset is grouped, each one's patient:
+    its folder when the dataset has one; on an unsplit folder, the images the trainer put
+    on that split (the checkpoint's seed, fractions and grouping), never the whole folder,
+    which holds the training images too."""
     class_names: list[str] = payload["class_names"]
+    recorded = payload.get("dataset")
+    dataset = DatasetSpec.model_validate(recorded) if recorded else None
+    grouping = dataset.grouping if dataset else None
     if (data_path / split).is_dir():
         root = data_path / split
         samples = []
@@ -68,23 +75,34 @@ def split_samples(data_path: Path, split: str, payload: dict[str, Any]) -> list[
             raise UnsupportedRequest(
                 f"no images of classes {class_names} under {split}/", field="data_path"
             )
-        return samples
-    if "dataset" not in payload or "seed" not in payload:
+        try:
+            groups = (
+                patient_ids([str(p) for p, _ in samples], data_path, grouping) if grouping else None
+            )
+        except ValueError as exc:
+            raise UnsupportedRequest(str(exc), field="data_path") from None
+        return samples, groups
+    if dataset is None or "seed" not in payload:
         raise UnsupportedRequest(
             f"{data_path.name} has no {split}/ folder and the checkpoint does not record how "
             "its trainer split an unsplit folder; evaluate a dataset with split folders",
             field="split",
         )
-    dataset = DatasetSpec.model_validate(payload["dataset"])
     folder = ImageFolder(str(data_path))
     if folder.classes != class_names:
         raise UnsupportedRequest(
             f"{data_path.name} has classes {folder.classes}, the checkpoint {class_names}",
             field="data_path",
         )
-    fractions = (dataset.train_split, dataset.val_split, dataset.test_split)
-    parts = _stratified(folder.targets, fractions, int(payload["seed"]))
-    return [(Path(folder.samples[i][0]), folder.samples[i][1]) for i in parts[SPLITS.index(split)]]
+    try:
+        parts, groups = unsplit(folder, dataset, data_path, int(payload["seed"]))
+    except ValueError as exc:
+        raise UnsupportedRequest(str(exc), field="data_path") from None
+    chosen = parts[SPLITS.index(split)]
+    return (
+        [(Path(folder.samples[i][0]), folder.samples[i][1]) for i in chosen],
+        [groups[i] for i in chosen] if groups else None,
+    )
 
 
 def _transform(payload: dict[str, Any]) -> Any:
@@ -104,6 +122,11 @@ def predict(
         probs.append(torch.softmax(logits, 1).cpu().numpy())
         labels += [label for _, label in chunk]
     return np.array(labels), np.concatenate(probs)
+
+
+def _grouping(payload: dict[str, Any]) -> Grouping | None:
+    recorded = payload.get("dataset")
+    return DatasetSpec.model_validate(recorded).grouping if recorded else None
 
 
 def _f1(point: OperatingPoint) -> float:
@@ -129,13 +152,13 @@ def evaluate(
     model, payload, device = load_checkpoint(checkpoint, sha256)
     class_names: list[str] = payload["class_names"]
     transform = _transform(payload)
-    samples = split_samples(data_path, split, payload)
+    samples, groups = split_samples(data_path, split, payload)
     frozen = None
     if split != "val":
         try:
-            val_samples = split_samples(data_path, "val", payload)
+            val_samples, val_groups = split_samples(data_path, "val", payload)
         except UnsupportedRequest:
-            val_samples = []
+            val_samples, val_groups = [], None
         if val_samples:
             chooser = evaluation.evaluate_split(
                 *predict(model, val_samples, transform, device),
@@ -143,6 +166,7 @@ def evaluate(
                 class_names=class_names,
                 bootstrap_samples=bootstrap,
                 seed=seed,
+                groups=val_groups,
             )
             frozen = chooser.operating_points or None
     labels, probs = predict(model, samples, transform, device)
@@ -154,6 +178,7 @@ def evaluate(
         frozen=frozen,
         bootstrap_samples=bootstrap,
         seed=seed,
+        groups=groups,
     )
     positive = evaluation.positive_index(class_names)
     binary = len(class_names) == 2
@@ -177,6 +202,7 @@ def evaluate(
         dataset_hash=dataset_hash(data_path, [str(p) for p, _ in samples]),
         checkpoint_path="",
         checkpoint_sha256=sha256,
+        grouping=grouping.describe() if (grouping := _grouping(payload)) else "",
     )
     return {
         "checkpoint_path": "",
@@ -309,7 +335,7 @@ def gradcam(
     class_names: list[str] = payload["class_names"]
     family = ArchitectureFamily(payload["architecture"]["family"])
     transform = _transform(payload)
-    chosen = _even_pick(split_samples(data_path, split, payload), count)
+    chosen = _even_pick(split_samples(data_path, split, payload)[0], count)
     first = transform(Image.open(chosen[0][0]).convert("RGB")).unsqueeze(0).to(device)
     layer, tokens = _target_layer(model, family, first)
     store: dict[str, torch.Tensor] = {}
@@ -381,7 +407,7 @@ def attention(
         )
     class_names: list[str] = payload["class_names"]
     transform = _transform(payload)
-    chosen = _even_pick(split_samples(data_path, split, payload), count)
+    chosen = _even_pick(split_samples(data_path, split, payload)[0], count)
     encoder: Any = getattr(model, "encoder")  # noqa: B009
     store: list[torch.Tensor] = []
     hooks = [h for layer in encoder.layers for h in _keep_attention(layer.self_attention, store)]

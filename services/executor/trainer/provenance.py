@@ -69,4 +69,5 @@ def provenance(
         dataset_hash=dataset_hash(data_path, images),
         checkpoint_path=checkpoint.path if checkpoint else "",
         checkpoint_sha256=checkpoint.sha256 if checkpoint else "",
+        grouping=spec.dataset.grouping.describe() if spec.dataset.grouping else "",
     )

@@ -356,7 +356,10 @@ def _train(
             model, test_loader, device, amp=False, channels_last=channels_last
         )
         evaluations = _evaluate(
-            (val_labels, val_probs), (labels, probs), splits.class_names, seed=seed
+            (val_labels, val_probs, splits.val.groups),
+            (labels, probs, splits.test.groups),
+            splits.class_names,
+            seed=seed,
         )
         test_metrics = {"test_loss": test_loss} | evaluation.flat_metrics(evaluations[-1])
         for name, value in test_metrics.items():
@@ -400,12 +403,11 @@ def _train(
     )
 
 
+Scored = tuple[np.ndarray, np.ndarray, list[str] | None]  # labels, probabilities, patients
+
+
 def _evaluate(
-    val: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    class_names: list[str],
-    *,
-    seed: int,
+    val: Scored, test: Scored, class_names: list[str], *, seed: int
 ) -> list[SplitEvaluation]:
     """Validation chooses the operating points; test is read at those thresholds, never its
     own. Without validation images, test chooses its own and says so (chosen_on "test")."""
@@ -413,12 +415,20 @@ def _evaluate(
     frozen = None
     if len(val[0]):
         found.append(
-            evaluation.evaluate_split(*val, split="val", class_names=class_names, seed=seed)
+            evaluation.evaluate_split(
+                val[0], val[1], split="val", class_names=class_names, seed=seed, groups=val[2]
+            )
         )
         frozen = found[0].operating_points or None
     found.append(
         evaluation.evaluate_split(
-            *test, split="test", class_names=class_names, frozen=frozen, seed=seed
+            test[0],
+            test[1],
+            split="test",
+            class_names=class_names,
+            frozen=frozen,
+            seed=seed,
+            groups=test[2],
         )
     )
     return found

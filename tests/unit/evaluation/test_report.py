@@ -179,3 +179,25 @@ def test_zero_figures_stay_zero_in_flat_metrics() -> None:
     flat = flat_metrics(result)
     assert flat["val_auc"] == 0.0
     assert flat["val_accuracy"] == 0.0
+
+
+def test_the_bootstrap_resamples_patients_not_images() -> None:
+    labels, scores = _binary(8, 80)
+    # Each patient's two eyes scored the same: twice the images, no more information.
+    eyes, eye_scores = np.repeat(labels, 2), np.repeat(scores, 2)
+    patients = [f"p{i}" for i in np.repeat(np.arange(80), 2)]
+    alone = evaluate_split(labels, _probs(scores), split="test", class_names=CLASSES, seed=3)
+    grouped = evaluate_split(
+        eyes, _probs(eye_scores), split="test", class_names=CLASSES, seed=3, groups=patients
+    )
+    by_image = evaluate_split(eyes, _probs(eye_scores), split="test", class_names=CLASSES, seed=3)
+    assert grouped.num_groups == 80 and by_image.num_groups == 0
+    assert grouped.auc == pytest.approx(alone.auc, abs=1e-12)
+    assert grouped.auc_ci_bootstrap.lower == pytest.approx(alone.auc_ci_bootstrap.lower, abs=1e-12)
+    assert grouped.auc_ci_bootstrap.upper == pytest.approx(alone.auc_ci_bootstrap.upper, abs=1e-12)
+    # Counting each eye as independent claims more certainty than the data hold.
+    width = by_image.auc_ci_bootstrap.upper - by_image.auc_ci_bootstrap.lower
+    assert width < grouped.auc_ci_bootstrap.upper - grouped.auc_ci_bootstrap.lower
+    # A grouped split reports the patient bootstrap as its interval.
+    flat = flat_metrics(grouped)
+    assert flat["test_auc_ci_lower"] == grouped.auc_ci_bootstrap.lower

@@ -446,6 +446,7 @@ class DatasetSpec(_message.Message):
     TEST_SPLIT_FIELD_NUMBER: _builtins.int
     IMAGE_SIZE_FIELD_NUMBER: _builtins.int
     DVC_REVISION_FIELD_NUMBER: _builtins.int
+    GROUPING_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     dataset_type: Global___DatasetType.ValueType
     data_path: _builtins.str
@@ -457,6 +458,12 @@ class DatasetSpec(_message.Message):
     """Square side in pixels fed to the model."""
     dvc_revision: _builtins.str
     """A DVC revision (git rev) of the dataset; empty means the working copy."""
+    @_builtins.property
+    def grouping(self) -> Global___Grouping:
+        """Images of one patient (two eyes, several visits) stay on one side of every split, and
+        the bootstrap resamples patients. Unset: every image is its own patient.
+        """
+
     def __init__(
         self,
         *,
@@ -468,14 +475,47 @@ class DatasetSpec(_message.Message):
         test_split: _builtins.float = ...,
         image_size: _builtins.int = ...,
         dvc_revision: _builtins.str = ...,
+        grouping: Global___Grouping | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grouping", b"grouping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "dataset_id", b"dataset_id", "dataset_type", b"dataset_type", "dvc_revision", b"dvc_revision", "image_size", b"image_size", "test_split", b"test_split", "train_split", b"train_split", "val_split", b"val_split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_path", b"data_path", "dataset_id", b"dataset_id", "dataset_type", b"dataset_type", "dvc_revision", b"dvc_revision", "grouping", b"grouping", "image_size", b"image_size", "test_split", b"test_split", "train_split", b"train_split", "val_split", b"val_split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetSpec: _TypeAlias = DatasetSpec  # noqa: Y015
+
+@_typing.final
+class Grouping(_message.Message):
+    """Where an image's patient id comes from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATTERN_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    pattern: _builtins.str
+    """A regular expression searched in each image's file name; its group named
+    "patient", else its first group, is the id. E.g. "^(p\\\\d+)_" for p0001_od.png.
+    """
+    manifest: _builtins.str
+    """A CSV file in the dataset folder with the columns "image" (the path relative to
+    the dataset folder) and "patient".
+    """
+    def __init__(
+        self,
+        *,
+        pattern: _builtins.str = ...,
+        manifest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "pattern", b"pattern", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "pattern", b"pattern", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["pattern", "manifest"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___Grouping: _TypeAlias = Grouping  # noqa: Y015
 
 @_typing.final
 class PreprocessingStep(_message.Message):
@@ -1063,6 +1103,7 @@ class SplitEvaluation(_message.Message):
     DEGENERATE_REASON_FIELD_NUMBER: _builtins.int
     PER_CLASS_FIELD_NUMBER: _builtins.int
     ACCURACY_FIELD_NUMBER: _builtins.int
+    NUM_GROUPS_FIELD_NUMBER: _builtins.int
     split: _builtins.str
     """"train", "val" or "test"."""
     num_samples: _builtins.int
@@ -1084,6 +1125,10 @@ class SplitEvaluation(_message.Message):
     """The scores do not rank: they barely vary, or every threshold predicts one class."""
     degenerate_reason: _builtins.str
     accuracy: _builtins.float
+    num_groups: _builtins.int
+    """Patients on the split when the dataset is grouped (0: not grouped); the bootstrap
+    then resamples patients and is the interval reported.
+    """
     @_builtins.property
     def auc_ci_delong(self) -> Global___Interval: ...
     @_builtins.property
@@ -1117,10 +1162,11 @@ class SplitEvaluation(_message.Message):
         degenerate_reason: _builtins.str = ...,
         per_class: _abc.Iterable[Global___ClassEvaluation] | None = ...,
         accuracy: _builtins.float = ...,
+        num_groups: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong", "bootstrap_samples", b"bootstrap_samples", "brier_score", b"brier_score", "degenerate", b"degenerate", "degenerate_reason", b"degenerate_reason", "expected_calibration_error", b"expected_calibration_error", "num_positives", b"num_positives", "num_samples", b"num_samples", "operating_points", b"operating_points", "partial_auc", b"partial_auc", "per_class", b"per_class", "positive_class", b"positive_class", "prevalence", b"prevalence", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "split", b"split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong", "bootstrap_samples", b"bootstrap_samples", "brier_score", b"brier_score", "degenerate", b"degenerate", "degenerate_reason", b"degenerate_reason", "expected_calibration_error", b"expected_calibration_error", "num_groups", b"num_groups", "num_positives", b"num_positives", "num_samples", b"num_samples", "operating_points", b"operating_points", "partial_auc", b"partial_auc", "per_class", b"per_class", "positive_class", b"positive_class", "prevalence", b"prevalence", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "split", b"split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1144,6 +1190,7 @@ class Provenance(_message.Message):
     DATASET_HASH_FIELD_NUMBER: _builtins.int
     CHECKPOINT_PATH_FIELD_NUMBER: _builtins.int
     CHECKPOINT_SHA256_FIELD_NUMBER: _builtins.int
+    GROUPING_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
     engine_version: _builtins.str
     """The engine's package version and git commit."""
@@ -1160,6 +1207,8 @@ class Provenance(_message.Message):
     """"sha256:" over the split's image paths and sizes, in order."""
     checkpoint_path: _builtins.str
     checkpoint_sha256: _builtins.str
+    grouping: _builtins.str
+    """How images were grouped into patients ("pattern ..." or "manifest ..."; empty: none)."""
     def __init__(
         self,
         *,
@@ -1175,10 +1224,11 @@ class Provenance(_message.Message):
         dataset_hash: _builtins.str = ...,
         checkpoint_path: _builtins.str = ...,
         checkpoint_sha256: _builtins.str = ...,
+        grouping: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path", b"checkpoint_path", "checkpoint_sha256", b"checkpoint_sha256", "data_path", b"data_path", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "deterministic", b"deterministic", "device", b"device", "engine_version", b"engine_version", "precision", b"precision", "seed", b"seed", "torch_version", b"torch_version", "torchvision_version", b"torchvision_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path", b"checkpoint_path", "checkpoint_sha256", b"checkpoint_sha256", "data_path", b"data_path", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "deterministic", b"deterministic", "device", b"device", "engine_version", b"engine_version", "grouping", b"grouping", "precision", b"precision", "seed", b"seed", "torch_version", b"torch_version", "torchvision_version", b"torchvision_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
