@@ -162,17 +162,28 @@ def _bootstrap(
     return Interval(lower=float(low), upper=float(high))
 
 
-def _calibration(labels01: NDArray[np.int64], scores: NDArray[np.float64]) -> tuple[float, float]:
-    """(Brier score, expected calibration error over equal-width bins)."""
-    brier = float(np.mean((scores - labels01) ** 2))
+def reliability_bins(
+    labels01: NDArray[np.int64], scores: NDArray[np.float64]
+) -> list[tuple[float, float, int]]:
+    """Per non-empty equal-width bin of the score: (mean score, fraction positive, count),
+    the points of the reliability diagram and the terms of the calibration error."""
     bins = np.minimum((scores * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
-    ece = 0.0
+    out = []
     for b in range(CALIBRATION_BINS):
         members = bins == b
         if members.any():
-            gap = abs(float(labels01[members].mean()) - float(scores[members].mean()))
-            ece += float(members.mean()) * gap
-    return brier, ece
+            out.append(
+                (float(scores[members].mean()), float(labels01[members].mean()), int(members.sum()))
+            )
+    return out
+
+
+def _calibration(labels01: NDArray[np.int64], scores: NDArray[np.float64]) -> tuple[float, float]:
+    """(Brier score, expected calibration error over equal-width bins)."""
+    brier = float(np.mean((scores - labels01) ** 2))
+    bins = reliability_bins(labels01, scores)
+    ece = sum(count / len(scores) * abs(observed - mean) for mean, observed, count in bins)
+    return brier, float(ece)
 
 
 def _degenerate(scores: NDArray[np.float64], points: Sequence[OperatingPoint]) -> str:

@@ -56,6 +56,8 @@ class SplitEvaluation(_Resource):
     per_class: list[ClassEvaluation] = Field(default_factory=list)
     accuracy: float = 0.0
     num_groups: int = 0
+    roc_curve_png: str = ""
+    reliability_diagram_png: str = ""
 
     def point(self, name: str) -> OperatingPoint | None:
         return next((p for p in self.operating_points if p.name == name), None)

@@ -210,8 +210,11 @@ class Tools:
         report_path = checkpoint.with_name(
             f"{checkpoint.stem}.eval-{split}-{dataset_id}-{where}.json"
         )
+        stem = report_path.with_suffix("")
+        figures = [stem.with_name(f"{stem.name}-{kind}.png") for kind in ("roc", "reliability")]
+        written = [self._rel(p) for p in (report_path, *figures)]
         async with self.governed.transaction(
-            Tool.RUN_EVALUATION_JOB, [self._rel(report_path)], caller=caller, request_id=request_id
+            Tool.RUN_EVALUATION_JOB, written, caller=caller, request_id=request_id
         ):
             report = await self._child(
                 {
@@ -224,10 +227,14 @@ class Tools:
                     "split": split,
                     "bootstrap": bootstrap,
                     "seed": seed,
+                    "figures": str(stem),
                 },
                 lease,
             )
             report["checkpoint_path"] = checkpoint_path
+            for key in ("roc_curve_png", "reliability_diagram_png"):
+                if report["evaluation"].get(key):
+                    report["evaluation"][key] = self._rel(Path(report["evaluation"][key]))
             report["provenance"]["checkpoint_path"] = checkpoint_path
             report_path.write_text(json.dumps(report, indent=2))
         return report, self._rel(report_path)

@@ -145,6 +145,7 @@ def evaluate(
     seed: int,
     dataset_id: str,
     data_path_name: str,
+    figures: Path | None = None,
 ) -> dict[str, Any]:
     """The evaluation module's report on ``split``. Operating points come from the same
     dataset's validation split and are frozen for any other split (as in training); a
@@ -180,6 +181,17 @@ def evaluate(
         seed=seed,
         groups=groups,
     )
+    if figures is not None and np.isfinite(probs).all():
+        from arc_common.evaluation.plots import write_figures  # matplotlib only here
+
+        written = write_figures(labels, probs, report, class_names=class_names, stem=figures)
+        if written is not None:
+            report = report.model_copy(
+                update={
+                    "roc_curve_png": str(written[0]),
+                    "reliability_diagram_png": str(written[1]),
+                }
+            )
     positive = evaluation.positive_index(class_names)
     binary = len(class_names) == 2
     scores = probs[:, positive] if binary else probs.max(1)

@@ -23,6 +23,7 @@ def main() -> int:
                 seed=int(request["seed"]),
                 dataset_id=request["dataset_id"],
                 data_path_name=request["data_path_name"],
+                figures=Path(request["figures"]) if request.get("figures") else None,
             )
         elif request["tool"] in ("gradcam", "attention"):
             method = torchwork.gradcam if request["tool"] == "gradcam" else torchwork.attention

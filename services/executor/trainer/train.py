@@ -379,6 +379,14 @@ def _train(
         if final is not None:
             writer.submit(persist, *final)
     writer.settle()  # the last checkpoints are on disk before the result says so
+    # Drawn after the GPUs went back: CPU work only.
+    evaluations = _figures(
+        evaluations,
+        {"val": (val_labels, val_probs), "test": (labels, probs)},
+        splits.class_names,
+        folder=Path(inp.checkpoint_dir).parent / "evaluation",
+        workspace=Path(inp.workspace),
+    )
     return ExperimentResult(
         experiment_id=spec.experiment_id,
         job_id=config.job_id,
@@ -404,6 +412,34 @@ def _train(
 
 
 Scored = tuple[np.ndarray, np.ndarray, list[str] | None]  # labels, probabilities, patients
+
+
+def _figures(
+    evaluations: list[SplitEvaluation],
+    scored: dict[str, tuple[np.ndarray, np.ndarray]],
+    class_names: list[str],
+    *,
+    folder: Path,
+    workspace: Path,
+) -> list[SplitEvaluation]:
+    """Each split's ROC curve and reliability diagram beside the run's checkpoints."""
+    from arc_common.evaluation.plots import write_figures  # matplotlib only here
+
+    out = []
+    for found in evaluations:
+        labels, probs = scored[found.split]
+        written = (
+            write_figures(labels, probs, found, class_names=class_names, stem=folder / found.split)
+            if np.isfinite(probs).all()
+            else None
+        )
+        if written is not None:
+            roc, reliability = (str(p.relative_to(workspace)) for p in written)
+            found = found.model_copy(
+                update={"roc_curve_png": roc, "reliability_diagram_png": reliability}
+            )
+        out.append(found)
+    return out
 
 
 def _evaluate(

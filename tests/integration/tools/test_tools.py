@@ -136,6 +136,11 @@ async def test_evaluation_agrees_with_sklearn(tools: Tools) -> None:
     assert report.provenance.dataset_id == "fundus"
     assert report.provenance.checkpoint_path == CHECKPOINT
     assert report.provenance.dataset_hash.startswith("sha256:")
+    # The ROC curve and the reliability diagram beside the report, inside the workspace.
+    figures = [report.evaluation.roc_curve_png, report.evaluation.reliability_diagram_png]
+    assert [Path(f).suffix for f in figures] == [".png", ".png"]
+    for figure in figures:
+        assert (tools.home / figure).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def _flatten(home: Path) -> Path:

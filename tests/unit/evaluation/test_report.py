@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from arc_common.evaluation import evaluate_split, flat_metrics, wilson
-from arc_common.evaluation.report import auc, sensitivity_at_specificity
+from arc_common.evaluation.report import auc, reliability_bins, sensitivity_at_specificity
 
 CLASSES = ["normal", "glaucoma"]
 
@@ -201,3 +201,12 @@ def test_the_bootstrap_resamples_patients_not_images() -> None:
     # A grouped split reports the patient bootstrap as its interval.
     flat = flat_metrics(grouped)
     assert flat["test_auc_ci_lower"] == grouped.auc_ci_bootstrap.lower
+
+
+def test_the_calibration_error_is_the_reliability_diagrams_gaps() -> None:
+    labels, scores = _binary(9, 300)
+    found = evaluate_split(labels, _probs(scores), split="val", class_names=CLASSES)
+    bins = reliability_bins(labels, scores)
+    assert sum(count for _, _, count in bins) == 300
+    gaps = sum(count / 300 * abs(observed - mean) for mean, observed, count in bins)
+    assert found.expected_calibration_error == pytest.approx(gaps, abs=1e-12)

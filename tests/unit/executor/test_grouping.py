@@ -123,6 +123,10 @@ def test_training_records_the_grouping_and_counts_patients(tmp_path: Path) -> No
     assert result.provenance.grouping == f"pattern {PATTERN}"
     test = result.evaluation("test")
     assert test is not None and test.num_groups == 6 and test.num_samples == 12
+    # Its ROC curve and reliability diagram lie in the run folder, named workspace-relative.
+    assert test.roc_curve_png == "runs/g1/evaluation/test-roc.png"
+    for figure in (test.roc_curve_png, test.reliability_diagram_png):
+        assert (tmp_path / figure).read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_tool_reads_the_trainers_patients_on_an_unsplit_folder(tmp_path: Path) -> None:

@@ -1104,6 +1104,8 @@ class SplitEvaluation(_message.Message):
     PER_CLASS_FIELD_NUMBER: _builtins.int
     ACCURACY_FIELD_NUMBER: _builtins.int
     NUM_GROUPS_FIELD_NUMBER: _builtins.int
+    ROC_CURVE_PNG_FIELD_NUMBER: _builtins.int
+    RELIABILITY_DIAGRAM_PNG_FIELD_NUMBER: _builtins.int
     split: _builtins.str
     """"train", "val" or "test"."""
     num_samples: _builtins.int
@@ -1129,6 +1131,11 @@ class SplitEvaluation(_message.Message):
     """Patients on the split when the dataset is grouped (0: not grouped); the bootstrap
     then resamples patients and is the interval reported.
     """
+    roc_curve_png: _builtins.str
+    """The ROC curve and the reliability diagram as PNG files, workspace-relative (binary
+    tasks with both classes on the split; empty otherwise).
+    """
+    reliability_diagram_png: _builtins.str
     @_builtins.property
     def auc_ci_delong(self) -> Global___Interval: ...
     @_builtins.property
@@ -1163,10 +1170,12 @@ class SplitEvaluation(_message.Message):
         per_class: _abc.Iterable[Global___ClassEvaluation] | None = ...,
         accuracy: _builtins.float = ...,
         num_groups: _builtins.int = ...,
+        roc_curve_png: _builtins.str = ...,
+        reliability_diagram_png: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong", "bootstrap_samples", b"bootstrap_samples", "brier_score", b"brier_score", "degenerate", b"degenerate", "degenerate_reason", b"degenerate_reason", "expected_calibration_error", b"expected_calibration_error", "num_groups", b"num_groups", "num_positives", b"num_positives", "num_samples", b"num_samples", "operating_points", b"operating_points", "partial_auc", b"partial_auc", "per_class", b"per_class", "positive_class", b"positive_class", "prevalence", b"prevalence", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "split", b"split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "auc", b"auc", "auc_ci_bootstrap", b"auc_ci_bootstrap", "auc_ci_delong", b"auc_ci_delong", "bootstrap_samples", b"bootstrap_samples", "brier_score", b"brier_score", "degenerate", b"degenerate", "degenerate_reason", b"degenerate_reason", "expected_calibration_error", b"expected_calibration_error", "num_groups", b"num_groups", "num_positives", b"num_positives", "num_samples", b"num_samples", "operating_points", b"operating_points", "partial_auc", b"partial_auc", "per_class", b"per_class", "positive_class", b"positive_class", "prevalence", b"prevalence", "reliability_diagram_png", b"reliability_diagram_png", "roc_curve_png", b"roc_curve_png", "sensitivity_at_95_specificity", b"sensitivity_at_95_specificity", "split", b"split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
