@@ -105,6 +105,7 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.executor.v1.ExecutorService/StreamRunEvents": _ALL,
     "/arc.executor.v1.ExecutorService/PreprocessDataset": _ALL,
     "/arc.executor.v1.ExecutorService/EvaluateCheckpoint": _ALL,
+    "/arc.executor.v1.ExecutorService/CompareCheckpoints": _ALL,
     "/arc.executor.v1.ExecutorService/ListCheckpoints": _ALL,
     "/arc.executor.v1.ExecutorService/DeleteCheckpoint": _ALL,
     "/arc.executor.v1.ExecutorService/GenerateVisualizations": _ALL,

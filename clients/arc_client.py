@@ -331,6 +331,35 @@ class ArcClient:
         ]
         return images, reply.index_path
 
+    async def compare(
+        self,
+        checkpoint_path_a: str,
+        checkpoint_path_b: str,
+        data_path: str,
+        *,
+        split: str = "test",
+        dataset_id: str = "",
+    ) -> dict[str, Any]:
+        """Paired DeLong comparison of two checkpoints on the same images (b minus a)."""
+        reply = await unary(
+            self.executor.CompareCheckpoints(
+                executor_pb2.CompareCheckpointsRequest(
+                    checkpoint_path_a=checkpoint_path_a,
+                    checkpoint_path_b=checkpoint_path_b,
+                    data_path=data_path,
+                    split=split,
+                    dataset_id=dataset_id,
+                ),
+                timeout=max(self._timeout, 600),
+            )
+        )
+        comparison: dict[str, Any] = json_format.MessageToDict(
+            reply.comparison,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        return comparison
+
     async def evaluate(
         self,
         checkpoint_path: str,

@@ -206,19 +206,12 @@ async def cmd_evaluate(args: argparse.Namespace, out: Out) -> int:
     evaluation job on a leased GPU; its row joins the experiment's in ``arc results``."""
     async with client_for(args) as client:
         trained = await client.job(args.job)
-        best = next(
-            (
-                c
-                for c in (trained.result.checkpoints if trained.result else [])
-                if c.kind is CheckpointKind.BEST
-            ),
-            None,
-        )
-        if best is None:
+        best = _best_checkpoint(trained)
+        if not best:
             print(f"{args.job} has no best checkpoint to evaluate", file=sys.stderr)
             return JOB_NOT_COMPLETED
         evaluation = scheduler_pb2.EvaluationJob(
-            checkpoint_path=best.path,
+            checkpoint_path=best,
             data_path=args.data,
             split=args.split,
             bootstrap_samples=args.bootstrap,
@@ -235,6 +228,55 @@ async def cmd_evaluate(args: argparse.Namespace, out: Out) -> int:
     if job.state is not JobState.COMPLETED:
         print(f"{job.job_id} ended {job.state}: {job.error_message}", file=sys.stderr)
         return JOB_NOT_COMPLETED
+    return 0
+
+
+def _best_checkpoint(job: Job) -> str:
+    best = next(
+        (
+            c
+            for c in (job.result.checkpoints if job.result else [])
+            if c.kind is CheckpointKind.BEST
+        ),
+        None,
+    )
+    return best.path if best else ""
+
+
+async def cmd_compare(args: argparse.Namespace, out: Out) -> int:
+    """B against A on the same validation and test images: AUC difference, paired DeLong."""
+    async with client_for(args) as client:
+        jobs = [await client.job(args.job_a), await client.job(args.job_b)]
+        paths = [_best_checkpoint(j) for j in jobs]
+        for job, path in zip(jobs, paths, strict=True):
+            if not path:
+                print(f"{job.job_id} has no best checkpoint to compare", file=sys.stderr)
+                return JOB_NOT_COMPLETED
+        data = args.data or (await client.experiment(jobs[0].experiment_id)).spec.dataset.data_path
+        rows = []
+        for split in args.splits.split(","):
+            found = await client.compare(
+                paths[0], paths[1], data, split=split, dataset_id=args.dataset_id or ""
+            )
+            rows.append(found | {"a": args.job_a, "b": args.job_b})
+    if out.json:
+        out.data(rows)
+        return 0
+    out.table(
+        [
+            {
+                "split": r["split"],
+                "n": r["num_samples"],
+                "auc a": r["auc_a"],
+                "auc b": r["auc_b"],
+                "b - a [95% ci]": f"{r['difference']:+.3f} "
+                f"[{r['difference_ci']['lower']:+.3f}, {r['difference_ci']['upper']:+.3f}]",
+                "p (paired delong)": r["p_value"],
+            }
+            for r in rows
+        ],
+        ["split", "n", "auc a", "auc b", "b - a [95% ci]", "p (paired delong)"],
+    )
     return 0
 
 
@@ -417,6 +459,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--dataset-id", help="the name on its row (default: the folder's name)")
     e.add_argument("--bootstrap", type=int, default=1000, help="resamples, 100 to 100000")
+    c = sub.add_parser(
+        "compare", help="job B against job A on the same images (paired DeLong test)"
+    )
+    c.add_argument("job_a")
+    c.add_argument("job_b")
+    c.add_argument("--data", help="dataset folder (default: job A's experiment's)")
+    c.add_argument("--splits", default="val,test", help="comma-separated (default val,test)")
+    c.add_argument("--dataset-id", help="the name in the report (default: the folder's name)")
     a = sub.add_parser("audit", help="the audit log (export: JSON lines)")
     a.add_argument("action", choices=["list", "verify", "export"])
     a.add_argument("--caller")
@@ -451,6 +501,7 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "watch": cmd_watch,
     "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
     "results": cmd_results,
     "audit": cmd_audit,
     "mode": cmd_mode,

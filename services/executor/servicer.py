@@ -219,6 +219,36 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             report_path=path,
         )
 
+    async def CompareCheckpoints(
+        self, request: executor_pb2.CompareCheckpointsRequest, context: Any
+    ) -> executor_pb2.CompareCheckpointsResponse:
+        return await self._once(
+            "CompareCheckpoints",
+            request,
+            executor_pb2.CompareCheckpointsResponse,
+            lambda: self._CompareCheckpoints(request),
+        )
+
+    async def _CompareCheckpoints(
+        self, request: executor_pb2.CompareCheckpointsRequest
+    ) -> executor_pb2.CompareCheckpointsResponse:
+        report, path = await self._tools.compare(
+            caller=_identity().name,
+            request_id=request.request_id,
+            checkpoint_paths=(request.checkpoint_path_a, request.checkpoint_path_b),
+            data_path=request.data_path,
+            split=request.split,
+            dataset_id=request.dataset_id,
+        )
+        fields = executor_pb2.CheckpointComparison.DESCRIPTOR.fields_by_name
+        return executor_pb2.CompareCheckpointsResponse(
+            comparison=dict_to_proto(
+                {k: v for k, v in report.items() if k in fields},
+                executor_pb2.CheckpointComparison,
+            ),
+            report_path=path,
+        )
+
     async def ListCheckpoints(
         self, request: executor_pb2.ListCheckpointsRequest, context: Any
     ) -> executor_pb2.ListCheckpointsResponse:

@@ -175,6 +175,14 @@ def test_cli_runs_a_tiny_experiment(suite: Suite) -> None:
         (False, "again/test"),
     ]
     assert rows[1]["auc"] == pytest.approx(row["auc"], abs=1e-9)
+    # A model against itself on val and test: the same AUC, no difference.
+    compared = suite.arc("--json", "compare", job_id, job_id)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    pairs = json.loads(compared.stdout)
+    assert [r["split"] for r in pairs] == ["val", "test"]
+    assert pairs[1]["auc_a"] == pytest.approx(row["auc"], abs=1e-9)
+    assert all(r["difference"] == 0.0 for r in pairs)
+    assert "B - A [95% CI]" in suite.arc("compare", job_id, job_id, "--splits", "test").stdout
     refused = suite.arc("evaluate", job_id, "--data", "datasets/fundus", "--bootstrap", "0")
     assert refused.returncode != 0 and "evaluation.bootstrap_samples" in refused.stderr
     status = suite.arc("status", job_id)

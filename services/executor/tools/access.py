@@ -42,6 +42,8 @@ class Reach:
 
 TABLE: dict[str, Reach] = {
     "checkpoint_path": Reach(RUNS),
+    "checkpoint_path_a": Reach(RUNS),
+    "checkpoint_path_b": Reach(RUNS),
     "checkpoint_dir": Reach(RUNS),
     "path": Reach(RUNS),
     "retention.checkpoint_dir": Reach(RUNS),

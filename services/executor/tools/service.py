@@ -47,6 +47,18 @@ def _split(split: str) -> str:
     return split
 
 
+def _dataset_id(given: str, data_path: str) -> str:
+    """The id a report names its dataset by: the one given, else the folder's name."""
+    if given and not DATASET_ID.fullmatch(given):
+        raise InvalidArgumentError(
+            "dataset_id must be 1-128 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit",
+            field="dataset_id",
+        )
+    made = re.sub(r"[^A-Za-z0-9._-]", "-", Path(data_path).name).lstrip("._-")[:128]
+    return given or made or "dataset"
+
+
 class Tools:
     def __init__(
         self,
@@ -152,12 +164,10 @@ class Tools:
                 field=field,
             )
 
-    async def _registered(self, rel: str) -> tuple[Path, str]:
+    async def _registered(self, rel: str, field: str = "checkpoint_path") -> tuple[Path, str]:
         """A checkpoint a tool may load: one the executor registered (see registry)."""
-        path = self._checkpoint(rel)
-        digest = await asyncio.to_thread(
-            self.runs.checkpoints.verify, path, field="checkpoint_path"
-        )
+        path = self._checkpoint(rel, field)
+        digest = await asyncio.to_thread(self.runs.checkpoints.verify, path, field=field)
         return path, digest
 
     async def evaluate(
@@ -182,16 +192,7 @@ class Tools:
                 f"(got {bootstrap}); leave it unset for {DEFAULT_BOOTSTRAP}",
                 field="bootstrap_samples",
             )
-        if dataset_id and not DATASET_ID.fullmatch(dataset_id):
-            raise InvalidArgumentError(
-                "dataset_id must be 1-128 letters, digits, '.', '_' or '-', starting with a "
-                "letter or digit",
-                field="dataset_id",
-            )
-        # Unnamed: the folder's name, made into an id.
-        dataset_id = dataset_id or (
-            re.sub(r"[^A-Za-z0-9._-]", "-", Path(data_path).name).lstrip("._-")[:128] or "dataset"
-        )
+        dataset_id = _dataset_id(dataset_id, data_path)
         params = {
             "checkpoint_path": checkpoint_path,
             "data_path": data_path,
@@ -236,6 +237,57 @@ class Tools:
                 if report["evaluation"].get(key):
                     report["evaluation"][key] = self._rel(Path(report["evaluation"][key]))
             report["provenance"]["checkpoint_path"] = checkpoint_path
+            report_path.write_text(json.dumps(report, indent=2))
+        return report, self._rel(report_path)
+
+    async def compare(
+        self,
+        *,
+        caller: str,
+        request_id: str,
+        checkpoint_paths: tuple[str, str],
+        data_path: str,
+        split: str,
+        dataset_id: str,
+    ) -> tuple[dict[str, Any], str]:
+        split = _split(split)
+        dataset_id = _dataset_id(dataset_id, data_path)
+        params = {
+            "checkpoint_path": checkpoint_paths[0],
+            "checkpoint_path_b": checkpoint_paths[1],
+            "data_path": data_path,
+            "split": split,
+            "dataset_id": dataset_id,
+        }
+        await self.governed.check(
+            Tool.RUN_EVALUATION_JOB, params, caller=caller, request_id=request_id
+        )
+        data = self._data(data_path, "data_path")
+        first, digest_a = await self._registered(checkpoint_paths[0], "checkpoint_path_a")
+        second, digest_b = await self._registered(checkpoint_paths[1], "checkpoint_path_b")
+        # Beside A, keyed by B, the split and the dataset: no comparison overwrites another.
+        key = hashlib.sha256(f"{checkpoint_paths[1]}\0{data_path}".encode()).hexdigest()[:10]
+        report_path = first.with_name(f"{first.stem}.compare-{split}-{dataset_id}-{key}.json")
+        async with self.governed.transaction(
+            Tool.RUN_EVALUATION_JOB, [self._rel(report_path)], caller=caller, request_id=request_id
+        ):
+            report = await self._child(
+                {
+                    "tool": "compare",
+                    "checkpoint_a": str(first),
+                    "checkpoint_b": str(second),
+                    "sha256_a": digest_a,
+                    "sha256_b": digest_b,
+                    "data_path": str(data),
+                    "split": split,
+                },
+                None,
+            )
+            report |= {
+                "checkpoint_path_a": checkpoint_paths[0],
+                "checkpoint_path_b": checkpoint_paths[1],
+                "dataset_id": dataset_id,
+            }
             report_path.write_text(json.dumps(report, indent=2))
         return report, self._rel(report_path)
 

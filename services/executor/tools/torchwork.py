@@ -249,6 +249,64 @@ def evaluate(
     }
 
 
+def _same_split(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two checkpoints' trainers split an unsplit folder the same way."""
+    keys = ("train_split", "val_split", "test_split", "grouping")
+    da, db = a.get("dataset") or {}, b.get("dataset") or {}
+    return a.get("seed") == b.get("seed") and all(da.get(k) == db.get(k) for k in keys)
+
+
+def compare(
+    checkpoints: tuple[Path, Path],
+    digests: tuple[str, str],
+    data_path: Path,
+    split: str,
+) -> dict[str, Any]:
+    """Both checkpoints scored on the same images (each through its own preprocessing)
+    and the paired DeLong test of their AUCs."""
+    model_a, payload_a, device = load_checkpoint(checkpoints[0], digests[0])
+    model_b, payload_b, _ = load_checkpoint(checkpoints[1], digests[1])
+    class_names: list[str] = payload_a["class_names"]
+    if payload_b["class_names"] != class_names:
+        raise UnsupportedRequest(
+            f"the checkpoints tell apart different classes ({class_names} and "
+            f"{payload_b['class_names']})",
+            field="checkpoint_path_b",
+        )
+    if len(class_names) != 2:
+        raise UnsupportedRequest(
+            "a paired DeLong comparison needs a binary task", field="checkpoint_path_a"
+        )
+    if not (data_path / split).is_dir() and not _same_split(payload_a, payload_b):
+        raise UnsupportedRequest(
+            f"{data_path.name} has no {split}/ folder and the two checkpoints were trained on "
+            "different splits of it (seed, fractions or grouping): one's test images may be "
+            "the other's training images; compare on a dataset with split folders",
+            field="checkpoint_path_b",
+        )
+    samples, _ = split_samples(data_path, split, payload_a)
+    labels, probs_a = predict(model_a, samples, _transform(payload_a), device)
+    _, probs_b = predict(model_b, samples, _transform(payload_b), device)
+    positive = evaluation.positive_index(class_names)
+    labels01 = (labels == positive).astype(np.int64)
+    found = evaluation.paired_delong(labels01, probs_a[:, positive], probs_b[:, positive])
+    return {
+        "split": split,
+        "num_samples": len(labels),
+        "num_positives": int(labels01.sum()),
+        "auc_a": found.auc_a,
+        "auc_b": found.auc_b,
+        "difference": found.difference,
+        "difference_ci": found.ci.model_dump(mode="json"),
+        "z": found.z,
+        "p_value": found.p_value,
+        "dataset_hash": dataset_hash(data_path, [str(p) for p, _ in samples]),
+        "labels": labels.tolist(),
+        "scores_a": probs_a[:, positive].tolist(),
+        "scores_b": probs_b[:, positive].tolist(),
+    }
+
+
 # --- Grad-CAM ---------------------------------------------------------------------------------
 
 

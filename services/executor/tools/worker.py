@@ -25,6 +25,13 @@ def main() -> int:
                 data_path_name=request["data_path_name"],
                 figures=Path(request["figures"]) if request.get("figures") else None,
             )
+        elif request["tool"] == "compare":
+            answer = torchwork.compare(
+                (Path(request["checkpoint_a"]), Path(request["checkpoint_b"])),
+                (request["sha256_a"], request["sha256_b"]),
+                Path(request["data_path"]),
+                request["split"],
+            )
         elif request["tool"] in ("gradcam", "attention"):
             method = torchwork.gradcam if request["tool"] == "gradcam" else torchwork.attention
             answer = method(

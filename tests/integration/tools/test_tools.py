@@ -201,6 +201,69 @@ async def test_reports_on_two_datasets_both_survive(tools: Tools) -> None:
     assert [r["provenance"]["data_path"] for r in reports] == ["datasets/fundus", "datasets/flat"]
 
 
+async def test_compare_is_the_paired_delong_test_of_two_evaluations(tools: Tools) -> None:
+    from arc_common.evaluation import paired_delong
+
+    executor = tools.executor()
+    last = CHECKPOINT.replace("best.pt", "last.pt")
+    reports = []
+    for path in (CHECKPOINT, last):
+        reply = await executor.EvaluateCheckpoint(
+            executor_pb2.EvaluateCheckpointRequest(
+                checkpoint_path=path, data_path="datasets/fundus", split="test"
+            )
+        )
+        reports.append(json.loads((tools.home / reply.report_path).read_text()))
+    compared = await executor.CompareCheckpoints(
+        executor_pb2.CompareCheckpointsRequest(
+            checkpoint_path_a=CHECKPOINT,
+            checkpoint_path_b=last,
+            data_path="datasets/fundus",
+            split="test",
+        )
+    )
+    found = compared.comparison
+    assert [found.auc_a, found.auc_b] == pytest.approx([r["auc"] for r in reports], abs=1e-9)
+    positive = reports[0]["class_names"].index("glaucoma")
+    labels = (np.array(reports[0]["labels"]) == positive).astype(np.int64)
+    expected = paired_delong(labels, np.array(reports[0]["scores"]), np.array(reports[1]["scores"]))
+    assert found.difference == pytest.approx(expected.difference, abs=1e-9)
+    if not np.isnan(expected.p_value):
+        assert found.p_value == pytest.approx(expected.p_value, abs=1e-9)
+    assert found.num_samples == 12 and found.dataset_id == "fundus"
+    assert (tools.home / compared.report_path).is_file()
+    # A checkpoint against itself: no difference, nothing to reject.
+    same = await executor.CompareCheckpoints(
+        executor_pb2.CompareCheckpointsRequest(
+            checkpoint_path_a=CHECKPOINT, checkpoint_path_b=CHECKPOINT, data_path="datasets/fundus"
+        )
+    )
+    assert same.comparison.difference == 0.0 and same.comparison.p_value == 1.0
+
+
+async def test_compare_refuses_what_it_cannot_pair_naming_the_field(tools: Tools) -> None:
+    executor = tools.executor()
+    with pytest.raises(grpc.RpcError) as missing:
+        await executor.CompareCheckpoints(
+            executor_pb2.CompareCheckpointsRequest(
+                checkpoint_path_a=CHECKPOINT,
+                checkpoint_path_b="runs/r1/checkpoints/nothing.pt",
+                data_path="datasets/fundus",
+            )
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "checkpoint_path_b" in str(missing.value.details())
+    with pytest.raises(grpc.RpcError) as outside:
+        await executor.CompareCheckpoints(
+            executor_pb2.CompareCheckpointsRequest(
+                checkpoint_path_a=CHECKPOINT, checkpoint_path_b=CHECKPOINT, data_path="../etc"
+            )
+        )
+    # Governance's policy refuses the path before the executor resolves it.
+    assert outside.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "data_path" in str(outside.value.details())
+
+
 @pytest.mark.parametrize("samples", [0, 99, 100_001, -1])
 async def test_bootstrap_samples_out_of_bounds_is_invalid_argument(
     tools: Tools, samples: int

@@ -857,6 +857,127 @@ class EvaluateCheckpointResponse(_message.Message):
 Global___EvaluateCheckpointResponse: _TypeAlias = EvaluateCheckpointResponse  # noqa: Y015
 
 @_typing.final
+class CompareCheckpointsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_PATH_A_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_PATH_B_FIELD_NUMBER: _builtins.int
+    DATA_PATH_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    checkpoint_path_a: _builtins.str
+    checkpoint_path_b: _builtins.str
+    data_path: _builtins.str
+    split: _builtins.str
+    """"train", "val" or "test" (default "test"); on an unsplit folder both checkpoints must
+    have been trained on the same split of it.
+    """
+    dataset_id: _builtins.str
+    """A name for the dataset in the report (default: the folder's name)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        checkpoint_path_a: _builtins.str = ...,
+        checkpoint_path_b: _builtins.str = ...,
+        data_path: _builtins.str = ...,
+        split: _builtins.str = ...,
+        dataset_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path_a", b"checkpoint_path_a", "checkpoint_path_b", b"checkpoint_path_b", "data_path", b"data_path", "dataset_id", b"dataset_id", "request_id", b"request_id", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareCheckpointsRequest: _TypeAlias = CompareCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class CheckpointComparison(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_PATH_A_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_PATH_B_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    NUM_SAMPLES_FIELD_NUMBER: _builtins.int
+    NUM_POSITIVES_FIELD_NUMBER: _builtins.int
+    AUC_A_FIELD_NUMBER: _builtins.int
+    AUC_B_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_CI_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    DATASET_HASH_FIELD_NUMBER: _builtins.int
+    checkpoint_path_a: _builtins.str
+    checkpoint_path_b: _builtins.str
+    dataset_id: _builtins.str
+    split: _builtins.str
+    num_samples: _builtins.int
+    num_positives: _builtins.int
+    auc_a: _builtins.float
+    auc_b: _builtins.float
+    difference: _builtins.float
+    """auc_b - auc_a, its 95% confidence interval and the two-sided p-value of the paired
+    DeLong test (the images are the same, so the two AUCs are correlated).
+    """
+    z: _builtins.float
+    p_value: _builtins.float
+    dataset_hash: _builtins.str
+    """"sha256:" over the images both were scored on."""
+    @_builtins.property
+    def difference_ci(self) -> _common_pb2.Interval: ...
+    def __init__(
+        self,
+        *,
+        checkpoint_path_a: _builtins.str = ...,
+        checkpoint_path_b: _builtins.str = ...,
+        dataset_id: _builtins.str = ...,
+        split: _builtins.str = ...,
+        num_samples: _builtins.int = ...,
+        num_positives: _builtins.int = ...,
+        auc_a: _builtins.float = ...,
+        auc_b: _builtins.float = ...,
+        difference: _builtins.float = ...,
+        difference_ci: _common_pb2.Interval | None = ...,
+        z: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        dataset_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["difference_ci", b"difference_ci"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc_a", b"auc_a", "auc_b", b"auc_b", "checkpoint_path_a", b"checkpoint_path_a", "checkpoint_path_b", b"checkpoint_path_b", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "difference", b"difference", "difference_ci", b"difference_ci", "num_positives", b"num_positives", "num_samples", b"num_samples", "p_value", b"p_value", "split", b"split", "z", b"z"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointComparison: _TypeAlias = CheckpointComparison  # noqa: Y015
+
+@_typing.final
+class CompareCheckpointsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    REPORT_PATH_FIELD_NUMBER: _builtins.int
+    report_path: _builtins.str
+    @_builtins.property
+    def comparison(self) -> Global___CheckpointComparison: ...
+    def __init__(
+        self,
+        *,
+        comparison: Global___CheckpointComparison | None = ...,
+        report_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison", "report_path", b"report_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareCheckpointsResponse: _TypeAlias = CompareCheckpointsResponse  # noqa: Y015
+
+@_typing.final
 class ListCheckpointsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

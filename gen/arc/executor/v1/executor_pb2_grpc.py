@@ -74,6 +74,11 @@ class ExecutorServiceStub:
                 request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.EvaluateCheckpointRequest.SerializeToString,
                 response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.EvaluateCheckpointResponse.FromString,
                 _registered_method=True)
+        self.CompareCheckpoints = channel.unary_unary(
+                '/arc.executor.v1.ExecutorService/CompareCheckpoints',
+                request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.CompareCheckpointsRequest.SerializeToString,
+                response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.CompareCheckpointsResponse.FromString,
+                _registered_method=True)
         self.ListCheckpoints = channel.unary_unary(
                 '/arc.executor.v1.ExecutorService/ListCheckpoints',
                 request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ListCheckpointsRequest.SerializeToString,
@@ -162,6 +167,14 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompareCheckpoints(self, request, context):
+        """Two checkpoints scored on the same images: the difference of their AUCs with a paired
+        DeLong test, what "B beats A" needs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCheckpoints(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -234,6 +247,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.EvaluateCheckpoint,
                     request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.EvaluateCheckpointRequest.FromString,
                     response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.EvaluateCheckpointResponse.SerializeToString,
+            ),
+            'CompareCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareCheckpoints,
+                    request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.CompareCheckpointsRequest.FromString,
+                    response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.CompareCheckpointsResponse.SerializeToString,
             ),
             'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCheckpoints,
@@ -477,6 +495,33 @@ class ExecutorService:
             '/arc.executor.v1.ExecutorService/EvaluateCheckpoint',
             arc_dot_executor_dot_v1_dot_executor__pb2.EvaluateCheckpointRequest.SerializeToString,
             arc_dot_executor_dot_v1_dot_executor__pb2.EvaluateCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.executor.v1.ExecutorService/CompareCheckpoints',
+            arc_dot_executor_dot_v1_dot_executor__pb2.CompareCheckpointsRequest.SerializeToString,
+            arc_dot_executor_dot_v1_dot_executor__pb2.CompareCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

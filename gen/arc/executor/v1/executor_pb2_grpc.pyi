@@ -36,6 +36,10 @@ class ExecutorServiceStub:
     """Replays from from_sequence, then follows live."""
     PreprocessDataset: _aio.UnaryUnaryMultiCallable[_executor_pb2.PreprocessDatasetRequest, _executor_pb2.PreprocessDatasetResponse]
     EvaluateCheckpoint: _aio.UnaryUnaryMultiCallable[_executor_pb2.EvaluateCheckpointRequest, _executor_pb2.EvaluateCheckpointResponse]
+    CompareCheckpoints: _aio.UnaryUnaryMultiCallable[_executor_pb2.CompareCheckpointsRequest, _executor_pb2.CompareCheckpointsResponse]
+    """Two checkpoints scored on the same images: the difference of their AUCs with a paired
+    DeLong test, what "B beats A" needs.
+    """
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListCheckpointsRequest, _executor_pb2.ListCheckpointsResponse]
     DeleteCheckpoint: _aio.UnaryUnaryMultiCallable[_executor_pb2.DeleteCheckpointRequest, _executor_pb2.DeleteCheckpointResponse]
     GenerateVisualizations: _aio.UnaryUnaryMultiCallable[_executor_pb2.GenerateVisualizationsRequest, _executor_pb2.GenerateVisualizationsResponse]
@@ -110,6 +114,16 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.EvaluateCheckpointRequest,
         context: _aio.ServicerContext[_executor_pb2.EvaluateCheckpointRequest, _abc.Awaitable[_executor_pb2.EvaluateCheckpointResponse]],
     ) -> _abc.Awaitable[_executor_pb2.EvaluateCheckpointResponse]: ...
+
+    @_abc_1.abstractmethod
+    def CompareCheckpoints(
+        self,
+        request: _executor_pb2.CompareCheckpointsRequest,
+        context: _aio.ServicerContext[_executor_pb2.CompareCheckpointsRequest, _abc.Awaitable[_executor_pb2.CompareCheckpointsResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.CompareCheckpointsResponse]:
+        """Two checkpoints scored on the same images: the difference of their AUCs with a paired
+        DeLong test, what "B beats A" needs.
+        """
 
     @_abc_1.abstractmethod
     def ListCheckpoints(
