@@ -104,8 +104,6 @@ def _submission(
 
 
 MAX_EVENTS_PER_RESPONSE = 1000
-# The longest CancelJob waits for the run to end before answering.
-CANCEL_WAIT_SECONDS = 60.0
 
 
 def event_to_proto(event: JobEvent) -> scheduler_pb2.JobEvent:
@@ -296,11 +294,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def CancelJob(
         self, request: scheduler_pb2.CancelJobRequest, context: Any
     ) -> scheduler_pb2.CancelJobResponse:
-        # Wait for the run to end, but answer inside the caller's deadline: a job whose
-        # stop is asked and not yet done comes back with cancel_requested set.
-        remaining = context.time_remaining()
-        wait = CANCEL_WAIT_SECONDS if remaining is None else min(CANCEL_WAIT_SECONDS, remaining)
-
         async def cancel() -> scheduler_pb2.CancelJobResponse:
             job = await self._s.cancel(
                 request.job_id,
@@ -308,7 +301,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 caller=_who(),
                 request_id=request.request_id,
                 request_digest=message_digest(request),
-                wait=max(0.0, wait * 0.8 - 0.5),
             )
             return scheduler_pb2.CancelJobResponse(job=self._job(job.job_id))
 
