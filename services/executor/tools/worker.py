@@ -11,10 +11,10 @@ from pathlib import Path
 def main() -> int:
     request = json.loads(sys.stdin.read())
     try:
-        from services.executor.tools import torchwork
+        from services.executor.tools import scoring, torchwork
 
         if request["tool"] == "evaluate":
-            answer: object = torchwork.evaluate(
+            answer: object = scoring.evaluate(
                 Path(request["checkpoint"]),
                 Path(request["data_path"]),
                 request["split"],
@@ -26,7 +26,7 @@ def main() -> int:
                 figures=Path(request["figures"]) if request.get("figures") else None,
             )
         elif request["tool"] == "compare":
-            answer = torchwork.compare(
+            answer = scoring.compare(
                 (Path(request["checkpoint_a"]), Path(request["checkpoint_b"])),
                 (request["sha256_a"], request["sha256_b"]),
                 Path(request["data_path"]),
