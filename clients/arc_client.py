@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from grpc import aio
 
 from arc.common.v1 import common_pb2
@@ -353,12 +354,7 @@ class ArcClient:
                 timeout=max(self._timeout, 600),
             )
         )
-        comparison: dict[str, Any] = json_format.MessageToDict(
-            reply.comparison,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-        )
-        return comparison
+        return _with_zeros(reply.comparison)
 
     async def evaluate(
         self,
@@ -383,10 +379,12 @@ class ArcClient:
                 timeout=max(self._timeout, 600),
             )
         )
-        # Zeros included: a sensitivity of 0 is a figure, not a missing one.
-        report: dict[str, Any] = json_format.MessageToDict(
-            reply.report,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-        )
-        return report
+        return _with_zeros(reply.report)
+
+
+def _with_zeros(message: Message) -> dict[str, Any]:
+    """A report as a dict, zeros included: a sensitivity of 0 is a figure, not a gap."""
+    out: dict[str, Any] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return out

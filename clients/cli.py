@@ -21,20 +21,18 @@ from typing import Any
 
 import yaml
 
-from arc.scheduler.v1 import scheduler_pb2
 from arc_common import errors
-from arc_common.models import CheckpointKind, Job, JobState, Mode
-from clients.arc_client import DEFAULT_PORT_BASE, Addresses, ArcClient
+from arc_common.models import Job, JobState, Mode
+from clients.arc_client import DEFAULT_PORT_BASE
+from clients.cli_base import JOB_NOT_COMPLETED, client_for
 from clients.demo import run_demo
 from clients.display import (
-    LEADERBOARD,
     Out,
     fmt,
-    leaderboard_rows,
-    leaderboard_table,
     watch_job,
 )
 from clients.orchestrator import interpret
+from clients.results_cli import cmd_compare, cmd_evaluate, cmd_results
 from clients.suite import LocalSuite
 
 EXIT_CODES: list[tuple[type[errors.ArcError], int]] = [
@@ -48,13 +46,6 @@ EXIT_CODES: list[tuple[type[errors.ArcError], int]] = [
     (errors.DeadlineExceededError, 6),
     (errors.ResourceExhaustedError, 7),
 ]
-JOB_NOT_COMPLETED = 8
-
-
-def client_for(args: argparse.Namespace) -> ArcClient:
-    return ArcClient(
-        Addresses.from_port_base(args.port_base), token=args.token, home=Path(args.home)
-    )
 
 
 def _job_row(job: Job) -> dict[str, Any]:
@@ -188,96 +179,6 @@ async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
         + (f": {job.error_message.splitlines()[0]}" if job.error_message else "")
     )
     return 0 if job.state is JobState.COMPLETED else JOB_NOT_COMPLETED
-
-
-async def cmd_results(args: argparse.Namespace, out: Out) -> int:
-    async with client_for(args) as client:
-        jobs = await client.jobs(experiment_id=args.experiment or "")
-    rows = leaderboard_rows(jobs, evaluations=args.evaluations)
-    if out.json:
-        out.data(rows)
-    else:
-        out.table(leaderboard_table(rows), LEADERBOARD)
-    return 0
-
-
-async def cmd_evaluate(args: argparse.Namespace, out: Out) -> int:
-    """Evaluate a completed job's best checkpoint on another dataset (or split), as an
-    evaluation job on a leased GPU; its row joins the experiment's in ``arc results``."""
-    async with client_for(args) as client:
-        trained = await client.job(args.job)
-        best = _best_checkpoint(trained)
-        if not best:
-            print(f"{args.job} has no best checkpoint to evaluate", file=sys.stderr)
-            return JOB_NOT_COMPLETED
-        evaluation = scheduler_pb2.EvaluationJob(
-            checkpoint_path=best,
-            data_path=args.data,
-            split=args.split,
-            bootstrap_samples=args.bootstrap,
-            dataset_id=args.dataset_id or "",
-        )
-        job = await client.submit(experiment_id=trained.experiment_id, evaluation=evaluation)
-        # Progress to stderr under --json, so stdout stays one JSON document.
-        job = await watch_job(client, job.job_id, stream=sys.stderr if out.json else None)
-    rows = leaderboard_rows([job], evaluations=True)
-    if out.json:
-        out.data(rows)
-    else:
-        out.table(leaderboard_table(rows), LEADERBOARD)
-    if job.state is not JobState.COMPLETED:
-        print(f"{job.job_id} ended {job.state}: {job.error_message}", file=sys.stderr)
-        return JOB_NOT_COMPLETED
-    return 0
-
-
-def _best_checkpoint(job: Job) -> str:
-    best = next(
-        (
-            c
-            for c in (job.result.checkpoints if job.result else [])
-            if c.kind is CheckpointKind.BEST
-        ),
-        None,
-    )
-    return best.path if best else ""
-
-
-async def cmd_compare(args: argparse.Namespace, out: Out) -> int:
-    """B against A on the same validation and test images: AUC difference, paired DeLong."""
-    async with client_for(args) as client:
-        jobs = [await client.job(args.job_a), await client.job(args.job_b)]
-        paths = [_best_checkpoint(j) for j in jobs]
-        for job, path in zip(jobs, paths, strict=True):
-            if not path:
-                print(f"{job.job_id} has no best checkpoint to compare", file=sys.stderr)
-                return JOB_NOT_COMPLETED
-        data = args.data or (await client.experiment(jobs[0].experiment_id)).spec.dataset.data_path
-        rows = []
-        for split in args.splits.split(","):
-            found = await client.compare(
-                paths[0], paths[1], data, split=split, dataset_id=args.dataset_id or ""
-            )
-            rows.append(found | {"a": args.job_a, "b": args.job_b})
-    if out.json:
-        out.data(rows)
-        return 0
-    out.table(
-        [
-            {
-                "split": r["split"],
-                "n": r["num_samples"],
-                "auc a": r["auc_a"],
-                "auc b": r["auc_b"],
-                "b - a [95% ci]": f"{r['difference']:+.3f} "
-                f"[{r['difference_ci']['lower']:+.3f}, {r['difference_ci']['upper']:+.3f}]",
-                "p (paired delong)": r["p_value"],
-            }
-            for r in rows
-        ],
-        ["split", "n", "auc a", "auc b", "b - a [95% ci]", "p (paired delong)"],
-    )
-    return 0
 
 
 async def cmd_audit(args: argparse.Namespace, out: Out) -> int:

@@ -158,11 +158,11 @@ def leaderboard_rows(jobs: list[Job], *, evaluations: bool = False) -> list[dict
         rows.append(row)
     if not evaluations:
         return rows
+    last = {row["experiment"]: index for index, row in enumerate(rows)}
     out: list[dict[str, Any]] = []
-    for row in rows:
+    for index, row in enumerate(rows):
         out.append(row)
-        following = next((r for r in rows[rows.index(row) + 1 :]), None)
-        if following is None or following["experiment"] != row["experiment"]:
+        if last[row["experiment"]] == index:  # after the experiment's lowest-ranked row
             out += measured.pop(row["experiment"], [])
     for orphans in measured.values():  # evaluations of experiments not listed
         out += orphans
