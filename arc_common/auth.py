@@ -76,6 +76,8 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.scheduler.v1.SchedulerService/CancelJob": _ALL,  # an agent: its own jobs only
     "/arc.scheduler.v1.SchedulerService/GetSchedulerStatus": _ALL,
     "/arc.scheduler.v1.SchedulerService/WatchJob": _ALL,
+    # Sealed test figures (arc_common.sealing) are released by an operator only.
+    "/arc.scheduler.v1.SchedulerService/RevealTestMetrics": _OPS,
     # gpu-manager: only the scheduler/executor (service) or an operator hold leases.
     "/arc.gpu.v1.GpuManagerService/ListGpus": _ALL,
     "/arc.gpu.v1.GpuManagerService/WatchGpus": _ALL,

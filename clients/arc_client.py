@@ -332,6 +332,16 @@ class ArcClient:
         ]
         return images, reply.index_path
 
+    async def reveal_test(self, experiment_id: str, *, reason: str = "") -> Experiment:
+        """Operator: release a sealed experiment's test figures to agent tokens."""
+        reply = await unary(
+            self.scheduler.RevealTestMetrics(
+                scheduler_pb2.RevealTestMetricsRequest(experiment_id=experiment_id, reason=reason),
+                timeout=self._timeout,
+            )
+        )
+        return to_model(reply.experiment, Experiment)
+
     async def compare(
         self,
         checkpoint_path_a: str,

@@ -352,6 +352,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--evaluations", action="store_true", help="add evaluation jobs' rows under each row"
     )
+    r.add_argument(
+        "--reveal-test",
+        metavar="EXPERIMENT",
+        help="operator: release a sealed experiment's test figures to agents, then show it",
+    )
+    r.add_argument("--reason", default="", help="why, for the record (with --reveal-test)")
     e = sub.add_parser(
         "evaluate", help="evaluate a job's best checkpoint on a dataset (an evaluation job)"
     )

@@ -110,6 +110,7 @@ def _row(job: Job, result: ExperimentResult, split: str) -> dict[str, Any]:
     best = result.best_metrics
     ranked_by = result.selected_by or "val_auc"
     flagged = [e for e in result.evaluations if e.degenerate]
+    flags = (["degenerate"] if flagged else []) + (["test sealed"] if result.test_sealed else [])
     provenance = result.provenance
     return {
         "experiment": job.experiment_id,
@@ -124,7 +125,8 @@ def _row(job: Job, result: ExperimentResult, split: str) -> dict[str, Any]:
         "sensitivity": _figure(best, f"{split}_sensitivity"),
         "specificity": _figure(best, f"{split}_specificity"),
         "threshold": _figure(best, f"{split}_threshold"),
-        "flag": "degenerate" if flagged else "",
+        "flag": ", ".join(flags),
+        "test_sealed": result.test_sealed,
         "flag_reason": "; ".join(f"{e.split}: {e.degenerate_reason}" for e in flagged),
         "seconds": result.duration_seconds,
     }

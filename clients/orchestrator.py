@@ -63,6 +63,7 @@ ALIASES: dict[str, str] = {
     "time_limit": "max_training_time_seconds",
     "gpu": "gpu_allocation.gpu_indices",
     "gpus": "gpu_allocation.gpu_count",
+    "seal_test": "seal_test",
 }
 
 # torchvision classifiers agents name most; anything else is checked by the trainer.

@@ -13,7 +13,9 @@ from clients.display import LEADERBOARD, Out, leaderboard_rows, leaderboard_tabl
 
 async def cmd_results(args: argparse.Namespace, out: Out) -> int:
     async with client_for(args) as client:
-        jobs = await client.jobs(experiment_id=args.experiment or "")
+        if args.reveal_test:
+            await client.reveal_test(args.reveal_test, reason=args.reason)
+        jobs = await client.jobs(experiment_id=args.reveal_test or args.experiment or "")
     rows = leaderboard_rows(jobs, evaluations=args.evaluations)
     if out.json:
         out.data(rows)

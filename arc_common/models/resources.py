@@ -90,6 +90,7 @@ class ExperimentResult(_Resource):
     kind: str = ""
     selected_by: str = ""
     selected_mode: MetricMode | None = None
+    test_sealed: bool = False
 
     def evaluation(self, split: str) -> SplitEvaluation | None:
         return next((e for e in self.evaluations if e.split == split), None)
@@ -152,6 +153,7 @@ class Decision(_Resource):
     policy_version: str = ""
     reason: str = ""
     audit_sequence: int = 0
+    sealed_test_datasets: list[str] = Field(default_factory=list)
 
 
 class Transaction(_Resource):
@@ -259,6 +261,9 @@ class Experiment(_Resource):
     results: list[ExperimentResult] = Field(default_factory=list)
     content_hash: str = ""
     job_ids: list[str] = Field(default_factory=list)
+    test_revealed_by: str = ""
+    test_reveal_time: datetime | None = None
+    test_reveal_reason: str = ""
 
 
 class SchedulerStatus(_Resource):

@@ -291,6 +291,9 @@ class ExperimentSpec(_Spec):
     max_training_time_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
     gpu_allocation: GpuAllocation = Field(default_factory=GpuAllocation)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    # Test figures kept from agent tokens until an operator releases them (a sealed
+    # dataset in the policy sets it); not part of the content hash.
+    seal_test: bool = False
 
     @property
     def effective_priority(self) -> int:
@@ -311,6 +314,10 @@ class TrainingJobConfig(_Spec):
     # The identity that submitted the job (its name in tokens.json); the executor records
     # it as the owner of the job's folder under runs/.
     submitted_by: Annotated[str, Field(max_length=128, pattern=r"^[^\n]*$")] = ""
+    # An agent's job: the sealed datasets whose test folders the run may not read.
+    sealed_test_datasets: Annotated[list[WorkspacePath], Field(max_length=64)] = Field(
+        default_factory=list
+    )
 
 
 # Bootstrap resamples an evaluation may ask for: under 100 the interval is noise.

@@ -10,11 +10,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from arc_common.errors import ArcError, InvalidArgumentError
+from arc_common.errors import ArcError, InvalidArgumentError, PermissionDeniedError
 from arc_common.models import Run, TrainingJobConfig
 from arc_common.paths import resolve_data, resolve_in_root
 from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, TrainerInput, file_sha256
 from services.executor.registry import CheckpointRegistry
+from services.executor.sealed import SealGuard
 from services.executor.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class RunInputs:
         self.settings = settings
         self.home = settings.home.resolve()
         self.checkpoints = checkpoints
+        self.seals = SealGuard(self.home, settings.data_root)
 
     async def check(self, config: TrainingJobConfig) -> RunPaths:
         """The run's paths, each inside the workspace (INVALID_ARGUMENT naming the field
@@ -57,9 +59,26 @@ class RunInputs:
                 f"(looked at {data_path})",
                 field="dataset.data_path",
             )
+        await asyncio.to_thread(self._check_seal, config, data_path, checkpoint_dir)
         if resume:
             resume_sha256 = await asyncio.to_thread(self._carry_over, Path(resume), checkpoint_dir)
         return RunPaths(checkpoint_dir, log_dir, data_path, resume, resume_sha256)
+
+    def _check_seal(self, config: TrainingJobConfig, data: Path, checkpoint_dir: Path) -> None:
+        """An agent's job reads no sealed test folder but through its own test pass of a
+        sealed dataset, named as sealed; a sealed run's folder carries its seal."""
+        spec = config.experiment_spec
+        roots = self.seals.roots(config.sealed_test_datasets)
+        shown = spec.dataset.data_path
+        self.seals.check_read(data, roots, field="dataset.data_path", shown=shown, training=True)
+        if data in roots and not spec.seal_test:
+            raise PermissionDeniedError(
+                f"dataset.data_path {shown!r} is a sealed dataset under another name (through "
+                "a symlink?): name it by its sealed path, so that its test figures are sealed",
+                field="dataset.data_path",
+            )
+        if spec.seal_test:
+            self.seals.seal_run(checkpoint_dir, data)
 
     async def _checkout_revision(self, data_path: str, revision: str) -> None:
         """Bring ``datasets/<id>`` to the DVC revision the spec names, before training."""

@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 
 from arc.common.v1 import common_pb2
 from arc.executor.v1 import executor_pb2, executor_pb2_grpc
-from arc_common import auth
+from arc_common import auth, sealing
 from arc_common.convert import (
     dict_to_proto,
     enum_field,
@@ -55,6 +55,35 @@ def _lease(request: Any) -> Lease:
             f"lease.gpu_indices may name at most {MAX_LEASE_GPUS} GPUs", field="lease.gpu_indices"
         )
     return to_model(request.lease, Lease, prefix="lease")
+
+
+def _seals(config: TrainingJobConfig | None) -> bool:
+    """An agent reads a sealed experiment's run without its test figures (releasing them
+    is the scheduler's: RevealTestMetrics)."""
+    return (
+        config is not None
+        and config.experiment_spec.seal_test
+        and _identity().role is auth.Role.AGENT
+    )
+
+
+def _sealed_run(run: executor_pb2.Run) -> executor_pb2.Run:
+    sealed = run.config.experiment_spec.seal_test and _identity().role is auth.Role.AGENT
+    if sealed and run.HasField("result"):
+        sealing.seal_result(run.result)
+    return run
+
+
+def _seal_event(event: executor_pb2.RunEvent) -> bool:
+    """Leave out an event's test figures; False when nothing is left of it."""
+    payload = event.WhichOneof("payload")
+    if payload == "metrics":
+        return sealing.seal_batch(event.metrics)
+    if payload == "result":
+        sealing.seal_result(event.result)
+    elif payload == "checkpoint":
+        sealing.seal_checkpoint(event.checkpoint)
+    return True
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
@@ -112,8 +141,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def GetRun(
         self, request: executor_pb2.GetRunRequest, context: Any
     ) -> executor_pb2.GetRunResponse:
-        run = await self._runs.get(request.run_id)
-        return executor_pb2.GetRunResponse(run=to_proto(run, executor_pb2.Run))
+        run = _sealed_run(to_proto(await self._runs.get(request.run_id), executor_pb2.Run))
+        return executor_pb2.GetRunResponse(run=run)
 
     async def CancelRun(
         self, request: executor_pb2.CancelRunRequest, context: Any
@@ -133,12 +162,16 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
                 f"from_sequence must be >= 0 (got {request.from_sequence})",
                 field="from_sequence",
             )
-        await self._runs.get(request.run_id)  # NOT_FOUND for an unknown run
+        run = await self._runs.get(request.run_id)  # NOT_FOUND for an unknown run
+        sealed = _seals(run.config)
         run_id = request.run_id
         async for event in self._runs.events.follow(
             run_id, request.from_sequence, is_finished=lambda: self._runs.is_finished(run_id)
         ):
-            yield executor_pb2.StreamRunEventsResponse(event=to_proto(event, executor_pb2.RunEvent))
+            message = to_proto(event, executor_pb2.RunEvent)
+            if sealed and not _seal_event(message):
+                continue
+            yield executor_pb2.StreamRunEventsResponse(event=message)
 
     # --- tools ------------------------------------------------------------------------------
 
@@ -163,6 +196,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             input_path=request.input_path,
             output_path=request.output_path,
             chain=chain,
+            role=_identity().role,
         )
         manifest = {
             k: v
@@ -210,6 +244,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             seed=int(request.seed),
             dataset_id=request.dataset_id,
             lease=lease,
+            role=_identity().role,
+            operator_job=request.operator_job,
         )
         fields = executor_pb2.EvaluationReport.DESCRIPTOR.fields_by_name
         return executor_pb2.EvaluateCheckpointResponse(
@@ -236,6 +272,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             caller=_identity().name,
             request_id=request.request_id,
             checkpoint_paths=(request.checkpoint_path_a, request.checkpoint_path_b),
+            role=_identity().role,
             data_path=request.data_path,
             split=request.split,
             dataset_id=request.dataset_id,

@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from arc_common.models import Tool, ViolationKind, describe_errors
+from arc_common.paths import check_relative_path
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.yaml")
 
@@ -75,12 +83,24 @@ class CallerPolicy(BaseModel):
     calls_per_minute: Annotated[int, Field(ge=0)] | None = None
 
 
+def _sealed_root(value: str) -> str:
+    try:
+        return check_relative_path(value)
+    except ValueError as exc:
+        raise ValueError(f"a sealed dataset {exc} (got {value!r})") from None
+
+
 class PolicyDocument(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     version: str = "1"
     callers: dict[str, CallerPolicy] = Field(default_factory=dict)
     tools: dict[Tool, ToolPolicy] = Field(default_factory=dict)
+    # Datasets (workspace-relative folders with train/, val/, test/) whose test split
+    # agents may not read and whose jobs' test figures stay sealed (arc_common.sealing).
+    sealed_test: Annotated[
+        list[Annotated[str, AfterValidator(_sealed_root)]], Field(max_length=64)
+    ] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)

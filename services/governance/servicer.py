@@ -127,6 +127,11 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             via=authenticated_name(),
         )
         decision = await self._gov.validate(call, wait_seconds=request.wait_for_approval_seconds)
+        # The current policy's, on every answer (a replayed decision too): the services
+        # enforce the seal on the paths they resolve.
+        decision = decision.model_copy(
+            update={"sealed_test_datasets": list(self._gov.policy.document.sealed_test)}
+        )
         if (
             not request.dry_run
             and not request.invalid_reason

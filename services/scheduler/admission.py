@@ -9,13 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from arc_common.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from arc_common.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from arc_common.models import DecisionOutcome, ExperimentSpec, JobState, JobStateChange
 from services.scheduler.checks import GovernanceGate
 from services.scheduler.context import Context
 from services.scheduler.jobs import RequestKey, content_hash
 from services.scheduler.kinds import JobKind
 from services.scheduler.lifecycle import Lifecycle, now
+from services.scheduler.seals import Seal, seal
 from services.scheduler.store import JobRecord, Write
 
 # Ids and free text a caller sends are stored and echoed: longer ones are refused.
@@ -121,6 +127,8 @@ class Admission:
                     "submit it by experiment_id or choose a new id",
                     field=f"{index}spec.experiment_id",
                 )
+            if known is not None and known[0].seal_test and not spec.seal_test:
+                return spec.model_copy(update={"seal_test": True})  # a seal stays on
             return spec
         if not submission.experiment_id:
             raise InvalidArgumentError(
@@ -157,8 +165,23 @@ class Admission:
         payload = kind.parse(submission.payload, field=f"{index}{kind.name}")
         return Checked(submission, kind, self._resolve_spec(submission, index), payload)
 
-    def _new_job(self, item: Checked, job_id: str, caller: str, pending: bool) -> JobRecord:
-        submission, spec = item.submission, item.spec
+    async def _sealed(
+        self, item: Checked, sealed: list[str], *, caller: str, trusted: bool, index: str
+    ) -> Seal:
+        """The submission under the policy's sealed test splits; a refusal is audited."""
+        try:
+            return seal(
+                item.kind.name, item.spec, item.payload, sealed, trusted=trusted, prefix=index
+            )
+        except PermissionDeniedError as exc:
+            parameters, _ = item.kind.governance_request(item.spec, item.payload)
+            await self._gate.audit_invalid(item.kind.tool, parameters, str(exc), caller=caller)
+            raise
+
+    def _new_job(
+        self, item: Checked, job_id: str, caller: str, pending: bool, sealing: Seal
+    ) -> JobRecord:
+        submission, spec = item.submission, sealing.spec
         return JobRecord(
             job_id=job_id,
             seq=self._ctx.jobs.next_seq(),
@@ -177,10 +200,16 @@ class Admission:
             approval=f"job:{job_id}" if pending else "",
             kind=item.kind.name,
             payload=item.payload,
+            test_sealed=sealing.test_sealed,
+            sealed_test_datasets=sealing.sealed_test_datasets,
+            submitted_by_operator=sealing.trusted,
         )
 
-    async def submit(self, submissions: list[Submission], *, caller: str) -> list[JobRecord]:
-        """All-or-nothing: every submission is checked before any job is created."""
+    async def submit(
+        self, submissions: list[Submission], *, caller: str, trusted: bool = False
+    ) -> list[JobRecord]:
+        """All-or-nothing: every submission is checked before any job is created.
+        ``trusted``: an operator's, which no sealed test split refuses."""
         ctx = self._ctx
         prefix = len(submissions) > 1
         # A request id reused with another body is refused before anything else is read.
@@ -188,6 +217,12 @@ class Admission:
         if all(e is not None for e in existing):
             return [e for e in existing if e is not None]
         items = [self._check(s, f"jobs[{i}]." if prefix else "") for i, s in enumerate(submissions)]
+        for index, (item, earlier) in enumerate(zip(items, existing, strict=True)):
+            if earlier is None:  # the seal as last known, before governance counts anything
+                where = f"jobs[{index}]." if prefix else ""
+                await self._sealed(
+                    item, self._gate.sealed, caller=caller, trusted=trusted, index=where
+                )
         for item, earlier in zip(items, existing, strict=True):
             if earlier is None and prefix and item.kind.checked_before_batch:
                 await self._gate.check(
@@ -214,6 +249,14 @@ class Admission:
                     dry_run=False,
                     request_id=f"job:{job_id}",
                 )
+                sealing = await self._sealed(
+                    item,
+                    decision.sealed_test_datasets,
+                    caller=caller,
+                    trusted=trusted,
+                    index=f"jobs[{index}]." if prefix else "",
+                )
+                spec = sealing.spec
                 # From here to the commit nothing awaits: the request id and the experiment
                 # id are reserved in memory, so concurrent submissions need no lock and
                 # their writes share one group commit.
@@ -235,7 +278,7 @@ class Admission:
                     made.writes.append(ctx.store.put_experiment(spec, digest, created_at))
                     made.experiments.append((spec, digest))
                 pending = decision.outcome is DecisionOutcome.PENDING_APPROVAL
-                job = self._new_job(item, job_id, caller, pending)
+                job = self._new_job(item, job_id, caller, pending, sealing)
                 made.writes.append(ctx.store.put_job(job))
                 made.jobs.append(job)
                 results[index] = job

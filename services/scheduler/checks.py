@@ -19,6 +19,8 @@ class GovernanceGate:
     def __init__(self, governance: GovernanceClient | None) -> None:
         self._governance = governance
         self.enabled = governance is not None
+        # The policy's sealed datasets as of the last decision (every decision carries them).
+        self.sealed: list[str] = []
 
     async def check(
         self,
@@ -42,6 +44,7 @@ class GovernanceGate:
             on_behalf_of=caller,
             cycle_id=cycle_id,
         )
+        self.sealed = list(decision.sealed_test_datasets)
         if decision.outcome is DecisionOutcome.DENIED:
             raise denial_error(kind.tool, decision)
         if decision.outcome is None:

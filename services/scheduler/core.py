@@ -46,6 +46,7 @@ from services.scheduler.nodes import Nodes
 from services.scheduler.ports import GovernanceClient, NodeClient
 from services.scheduler.prepared import PreparedRuns
 from services.scheduler.pruning import MedianPruner
+from services.scheduler.reveals import Reveals
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import JobRecord, Store
 from services.scheduler.views import Views
@@ -100,6 +101,7 @@ class Scheduler:
             ctx, self._life, self._gate, on_new_experiment=self._maker.spec_files.post
         )
         self._views = Views(ctx)
+        self.reveals = Reveals(ctx)
         # The views, as the servicer reads them.
         self.view = self._views.view
         self.queue_position = self._views.queue_position
@@ -122,6 +124,7 @@ class Scheduler:
         for spec, digest, created in await self.store.load_experiments():
             ctx.experiments.remember(spec, digest, created)
         self._requests.load(await self.store.load_requests())
+        self.reveals.load(await self.store.load_reveals())
         ctx.jobs.seq = await self.store.max_seq()
         resume: list[JobRecord] = []
         orphans: list[JobRecord] = []
@@ -210,8 +213,10 @@ class Scheduler:
     ) -> list[Experiment]:
         return self._views.list_experiments(cycle_id=cycle_id, novelty=novelty, state=state)
 
-    async def submit(self, submissions: list[Submission], *, caller: str) -> list[JobRecord]:
-        return await self._admission.submit(submissions, caller=caller)
+    async def submit(
+        self, submissions: list[Submission], *, caller: str, trusted: bool = False
+    ) -> list[JobRecord]:
+        return await self._admission.submit(submissions, caller=caller, trusted=trusted)
 
     async def audit_invalid(
         self, tool: Tool, parameters: dict[str, object], reason: str, *, caller: str

@@ -98,6 +98,7 @@ class TrainingKind:
             max_retries=job.max_retries,
             resume_from=resume,
             submitted_by=job.caller,
+            sealed_test_datasets=job.sealed_test_datasets,
         )
 
 
@@ -127,7 +128,11 @@ class EvaluationKind:
     ) -> ExperimentResult:
         evaluation = EvaluationJob.model_validate(job.payload)
         report, provenance = await node.evaluate(
-            evaluation, lease, request_id=request_id, seconds=job.timeout_seconds
+            evaluation,
+            lease,
+            request_id=request_id,
+            seconds=job.timeout_seconds,
+            operator_job=job.submitted_by_operator,
         )
         return ExperimentResult(
             experiment_id=job.experiment_id,

@@ -45,9 +45,16 @@ class NodeClient(Protocol):
 
     def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
     async def evaluate(
-        self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
+        self,
+        evaluation: EvaluationJob,
+        lease: Lease,
+        *,
+        request_id: str,
+        seconds: float,
+        operator_job: bool = False,
     ) -> tuple[SplitEvaluation, Provenance]:
-        """The evaluation module's report on the split, and what it measured."""
+        """The evaluation module's report on the split, and what it measured;
+        ``operator_job``: no agent's seal applies."""
         ...
 
 

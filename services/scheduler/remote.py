@@ -119,7 +119,13 @@ class GrpcNode:
         return to_model(reply.run, Run)
 
     async def evaluate(
-        self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
+        self,
+        evaluation: EvaluationJob,
+        lease: Lease,
+        *,
+        request_id: str,
+        seconds: float,
+        operator_job: bool = False,
     ) -> tuple[SplitEvaluation, Provenance]:
         reply = await unary(
             self._executor.EvaluateCheckpoint(
@@ -131,6 +137,7 @@ class GrpcNode:
                     bootstrap_samples=evaluation.bootstrap_samples,
                     dataset_id=evaluation.dataset_id,
                     lease=to_proto(lease, gpu_pb2.Lease),
+                    operator_job=operator_job,
                 ),
                 timeout=seconds,
             )

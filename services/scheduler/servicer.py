@@ -25,6 +25,7 @@ from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.ledger import RequestLedger
 from arc_common.models import (
     EvaluationJob,
+    Experiment,
     ExperimentSpec,
     JobEvent,
     JobState,
@@ -34,6 +35,8 @@ from arc_common.models import (
 from arc_common.pagination import paginate
 from services.scheduler.admission import check_length
 from services.scheduler.core import Caller, Scheduler, Submission
+from services.scheduler.redaction import Redaction
+from services.scheduler.store import JobRecord
 
 M = TypeVar("M", bound=Message)
 
@@ -47,6 +50,16 @@ def _identity() -> auth.Identity:
 
 def _caller() -> str:
     return _identity().name
+
+
+def _agent() -> bool:
+    """An agent's token: sealed test figures are left out of what it reads."""
+    return _identity().role is auth.Role.AGENT
+
+
+def _trusted() -> bool:
+    """The operator: trusted with sealed test splits (agents and services are not)."""
+    return _identity().role is auth.Role.OPERATOR
 
 
 def _who() -> Caller:
@@ -152,6 +165,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         scheduler's own request ids still make each change happen once without it)."""
         self._s = scheduler
         self._ledger = ledger
+        self._redact = Redaction(scheduler.reveals)
 
     async def _once(
         self, rpc: str, request: Any, response_type: type[M], call: Callable[[], Awaitable[M]]
@@ -163,7 +177,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return await self._ledger.call(_caller(), rpc, request, response_type, call)
 
     def _job(self, job_id: str) -> scheduler_pb2.Job:
-        return to_proto(self._s.view(self._s.job(job_id)), scheduler_pb2.Job)
+        return self._job_proto(self._s.job(job_id))
+
+    def _job_proto(self, job: JobRecord) -> scheduler_pb2.Job:
+        message = to_proto(self._s.view(job), scheduler_pb2.Job)
+        if _agent():
+            self._redact.job(message)
+        return message
+
+    def _experiment(self, experiment: Experiment) -> scheduler_pb2.Experiment:
+        message = to_proto(experiment, scheduler_pb2.Experiment)
+        if _agent():
+            self._redact.experiment(message)
+        else:
+            self._redact.mark(message)
+        return message
 
     async def _audited(self, request: Message, error: InvalidArgumentError) -> NoReturn:
         """A malformed request is refused with INVALID_ARGUMENT and its denial audited."""
@@ -190,13 +218,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 request_digest=message_digest(request),
             )
             response = scheduler_pb2.CreateExperimentResponse(
-                experiment=to_proto(experiment, scheduler_pb2.Experiment), duplicate_of=duplicate
+                experiment=self._experiment(experiment), duplicate_of=duplicate
             )
             if decision is not None:
                 response.decision.CopyFrom(to_proto(decision, governance_pb2.Decision))
             if duplicate:
                 for result in self._s.experiment(duplicate).results:
-                    response.duplicate_results.append(to_proto(result, common_pb2.ExperimentResult))
+                    message = to_proto(result, common_pb2.ExperimentResult)
+                    if _agent():
+                        self._redact.result(message)
+                    response.duplicate_results.append(message)
             return response
 
         return await self._once(
@@ -207,9 +238,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.GetExperimentRequest, context: Any
     ) -> scheduler_pb2.GetExperimentResponse:
         experiment = self._s.experiment(request.experiment_id)
-        return scheduler_pb2.GetExperimentResponse(
-            experiment=to_proto(experiment, scheduler_pb2.Experiment)
-        )
+        return scheduler_pb2.GetExperimentResponse(experiment=self._experiment(experiment))
 
     async def ListExperiments(
         self, request: scheduler_pb2.ListExperimentsRequest, context: Any
@@ -228,7 +257,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
         page, token = paginate(experiments, request.page_size, request.page_token)
         return scheduler_pb2.ListExperimentsResponse(
-            experiments=[to_proto(e, scheduler_pb2.Experiment) for e in page],
+            experiments=[self._experiment(e) for e in page],
             next_page_token=token,
         )
 
@@ -247,7 +276,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             submission = _submission(request)
         except InvalidArgumentError as exc:
             await self._audited(request, exc)
-        [job] = await self._s.submit([submission], caller=_caller())
+        [job] = await self._s.submit([submission], caller=_caller(), trusted=_trusted())
         return await self._reply(job.job_id)
 
     async def SubmitJobs(
@@ -269,7 +298,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 )
             except InvalidArgumentError as exc:
                 await self._audited(item, exc)
-        jobs = await self._s.submit(submissions, caller=_caller())
+        jobs = await self._s.submit(submissions, caller=_caller(), trusted=_trusted())
         return scheduler_pb2.SubmitJobsResponse(
             results=[await self._reply(job.job_id) for job in jobs]
         )
@@ -287,7 +316,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
         page, token = paginate(jobs, request.page_size, request.page_token)
         return scheduler_pb2.ListJobsResponse(
-            jobs=[to_proto(self._s.view(j), scheduler_pb2.Job) for j in page],
+            jobs=[self._job_proto(j) for j in page],
             next_page_token=token,
         )
 
@@ -333,6 +362,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 field="max_events_per_response",
             )
         job = self._s.job(request.job_id)
+        agent = _agent()
         async for batch in self._s.events.follow_batches(
             job.job_id,
             request.from_sequence,
@@ -348,9 +378,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     event, after=request.from_sequence, batch_metrics=request.batch_metrics
                 )
             ]
+            if agent:
+                events = self._redact.events(job.job_id, events)
             if size <= 1:
                 for event in events:
                     yield scheduler_pb2.WatchJobResponse(event=event)
             else:
                 for first in range(0, len(events), size):
                     yield scheduler_pb2.WatchJobResponse(events=events[first : first + size])
+
+    async def RevealTestMetrics(
+        self, request: scheduler_pb2.RevealTestMetricsRequest, context: Any
+    ) -> scheduler_pb2.RevealTestMetricsResponse:
+        await self._s.reveals.reveal(request.experiment_id, by=_caller(), reason=request.reason)
+        experiment = self._s.experiment(request.experiment_id)
+        return scheduler_pb2.RevealTestMetricsResponse(experiment=self._experiment(experiment))

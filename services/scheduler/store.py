@@ -48,6 +48,13 @@ CREATE INDEX IF NOT EXISTS jobs_request ON jobs(request_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 -- Request ids of the calls whose answer is not a job (a job keeps its own id and digest):
 -- one caller's id, the digest of the body it came with, and what it made.
+-- Sealed experiments whose test figures an operator released (RevealTestMetrics).
+CREATE TABLE IF NOT EXISTS reveals (
+    experiment_id TEXT PRIMARY KEY,
+    revealed_by TEXT NOT NULL,
+    reveal_time TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS requests (
     caller TEXT NOT NULL,
     method TEXT NOT NULL,
@@ -101,6 +108,11 @@ class JobRecord(BaseModel):
     cancel_requested: str = ""
     # How a stop the scheduler asked for ends the job: CANCELLED or PRUNED.
     stop_cause: RunEndCause | None = None
+    # Its test figures are kept from agent tokens until an operator releases them.
+    test_sealed: bool = False
+    # The sealed datasets the executor keeps this job out of (none for an operator's job).
+    sealed_test_datasets: list[str] = Field(default_factory=list)
+    submitted_by_operator: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -147,6 +159,8 @@ class Store(Protocol):
         self, caller: str, method: str, request_id: str, digest: str, target: str
     ) -> Write: ...
     async def load_requests(self) -> Requests: ...
+    def put_reveal(self, experiment_id: str, by: str, time: datetime, reason: str) -> Write: ...
+    async def load_reveals(self) -> list[tuple[str, str, datetime, str]]: ...
     async def load_jobs(self) -> list[JobRecord]: ...
     async def max_seq(self) -> int: ...
     async def load_experiments(self) -> list[tuple[ExperimentSpec, str, datetime]]: ...
@@ -298,6 +312,23 @@ class SchedulerStore:
             ("caller", "method", "request_id", "digest", "target"),
             (caller, method, request_id, digest, target),
         )
+
+    @staticmethod
+    def put_reveal(experiment_id: str, by: str, time: datetime, reason: str) -> Write:
+        return Write(
+            "reveals",
+            ("experiment_id", "revealed_by", "reveal_time", "reason"),
+            (experiment_id, by, time.isoformat(), reason),
+            verb="INSERT OR IGNORE",  # the first release stands
+        )
+
+    async def load_reveals(self) -> list[tuple[str, str, datetime, str]]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT experiment_id, revealed_by, reveal_time, reason FROM reveals"
+            ).fetchall()
+        )
+        return [(r[0], r[1], datetime.fromisoformat(r[2]), r[3]) for r in rows]
 
     async def load_requests(self) -> Requests:
         rows = await self._run(

@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from arc_common.auth import Role, TokenStore
 from arc_common.models import JobEvent, MetricResult
 from arc_common.packed import unpack
 from clients.arc_client import Addresses, ArcClient
@@ -201,6 +203,40 @@ def test_cli_runs_a_tiny_experiment(suite: Suite) -> None:
     assert "autonomous" in suite.arc("mode").stdout
     exported = suite.arc("audit", "export").stdout.splitlines()
     assert exported and all(json.loads(line)["hash"] for line in exported)
+
+
+def test_a_sealed_experiment_is_released_by_the_operator(suite: Suite) -> None:
+    """Its test figures are out of an agent's leaderboard until ``--reveal-test``."""
+    if not (suite.home / "datasets" / "fundus").is_dir():
+        assert suite.arc("data", "synth", "--count", "24", "--size", "32").returncode == 0
+    spec = {"name": "cli-sealed", "model": "resnet18", "epochs": 1, "batch": 8}
+    (suite.home / "sealed.yaml").write_text(
+        yaml.safe_dump({**spec, "image_size": 32, "seal_test": True})
+    )
+    submitted = suite.arc("--json", "submit", str(suite.home / "sealed.yaml"))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)[0]["job"]
+    assert suite.arc("watch", job_id).returncode == 0
+    agent = TokenStore.load(suite.home).token_for(Role.AGENT)
+    mine = ("--json", "results", "--experiment", "cli-sealed")
+
+    def row(*token: str) -> dict[str, Any]:
+        shown = suite.arc(*token, *mine)
+        assert shown.returncode == 0, shown.stderr
+        [only] = json.loads(shown.stdout)
+        assert isinstance(only, dict)
+        return only
+
+    sealed = row("--token", agent)
+    assert sealed["test_sealed"] and "test sealed" in sealed["flag"] and sealed["auc"] is None
+    assert sealed["val"] is not None  # ranked by validation all the same
+    operator = row()
+    assert operator["auc"] is not None and not operator["test_sealed"]
+    refused = suite.arc("--token", agent, "results", "--reveal-test", "cli-sealed")
+    assert refused.returncode != 0 and "operator" in refused.stderr
+    released = suite.arc("results", "--reveal-test", "cli-sealed", "--reason", "final")
+    assert released.returncode == 0, released.stderr
+    assert row("--token", agent)["auc"] == operator["auc"]
 
 
 def test_cli_exit_codes_tell_errors_apart(suite: Suite) -> None:

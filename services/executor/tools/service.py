@@ -11,11 +11,9 @@ from typing import Any
 
 from arc_common.auth import Role
 from arc_common.errors import (
-    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
-    UnavailableError,
 )
 from arc_common.models import CheckpointInfo, Lease, MetricMode, PreprocessingChain, Tool
 from arc_common.models.specs import (
@@ -24,85 +22,17 @@ from arc_common.models.specs import (
     MAX_BOOTSTRAP,
     MIN_BOOTSTRAP,
 )
-from services.executor.launcher import Launcher, ToolCall
-from services.executor.leases import LeaseVerifier
-from services.executor.runs import RunManager
-from services.executor.settings import ExecutorSettings
 from services.executor.tools import checkpoints as ckpt
-from services.executor.tools.access import Access
-from services.executor.tools.governed import Governed
+from services.executor.tools.base import ToolBase, dataset_id_of, split_of
 from services.executor.tools.preprocess import PreprocessResult, preprocess
-from services.executor.tools.sources import SourceTools
 
 SPLITS = {"train", "val", "test"}
 VISUALIZATIONS = ("gradcam", "attention")
 DATASET_ID = re.compile(DATASET_ID_PATTERN)
 
 
-def _split(split: str) -> str:
-    """The split a tool reads: test unless named; one of train, val, test."""
-    split = split or "test"
-    if split not in SPLITS:
-        raise InvalidArgumentError(f"split must be one of {sorted(SPLITS)}", field="split")
-    return split
-
-
-def _dataset_id(given: str, data_path: str) -> str:
-    """The id a report names its dataset by: the one given, else the folder's name."""
-    if given and not DATASET_ID.fullmatch(given):
-        raise InvalidArgumentError(
-            "dataset_id must be 1-128 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit",
-            field="dataset_id",
-        )
-    made = re.sub(r"[^A-Za-z0-9._-]", "-", Path(data_path).name).lstrip("._-")[:128]
-    return given or made or "dataset"
-
-
-class Tools:
-    def __init__(
-        self,
-        settings: ExecutorSettings,
-        governed: Governed,
-        runs: RunManager,
-        *,
-        leases: LeaseVerifier,
-        launcher: Launcher,
-    ) -> None:
-        self.settings = settings
-        self.leases = leases
-        self.launcher = launcher
-        self.home = settings.home.resolve()
-        self.governed = governed
-        self.runs = runs
-        self.access = Access(self.home, settings.data_root, settings.repositories.values())
-        self.sources = SourceTools(settings, governed, self.access)
-
-    def _rel(self, path: Path) -> str:
-        return str(path.relative_to(self.home))
-
-    def _data(self, rel: str, field: str) -> Path:
-        return self.access.data(field, rel)
-
-    async def _child(self, request: dict[str, Any], lease: Lease | None) -> Any:
-        """Run a torch tool in a child process, through the launcher (its own process
-        group, no shell, the lease's GPUs only); killed when the caller goes away."""
-        timeout = self.settings.tool_timeout_seconds
-        call = ToolCall(request, lease.gpu_indices if lease is not None else [], timeout)
-        try:
-            done = await self.launcher.run_tool(call)
-        except TimeoutError:
-            raise UnavailableError(f"{request['tool']} took longer than {timeout:.0f} s") from None
-        try:
-            answer = json.loads(done.stdout or b"{}")
-        except json.JSONDecodeError:
-            answer = {}
-        if done.returncode != 0 or "result" not in answer:
-            message = answer.get("error") or done.stderr.decode(errors="replace").strip()[-500:]
-            if answer.get("field"):  # the request asked what this checkpoint cannot do
-                raise InvalidArgumentError(message, field=str(answer["field"]))
-            raise FailedPreconditionError(f"{request['tool']} failed: {message}")
-        return answer["result"]
+class Tools(ToolBase):
+    """The tools an agent calls (each method one RPC); paths and processes in ToolBase."""
 
     # --- preprocess_dataset -----------------------------------------------------------
 
@@ -115,6 +45,7 @@ class Tools:
         input_path: str,
         output_path: str,
         chain: PreprocessingChain,
+        role: Role = Role.AGENT,
     ) -> PreprocessResult:
         if not dataset_id:
             raise InvalidArgumentError("dataset_id is required", field="dataset_id")
@@ -124,7 +55,7 @@ class Tools:
             "output_path": output_path,
             "chain": chain.model_dump(mode="json"),
         }
-        await self.governed.check(
+        decision = await self.governed.check(
             Tool.PREPROCESS_DATASET, params, caller=caller, request_id=request_id
         )
         source = self._data(input_path, "input_path")
@@ -133,6 +64,14 @@ class Tools:
                 f"input_path {input_path!r} is not a folder", field="input_path"
             )
         output = self.access.path("output_path", output_path)
+        if role is not Role.OPERATOR:
+            await asyncio.to_thread(
+                self.seals.check_copy,
+                decision.sealed_test_datasets,
+                source,
+                output,
+                shown=(input_path, output_path),
+            )
         async with self.governed.transaction(
             Tool.PREPROCESS_DATASET, [self._rel(output)], caller=caller, request_id=request_id
         ):
@@ -142,33 +81,7 @@ class Tools:
 
     # --- run_evaluation_job -----------------------------------------------------------
 
-    def _checkpoint(self, rel: str, field: str = "checkpoint_path") -> Path:
-        path = self.access.path(field, rel)
-        if path.suffix != ".pt":
-            raise InvalidArgumentError(f"{field} must name a *.pt checkpoint", field=field)
-        if not path.is_file():
-            raise NotFoundError(f"no checkpoint at {rel!r}", field=field)
-        return path
-
-    async def _owned(self, path: Path, field: str, caller: str, role: Role) -> None:
-        """An agent may delete or write only in the folders of jobs it submitted; an
-        operator or a service anywhere under runs/ (registry.CheckpointRegistry.owner)."""
-        if role is not Role.AGENT:
-            return
-        owner = await asyncio.to_thread(self.runs.checkpoints.owner, path)
-        if owner != caller:
-            whose = f"job of {owner!r}" if owner else "folder no agent's job wrote"
-            raise PermissionDeniedError(
-                f"{field} {self._rel(path)!r} is in a {whose}: an agent may change only "
-                "the files of its own jobs",
-                field=field,
-            )
-
-    async def _registered(self, rel: str, field: str = "checkpoint_path") -> tuple[Path, str]:
-        """A checkpoint a tool may load: one the executor registered (see registry)."""
-        path = self._checkpoint(rel, field)
-        digest = await asyncio.to_thread(self.runs.checkpoints.verify, path, field=field)
-        return path, digest
+    # --- run_evaluation_job -----------------------------------------------------------
 
     async def evaluate(
         self,
@@ -182,17 +95,19 @@ class Tools:
         seed: int,
         dataset_id: str,
         lease: Lease | None,
+        role: Role = Role.AGENT,
+        operator_job: bool = False,
     ) -> tuple[dict[str, Any], str]:
         if lease is not None:  # a claim until the gpu-manager confirms it; then its GPUs
             lease = await self.leases.verify(lease)
-        split = _split(split)
+        split = split_of(split)
         if not MIN_BOOTSTRAP <= bootstrap <= MAX_BOOTSTRAP:
             raise InvalidArgumentError(
                 f"bootstrap_samples must be in [{MIN_BOOTSTRAP}, {MAX_BOOTSTRAP}] "
                 f"(got {bootstrap}); leave it unset for {DEFAULT_BOOTSTRAP}",
                 field="bootstrap_samples",
             )
-        dataset_id = _dataset_id(dataset_id, data_path)
+        dataset_id = dataset_id_of(dataset_id, data_path)
         params = {
             "checkpoint_path": checkpoint_path,
             "data_path": data_path,
@@ -200,11 +115,20 @@ class Tools:
             "bootstrap_samples": bootstrap,
             "dataset_id": dataset_id,
         }
-        await self.governed.check(
+        decision = await self.governed.check(
             Tool.RUN_EVALUATION_JOB, params, caller=caller, request_id=request_id
         )
         data = self._data(data_path, "data_path")
         checkpoint, digest = await self._registered(checkpoint_path)
+        trusted = role is Role.OPERATOR or (role is Role.SERVICE and operator_job)
+        await self._sealed(
+            None if trusted else role,
+            decision.sealed_test_datasets,
+            data,
+            split,
+            [checkpoint],
+            shown=data_path,
+        )
         # Keyed by everything it measured: a second dataset, split or folder never
         # overwrites the first report.
         where = hashlib.sha256(data_path.encode()).hexdigest()[:10]
@@ -249,9 +173,10 @@ class Tools:
         data_path: str,
         split: str,
         dataset_id: str,
+        role: Role = Role.AGENT,
     ) -> tuple[dict[str, Any], str]:
-        split = _split(split)
-        dataset_id = _dataset_id(dataset_id, data_path)
+        split = split_of(split)
+        dataset_id = dataset_id_of(dataset_id, data_path)
         params = {
             "checkpoint_path": checkpoint_paths[0],
             "checkpoint_path_b": checkpoint_paths[1],
@@ -259,12 +184,20 @@ class Tools:
             "split": split,
             "dataset_id": dataset_id,
         }
-        await self.governed.check(
+        decision = await self.governed.check(
             Tool.RUN_EVALUATION_JOB, params, caller=caller, request_id=request_id
         )
         data = self._data(data_path, "data_path")
         first, digest_a = await self._registered(checkpoint_paths[0], "checkpoint_path_a")
         second, digest_b = await self._registered(checkpoint_paths[1], "checkpoint_path_b")
+        await self._sealed(
+            None if role is Role.OPERATOR else role,
+            decision.sealed_test_datasets,
+            data,
+            split,
+            [first, second],
+            shown=data_path,
+        )
         # Beside A, keyed by B, the split and the dataset: no comparison overwrites another.
         key = hashlib.sha256(f"{checkpoint_paths[1]}\0{data_path}".encode()).hexdigest()[:10]
         report_path = first.with_name(f"{first.stem}.compare-{split}-{dataset_id}-{key}.json")
@@ -398,7 +331,7 @@ class Tools:
         ViT models only: INVALID_ARGUMENT naming ``method`` for the others)."""
         if method not in VISUALIZATIONS:
             raise InvalidArgumentError(f"method must be one of {VISUALIZATIONS}", field="method")
-        split = _split(split)
+        split = split_of(split)
         count = count or 8
         if not 1 <= count <= 256:
             raise InvalidArgumentError("num_images must be in [1, 256]", field="num_images")
@@ -407,13 +340,22 @@ class Tools:
             "data_path": data_path,
             "num_images": count,
             "output_dir": output_dir,
+            "split": split,
         }
-        await self.governed.check(
+        decision = await self.governed.check(
             Tool.GENERATE_VISUALIZATIONS, params, caller=caller, request_id=request_id
         )
         data = self._data(data_path, "data_path")
         chosen = self.access.path("output_dir", output_dir) if output_dir else None
         checkpoint, digest = await self._registered(checkpoint_path)
+        await self._sealed(
+            None if role is Role.OPERATOR else role,
+            decision.sealed_test_datasets,
+            data,
+            split,
+            [checkpoint],
+            shown=data_path,
+        )
         output = chosen or checkpoint.parent.parent / method
         await self._owned(output, "output_dir", caller, role)
         async with self.governed.transaction(

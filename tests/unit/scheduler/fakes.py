@@ -210,7 +210,13 @@ class FakeNode:
             self._answer()
 
     async def evaluate(
-        self, evaluation: EvaluationJob, lease: Lease, *, request_id: str, seconds: float
+        self,
+        evaluation: EvaluationJob,
+        lease: Lease,
+        *,
+        request_id: str,
+        seconds: float,
+        operator_job: bool = False,
     ) -> tuple[SplitEvaluation, Provenance]:
         self._answer()
         self.evaluations.append((evaluation, seconds))

@@ -659,6 +659,7 @@ class ExperimentSpec(_message.Message):
     MAX_TRAINING_TIME_SECONDS_FIELD_NUMBER: _builtins.int
     GPU_ALLOCATION_FIELD_NUMBER: _builtins.int
     EARLY_STOPPING_FIELD_NUMBER: _builtins.int
+    SEAL_TEST_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     description: _builtins.str
     cycle_id: _builtins.int
@@ -666,6 +667,12 @@ class ExperimentSpec(_message.Message):
     priority: _builtins.int
     """0 (lowest) to 10 (highest)."""
     max_training_time_seconds: _builtins.int
+    seal_test: _builtins.bool
+    """Keep the test figures of this experiment's jobs from agent tokens until an operator
+    releases them (SchedulerService.RevealTestMetrics); also keeps agents from scoring its
+    checkpoints on its test split. The policy's `sealed_test` datasets set it on every
+    job that trains on them.
+    """
     @_builtins.property
     def architecture(self) -> Global___ArchitectureSpec: ...
     @_builtins.property
@@ -693,10 +700,11 @@ class ExperimentSpec(_message.Message):
         max_training_time_seconds: _builtins.int = ...,
         gpu_allocation: Global___GpuAllocation | None = ...,
         early_stopping: Global___EarlyStopping | None = ...,
+        seal_test: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "dataset", b"dataset", "early_stopping", b"early_stopping", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "preprocessing", b"preprocessing", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority", "seal_test", b"seal_test"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -719,6 +727,7 @@ class TrainingJobConfig(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     RESUME_FROM_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    SEALED_TEST_DATASETS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     checkpoint_dir: _builtins.str
     """Relative to the workspace."""
@@ -738,6 +747,13 @@ class TrainingJobConfig(_message.Message):
     def experiment_spec(self) -> Global___ExperimentSpec: ...
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def sealed_test_datasets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a job an agent submitted: the policy's sealed datasets (workspace-relative). The
+        run may not read their test folders, through any path or symlink, except the engine's
+        own test pass of a run on the dataset itself.
+        """
+
     def __init__(
         self,
         *,
@@ -750,10 +766,11 @@ class TrainingJobConfig(_message.Message):
         max_retries: _builtins.int = ...,
         resume_from: _builtins.str = ...,
         submitted_by: _builtins.str = ...,
+        sealed_test_datasets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["experiment_spec", b"experiment_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "experiment_spec", b"experiment_spec", "gpu_ids", b"gpu_ids", "job_id", b"job_id", "log_dir", b"log_dir", "max_retries", b"max_retries", "resume_from", b"resume_from", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "experiment_spec", b"experiment_spec", "gpu_ids", b"gpu_ids", "job_id", b"job_id", "log_dir", b"log_dir", "max_retries", b"max_retries", "resume_from", b"resume_from", "sealed_test_datasets", b"sealed_test_datasets", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -914,6 +931,7 @@ class ExperimentResult(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     SELECTED_BY_FIELD_NUMBER: _builtins.int
     SELECTED_MODE_FIELD_NUMBER: _builtins.int
+    TEST_SEALED_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     job_id: _builtins.str
     state: Global___JobState.ValueType
@@ -926,6 +944,10 @@ class ExperimentResult(_message.Message):
     which direction: what a leaderboard ranks by. Empty for an evaluation job.
     """
     selected_mode: Global___MetricMode.ValueType
+    test_sealed: _builtins.bool
+    """Output only: the job's test figures (test_* metrics, the test evaluation) are sealed
+    and were left out of this answer; an operator releases them with RevealTestMetrics.
+    """
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricResult]: ...
     @_builtins.property
@@ -956,10 +978,11 @@ class ExperimentResult(_message.Message):
         kind: _builtins.str = ...,
         selected_by: _builtins.str = ...,
         selected_mode: Global___MetricMode.ValueType = ...,
+        test_sealed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metrics", b"best_metrics", "checkpoints", b"checkpoints", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "evaluations", b"evaluations", "experiment_id", b"experiment_id", "job_id", b"job_id", "kind", b"kind", "metrics", b"metrics", "provenance", b"provenance", "selected_by", b"selected_by", "selected_mode", b"selected_mode", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_metrics", b"best_metrics", "checkpoints", b"checkpoints", "duration_seconds", b"duration_seconds", "error_message", b"error_message", "evaluations", b"evaluations", "experiment_id", b"experiment_id", "job_id", b"job_id", "kind", b"kind", "metrics", b"metrics", "provenance", b"provenance", "selected_by", b"selected_by", "selected_mode", b"selected_mode", "state", b"state", "test_sealed", b"test_sealed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -795,6 +795,7 @@ class EvaluateCheckpointRequest(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
     DATASET_ID_FIELD_NUMBER: _builtins.int
+    OPERATOR_JOB_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     checkpoint_path: _builtins.str
     data_path: _builtins.str
@@ -807,6 +808,11 @@ class EvaluateCheckpointRequest(_message.Message):
     seed: _builtins.int
     dataset_id: _builtins.str
     """A name for the dataset in the report (default: the folder's name)."""
+    operator_job: _builtins.bool
+    """Set by a service running a job an operator submitted: the agents' seal on test splits
+    does not apply. A service's call without it is an agent's job, sealed as the agent's
+    own call would be; an agent's call is sealed whatever it sends.
+    """
     @_builtins.property
     def lease(self) -> _gpu_pb2.Lease:
         """Optional: run on this leased GPU instead of the CPU."""
@@ -822,10 +828,11 @@ class EvaluateCheckpointRequest(_message.Message):
         seed: _builtins.int = ...,
         lease: _gpu_pb2.Lease | None = ...,
         dataset_id: _builtins.str = ...,
+        operator_job: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_bootstrap_samples", b"_bootstrap_samples", "bootstrap_samples", b"bootstrap_samples", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bootstrap_samples", b"_bootstrap_samples", "bootstrap_samples", b"bootstrap_samples", "checkpoint_path", b"checkpoint_path", "data_path", b"data_path", "dataset_id", b"dataset_id", "lease", b"lease", "request_id", b"request_id", "seed", b"seed", "split", b"split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bootstrap_samples", b"_bootstrap_samples", "bootstrap_samples", b"bootstrap_samples", "checkpoint_path", b"checkpoint_path", "data_path", b"data_path", "dataset_id", b"dataset_id", "lease", b"lease", "operator_job", b"operator_job", "request_id", b"request_id", "seed", b"seed", "split", b"split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__bootstrap_samples: _TypeAlias = _typing.Literal["bootstrap_samples"]  # noqa: Y015
     _WhichOneofArgType__bootstrap_samples: _TypeAlias = _typing.Literal["_bootstrap_samples", b"_bootstrap_samples"]  # noqa: Y015

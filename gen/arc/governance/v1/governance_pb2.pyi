@@ -209,6 +209,7 @@ class Decision(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     AUDIT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SEALED_TEST_DATASETS_FIELD_NUMBER: _builtins.int
     outcome: Global___DecisionOutcome.ValueType
     allowed: _builtins.bool
     requires_approval: _builtins.bool
@@ -219,6 +220,12 @@ class Decision(_message.Message):
     audit_sequence: _builtins.int
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Violation]: ...
+    @_builtins.property
+    def sealed_test_datasets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The policy's `sealed_test` datasets (workspace-relative): the services keep agents out
+        of their test folders and seal the results of jobs that train on them.
+        """
+
     def __init__(
         self,
         *,
@@ -230,10 +237,11 @@ class Decision(_message.Message):
         policy_version: _builtins.str = ...,
         reason: _builtins.str = ...,
         audit_sequence: _builtins.int = ...,
+        sealed_test_datasets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "audit_sequence", b"audit_sequence", "outcome", b"outcome", "pending_request_id", b"pending_request_id", "policy_version", b"policy_version", "reason", b"reason", "requires_approval", b"requires_approval", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "audit_sequence", b"audit_sequence", "outcome", b"outcome", "pending_request_id", b"pending_request_id", "policy_version", b"policy_version", "reason", b"reason", "requires_approval", b"requires_approval", "sealed_test_datasets", b"sealed_test_datasets", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

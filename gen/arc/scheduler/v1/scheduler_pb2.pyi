@@ -32,9 +32,17 @@ class Experiment(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     JOB_IDS_FIELD_NUMBER: _builtins.int
+    TEST_REVEALED_BY_FIELD_NUMBER: _builtins.int
+    TEST_REVEAL_TIME_FIELD_NUMBER: _builtins.int
+    TEST_REVEAL_REASON_FIELD_NUMBER: _builtins.int
     state: _common_pb2.JobState.ValueType
     content_hash: _builtins.str
     """SHA-256 of the canonical spec content, without its id."""
+    test_revealed_by: _builtins.str
+    """Output only: who released its sealed test figures (RevealTestMetrics), when and why;
+    empty while they are sealed.
+    """
+    test_reveal_reason: _builtins.str
     @_builtins.property
     def spec(self) -> _common_pb2.ExperimentSpec: ...
     @_builtins.property
@@ -45,6 +53,8 @@ class Experiment(_message.Message):
 
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def test_reveal_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -54,10 +64,13 @@ class Experiment(_message.Message):
         results: _abc.Iterable[_common_pb2.ExperimentResult] | None = ...,
         content_hash: _builtins.str = ...,
         job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        test_revealed_by: _builtins.str = ...,
+        test_reveal_time: _timestamp_pb2.Timestamp | None = ...,
+        test_reveal_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "spec", b"spec", "test_reveal_time", b"test_reveal_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "create_time", b"create_time", "job_ids", b"job_ids", "results", b"results", "spec", b"spec", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "create_time", b"create_time", "job_ids", b"job_ids", "results", b"results", "spec", b"spec", "state", b"state", "test_reveal_reason", b"test_reveal_reason", "test_reveal_time", b"test_reveal_time", "test_revealed_by", b"test_revealed_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -327,6 +340,49 @@ class CreateExperimentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateExperimentResponse: _TypeAlias = CreateExperimentResponse  # noqa: Y015
+
+@_typing.final
+class RevealTestMetricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    reason: _builtins.str
+    """Why, for the record (at most 1000 characters)."""
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevealTestMetricsRequest: _TypeAlias = RevealTestMetricsRequest  # noqa: Y015
+
+@_typing.final
+class RevealTestMetricsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def experiment(self) -> Global___Experiment: ...
+    def __init__(
+        self,
+        *,
+        experiment: Global___Experiment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevealTestMetricsResponse: _TypeAlias = RevealTestMetricsResponse  # noqa: Y015
 
 @_typing.final
 class GetExperimentRequest(_message.Message):

@@ -84,6 +84,11 @@ class SchedulerServiceStub:
                 request_serializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
+        self.RevealTestMetrics = channel.unary_unary(
+                '/arc.scheduler.v1.SchedulerService/RevealTestMetrics',
+                request_serializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsRequest.SerializeToString,
+                response_deserializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -152,6 +157,13 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevealTestMetrics(self, request, context):
+        """Operator only: releases a sealed experiment's test figures to agent tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +216,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchJobRequest.FromString,
                     response_serializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'RevealTestMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevealTestMetrics,
+                    request_deserializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsRequest.FromString,
+                    response_serializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -476,6 +493,33 @@ class SchedulerService:
             '/arc.scheduler.v1.SchedulerService/WatchJob',
             arc_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchJobRequest.SerializeToString,
             arc_dot_scheduler_dot_v1_dot_scheduler__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevealTestMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.scheduler.v1.SchedulerService/RevealTestMetrics',
+            arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsRequest.SerializeToString,
+            arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,6 +27,8 @@ class SchedulerServiceStub:
     GetSchedulerStatus: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetSchedulerStatusRequest, _scheduler_pb2.GetSchedulerStatusResponse]
     WatchJob: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchJobRequest, _scheduler_pb2.WatchJobResponse]
     """A job's events from any sequence number, then live."""
+    RevealTestMetrics: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RevealTestMetricsRequest, _scheduler_pb2.RevealTestMetricsResponse]
+    """Operator only: releases a sealed experiment's test figures to agent tokens."""
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -101,5 +103,13 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_scheduler_pb2.WatchJobRequest, _abc.AsyncIterator[_scheduler_pb2.WatchJobResponse]],
     ) -> _abc.AsyncIterator[_scheduler_pb2.WatchJobResponse]:
         """A job's events from any sequence number, then live."""
+
+    @_abc_1.abstractmethod
+    def RevealTestMetrics(
+        self,
+        request: _scheduler_pb2.RevealTestMetricsRequest,
+        context: _aio.ServicerContext[_scheduler_pb2.RevealTestMetricsRequest, _abc.Awaitable[_scheduler_pb2.RevealTestMetricsResponse]],
+    ) -> _abc.Awaitable[_scheduler_pb2.RevealTestMetricsResponse]:
+        """Operator only: releases a sealed experiment's test figures to agent tokens."""
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _aio.Server) -> None: ...

@@ -1,0 +1,181 @@
+"""Sealed test splits on disk (arc_common.sealing, after following symlinks).
+
+The scheduler refuses an agent's job that names a sealed test folder; here every path an
+agent's tool call or job reads is resolved, and so is every symlink inside the folder it
+reads, because an image folder loader follows them. A checkpoint of a sealed experiment
+carries the seal itself (``runs/<job>/.sealed``, written when its run starts, MAC'd like
+the owner record): no agent scores it on its own test split under any path.
+
+Blocking: call these off the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from arc_common.errors import ArcError, PermissionDeniedError
+from arc_common.keys import load_key
+from arc_common.paths import resolve_data
+from arc_common.sealing import TEST, breach
+from services.executor.registry import KEY_NAME, RUNS_DIR
+
+SPLITS = ("train", "val", "test")
+SEAL_FILE = ".sealed"
+# A folder this deep or with this many entries is not walked further: refused instead.
+MAX_ENTRIES = 1_000_000
+
+
+def has_split_folders(data: Path) -> bool:
+    return all((data / split).is_dir() for split in SPLITS)
+
+
+def _refused(field: str, shown: str, reason: str) -> PermissionDeniedError:
+    return PermissionDeniedError(
+        f"{field} {shown!r} may not be read by an agent: {reason}; a sealed test split is "
+        "scored by the engine's own test pass, and an operator releases the figures",
+        field=field,
+    )
+
+
+class SealGuard:
+    def __init__(self, home: Path, data_root: Path | None) -> None:
+        self.home = home.resolve()
+        self.data_root = data_root
+        self._key = load_key(self.home, KEY_NAME)
+
+    def roots(self, sealed: Iterable[str]) -> list[Path]:
+        """The sealed datasets as resolved folders (a name that cannot be one is skipped:
+        governance refuses such a policy)."""
+        out = []
+        for relative in sealed:
+            try:
+                out.append(resolve_data(self.home, self.data_root, relative, field="sealed"))
+            except ArcError:
+                continue
+        return out
+
+    def check_read(
+        self, folder: Path, roots: list[Path], *, field: str, shown: str, training: bool = False
+    ) -> None:
+        """Refuse reading all of ``folder`` (resolved) when it, or anything a symlink in it
+        leads to, is in or holds a sealed test folder."""
+        if not roots:
+            return
+        reason = breach(folder, roots, training=training)
+        if reason is None and folder.is_dir():
+            reason = self._walk(folder, roots, skip=(folder / TEST) if training else None)
+        if reason is not None:
+            raise _refused(field, shown, reason)
+
+    def _walk(self, top: Path, roots: list[Path], *, skip: Path | None) -> str | None:
+        seen = {top}
+        stack = [top]
+        entries = 0
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as listing:
+                    items = list(listing)
+            except OSError:
+                continue
+            for entry in items:
+                entries += 1
+                if entries > MAX_ENTRIES:
+                    return f"it holds more than {MAX_ENTRIES} entries to check"
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    real = Path(os.path.realpath(path))
+                    reason = breach(real, roots)
+                    if reason is not None:
+                        return f"{path.relative_to(top)} links to a folder where {reason}"
+                    path = real
+                if entry.is_dir() and path not in seen and path != skip:
+                    seen.add(path)
+                    stack.append(path)
+        return None
+
+    def split_folder(self, data: Path, split: str) -> Path:
+        """What a tool reads for ``split``: the split's folder, or all of an unsplit one."""
+        return data / split if has_split_folders(data) else data
+
+    # --- the seal a sealed run leaves on its folder -------------------------------------
+
+    def _mac(self, folder: Path, data: Path) -> str:
+        message = f"arc-sealed-v1\n{folder.relative_to(self.home)}\n{data}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def _job_folder(self, path: Path) -> Path | None:
+        resolved = Path(os.path.realpath(path))
+        runs = self.home / RUNS_DIR
+        if not resolved.is_relative_to(runs) or resolved == runs:
+            return None
+        return runs / resolved.relative_to(runs).parts[0]
+
+    def seal_run(self, checkpoint_dir: Path, data: Path) -> None:
+        """Record that the job whose folder holds ``checkpoint_dir`` seals ``data``'s test
+        split; the first record stands."""
+        folder = self._job_folder(checkpoint_dir)
+        if folder is None or self.sealed_data(folder) is not None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{SEAL_FILE}.tmp"
+        tmp.write_text(f"{data}\n{self._mac(folder, data)}\n")
+        tmp.replace(folder / SEAL_FILE)
+
+    def sealed_data(self, path: Path) -> Path | None:
+        """The dataset whose test split the job holding ``path`` seals, or None."""
+        folder = self._job_folder(path)
+        if folder is None:
+            return None
+        try:
+            data, recorded = (folder / SEAL_FILE).read_text().split("\n")[:2]
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        return Path(data) if hmac.compare_digest(recorded, self._mac(folder, Path(data))) else None
+
+    def check_checkpoint(
+        self, checkpoint: Path, data: Path, split: str, *, field: str, shown: str
+    ) -> None:
+        """Refuse scoring a sealed experiment's checkpoint on that experiment's test split."""
+        own = self.sealed_data(checkpoint)
+        if own is None:
+            return
+        if has_split_folders(own):
+            self.check_read(self.split_folder(data, split), [own], field=field, shown=shown)
+        elif data == own and split == TEST:
+            raise _refused(field, shown, "its checkpoint's experiment seals this test split")
+
+    def check_tool(
+        self,
+        sealed: list[str],
+        data: Path,
+        split: str,
+        checkpoints: list[Path],
+        *,
+        shown: str,
+        field: str = "data_path",
+    ) -> None:
+        """An agent's evaluation-like call: ``split`` of ``data`` scored by ``checkpoints``."""
+        read = self.split_folder(data, split)
+        self.check_read(read, self.roots(sealed), field=field, shown=shown)
+        for checkpoint in checkpoints:
+            self.check_checkpoint(checkpoint, data, split, field=field, shown=shown)
+
+    def check_copy(
+        self, sealed: list[str], source: Path, output: Path, *, shown: tuple[str, str]
+    ) -> None:
+        """An agent's copy (preprocessing) reads no sealed test folder and writes into no
+        sealed dataset."""
+        roots = self.roots(sealed)
+        self.check_read(source, roots, field="input_path", shown=shown[0])
+        for root in roots:
+            if output == root or output.is_relative_to(root) or root.is_relative_to(output):
+                raise PermissionDeniedError(
+                    f"output_path {shown[1]!r} may not be written by an agent: it is in or "
+                    f"holds the sealed dataset {root}",
+                    field="output_path",
+                )
