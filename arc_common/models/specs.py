@@ -95,6 +95,7 @@ class Hyperparameters(_Spec):
     # Factories, not instances: pydantic deep-copies an instance default on every parse.
     lr_schedule: LrSchedule = Field(default_factory=LrSchedule)
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    deterministic: bool = False
 
 
 class Grouping(_Spec):

@@ -62,8 +62,8 @@ def provenance(
         torchvision_version=torchvision.__version__,
         device=device,
         precision=precision,
-        # The CPU trainer always runs torch's deterministic algorithms.
-        deterministic=device == "cpu",
+        # The CPU trainer always runs torch's deterministic algorithms; CUDA when asked.
+        deterministic=device == "cpu" or spec.hyperparameters.deterministic,
         dataset_id=spec.dataset.dataset_id,
         data_path=spec.dataset.data_path,
         dataset_hash=dataset_hash(data_path, images),

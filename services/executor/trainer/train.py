@@ -123,10 +123,16 @@ def _train(
         report.state(JobState.QUEUED.value, "prepared: data opened, model built; waiting for GPUs")
         gpus = report.await_devices()
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in gpus)
+    deterministic = spec.hyperparameters.deterministic
+    if deterministic:  # read when cuBLAS makes its first handle: before any CUDA work
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    if not cuda:
+    if not cuda or deterministic:
+        # Ops without a deterministic kernel warn (into the run's log) rather than fail.
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     amp = cuda
     channels_last = cuda
     started = time.monotonic()

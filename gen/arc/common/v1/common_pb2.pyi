@@ -408,9 +408,14 @@ class Hyperparameters(_message.Message):
     OPTIMIZER_FIELD_NUMBER: _builtins.int
     LR_SCHEDULE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    DETERMINISTIC_FIELD_NUMBER: _builtins.int
     batch_size: _builtins.int
     epochs: _builtins.int
     seed: _builtins.int
+    deterministic: _builtins.bool
+    """On CUDA: torch's deterministic algorithms, cuDNN without autotuning and a fixed cuBLAS
+    workspace, so that a run repeats bit for bit (slower). The CPU trainer always is.
+    """
     @_builtins.property
     def optimizer(self) -> Global___OptimizerSpec: ...
     @_builtins.property
@@ -423,10 +428,11 @@ class Hyperparameters(_message.Message):
         optimizer: Global___OptimizerSpec | None = ...,
         lr_schedule: Global___LrSchedule | None = ...,
         seed: _builtins.int | None = ...,
+        deterministic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "epochs", b"epochs", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "deterministic", b"deterministic", "epochs", b"epochs", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
