@@ -19,7 +19,7 @@ from pathlib import Path
 
 from arc_common.errors import ArcError, PermissionDeniedError
 from arc_common.keys import load_key
-from arc_common.paths import resolve_data
+from arc_common.paths import resolve_in_root
 from arc_common.sealing import TEST, breach
 from services.executor.registry import KEY_NAME, RUNS_DIR
 
@@ -48,14 +48,18 @@ class SealGuard:
         self._key = load_key(self.home, KEY_NAME)
 
     def roots(self, sealed: Iterable[str]) -> list[Path]:
-        """The sealed datasets as resolved folders (a name that cannot be one is skipped:
-        governance refuses such a policy)."""
+        """The sealed datasets as resolved folders, in the workspace and in the data root
+        both: a data path may be found in either, and a folder made in one must not hide
+        the sealed one in the other (a name that cannot be one is skipped: governance
+        refuses such a policy)."""
+        bases = [self.home] + ([self.data_root] if self.data_root is not None else [])
         out = []
         for relative in sealed:
-            try:
-                out.append(resolve_data(self.home, self.data_root, relative, field="sealed"))
-            except ArcError:
-                continue
+            for base in bases:
+                try:
+                    out.append(resolve_in_root(base, relative, field="sealed"))
+                except ArcError:
+                    continue
         return out
 
     def check_read(
@@ -65,9 +69,12 @@ class SealGuard:
         leads to, is in or holds a sealed test folder."""
         if not roots:
             return
+        folder = Path(os.path.realpath(folder))  # a split folder may itself be a link
         reason = breach(folder, roots, training=training)
         if reason is None and folder.is_dir():
-            reason = self._walk(folder, roots, skip=(folder / TEST) if training else None)
+            # Only a sealed dataset's own test folder is the engine's to read.
+            own = folder / TEST if training and folder in roots else None
+            reason = self._walk(folder, roots, skip=own)
         if reason is not None:
             raise _refused(field, shown, reason)
 
@@ -91,7 +98,7 @@ class SealGuard:
                     real = Path(os.path.realpath(path))
                     reason = breach(real, roots)
                     if reason is not None:
-                        return f"{path.relative_to(top)} links to a folder where {reason}"
+                        return f"{entry.name!r} in it links to a place where {reason}"
                     path = real
                 if entry.is_dir() and path not in seen and path != skip:
                     seen.add(path)
@@ -146,8 +153,10 @@ class SealGuard:
             return
         if has_split_folders(own):
             self.check_read(self.split_folder(data, split), [own], field=field, shown=shown)
-        elif data == own and split == TEST:
-            raise _refused(field, shown, "its checkpoint's experiment seals this test split")
+        elif split == TEST and not has_split_folders(data):
+            # On any unsplit folder (a copy of its own included) the checkpoint's seed and
+            # fractions pick its held-out images again.
+            raise _refused(field, shown, "its checkpoint's experiment seals its test split")
 
     def check_tool(
         self,

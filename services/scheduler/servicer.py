@@ -344,9 +344,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 field="queued_limit",
             )
         status = await self._s.status(queued_limit=request.queued_limit or None)
-        return scheduler_pb2.GetSchedulerStatusResponse(
-            status=to_proto(status, scheduler_pb2.SchedulerStatus)
-        )
+        message = to_proto(status, scheduler_pb2.SchedulerStatus)
+        if _agent():  # a queued retry keeps its last attempt's result
+            for job in message.queued_jobs:
+                self._redact.job(job)
+        return scheduler_pb2.GetSchedulerStatusResponse(status=message)
 
     async def WatchJob(
         self, request: scheduler_pb2.WatchJobRequest, context: Any

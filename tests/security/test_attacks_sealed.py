@@ -58,6 +58,16 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessSuite]:
         (mix / label).mkdir(parents=True)
         first = sorted((home / SEALED / "test" / label).iterdir())[0]
         (mix / label / first.name).symlink_to(first)
+    # A variant sharing the sealed test folder by a link, and one whose own test/ holds
+    # links to sealed images.
+    for variant in ("v2", "v3"):
+        for split in ("train", "val"):
+            (datasets / variant / split).mkdir(parents=True)
+    (datasets / "v2" / "test").symlink_to(home / SEALED / "test", target_is_directory=True)
+    (datasets / "v3" / "test").mkdir()
+    (datasets / "v3" / "test" / "glaucoma").symlink_to(
+        home / SEALED / "test" / "glaucoma", target_is_directory=True
+    )
     policy = DEFAULT_POLICY_PATH.read_text().replace("sealed_test: []", f"sealed_test: [{SEALED}]")
     assert f"sealed_test: [{SEALED}]" in policy
     (home / "policy.yaml").write_text(policy)
@@ -259,6 +269,7 @@ def evaluation(checkpoint: str, data_path: str, split: str = "test") -> Any:
         ("datasets/held-out", "train"),  # a symlink to it
         ("datasets/fundus-link", "test"),  # a symlink to the dataset
         ("datasets/mix", "train"),  # a folder of symlinks to its images
+        ("datasets/v2", "test"),  # a dataset whose test folder is a link to it
     ],
 )
 async def test_evaluating_on_the_sealed_test_images_is_refused(
@@ -341,6 +352,7 @@ async def test_jobs_that_would_read_the_sealed_test_images_are_refused(
     for experiment_id, data_path in (
         ("via-link", "datasets/held-out"),
         ("alias", "datasets/fundus-link"),
+        ("v3", "datasets/v3"),
     ):
         job = (
             await stub.SubmitJob(

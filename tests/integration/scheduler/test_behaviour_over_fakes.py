@@ -18,7 +18,7 @@ from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import enum_member, to_proto
 from arc_common.ledger import RequestLedger
-from arc_common.models import JobState, RunEndCause
+from arc_common.models import ExperimentResult, JobState, RunEndCause
 from arc_common.server import Registration, ServerHandle, start_server
 from services.scheduler.admission import Submission
 from services.scheduler.core import Caller
@@ -184,3 +184,32 @@ async def test_create_experiment_answers_with_the_decision_and_replays_it(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.CreateExperiment(other)
     assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_a_sealed_retry_waiting_in_the_queue_shows_an_agent_no_test_figure(
+    setup: Setup,
+) -> None:
+    """A failed attempt's result stays on the job while it waits to retry: every view of
+    it an agent reads (GetJob, GetSchedulerStatus) leaves its test figures out."""
+    if not isinstance(setup.driver, GrpcDriver):
+        pytest.skip("redaction is the servicer's")
+    h, stub = setup.harness, setup.driver.stub
+    sealed = experiment("sealed").model_copy(update={"seal_test": True})
+    reply = await stub.SubmitJob(
+        scheduler_pb2.SubmitJobRequest(
+            spec=to_proto(sealed, common_pb2.ExperimentSpec), max_retries=1
+        )
+    )
+    job = reply.job.job_id
+    await h.until(lambda: h.node.started_jobs() == [job], "running")
+    figures = {"val_auc": 0.8, "test_auc": 0.7}
+    h.node.run_of(job).emit(result=ExperimentResult(best_metrics=figures))
+    h.node.end(job, JobState.FAILED, RunEndCause.CRASHED, "crashed after its test pass")
+    record = h.scheduler.job(job)
+    await h.until(lambda: record.state is JobState.QUEUED and record.attempt == 2, "waits")
+    assert record.result is not None and record.result.best_metrics == figures
+    status = await stub.GetSchedulerStatus(scheduler_pb2.GetSchedulerStatusRequest())
+    [queued] = [j for j in status.status.queued_jobs if j.job_id == job]
+    got = (await stub.GetJob(scheduler_pb2.GetJobRequest(job_id=job))).job
+    for seen in (queued, got):
+        assert seen.result.test_sealed and dict(seen.result.best_metrics) == {"val_auc": 0.8}
