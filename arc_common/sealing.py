@@ -20,6 +20,8 @@ from pathlib import PurePath
 from typing import TypeVar
 
 from arc.common.v1 import common_pb2
+from arc.executor.v1 import executor_pb2
+from arc.scheduler.v1 import scheduler_pb2
 from arc_common.paths import check_relative_path
 
 TEST = "test"
@@ -97,5 +99,16 @@ def seal_batch(batch: common_pb2.MetricBatch) -> bool:
     return len(batch.metrics) > 0
 
 
-def keeps_metric(metric: common_pb2.MetricResult) -> bool:
-    return not _is_test(metric)
+def seal_event(event: scheduler_pb2.JobEvent | executor_pb2.RunEvent) -> bool:
+    """Leave out the test figures of a job's or a run's event; False when nothing is left
+    of it."""
+    payload = event.WhichOneof("payload")
+    if isinstance(event, scheduler_pb2.JobEvent) and payload == "metric":
+        return not _is_test(event.metric)
+    if payload == "metrics":
+        return seal_batch(event.metrics)
+    if payload == "result":
+        seal_result(event.result)
+    elif payload == "checkpoint":
+        seal_checkpoint(event.checkpoint)
+    return True

@@ -30,6 +30,7 @@ MAC_SUFFIX = ".mac"
 KEY_NAME = "checkpoints"
 RUNS_DIR = "runs"
 OWNER_FILE = ".owner"
+SEAL_FILE = ".sealed"
 
 
 def mac_path(path: Path) -> Path:
@@ -86,6 +87,33 @@ class CheckpointRegistry:
         tmp = folder / f"{OWNER_FILE}.tmp"
         tmp.write_text(f"{owner}\n{self._owner_mac(folder, owner)}\n")
         tmp.replace(folder / OWNER_FILE)
+
+    def _seal_mac(self, folder: Path, data: Path) -> str:
+        message = f"arc-sealed-v1\n{folder.relative_to(self.home)}\n{data}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def seal(self, path: Path, data: Path) -> None:
+        """Record that the job whose folder holds ``path`` seals the test split of
+        ``data`` (resolved); the first record stands (services.executor.sealed). Blocking."""
+        folder = self._job_folder(path)
+        if folder is None or self.sealed_data(path) is not None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{SEAL_FILE}.tmp"
+        tmp.write_text(f"{data}\n{self._seal_mac(folder, data)}\n")
+        tmp.replace(folder / SEAL_FILE)
+
+    def sealed_data(self, path: Path) -> Path | None:
+        """The dataset whose test split the job holding ``path`` seals, or None. Blocking."""
+        folder = self._job_folder(path)
+        if folder is None:
+            return None
+        try:
+            data, recorded = (folder / SEAL_FILE).read_text().split("\n")[:2]
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        valid = hmac.compare_digest(recorded, self._seal_mac(folder, Path(data)))
+        return Path(data) if valid else None
 
     def register(self, path: Path, sha256: str) -> bool:
         """Record that the engine wrote ``sha256`` at ``path``; False (nothing written)

@@ -35,7 +35,7 @@ class RunInputs:
         self.settings = settings
         self.home = settings.home.resolve()
         self.checkpoints = checkpoints
-        self.seals = SealGuard(self.home, settings.data_root)
+        self.seals = SealGuard(self.home, settings.data_root, checkpoints)
 
     async def check(self, config: TrainingJobConfig) -> RunPaths:
         """The run's paths, each inside the workspace (INVALID_ARGUMENT naming the field
@@ -78,7 +78,7 @@ class RunInputs:
                 field="dataset.data_path",
             )
         if spec.seal_test:
-            self.seals.seal_run(checkpoint_dir, data)
+            self.checkpoints.seal(checkpoint_dir, data)
 
     async def _checkout_revision(self, data_path: str, revision: str) -> None:
         """Bring ``datasets/<id>`` to the DVC revision the spec names, before training."""

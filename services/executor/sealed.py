@@ -3,34 +3,36 @@
 The scheduler refuses an agent's job that names a sealed test folder; here every path an
 agent's tool call or job reads is resolved, and so is every symlink inside the folder it
 reads, because an image folder loader follows them. A checkpoint of a sealed experiment
-carries the seal itself (``runs/<job>/.sealed``, written when its run starts, MAC'd like
-the owner record): no agent scores it on its own test split under any path.
+carries the seal itself (``runs/<job>/.sealed``, written when its run starts, kept by the
+checkpoint registry like the owner record): no agent scores it on its own test split under
+any path.
 
 Blocking: call these off the event loop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from arc_common.errors import ArcError, PermissionDeniedError
-from arc_common.keys import load_key
 from arc_common.paths import resolve_in_root
 from arc_common.sealing import TEST, breach
-from services.executor.registry import KEY_NAME, RUNS_DIR
+from services.executor.registry import CheckpointRegistry
 
 SPLITS = ("train", "val", "test")
-SEAL_FILE = ".sealed"
-# A folder this deep or with this many entries is not walked further: refused instead.
+# A folder with more entries than this is refused rather than walked to the end.
 MAX_ENTRIES = 1_000_000
 
 
 def has_split_folders(data: Path) -> bool:
     return all((data / split).is_dir() for split in SPLITS)
+
+
+def split_folder(data: Path, split: str) -> Path:
+    """What a tool reads for ``split``: the split's folder, or all of an unsplit one."""
+    return data / split if has_split_folders(data) else data
 
 
 def _refused(field: str, shown: str, reason: str) -> PermissionDeniedError:
@@ -42,10 +44,10 @@ def _refused(field: str, shown: str, reason: str) -> PermissionDeniedError:
 
 
 class SealGuard:
-    def __init__(self, home: Path, data_root: Path | None) -> None:
+    def __init__(self, home: Path, data_root: Path | None, registry: CheckpointRegistry) -> None:
         self.home = home.resolve()
         self.data_root = data_root
-        self._key = load_key(self.home, KEY_NAME)
+        self.registry = registry
 
     def roots(self, sealed: Iterable[str]) -> list[Path]:
         """The sealed datasets as resolved folders, in the workspace and in the data root
@@ -105,54 +107,15 @@ class SealGuard:
                     stack.append(path)
         return None
 
-    def split_folder(self, data: Path, split: str) -> Path:
-        """What a tool reads for ``split``: the split's folder, or all of an unsplit one."""
-        return data / split if has_split_folders(data) else data
-
-    # --- the seal a sealed run leaves on its folder -------------------------------------
-
-    def _mac(self, folder: Path, data: Path) -> str:
-        message = f"arc-sealed-v1\n{folder.relative_to(self.home)}\n{data}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
-
-    def _job_folder(self, path: Path) -> Path | None:
-        resolved = Path(os.path.realpath(path))
-        runs = self.home / RUNS_DIR
-        if not resolved.is_relative_to(runs) or resolved == runs:
-            return None
-        return runs / resolved.relative_to(runs).parts[0]
-
-    def seal_run(self, checkpoint_dir: Path, data: Path) -> None:
-        """Record that the job whose folder holds ``checkpoint_dir`` seals ``data``'s test
-        split; the first record stands."""
-        folder = self._job_folder(checkpoint_dir)
-        if folder is None or self.sealed_data(folder) is not None:
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{SEAL_FILE}.tmp"
-        tmp.write_text(f"{data}\n{self._mac(folder, data)}\n")
-        tmp.replace(folder / SEAL_FILE)
-
-    def sealed_data(self, path: Path) -> Path | None:
-        """The dataset whose test split the job holding ``path`` seals, or None."""
-        folder = self._job_folder(path)
-        if folder is None:
-            return None
-        try:
-            data, recorded = (folder / SEAL_FILE).read_text().split("\n")[:2]
-        except (OSError, UnicodeDecodeError, ValueError):
-            return None
-        return Path(data) if hmac.compare_digest(recorded, self._mac(folder, Path(data))) else None
-
     def check_checkpoint(
         self, checkpoint: Path, data: Path, split: str, *, field: str, shown: str
     ) -> None:
         """Refuse scoring a sealed experiment's checkpoint on that experiment's test split."""
-        own = self.sealed_data(checkpoint)
+        own = self.registry.sealed_data(checkpoint)
         if own is None:
             return
         if has_split_folders(own):
-            self.check_read(self.split_folder(data, split), [own], field=field, shown=shown)
+            self.check_read(split_folder(data, split), [own], field=field, shown=shown)
         elif split == TEST and not has_split_folders(data):
             # On any unsplit folder (a copy of its own included) the checkpoint's seed and
             # fractions pick its held-out images again.
@@ -169,7 +132,7 @@ class SealGuard:
         field: str = "data_path",
     ) -> None:
         """An agent's evaluation-like call: ``split`` of ``data`` scored by ``checkpoints``."""
-        read = self.split_folder(data, split)
+        read = split_folder(data, split)
         self.check_read(read, self.roots(sealed), field=field, shown=shown)
         for checkpoint in checkpoints:
             self.check_checkpoint(checkpoint, data, split, field=field, shown=shown)

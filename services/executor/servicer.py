@@ -67,25 +67,6 @@ def _seals(config: TrainingJobConfig | None) -> bool:
     )
 
 
-def _sealed_run(run: executor_pb2.Run) -> executor_pb2.Run:
-    sealed = run.config.experiment_spec.seal_test and _identity().role is auth.Role.AGENT
-    if sealed and run.HasField("result"):
-        sealing.seal_result(run.result)
-    return run
-
-
-def _seal_event(event: executor_pb2.RunEvent) -> bool:
-    """Leave out an event's test figures; False when nothing is left of it."""
-    payload = event.WhichOneof("payload")
-    if payload == "metrics":
-        return sealing.seal_batch(event.metrics)
-    if payload == "result":
-        sealing.seal_result(event.result)
-    elif payload == "checkpoint":
-        sealing.seal_checkpoint(event.checkpoint)
-    return True
-
-
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     def __init__(self, runs: RunManager, tools: Tools, ledger: RequestLedger) -> None:
         self._runs = runs
@@ -141,8 +122,11 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def GetRun(
         self, request: executor_pb2.GetRunRequest, context: Any
     ) -> executor_pb2.GetRunResponse:
-        run = _sealed_run(to_proto(await self._runs.get(request.run_id), executor_pb2.Run))
-        return executor_pb2.GetRunResponse(run=run)
+        run = await self._runs.get(request.run_id)
+        message = to_proto(run, executor_pb2.Run)
+        if _seals(run.config) and message.HasField("result"):
+            sealing.seal_result(message.result)
+        return executor_pb2.GetRunResponse(run=message)
 
     async def CancelRun(
         self, request: executor_pb2.CancelRunRequest, context: Any
@@ -169,7 +153,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             run_id, request.from_sequence, is_finished=lambda: self._runs.is_finished(run_id)
         ):
             message = to_proto(event, executor_pb2.RunEvent)
-            if sealed and not _seal_event(message):
+            if sealed and not sealing.seal_event(message):
                 continue
             yield executor_pb2.StreamRunEventsResponse(event=message)
 

@@ -127,20 +127,17 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             via=authenticated_name(),
         )
         decision = await self._gov.validate(call, wait_seconds=request.wait_for_approval_seconds)
-        # The current policy's, on every answer (a replayed decision too): the services
-        # enforce the seal on the paths they resolve.
-        decision = decision.model_copy(
-            update={"sealed_test_datasets": list(self._gov.policy.document.sealed_test)}
-        )
         if (
             not request.dry_run
             and not request.invalid_reason
             and decision.outcome is DecisionOutcome.DENIED
         ):
             raise denial_error(tool, decision)
-        return governance_pb2.ValidateToolRequestResponse(
-            decision=to_proto(decision, governance_pb2.Decision)
-        )
+        message = to_proto(decision, governance_pb2.Decision)
+        # The current policy's, on every answer (a replayed decision too): the services
+        # enforce the seal on the paths they resolve.
+        message.sealed_test_datasets.extend(self._gov.policy.document.sealed_test)
+        return governance_pb2.ValidateToolRequestResponse(decision=message)
 
     async def BeginTransaction(
         self, request: governance_pb2.BeginTransactionRequest, context: Any

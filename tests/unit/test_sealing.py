@@ -7,6 +7,8 @@ from pathlib import PurePosixPath as P
 import pytest
 
 from arc.common.v1 import common_pb2
+from arc.executor.v1 import executor_pb2
+from arc.scheduler.v1 import scheduler_pb2
 from arc_common import sealing
 from arc_common.errors import PermissionDeniedError
 from arc_common.models import ExperimentSpec
@@ -128,3 +130,15 @@ def test_an_evaluation_of_a_flagged_experiment_on_its_own_test_split_is_refused(
     assert seal("evaluation", flagged, own, [], trusted=True).test_sealed
     val = seal("evaluation", flagged, {**own, "split": "val"}, [], trusted=False)
     assert not val.test_sealed
+
+
+def test_an_event_of_either_service_loses_its_test_figures_or_goes() -> None:
+    test_metric = scheduler_pb2.JobEvent(
+        metric=common_pb2.MetricResult(name="test_auc", split="test")
+    )
+    assert not sealing.seal_event(test_metric)
+    val_metric = scheduler_pb2.JobEvent(metric=common_pb2.MetricResult(name="val_auc"))
+    assert sealing.seal_event(val_metric)
+    run_event = executor_pb2.RunEvent(result=result())
+    assert sealing.seal_event(run_event) and run_event.result.test_sealed
+    assert "test_auc" not in run_event.result.best_metrics

@@ -73,11 +73,11 @@ class ToolBase:
         self.runs = runs
         self.access = Access(self.home, settings.data_root, settings.repositories.values())
         self.sources = SourceTools(settings, governed, self.access)
-        self.seals = SealGuard(self.home, settings.data_root)
+        self.seals = SealGuard(self.home, settings.data_root, runs.checkpoints)
 
-    async def _sealed(self, role: Role | None, *args: Any, **kwargs: Any) -> None:
-        """The seal on test splits, for everyone but an operator (``role`` None)."""
-        if role is not None:
+    async def _sealed(self, trusted: bool, *args: Any, **kwargs: Any) -> None:
+        """The seal on test splits (SealGuard.check_tool), for all but a trusted caller."""
+        if not trusted:
             await asyncio.to_thread(self.seals.check_tool, *args, **kwargs)
 
     def _rel(self, path: Path) -> str:

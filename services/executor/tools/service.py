@@ -122,7 +122,7 @@ class Tools(ToolBase):
         checkpoint, digest = await self._registered(checkpoint_path)
         trusted = role is Role.OPERATOR or (role is Role.SERVICE and operator_job)
         await self._sealed(
-            None if trusted else role,
+            trusted,
             decision.sealed_test_datasets,
             data,
             split,
@@ -191,7 +191,7 @@ class Tools(ToolBase):
         first, digest_a = await self._registered(checkpoint_paths[0], "checkpoint_path_a")
         second, digest_b = await self._registered(checkpoint_paths[1], "checkpoint_path_b")
         await self._sealed(
-            None if role is Role.OPERATOR else role,
+            role is Role.OPERATOR,
             decision.sealed_test_datasets,
             data,
             split,
@@ -349,7 +349,7 @@ class Tools(ToolBase):
         chosen = self.access.path("output_dir", output_dir) if output_dir else None
         checkpoint, digest = await self._registered(checkpoint_path)
         await self._sealed(
-            None if role is Role.OPERATOR else role,
+            role is Role.OPERATOR,
             decision.sealed_test_datasets,
             data,
             split,

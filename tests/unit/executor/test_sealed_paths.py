@@ -10,6 +10,7 @@ import pytest
 
 from arc_common.errors import PermissionDeniedError
 from arc_common.synth import generate_dataset
+from services.executor.registry import CheckpointRegistry
 from services.executor.sealed import SealGuard
 
 SEALED = "datasets/fundus"
@@ -33,7 +34,7 @@ def test_a_folder_in_the_workspace_does_not_hide_the_sealed_one_in_the_data_root
 ) -> None:
     home, data_root = tmp_path / "ws", tmp_path / "data"
     generate_dataset(data_root / SEALED, count=8, size=8, seed=1, splits=(0.5, 0.25, 0.25))
-    guard = SealGuard(home, data_root)
+    guard = SealGuard(home, data_root, CheckpointRegistry(home))
     roots = guard.roots([SEALED])
     assert (data_root / SEALED).resolve() in roots and home.resolve() / SEALED in roots
     # The copy that would shadow it is refused, and reading its test folder too.
@@ -50,13 +51,13 @@ def test_a_split_folder_that_is_a_link_to_the_sealed_test_is_refused(home: Path)
     for split in ("train", "val"):
         (variant / split).mkdir(parents=True)
     (variant / "test").symlink_to(home / SEALED / "test", target_is_directory=True)
-    guard = SealGuard(home, None)
+    guard = SealGuard(home, None, CheckpointRegistry(home))
     assert "sealed" in refused(guard.check_tool, [SEALED], variant, "test", [], shown="v2")
     guard.check_tool([SEALED], variant, "val", [], shown="v2")  # its own splits are open
 
 
 def test_only_a_sealed_dataset_keeps_its_test_folder_for_the_training(home: Path) -> None:
-    guard = SealGuard(home, None)
+    guard = SealGuard(home, None, CheckpointRegistry(home))
     roots = guard.roots([SEALED])
     guard.check_read((home / SEALED).resolve(), roots, field="f", shown="s", training=True)
     other = home / "datasets" / "v3" / "test" / "glaucoma"
@@ -75,7 +76,7 @@ def test_a_link_reached_through_a_link_is_refused_not_a_crash(home: Path) -> Non
     top = home / "datasets" / "x" / "a"
     top.mkdir(parents=True)
     (top / "link").symlink_to(hop, target_is_directory=True)
-    guard = SealGuard(home, None)
+    guard = SealGuard(home, None, CheckpointRegistry(home))
     assert "'z' in it links to" in refused(
         guard.check_read, home / "datasets" / "x", guard.roots([SEALED]), field="f", shown="x"
     )
@@ -90,8 +91,8 @@ def test_a_self_sealed_checkpoint_on_an_unsplit_folder_is_refused_test_on_any_co
     generate_dataset(copy, count=8, size=8, seed=2)
     checkpoint = home / "runs" / "job-1" / "attempt-1" / "checkpoints"
     checkpoint.mkdir(parents=True)
-    guard = SealGuard(home, None)
-    guard.seal_run(checkpoint, own.resolve())
+    guard = SealGuard(home, None, CheckpointRegistry(home))
+    guard.registry.seal(checkpoint, own.resolve())
     best = checkpoint / "best.pt"
     for data in (own, copy):
         assert "seals its test split" in refused(
