@@ -113,6 +113,7 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.executor.v1.ExecutorService/GenerateVisualizations": _ALL,
     "/arc.executor.v1.ExecutorService/SyncDatasets": _ALL,
     "/arc.executor.v1.ExecutorService/ApplyCodePatch": _ALL,
+    "/arc.executor.v1.ExecutorService/ResolveSource": _ALL,
 }
 
 

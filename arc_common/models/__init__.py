@@ -22,11 +22,13 @@ from arc_common.models._base import (
     parse_model,
 )
 from arc_common.models.enums import (
+    NOT_RETRIED,
     TERMINAL_STATES,
     ArchitectureFamily,
     CheckpointKind,
     DatasetType,
     DecisionOutcome,
+    FailureClass,
     GpuBackend,
     GpuPreference,
     JobState,
@@ -56,6 +58,7 @@ from arc_common.models.resources import (
     DevicesReleased,
     Experiment,
     ExperimentResult,
+    Failure,
     Gpu,
     GpuProcess,
     Job,
@@ -78,6 +81,7 @@ from arc_common.models.resources import (
 from arc_common.models.specs import (
     STEP_PARAMS,
     ArchitectureSpec,
+    CodeSource,
     DatasetSpec,
     EarlyStopping,
     EvaluationJob,
@@ -94,6 +98,7 @@ from arc_common.models.specs import (
 
 __all__ = [
     "ID_PATTERN",
+    "NOT_RETRIED",
     "SPLIT_TOLERANCE",
     "STEP_PARAMS",
     "TERMINAL_STATES",
@@ -103,6 +108,7 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointKind",
     "ClassEvaluation",
+    "CodeSource",
     "DatasetSpec",
     "DatasetType",
     "Decision",
@@ -113,6 +119,8 @@ __all__ = [
     "Experiment",
     "ExperimentResult",
     "ExperimentSpec",
+    "Failure",
+    "FailureClass",
     "Gpu",
     "GpuAllocation",
     "GpuBackend",

@@ -129,6 +129,32 @@ class RunEndCause(StrEnum):
     CRASHED = "crashed"
 
 
+class FailureClass(StrEnum):
+    """What kind of failure ended a job (arc.common.v1.FailureClass)."""
+
+    SPEC_INVALID = "spec_invalid"
+    DATA_ERROR = "data_error"
+    CODE_ERROR = "code_error"
+    OUT_OF_MEMORY = "out_of_memory"
+    DIVERGED = "diverged"
+    TIMED_OUT = "timed_out"
+    LEASE_LOST = "lease_lost"
+    INFRASTRUCTURE = "infrastructure"
+    CANCELLED = "cancelled"
+    PRUNED = "pruned"
+
+
+# Failures that would come back the same on a retry.
+NOT_RETRIED = frozenset(
+    {
+        FailureClass.SPEC_INVALID,
+        FailureClass.DATA_ERROR,
+        FailureClass.CODE_ERROR,
+        FailureClass.DIVERGED,
+    }
+)
+
+
 class ViolationKind(StrEnum):
     POLICY = "policy"
     MALFORMED = "malformed"

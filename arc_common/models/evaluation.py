@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from arc_common.models._base import _Resource
+from arc_common.models.specs import CodeSource
 
 
 class Interval(_Resource):
@@ -77,3 +78,5 @@ class Provenance(_Resource):
     checkpoint_path: str = ""
     checkpoint_sha256: str = ""
     grouping: str = ""
+    source: CodeSource | None = None
+    parameter_count: int = 0

@@ -17,6 +17,7 @@ from arc_common.models._base import _Resource
 from arc_common.models.enums import (
     CheckpointKind,
     DecisionOutcome,
+    FailureClass,
     GpuBackend,
     JobState,
     MetricMode,
@@ -42,6 +43,18 @@ def _known(enum: type[StrEnum]) -> BeforeValidator:
         return value
 
     return BeforeValidator(check)
+
+
+class Failure(_Resource):
+    """Why a run or a job failed, by class (see the proto)."""
+
+    failure_class: Annotated[FailureClass | None, _known(FailureClass)] = None
+    summary: str = ""
+    exception_type: str = ""
+    message: str = ""
+    file: str = ""
+    line: int = 0
+    stderr_tail: str = ""
 
 
 class MetricResult(_Resource):
@@ -215,6 +228,7 @@ class Job(_Resource):
     timeout_seconds: int = 0
     error_message: str = ""
     submitted_by: str = ""
+    failure: Failure | None = None
 
 
 class JobStateChange(_Resource):
@@ -283,6 +297,7 @@ class StateChange(_Resource):
     state: JobState | None = None
     reason: str = ""
     cause: Annotated[RunEndCause | None, _known(RunEndCause)] = None
+    failure: Failure | None = None
 
 
 class LogExcerpt(_Resource):
@@ -322,3 +337,4 @@ class Run(_Resource):
     error_message: str = ""
     last_sequence: int = 0
     end_cause: Annotated[RunEndCause | None, _known(RunEndCause)] = None
+    failure: Failure | None = None

@@ -238,6 +238,43 @@ class PreprocessingChain(_Spec):
     steps: Annotated[list[PreprocessingStep], Field(max_length=64)] = Field(default_factory=list)
 
 
+_ENTRY = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+Entry = Annotated[str, Field(pattern=_ENTRY, max_length=200)]
+OptionalEntry = Annotated[str, Field(pattern=f"^$|{_ENTRY}", max_length=200)]
+
+
+class CodeSource(_Spec):
+    """Model code from a registered repository at one commit (see the proto)."""
+
+    repository: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    # Never an option to git: no leading "-", no spaces, no "..", no control characters.
+    revision: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./~^@{}-]{0,199}$")] = "HEAD"
+    entrypoint: Entry
+    loss: OptionalEntry = ""
+    transforms: OptionalEntry = ""
+    param_groups: OptionalEntry = ""
+    # Output only (set at submit from the repository).
+    commit: Annotated[str, Field(pattern=r"^$|^[0-9a-f]{40}([0-9a-f]{24})?$")] = ""
+    tree: Annotated[str, Field(pattern=r"^$|^[0-9a-f]{40}([0-9a-f]{24})?$")] = ""
+
+    @field_validator("revision")
+    @classmethod
+    def _one_revision(cls, value: str) -> str:
+        if ".." in value:
+            raise ValueError("names a range ('..'); give one commit or ref")
+        return value
+
+    def entries(self) -> dict[str, str]:
+        """The fields naming code, by field name, the ones set."""
+        named = {
+            "entrypoint": self.entrypoint,
+            "loss": self.loss,
+            "transforms": self.transforms,
+            "param_groups": self.param_groups,
+        }
+        return {name: value for name, value in named.items() if value}
+
+
 class GpuAllocation(_Spec):
     preference: GpuPreference = GpuPreference.AUTO
     gpu_indices: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(max_length=16)] = Field(
@@ -295,6 +332,7 @@ class ExperimentSpec(_Spec):
     # Test figures kept from agent tokens until an operator releases them (a sealed
     # dataset in the policy sets it); not part of the content hash.
     seal_test: bool = False
+    source: CodeSource | None = None
 
     @property
     def effective_priority(self) -> int:

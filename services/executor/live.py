@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from arc_common.models import ExperimentResult, JobState, MetricResult, Run, RunEndCause
+from arc_common.models import (
+    ExperimentResult,
+    Failure,
+    JobState,
+    MetricResult,
+    Run,
+    RunEndCause,
+)
 from services.executor.launcher import Launched
 
 
@@ -14,6 +21,8 @@ class Ending:
     state: JobState
     reason: str
     cause: RunEndCause
+    # What the trainer said of its failure (services.executor.failures bounds it).
+    failure: Failure | None = None
 
 
 @dataclass
@@ -44,7 +53,7 @@ def ending(live: LiveRun, returncode: int, tail: list[str]) -> Ending:
         return Ending(JobState.COMPLETED, "training finished", RunEndCause.COMPLETED)
     cause = said.cause if said is not None else RunEndCause.CRASHED
     reason = "\n".join([f"trainer exited with {returncode}", *tail])
-    return Ending(JobState.FAILED, reason, cause)
+    return Ending(JobState.FAILED, reason, cause, said.failure if said is not None else None)
 
 
 def final_result(live: LiveRun, end: Ending) -> ExperimentResult:

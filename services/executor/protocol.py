@@ -13,10 +13,31 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from arc_common.models import CheckpointInfo, ExperimentResult, PackedMetrics, TrainingJobConfig
+from arc_common.models import (
+    CheckpointInfo,
+    ExperimentResult,
+    Failure,
+    PackedMetrics,
+    TrainingJobConfig,
+)
 
 CHECKSUM_SUFFIX = ".sha256"
 META_SUFFIX = ".json"
+
+
+class Sandbox(BaseModel):
+    """A trainer running repository code: the user it drops to (when the executor runs as
+    root; -1 keeps the executor's), its folder (cwd and HOME) and its resource limits
+    (0: the platform's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uid: int = -1
+    gid: int = -1
+    home: str
+    open_files: int = 0
+    processes: int = 0
+    address_space_mb: int = 0
 
 
 class TrainerInput(BaseModel):
@@ -42,6 +63,10 @@ class TrainerInput(BaseModel):
     # model in host memory, then wait for one JSON line {"gpu_indices": [...]} on stdin
     # before anything touches a GPU (end of stdin: the run was cancelled, leave).
     standby: bool = False
+    # A code-defined spec's export of its commit (read-only; "" for torchvision models).
+    source_dir: str = ""
+    # Who the trainer becomes before it imports repository code, and its limits.
+    sandbox: Sandbox | None = None
 
 
 class TrainerMessage(BaseModel):
@@ -53,6 +78,8 @@ class TrainerMessage(BaseModel):
     reason: str = ""
     # With state "failed": why, as the trainer can tell (out of memory, or any other error).
     cause: Literal["", "failed", "oom"] = ""
+    # With state "failed" or "pruned": the failure's class and where it was raised.
+    failure: Failure | None = None
     # One serialized MetricBatch (arc_common.packed), not one JSON object a metric.
     metrics: PackedMetrics | None = None
     checkpoint: CheckpointInfo | None = None

@@ -6,19 +6,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 import shutil
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from arc_common.errors import ArcError, InvalidArgumentError, PermissionDeniedError
+from arc_common.errors import (
+    ArcError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+)
 from arc_common.models import Run, TrainingJobConfig
 from arc_common.paths import resolve_data, resolve_in_root
-from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, TrainerInput, file_sha256
+from services.executor import code_sources
+from services.executor.protocol import (
+    CHECKSUM_SUFFIX,
+    META_SUFFIX,
+    Sandbox,
+    TrainerInput,
+    file_sha256,
+)
 from services.executor.registry import CheckpointRegistry
 from services.executor.sealed import SealGuard
 from services.executor.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _check_reachable(path: Path, uid: int, gid: int, user: str) -> None:
+    """Every folder down to ``path`` must let the sandbox user through (execute bit)."""
+    for folder in [*reversed(path.resolve().parents), path.resolve()]:
+        info = folder.stat()
+        bit = 0o100 if info.st_uid == uid else 0o010 if info.st_gid == gid else 0o001
+        if not info.st_mode & bit:
+            raise FailedPreconditionError(
+                f"sandbox_user {user!r} cannot reach {path}: {folder} is mode "
+                f"{info.st_mode & 0o777:o}; let it through (chmod o+x {folder}), or set "
+                "ARC_EXECUTOR_SANDBOX_USER to a user that can (docs/security.md)",
+                field="sandbox_user",
+            )
 
 
 @dataclass(frozen=True)
@@ -28,6 +58,8 @@ class RunPaths:
     data_path: Path
     resume: str  # "" when starting afresh
     resume_sha256: str = ""  # its registered digest ("" when unregistered: not loaded)
+    source_dir: str = ""  # the export of a code-defined spec's commit
+    sandbox: Sandbox | None = None
 
 
 class RunInputs:
@@ -62,7 +94,58 @@ class RunInputs:
         await asyncio.to_thread(self._check_seal, config, data_path, checkpoint_dir)
         if resume:
             resume_sha256 = await asyncio.to_thread(self._carry_over, Path(resume), checkpoint_dir)
-        return RunPaths(checkpoint_dir, log_dir, data_path, resume, resume_sha256)
+        source_dir, sandbox = "", None
+        if spec.source is not None:
+            source_dir, sandbox = await asyncio.to_thread(
+                self._prepare_source, config, checkpoint_dir, data_path
+            )
+        return RunPaths(
+            checkpoint_dir, log_dir, data_path, resume, resume_sha256, source_dir, sandbox
+        )
+
+    def _prepare_source(
+        self, config: TrainingJobConfig, checkpoint_dir: Path, data: Path
+    ) -> tuple[str, Sandbox]:
+        """The spec's commit exported beside the checkpoints, read-only, and the sandbox
+        its trainer enters: a folder of its own, write access to it and the checkpoints,
+        and the sealed test folders closed to it."""
+        spec = config.experiment_spec
+        assert spec.source is not None
+        attempt = checkpoint_dir.parent
+        source = attempt / "source"
+        if not source.exists():
+            code_sources.export(self.home, self.settings.repositories, spec.source, source)
+        work = attempt / "work"
+        # What the trainer writes: its own folder, checkpoints, the evaluation's figures.
+        writable = (work, checkpoint_dir, attempt / "evaluation")
+        for folder in writable:
+            folder.mkdir(parents=True, exist_ok=True)
+        uid = gid = -1
+        if os.geteuid() == 0:
+            try:
+                user = pwd.getpwnam(self.settings.sandbox_user)
+            except KeyError:
+                raise InvalidArgumentError(
+                    f"sandbox_user {self.settings.sandbox_user!r} is no user of this machine",
+                    field="sandbox_user",
+                ) from None
+            uid, gid = user.pw_uid, user.pw_gid
+            for needed in (Path(sysconfig.get_paths()["stdlib"]), REPO_ROOT, data, source):
+                _check_reachable(needed, uid, gid, self.settings.sandbox_user)
+            for folder in writable:
+                os.chown(folder, uid, gid)
+                for entry in folder.iterdir():
+                    os.chown(entry, uid, gid)
+            self.seals.close_to_others(self.seals.roots(config.sealed_test_datasets))
+        sandbox = Sandbox(
+            uid=uid,
+            gid=gid,
+            home=str(work),
+            open_files=self.settings.sandbox_open_files,
+            processes=self.settings.sandbox_processes,
+            address_space_mb=self.settings.sandbox_address_space_mb,
+        )
+        return str(source), sandbox
 
     def _check_seal(self, config: TrainingJobConfig, data: Path, checkpoint_dir: Path) -> None:
         """An agent's job reads no sealed test folder but through its own test pass of a
@@ -137,4 +220,6 @@ class RunInputs:
             resume_sha256=paths.resume_sha256,
             inject=self.settings.trainer_faults,
             standby=prepared,
+            source_dir=paths.source_dir,
+            sandbox=paths.sandbox,
         )

@@ -24,6 +24,7 @@ from arc_common.eventlog import EventLog
 from arc_common.models import (
     TERMINAL_STATES,
     DevicesReleased,
+    Failure,
     JobState,
     Lease,
     LogExcerpt,
@@ -33,7 +34,7 @@ from arc_common.models import (
     StateChange,
     TrainingJobConfig,
 )
-from services.executor import pipe
+from services.executor import failures, pipe
 from services.executor.launcher import Launcher, TrainerLaunch
 from services.executor.leases import LeaseChecker, check_for_job, keep_renewed, renew_interval
 from services.executor.live import Ending, LiveRun, ending, final_result
@@ -242,11 +243,13 @@ class RunManager:
             if message.state == JobState.RUNNING.value and live.run.state is JobState.STARTING:
                 await self._transition(live, JobState.RUNNING, message.reason)
             elif message.state == JobState.PRUNED.value:
-                live.trainer_end = Ending(JobState.PRUNED, reason, RunEndCause.PRUNED)
+                said = failures.from_trainer(message.failure)
+                live.trainer_end = Ending(JobState.PRUNED, reason, RunEndCause.PRUNED, said)
             elif message.state == JobState.FAILED.value:
                 # The trainer caught its error: a failure (or OOM), not a crash.
                 cause = pipe.failure_cause(message)
-                live.trainer_end = Ending(JobState.FAILED, reason, cause)
+                said = failures.from_trainer(message.failure)
+                live.trainer_end = Ending(JobState.FAILED, reason, cause, said)
             elif message.reason:
                 self.events.append(run_id, log=LogExcerpt(stream="trainer", lines=[message.reason]))
         elif message.kind == "result" and message.result is not None:
@@ -282,7 +285,12 @@ class RunManager:
         logger.info("run %s released GPUs %s", live.run.run_id, gpus)
 
     async def _transition(
-        self, live: LiveRun, state: JobState, reason: str, cause: RunEndCause | None = None
+        self,
+        live: LiveRun,
+        state: JobState,
+        reason: str,
+        cause: RunEndCause | None = None,
+        failure: Failure | None = None,
     ) -> None:
         previous = live.run.state
         updates: dict[str, object] = {"state": state}
@@ -290,7 +298,9 @@ class RunManager:
             updates["end_time"] = datetime.now(UTC)
             updates["end_cause"] = cause
         live.run = live.run.model_copy(update=updates)
-        change = StateChange(previous_state=previous, state=state, reason=reason, cause=cause)
+        change = StateChange(
+            previous_state=previous, state=state, reason=reason, cause=cause, failure=failure
+        )
         self.events.append(live.run.run_id, state_change=change)
         await self.store.save(live.run)
 
@@ -330,21 +340,24 @@ class RunManager:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), timeout=10)
         end = ending(live, returncode, [])
-        if end.state is JobState.FAILED and live.stopping is None:  # its stderr says why
+        tail: list[str] = []
+        if end.state is not JobState.COMPLETED:  # its stderr says why
             tail = await self.launcher.error_tail(launched, self.settings.stderr_tail_lines)
+        if end.state is JobState.FAILED and live.stopping is None:
             if tail:
                 self.events.append(live.run.run_id, log=LogExcerpt(stream="stderr", lines=tail))
             end = ending(live, returncode, tail)
-        await self._finish(live, end)
+        await self._finish(live, end, tail)
 
-    async def _finish(self, live: LiveRun, end: Ending) -> None:
+    async def _finish(self, live: LiveRun, end: Ending, tail: list[str] | None = None) -> None:
         result = final_result(live, end)
+        failure = failures.failure_of(end, tail or [])
         live.run = live.run.model_copy(
-            update={"result": result, "error_message": result.error_message}
+            update={"result": result, "error_message": result.error_message, "failure": failure}
         )
         self.events.append(live.run.run_id, result=result)
         first_line = end.reason.splitlines()[0] if end.reason else ""
-        await self._transition(live, end.state, first_line, end.cause)
+        await self._transition(live, end.state, first_line, end.cause, failure)
         await self.events.mark_closed(live.run.run_id)
         live.done.set()
         self._live.pop(live.run.run_id, None)

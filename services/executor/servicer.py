@@ -20,6 +20,7 @@ from arc_common.convert import (
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.ledger import RequestLedger
 from arc_common.models import (
+    CodeSource,
     Lease,
     MetricMode,
     PreprocessingChain,
@@ -409,3 +410,12 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             lines_added=plan.added,
             lines_removed=plan.removed,
         )
+
+    async def ResolveSource(
+        self, request: executor_pb2.ResolveSourceRequest, context: Any
+    ) -> executor_pb2.ResolveSourceResponse:
+        if not request.HasField("source"):
+            raise InvalidArgumentError("source is required", field="source")
+        source = to_model(request.source, CodeSource, prefix="source")
+        resolved = await self._tools.sources.resolve(source)
+        return executor_pb2.ResolveSourceResponse(source=to_proto(resolved, common_pb2.CodeSource))

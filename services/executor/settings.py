@@ -46,6 +46,15 @@ class ExecutorSettings(ServiceSettings):
     max_sync_datasets: int = Field(default=100, ge=1, le=10_000)
     # Seconds a tool child process (evaluation, visualization) may run.
     tool_timeout_seconds: float = Field(default=600.0, gt=0)
+    # A trainer running repository code (a spec's source) drops to this user when the
+    # executor runs as root; it gets read access to its checkout and data, write access
+    # to its run folder, and no credentials in its environment.
+    sandbox_user: str = "nobody"
+    # Its resource limits (setrlimit); 0 leaves the platform's. An address-space limit
+    # breaks CUDA (it maps far more than it uses): set it on CPU machines only.
+    sandbox_open_files: int = Field(default=4096, ge=0, le=1_048_576)
+    sandbox_processes: int = Field(default=4096, ge=0, le=1_000_000)
+    sandbox_address_space_mb: int = Field(default=0, ge=0, le=16_777_216)
     # For tests and the benchmark only, never in production: a fault or probe every
     # trainer runs (services.executor.trainer.faults), e.g. "nan_loss_at_step:2".
     trainer_faults: str = ""

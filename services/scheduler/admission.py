@@ -4,6 +4,7 @@ that makes its jobs (and any new experiment) durable before anyone hears of them
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from arc_common.errors import (
     PermissionDeniedError,
 )
 from arc_common.models import DecisionOutcome, ExperimentSpec, JobState, JobStateChange
+from services.scheduler import sources
 from services.scheduler.checks import GovernanceGate
 from services.scheduler.context import Context
 from services.scheduler.jobs import RequestKey, content_hash
@@ -178,6 +180,15 @@ class Admission:
             await self._gate.audit_invalid(item.kind.tool, parameters, str(exc), caller=caller)
             raise
 
+    async def _with_source(self, submission: Submission, index: str) -> Submission:
+        """A code-defined spec with its revision resolved to a commit, before anything
+        compares or stores it (the commit is part of what the experiment is)."""
+        if submission.spec is None or submission.spec.source is None:
+            return submission
+        check_length(submission.request_id, submission.request_field)
+        spec = await sources.resolve(self._ctx.nodes, submission.spec, prefix=index)
+        return dataclasses.replace(submission, spec=spec)
+
     def _new_job(
         self, item: Checked, job_id: str, caller: str, pending: bool, sealing: Seal
     ) -> JobRecord:
@@ -216,13 +227,18 @@ class Admission:
         existing = [self._existing(s, caller) for s in submissions]
         if all(e is not None for e in existing):
             return [e for e in existing if e is not None]
+        submissions = [
+            await self._with_source(s, f"jobs[{i}]." if prefix else "") if e is None else s
+            for i, (s, e) in enumerate(zip(submissions, existing, strict=True))
+        ]
         items = [self._check(s, f"jobs[{i}]." if prefix else "") for i, s in enumerate(submissions)]
         for index, (item, earlier) in enumerate(zip(items, existing, strict=True)):
             if earlier is None:  # the seal as last known, before governance counts anything
                 where = f"jobs[{index}]." if prefix else ""
-                await self._sealed(
+                early = await self._sealed(
                     item, self._gate.sealed, caller=caller, trusted=trusted, index=where
                 )
+                sources.refuse_sealed(early.spec, trusted=trusted, prefix=where)
         for item, earlier in zip(items, existing, strict=True):
             if earlier is None and prefix and item.kind.checked_before_batch:
                 await self._gate.check(
@@ -257,6 +273,9 @@ class Admission:
                     index=f"jobs[{index}]." if prefix else "",
                 )
                 spec = sealing.spec
+                sources.refuse_sealed(
+                    spec, trusted=trusted, prefix=f"jobs[{index}]." if prefix else ""
+                )
                 # From here to the commit nothing awaits: the request id and the experiment
                 # id are reserved in memory, so concurrent submissions need no lock and
                 # their writes share one group commit.

@@ -62,7 +62,12 @@ class Follower:
                 run = await node.client.get_run(run_id)
                 if run.state in TERMINAL_STATES:  # the stream ended before we saw the end
                     await self._life.run_ended(
-                        job, run.state, run.error_message, run.result, run.end_cause
+                        job,
+                        run.state,
+                        run.error_message,
+                        run.result,
+                        run.end_cause,
+                        failure=run.failure,
                     )
                     return
             except NotFoundError:
@@ -106,7 +111,12 @@ class Follower:
                 await self._life.set_state(job, JobState.RUNNING, change.reason)
             elif change.state in TERMINAL_STATES:
                 await self._life.run_ended(
-                    job, change.state, change.reason, job.result, change.cause
+                    job,
+                    change.state,
+                    change.reason,
+                    job.result,
+                    change.cause,
+                    failure=change.failure,
                 )
 
     async def _maybe_prune(self, job: JobRecord, metrics: PackedMetrics) -> None:

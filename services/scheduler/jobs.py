@@ -23,6 +23,8 @@ def content_hash(spec: ExperimentSpec) -> str:
         mode="json",
         include={"architecture", "hyperparameters", "dataset", "preprocessing", "early_stopping"},
     )
+    if spec.source is not None:  # the code at its commit, not the name it was asked by
+        content["source"] = spec.source.model_dump(mode="json", exclude={"revision"})
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

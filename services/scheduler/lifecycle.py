@@ -9,8 +9,10 @@ from typing import Any
 
 from arc_common.errors import ArcError
 from arc_common.models import (
+    NOT_RETRIED,
     TERMINAL_STATES,
     ExperimentResult,
+    Failure,
     JobState,
     JobStateChange,
     RunEndCause,
@@ -131,15 +133,20 @@ class Lifecycle:
         reason: str,
         result: ExperimentResult | None,
         cause: RunEndCause | None,
+        *,
+        failure: Failure | None = None,
     ) -> None:
         """The attempt's run ended in ``state`` for ``cause``: the job ends, is retried or
-        (its run lost through no fault of its own) is requeued."""
+        (its run lost through no fault of its own) is requeued. A failure that would come
+        back the same (``NOT_RETRIED``: spec, data, code, divergence) is not retried."""
         if job.state in TERMINAL_STATES or job.state is JobState.QUEUED:
             return
         await self.release(job)
         error = (result.error_message if result else "") or reason
         if result is not None:
             job.result = result
+        job.failure = failure
+        repeats = failure is not None and failure.failure_class in NOT_RETRIED
         if job.cancel_requested:
             stopped = (
                 JobState.PRUNED if job.stop_cause is RunEndCause.PRUNED else JobState.CANCELLED
@@ -147,11 +154,11 @@ class Lifecycle:
             await self.set_state(
                 job, stopped, job.cancel_requested, error_message=job.cancel_requested
             )
-        elif state is JobState.COMPLETED:
-            await self.set_state(job, JobState.COMPLETED, reason or "completed")
+        elif state is JobState.COMPLETED:  # an earlier attempt's error is no longer the job's
+            await self.set_state(job, JobState.COMPLETED, reason or "completed", error_message="")
         elif state is JobState.FAILED and cause in LOST_CAUSES:
             await self.requeue(job, f"attempt {job.attempt} lost ({error}); requeued")
-        elif state is JobState.FAILED and job.retries_used < job.max_retries:
+        elif state is JobState.FAILED and job.retries_used < job.max_retries and not repeats:
             job.error_message = error
             await self.requeue(
                 job, f"attempt {job.attempt} failed: {error.splitlines()[0]}", counts=True

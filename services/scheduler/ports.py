@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from arc_common.models import (
+    CodeSource,
     Decision,
     EvaluationJob,
     Gpu,
@@ -44,6 +45,10 @@ class NodeClient(Protocol):
         ...
 
     def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
+    async def resolve_source(self, source: CodeSource) -> CodeSource:
+        """``source`` with the commit its revision names on this machine, and its tree."""
+        ...
+
     async def evaluate(
         self,
         evaluation: EvaluationJob,

@@ -12,6 +12,7 @@ from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.convert import enum_value, to_model, to_proto
 from arc_common.models import (
+    CodeSource,
     EvaluationJob,
     Gpu,
     GpuAllocation,
@@ -147,6 +148,15 @@ class GrpcNode:
             to_model(reply.report.evaluation, SplitEvaluation),
             to_model(reply.report.provenance, Provenance),
         )
+
+    async def resolve_source(self, source: CodeSource) -> CodeSource:
+        reply = await unary(
+            self._executor.ResolveSource(
+                executor_pb2.ResolveSourceRequest(source=to_proto(source, common_pb2.CodeSource)),
+                timeout=RPC_TIMEOUT,
+            )
+        )
+        return to_model(reply.source, CodeSource)
 
     async def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]:
         call = self._executor.StreamRunEvents(

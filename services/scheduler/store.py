@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from arc_common import sqlite
 from arc_common.batch import Batcher
-from arc_common.models import ExperimentResult, ExperimentSpec, JobState, Lease, RunEndCause
+from arc_common.models import (
+    ExperimentResult,
+    ExperimentSpec,
+    Failure,
+    JobState,
+    Lease,
+    RunEndCause,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,6 +107,8 @@ class JobRecord(BaseModel):
     end_time: datetime | None = None
     result: ExperimentResult | None = None
     error_message: str = ""
+    # Why the last attempt failed, by class (cleared when a retry completes).
+    failure: Failure | None = None
     not_before: float = 0.0
     approval: str = ""  # governance pending_request_id while waiting for an operator
     # Its kind (services.scheduler.kinds) and what that kind needs beyond the spec.

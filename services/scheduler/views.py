@@ -76,6 +76,7 @@ class Views:
             timeout_seconds=job.timeout_seconds,
             error_message=job.error_message,
             submitted_by=job.caller,
+            failure=job.failure,
         )
 
     def job(self, job_id: str) -> JobRecord:

@@ -80,6 +80,16 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "arc.common.v1.Hyperparameters": {"seed": 7, "batch_size": 16, "epochs": 3},
     "arc.common.v1.Grouping": {"pattern": r"^(?P<patient>p\d+)_"},
+    "arc.common.v1.CodeSource": {
+        "repository": "models",
+        "revision": "main",
+        "entrypoint": "acuvue.nets:build_model",
+        "loss": "acuvue.losses:focal",
+        "transforms": "acuvue.aug:train_transforms",
+        "param_groups": "acuvue.opt:groups",
+        "commit": "a" * 40,
+        "tree": "b" * 40,
+    },
 }
 
 STAMP = datetime(2026, 5, 17, 12, 30, 15, 250000, tzinfo=UTC)

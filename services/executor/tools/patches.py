@@ -158,7 +158,7 @@ def plan(patch: str, repo: Path, repo_rel: str) -> PatchPlan:
     )
 
 
-def _git_env() -> dict[str, str]:
+def git_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(
         GIT_CONFIG_NOSYSTEM="1",
@@ -175,7 +175,7 @@ def _git_env() -> dict[str, str]:
 def git(repo: Path, *args: str, stdin: str | None = None, scratch: Path | None = None) -> str:
     """``scratch``: an index and an object store of their own there (the repository's
     objects readable as alternates), so a trial apply leaves nothing in the repository."""
-    env = _git_env()
+    env = git_env()
     if scratch is not None:
         env["GIT_INDEX_FILE"] = str(scratch / "index")
         env["GIT_OBJECT_DIRECTORY"] = str(scratch / "objects")

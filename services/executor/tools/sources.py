@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 from arc_common.errors import InvalidArgumentError, NotFoundError
-from arc_common.models import Tool
+from arc_common.models import CodeSource, Tool
 from arc_common.paths import resolve_in_root
+from services.executor import code_sources
 from services.executor.settings import ExecutorSettings
 from services.executor.tools import dvcsync, patches
 from services.executor.tools.access import Access
@@ -108,3 +109,11 @@ class SourceTools:
         ):
             sha = await asyncio.to_thread(patches.apply, repo, patch, message, plan, repo_rel)
         return sha, plan
+
+    # --- resolve_source -------------------------------------------------------------
+
+    async def resolve(self, source: CodeSource) -> CodeSource:
+        """Read-only (nothing changes), so not a governed tool call."""
+        return await asyncio.to_thread(
+            code_sources.resolve, self.home, self.settings.repositories, source
+        )

@@ -22,10 +22,10 @@ import traceback
 from pathlib import Path
 from typing import IO
 
-from arc_common.models import CheckpointInfo, JobState
+from arc_common.models import CheckpointInfo, Failure, FailureClass, JobState
 from arc_common.packed import Packer
 from services.executor.protocol import TrainerInput, TrainerMessage, dump
-from services.executor.trainer import faults
+from services.executor.trainer import faults, sandbox
 
 logger = logging.getLogger("arc.trainer")
 
@@ -170,7 +170,11 @@ def run(input_path: str, metrics_fd: int) -> int:
     # it loaded already).
     from torch import nn
 
+    from services.executor.trainer.code import classify
     from services.executor.trainer.train import Pruned, Reporter, train
+
+    if inp.sandbox is not None:  # the engine's imports done; no repository code yet
+        sandbox.enter(inp.sandbox)
 
     reporter = Reporter(
         metric=channel.metric,
@@ -187,17 +191,27 @@ def run(input_path: str, metrics_fd: int) -> int:
         return 0
     except Pruned as exc:
         logger.warning("run pruned: %s", exc)
-        channel.send(TrainerMessage(kind="state", state=JobState.PRUNED.value, reason=str(exc)))
+        diverged = Failure(failure_class=FailureClass.DIVERGED, message=str(exc)[:2000])
+        channel.send(
+            TrainerMessage(
+                kind="state", state=JobState.PRUNED.value, reason=str(exc), failure=diverged
+            )
+        )
         channel.flush()
         return 0
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
         cause = "oom" if _out_of_memory(exc) else "failed"
+        failure = classify(exc, inp.source_dir)
         with contextlib.suppress(OSError, ValueError):  # the executor may be gone
             channel.send(
                 TrainerMessage(
-                    kind="state", state=JobState.FAILED.value, reason=repr(exc)[:500], cause=cause
+                    kind="state",
+                    state=JobState.FAILED.value,
+                    reason=repr(exc)[:500],
+                    cause=cause,
+                    failure=failure,
                 )
             )
             channel.flush()

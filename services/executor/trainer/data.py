@@ -20,6 +20,10 @@ from services.executor.trainer.transforms import build_transforms
 SPLITS = ("train", "val", "test")
 
 
+class DataError(ValueError):
+    """The dataset cannot be read as the spec says (a failure of the data, not the code)."""
+
+
 class _Split(Dataset[tuple[torch.Tensor, int]]):
     """A subset of an ImageFolder with its own transform (train augments, eval does not)."""
 
@@ -95,22 +99,22 @@ def patient_ids(paths: Sequence[str], root: Path, grouping: Grouping) -> list[st
             name = Path(path).name
             found = pattern.search(name)
             if found is None or found.group(group) is None:
-                raise ValueError(f"{name} does not match grouping.pattern {grouping.pattern!r}")
+                raise DataError(f"{name} does not match grouping.pattern {grouping.pattern!r}")
             out.append(found.group(group))
         return out
     manifest = root / (grouping.manifest or "")
     if not manifest.resolve().is_relative_to(root.resolve()) or not manifest.is_file():
-        raise ValueError(f"grouping.manifest {grouping.manifest!r} is not a file of {root.name}")
+        raise DataError(f"grouping.manifest {grouping.manifest!r} is not a file of {root.name}")
     with manifest.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if not {"image", "patient"} <= set(reader.fieldnames or ()):
-            raise ValueError("grouping.manifest needs the columns image and patient")
+            raise DataError("grouping.manifest needs the columns image and patient")
         by_image = {Path(row["image"]).as_posix(): row["patient"] for row in reader}
     out = []
     for path in paths:
         relative = Path(path).relative_to(root).as_posix()
         if relative not in by_image:
-            raise ValueError(f"{relative} is not in grouping.manifest {grouping.manifest!r}")
+            raise DataError(f"{relative} is not in grouping.manifest {grouping.manifest!r}")
         out.append(by_image[relative])
     return out
 
@@ -120,7 +124,7 @@ def _check_no_leak(groups: dict[str, list[str]]) -> None:
     for split, ids in groups.items():
         for patient in ids:
             if seen.setdefault(patient, split) != split:
-                raise ValueError(
+                raise DataError(
                     f"patient {patient!r} has images in {seen[patient]}/ and {split}/: "
                     "a split by image leaks; regroup the folders or drop dataset_type "
                     "split_folders to let the trainer split by patient"
@@ -141,18 +145,23 @@ def unsplit(
     return split_indices(folder.targets, fractions, seed, groups), groups
 
 
-def load_splits(spec: ExperimentSpec, data_path: Path, seed: int) -> Splits:
+def load_splits(spec: ExperimentSpec, data_path: Path, seed: int, transforms: Any = None) -> Splits:
+    """``transforms``: a repository's ``(train, size) -> transform`` instead of the
+    preprocessing chain's."""
     chain = spec.preprocessing
     size = spec.dataset.image_size
-    train_tf = build_transforms(chain, size, train=True)
-    eval_tf = build_transforms(chain, size, train=False)
+    if transforms is not None:
+        train_tf, eval_tf = transforms(train=True, size=size), transforms(train=False, size=size)
+    else:
+        train_tf = build_transforms(chain, size, train=True)
+        eval_tf = build_transforms(chain, size, train=False)
     has_split_folders = all((data_path / s).is_dir() for s in SPLITS)
     if spec.dataset.dataset_type is DatasetType.SPLIT_FOLDERS or has_split_folders:
         folders = {s: ImageFolder(str(data_path / s)) for s in SPLITS}
         classes = folders["train"].classes
         for name, folder in folders.items():
             if folder.classes != classes:
-                raise ValueError(
+                raise DataError(
                     f"{data_path / name} has classes {folder.classes}, train has {classes}"
                 )
         grouping = spec.dataset.grouping

@@ -21,6 +21,10 @@ class PretrainedWeightsMissing(RuntimeError):
     pass
 
 
+class UnknownVariant(ValueError):
+    pass
+
+
 def weights_file(variant: str) -> Path:
     """Where torchvision keeps the default weights of ``variant`` in the torch cache."""
     weights: Any = tvm.get_model_weights(variant).DEFAULT  # type: ignore[attr-defined,unused-ignore]
@@ -63,7 +67,7 @@ def build_model(spec: ArchitectureSpec) -> nn.Module:
     try:
         model: nn.Module = tvm.get_model(spec.variant, weights=None)
     except ValueError as exc:
-        raise ValueError(
+        raise UnknownVariant(
             f"architecture.variant {spec.variant!r} is not a torchvision model: {exc}"
         ) from None
     if spec.pretrained:

@@ -18,9 +18,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, spec: Any) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, spec: Any, groups: Any = None) -> torch.optim.Optimizer:
+    """``groups``: a repository's parameter groups instead of all the model's parameters."""
     opt = spec.hyperparameters.optimizer
-    params = model.parameters()
+    params = model.parameters() if groups is None else groups
     if opt.type is OptimizerType.SGD:
         return torch.optim.SGD(
             params,

@@ -54,6 +54,7 @@ def provenance(
     data_path: Path,
     images: list[str],
     checkpoint: CheckpointInfo | None,
+    parameter_count: int = 0,
 ) -> Provenance:
     return Provenance(
         seed=seed,
@@ -70,4 +71,6 @@ def provenance(
         checkpoint_path=checkpoint.path if checkpoint else "",
         checkpoint_sha256=checkpoint.sha256 if checkpoint else "",
         grouping=spec.dataset.grouping.describe() if spec.dataset.grouping else "",
+        source=spec.source,
+        parameter_count=parameter_count,
     )

@@ -35,6 +35,9 @@ from services.executor.trainer.checkpoint_io import (
     serialize_checkpoint,
     write_checkpoint,
 )
+from services.executor.trainer.code import build as build_code_model
+from services.executor.trainer.code import call as call_code
+from services.executor.trainer.code import load as load_code
 from services.executor.trainer.data import load_splits, loader
 from services.executor.trainer.models import build_model
 from services.executor.trainer.optim import make_optimizer, make_scheduler, seed_everything
@@ -116,9 +119,22 @@ def _train(
     seed_everything(seed)
     # What needs no GPU comes first: a prepared run (``inp.standby``) does it ahead of its
     # GPUs, and nothing here may touch CUDA (CUDA_VISIBLE_DEVICES is not set yet).
-    splits = load_splits(spec, Path(inp.data_path), seed)
+    code = load_code(inp.source_dir, spec.source, inp.workspace) if spec.source else None
+    transforms = None
+    if code is not None and code.transforms is not None:
+        make = code.transforms
+
+        def transforms(*, train: bool, size: int) -> Any:
+            return call_code(make, train=train, size=size)
+
+    splits = load_splits(spec, Path(inp.data_path), seed, transforms)
     positive = evaluation.positive_index(splits.class_names)
-    model = build_model(spec.architecture)  # in host memory
+    if code is not None:  # in host memory
+        model = build_code_model(code, spec.architecture, spec.dataset.image_size)
+        if code.loss is not None:
+            criterion = call_code(code.loss, **spec.architecture.model_dump())
+    else:
+        model = build_model(spec.architecture)
     if inp.standby:
         report.state(JobState.QUEUED.value, "prepared: data opened, model built; waiting for GPUs")
         gpus = report.await_devices()
@@ -156,7 +172,8 @@ def _train(
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, spec)
+    groups = call_code(code.param_groups, model=model) if code and code.param_groups else None
+    optimizer = make_optimizer(model, spec, groups)
     scheduler = make_scheduler(optimizer, spec)
     early = spec.early_stopping
     monitor = early.monitor
@@ -411,6 +428,7 @@ def _train(
             data_path=Path(inp.data_path),
             images=[p for part in (splits.train, splits.val, splits.test) for p in part.paths()],
             checkpoint=next((c for c in checkpoints if c.kind is CheckpointKind.BEST), None),
+            parameter_count=sum(p.numel() for p in model.parameters()),
         ),
         kind="training",
         selected_by=monitor,

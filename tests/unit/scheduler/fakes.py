@@ -8,6 +8,7 @@ answers every check with the outcome a test sets and records what it was asked.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from arc_common.errors import (
 )
 from arc_common.models import (
     TERMINAL_STATES,
+    CodeSource,
     Decision,
     DecisionOutcome,
     EvaluationJob,
@@ -178,6 +180,12 @@ class FakeNode:
         if fake is None:
             raise NotFoundError(f"no run {run_id}")
         return fake
+
+    async def resolve_source(self, source: CodeSource) -> CodeSource:
+        """Every revision resolves, to a commit derived from its name."""
+        self._answer()
+        commit = hashlib.sha1(source.revision.encode()).hexdigest()
+        return source.model_copy(update={"commit": commit, "tree": commit[::-1]})
 
     async def get_run(self, run_id: str) -> Run:
         self._answer()

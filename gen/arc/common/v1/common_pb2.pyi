@@ -290,6 +290,55 @@ RUN_END_CAUSE_CRASHED: RunEndCause.ValueType  # 9
 """The trainer process died without saying why (a signal, an exit code)."""
 Global___RunEndCause: _TypeAlias = RunEndCause  # noqa: Y015
 
+class _FailureClass:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FailureClassEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureClass.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAILURE_CLASS_UNSPECIFIED: _FailureClass.ValueType  # 0
+    FAILURE_CLASS_SPEC_INVALID: _FailureClass.ValueType  # 1
+    """The spec asks for something that cannot run (a missing weights file, a bad variant)."""
+    FAILURE_CLASS_DATA_ERROR: _FailureClass.ValueType  # 2
+    """The data: a missing or corrupt image, an empty class, a split that cannot be made."""
+    FAILURE_CLASS_CODE_ERROR: _FailureClass.ValueType  # 3
+    """The repository's code: an import error or an exception in it (file and line given)."""
+    FAILURE_CLASS_OUT_OF_MEMORY: _FailureClass.ValueType  # 4
+    """GPU or host memory ran out."""
+    FAILURE_CLASS_DIVERGED: _FailureClass.ValueType  # 5
+    """A non-finite loss, or the loss above the divergence rule."""
+    FAILURE_CLASS_TIMED_OUT: _FailureClass.ValueType  # 6
+    FAILURE_CLASS_LEASE_LOST: _FailureClass.ValueType  # 7
+    FAILURE_CLASS_INFRASTRUCTURE: _FailureClass.ValueType  # 8
+    """The executor, its node or the trainer process went away without a cause of its own."""
+    FAILURE_CLASS_CANCELLED: _FailureClass.ValueType  # 9
+    FAILURE_CLASS_PRUNED: _FailureClass.ValueType  # 10
+
+class FailureClass(_FailureClass, metaclass=_FailureClassEnumTypeWrapper):
+    """What kind of failure ended a job or a run: what an agent acts on, and what retries are
+    decided on (infrastructure and a lost lease retry; spec, data and code errors would fail
+    the same way again and do not).
+    """
+
+FAILURE_CLASS_UNSPECIFIED: FailureClass.ValueType  # 0
+FAILURE_CLASS_SPEC_INVALID: FailureClass.ValueType  # 1
+"""The spec asks for something that cannot run (a missing weights file, a bad variant)."""
+FAILURE_CLASS_DATA_ERROR: FailureClass.ValueType  # 2
+"""The data: a missing or corrupt image, an empty class, a split that cannot be made."""
+FAILURE_CLASS_CODE_ERROR: FailureClass.ValueType  # 3
+"""The repository's code: an import error or an exception in it (file and line given)."""
+FAILURE_CLASS_OUT_OF_MEMORY: FailureClass.ValueType  # 4
+"""GPU or host memory ran out."""
+FAILURE_CLASS_DIVERGED: FailureClass.ValueType  # 5
+"""A non-finite loss, or the loss above the divergence rule."""
+FAILURE_CLASS_TIMED_OUT: FailureClass.ValueType  # 6
+FAILURE_CLASS_LEASE_LOST: FailureClass.ValueType  # 7
+FAILURE_CLASS_INFRASTRUCTURE: FailureClass.ValueType  # 8
+"""The executor, its node or the trainer process went away without a cause of its own."""
+FAILURE_CLASS_CANCELLED: FailureClass.ValueType  # 9
+FAILURE_CLASS_PRUNED: FailureClass.ValueType  # 10
+Global___FailureClass: _TypeAlias = FailureClass  # noqa: Y015
+
 class _CheckpointKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -306,6 +355,109 @@ CHECKPOINT_KIND_UNSPECIFIED: CheckpointKind.ValueType  # 0
 CHECKPOINT_KIND_BEST: CheckpointKind.ValueType  # 1
 CHECKPOINT_KIND_LAST: CheckpointKind.ValueType  # 2
 Global___CheckpointKind: _TypeAlias = CheckpointKind  # noqa: Y015
+
+@_typing.final
+class Failure(_message.Message):
+    """Why a run or a job failed, for the agent that submitted it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILURE_CLASS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    EXCEPTION_TYPE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    STDERR_TAIL_FIELD_NUMBER: _builtins.int
+    failure_class: Global___FailureClass.ValueType
+    summary: _builtins.str
+    """One paragraph: what happened and what to change."""
+    exception_type: _builtins.str
+    """The exception's type and message, when there was one."""
+    message: _builtins.str
+    file: _builtins.str
+    """Where it was raised: for CODE_ERROR the file of the repository (relative to its root)
+    and the line.
+    """
+    line: _builtins.int
+    stderr_tail: _builtins.str
+    """The last 4 KB of the trainer's stderr, with secrets redacted."""
+    def __init__(
+        self,
+        *,
+        failure_class: Global___FailureClass.ValueType = ...,
+        summary: _builtins.str = ...,
+        exception_type: _builtins.str = ...,
+        message: _builtins.str = ...,
+        file: _builtins.str = ...,
+        line: _builtins.int = ...,
+        stderr_tail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exception_type", b"exception_type", "failure_class", b"failure_class", "file", b"file", "line", b"line", "message", b"message", "stderr_tail", b"stderr_tail", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Failure: _TypeAlias = Failure  # noqa: Y015
+
+@_typing.final
+class CodeSource(_message.Message):
+    """Model code from a registered repository at one commit (ExecutorService's
+    repositories): the trainer imports `entrypoint` from a read-only export of that commit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    ENTRYPOINT_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    TRANSFORMS_FIELD_NUMBER: _builtins.int
+    PARAM_GROUPS_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
+    repository: _builtins.str
+    """A repository name the executor registers (ARC_EXECUTOR_REPOSITORIES), e.g. "models"."""
+    revision: _builtins.str
+    """A commit or a ref ("main", "HEAD~1", a tag), resolved to a commit at submit."""
+    entrypoint: _builtins.str
+    """"package.module:function": called with the architecture fields it accepts, returns an
+    nn.Module producing num_classes logits.
+    """
+    loss: _builtins.str
+    """Optional "module:function" returning the training loss, a callable (logits, targets)."""
+    transforms: _builtins.str
+    """Optional "module:function" called with train (bool) and size (int), returning the
+    image transform (PIL image to tensor) for that split.
+    """
+    param_groups: _builtins.str
+    """Optional "module:function" called with the model, returning the optimizer's
+    parameter groups.
+    """
+    commit: _builtins.str
+    """Output only: the full commit `revision` resolved to at submit."""
+    tree: _builtins.str
+    """Output only: git's id of that commit's tree (part of the duplicate check)."""
+    def __init__(
+        self,
+        *,
+        repository: _builtins.str = ...,
+        revision: _builtins.str = ...,
+        entrypoint: _builtins.str = ...,
+        loss: _builtins.str = ...,
+        transforms: _builtins.str = ...,
+        param_groups: _builtins.str = ...,
+        commit: _builtins.str = ...,
+        tree: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "entrypoint", b"entrypoint", "loss", b"loss", "param_groups", b"param_groups", "repository", b"repository", "revision", b"revision", "transforms", b"transforms", "tree", b"tree"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CodeSource: _TypeAlias = CodeSource  # noqa: Y015
 
 @_typing.final
 class ArchitectureSpec(_message.Message):
@@ -666,6 +818,7 @@ class ExperimentSpec(_message.Message):
     GPU_ALLOCATION_FIELD_NUMBER: _builtins.int
     EARLY_STOPPING_FIELD_NUMBER: _builtins.int
     SEAL_TEST_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     description: _builtins.str
     cycle_id: _builtins.int
@@ -691,6 +844,10 @@ class ExperimentSpec(_message.Message):
     def gpu_allocation(self) -> Global___GpuAllocation: ...
     @_builtins.property
     def early_stopping(self) -> Global___EarlyStopping: ...
+    @_builtins.property
+    def source(self) -> Global___CodeSource:
+        """Model code from a repository instead of a torchvision variant (unset: torchvision)."""
+
     def __init__(
         self,
         *,
@@ -707,10 +864,11 @@ class ExperimentSpec(_message.Message):
         gpu_allocation: Global___GpuAllocation | None = ...,
         early_stopping: Global___EarlyStopping | None = ...,
         seal_test: _builtins.bool = ...,
+        source: Global___CodeSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "dataset", b"dataset", "early_stopping", b"early_stopping", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "preprocessing", b"preprocessing", "priority", b"priority"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "dataset", b"dataset", "early_stopping", b"early_stopping", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "preprocessing", b"preprocessing", "priority", b"priority", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority", "seal_test", b"seal_test"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority", "seal_test", b"seal_test", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
@@ -1229,6 +1387,8 @@ class Provenance(_message.Message):
     CHECKPOINT_PATH_FIELD_NUMBER: _builtins.int
     CHECKPOINT_SHA256_FIELD_NUMBER: _builtins.int
     GROUPING_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PARAMETER_COUNT_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
     engine_version: _builtins.str
     """The engine's package version and git commit."""
@@ -1247,6 +1407,11 @@ class Provenance(_message.Message):
     checkpoint_sha256: _builtins.str
     grouping: _builtins.str
     """How images were grouped into patients ("pattern ..." or "manifest ..."; empty: none)."""
+    parameter_count: _builtins.int
+    @_builtins.property
+    def source(self) -> Global___CodeSource:
+        """Of a code-defined model: its repository, commit and entrypoint; and its size."""
+
     def __init__(
         self,
         *,
@@ -1263,10 +1428,12 @@ class Provenance(_message.Message):
         checkpoint_path: _builtins.str = ...,
         checkpoint_sha256: _builtins.str = ...,
         grouping: _builtins.str = ...,
+        source: Global___CodeSource | None = ...,
+        parameter_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path", b"checkpoint_path", "checkpoint_sha256", b"checkpoint_sha256", "data_path", b"data_path", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "deterministic", b"deterministic", "device", b"device", "engine_version", b"engine_version", "grouping", b"grouping", "precision", b"precision", "seed", b"seed", "torch_version", b"torch_version", "torchvision_version", b"torchvision_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path", b"checkpoint_path", "checkpoint_sha256", b"checkpoint_sha256", "data_path", b"data_path", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "deterministic", b"deterministic", "device", b"device", "engine_version", b"engine_version", "grouping", b"grouping", "parameter_count", b"parameter_count", "precision", b"precision", "seed", b"seed", "source", b"source", "torch_version", b"torch_version", "torchvision_version", b"torchvision_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

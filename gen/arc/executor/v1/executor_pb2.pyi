@@ -75,6 +75,7 @@ class Run(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     END_CAUSE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     job_id: _builtins.str
     state: _common_pb2.JobState.ValueType
@@ -96,6 +97,10 @@ class Run(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def result(self) -> _common_pb2.ExperimentResult: ...
+    @_builtins.property
+    def failure(self) -> _common_pb2.Failure:
+        """Why it failed (set with FAILED, TIMED_OUT, and a prune for divergence)."""
+
     def __init__(
         self,
         *,
@@ -112,10 +117,11 @@ class Run(_message.Message):
         error_message: _builtins.str = ...,
         last_sequence: _builtins.int = ...,
         end_cause: _common_pb2.RunEndCause.ValueType = ...,
+        failure: _common_pb2.Failure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "end_time", b"end_time", "lease", b"lease", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "end_time", b"end_time", "failure", b"failure", "lease", b"lease", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "end_cause", b"end_cause", "end_time", b"end_time", "error_message", b"error_message", "job_id", b"job_id", "last_sequence", b"last_sequence", "lease", b"lease", "pid", b"pid", "result", b"result", "run_id", b"run_id", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "create_time", b"create_time", "end_cause", b"end_cause", "end_time", b"end_time", "error_message", b"error_message", "failure", b"failure", "job_id", b"job_id", "last_sequence", b"last_sequence", "lease", b"lease", "pid", b"pid", "result", b"result", "run_id", b"run_id", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -129,12 +135,17 @@ class StateChange(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
     previous_state: _common_pb2.JobState.ValueType
     state: _common_pb2.JobState.ValueType
     reason: _builtins.str
     """For people; decisions use cause."""
     cause: _common_pb2.RunEndCause.ValueType
     """Set with a terminal state."""
+    @_builtins.property
+    def failure(self) -> _common_pb2.Failure:
+        """With a failure: its class and details (as Run.failure)."""
+
     def __init__(
         self,
         *,
@@ -142,10 +153,11 @@ class StateChange(_message.Message):
         state: _common_pb2.JobState.ValueType = ...,
         reason: _builtins.str = ...,
         cause: _common_pb2.RunEndCause.ValueType = ...,
+        failure: _common_pb2.Failure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "previous_state", b"previous_state", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "failure", b"failure", "previous_state", b"previous_state", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1348,3 +1360,45 @@ class ApplyCodePatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyCodePatchResponse: _TypeAlias = ApplyCodePatchResponse  # noqa: Y015
+
+@_typing.final
+class ResolveSourceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> _common_pb2.CodeSource: ...
+    def __init__(
+        self,
+        *,
+        source: _common_pb2.CodeSource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveSourceRequest: _TypeAlias = ResolveSourceRequest  # noqa: Y015
+
+@_typing.final
+class ResolveSourceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def source(self) -> _common_pb2.CodeSource:
+        """The source with commit and tree set."""
+
+    def __init__(
+        self,
+        *,
+        source: _common_pb2.CodeSource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveSourceResponse: _TypeAlias = ResolveSourceResponse  # noqa: Y015

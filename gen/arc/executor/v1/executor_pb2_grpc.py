@@ -104,6 +104,11 @@ class ExecutorServiceStub:
                 request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchRequest.SerializeToString,
                 response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchResponse.FromString,
                 _registered_method=True)
+        self.ResolveSource = channel.unary_unary(
+                '/arc.executor.v1.ExecutorService/ResolveSource',
+                request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceRequest.SerializeToString,
+                response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -205,6 +210,14 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveSource(self, request, context):
+        """A code source's revision resolved to a commit, its entrypoints checked to exist there
+        (the scheduler asks at submit; NOT_FOUND names the field that does not resolve).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +290,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.ApplyCodePatch,
                     request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchRequest.FromString,
                     response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchResponse.SerializeToString,
+            ),
+            'ResolveSource': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveSource,
+                    request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceRequest.FromString,
+                    response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -657,6 +675,33 @@ class ExecutorService:
             '/arc.executor.v1.ExecutorService/ApplyCodePatch',
             arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchRequest.SerializeToString,
             arc_dot_executor_dot_v1_dot_executor__pb2.ApplyCodePatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveSource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.executor.v1.ExecutorService/ResolveSource',
+            arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceRequest.SerializeToString,
+            arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceResponse.FromString,
             options,
             channel_credentials,
             insecure,

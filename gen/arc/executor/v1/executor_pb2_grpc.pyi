@@ -45,6 +45,10 @@ class ExecutorServiceStub:
     GenerateVisualizations: _aio.UnaryUnaryMultiCallable[_executor_pb2.GenerateVisualizationsRequest, _executor_pb2.GenerateVisualizationsResponse]
     SyncDatasets: _aio.UnaryUnaryMultiCallable[_executor_pb2.SyncDatasetsRequest, _executor_pb2.SyncDatasetsResponse]
     ApplyCodePatch: _aio.UnaryUnaryMultiCallable[_executor_pb2.ApplyCodePatchRequest, _executor_pb2.ApplyCodePatchResponse]
+    ResolveSource: _aio.UnaryUnaryMultiCallable[_executor_pb2.ResolveSourceRequest, _executor_pb2.ResolveSourceResponse]
+    """A code source's revision resolved to a commit, its entrypoints checked to exist there
+    (the scheduler asks at submit; NOT_FOUND names the field that does not resolve).
+    """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -159,5 +163,15 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.ApplyCodePatchRequest,
         context: _aio.ServicerContext[_executor_pb2.ApplyCodePatchRequest, _abc.Awaitable[_executor_pb2.ApplyCodePatchResponse]],
     ) -> _abc.Awaitable[_executor_pb2.ApplyCodePatchResponse]: ...
+
+    @_abc_1.abstractmethod
+    def ResolveSource(
+        self,
+        request: _executor_pb2.ResolveSourceRequest,
+        context: _aio.ServicerContext[_executor_pb2.ResolveSourceRequest, _abc.Awaitable[_executor_pb2.ResolveSourceResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.ResolveSourceResponse]:
+        """A code source's revision resolved to a commit, its entrypoints checked to exist there
+        (the scheduler asks at submit; NOT_FOUND names the field that does not resolve).
+        """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _aio.Server) -> None: ...

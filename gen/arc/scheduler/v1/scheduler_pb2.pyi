@@ -98,6 +98,7 @@ class Job(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     experiment_id: _builtins.str
     state: _common_pb2.JobState.ValueType
@@ -128,6 +129,10 @@ class Job(_message.Message):
     def result(self) -> _common_pb2.ExperimentResult: ...
     @_builtins.property
     def gpu_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def failure(self) -> _common_pb2.Failure:
+        """Why the job failed, by class, for the agent to act on (unset unless it failed)."""
+
     def __init__(
         self,
         *,
@@ -149,10 +154,11 @@ class Job(_message.Message):
         timeout_seconds: _builtins.int = ...,
         error_message: _builtins.str = ...,
         submitted_by: _builtins.str = ...,
+        failure: _common_pb2.Failure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "failure", b"failure", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "experiment_id", b"experiment_id", "gpu_indices", b"gpu_indices", "job_id", b"job_id", "max_retries", b"max_retries", "node", b"node", "pending_reason", b"pending_reason", "priority", b"priority", "queue_position", b"queue_position", "result", b"result", "run_id", b"run_id", "start_time", b"start_time", "state", b"state", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "experiment_id", b"experiment_id", "failure", b"failure", "gpu_indices", b"gpu_indices", "job_id", b"job_id", "max_retries", b"max_retries", "node", b"node", "pending_reason", b"pending_reason", "priority", b"priority", "queue_position", b"queue_position", "result", b"result", "run_id", b"run_id", "start_time", b"start_time", "state", b"state", "submitted_by", b"submitted_by", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,118 @@
+"""Code sources: a registered repository's revision resolved to a commit (at submit), and
+that commit exported read-only into a run's folder (at run start). The trainer imports
+only from the export, never from the live working copy an agent may be patching."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+from arc_common.errors import FailedPreconditionError, NotFoundError
+from arc_common.models import CodeSource
+from arc_common.paths import resolve_in_root
+from services.executor.tools.patches import ensure_repository, git, git_env
+
+MAX_EXPORT_BYTES = 512 * 1024 * 1024
+
+
+def repository_path(home: Path, repositories: dict[str, str], name: str) -> Path:
+    if name not in repositories:
+        known = ", ".join(sorted(repositories)) or "none"
+        raise NotFoundError(
+            f"source.repository {name!r} is not registered (registered: {known})",
+            field="source.repository",
+        )
+    repo = resolve_in_root(home, repositories[name], field="source.repository")
+    ensure_repository(repo)
+    return repo
+
+
+def _module_paths(entry: str) -> tuple[str, str]:
+    module = entry.partition(":")[0].replace(".", "/")
+    return f"{module}.py", f"{module}/__init__.py"
+
+
+def _exists(repo: Path, commit: str, path: str) -> bool:
+    try:
+        git(repo, "cat-file", "-e", f"{commit}:{path}")
+    except FailedPreconditionError:
+        return False
+    return True
+
+
+def resolve(home: Path, repositories: dict[str, str], source: CodeSource) -> CodeSource:
+    """``source`` with its commit and tree set; NOT_FOUND naming the field that does not
+    resolve (the repository, the revision, or an entrypoint's module). Blocking."""
+    repo = repository_path(home, repositories, source.repository)
+    revision = source.revision or "HEAD"
+    try:
+        commit = git(repo, "rev-parse", "--verify", "--end-of-options", f"{revision}^{{commit}}")
+    except FailedPreconditionError:
+        raise NotFoundError(
+            f"source.revision {revision!r} is no commit of repository {source.repository!r}",
+            field="source.revision",
+        ) from None
+    commit = commit.strip()
+    tree = git(repo, "rev-parse", f"{commit}^{{tree}}").strip()
+    for name, entry in source.entries().items():
+        if not any(_exists(repo, commit, path) for path in _module_paths(entry)):
+            file, package = _module_paths(entry)
+            raise NotFoundError(
+                f"source.{name} {entry!r}: commit {commit[:12]} of {source.repository!r} has "
+                f"neither {file} nor {package}",
+                field=f"source.{name}",
+            )
+    return source.model_copy(update={"revision": revision, "commit": commit, "tree": tree})
+
+
+def export(home: Path, repositories: dict[str, str], source: CodeSource, dest: Path) -> None:
+    """The tree of ``source.commit`` into ``dest`` (created), read-only for everyone: the
+    run's trainer may read it and nobody may change it during the run. Blocking."""
+    repo = repository_path(home, repositories, source.repository)
+    process = subprocess.run(
+        [
+            "git",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "archive",
+            "--format=tar",
+            "--end-of-options",
+            source.commit,
+        ],
+        cwd=repo,
+        capture_output=True,
+        env=git_env(),
+        timeout=300,
+        check=False,
+    )
+    if process.returncode != 0:
+        raise NotFoundError(
+            f"source.commit {source.commit[:12]} is not in repository {source.repository!r} on "
+            f"this machine: {process.stderr.decode(errors='replace').strip()[:500]}",
+            field="source.commit",
+        )
+    if len(process.stdout) > MAX_EXPORT_BYTES:
+        raise FailedPreconditionError(
+            f"source {source.repository!r} at {source.commit[:12]} is larger than "
+            f"{MAX_EXPORT_BYTES} bytes",
+            field="source",
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(process.stdout)) as archive:
+        # The "data" filter refuses links out of dest, devices and absolute names.
+        archive.extractall(dest, filter="data")
+    _read_only(dest)
+
+
+def _read_only(root: Path) -> None:
+    readable = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                path.chmod(readable)
+        Path(folder).chmod(readable | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)

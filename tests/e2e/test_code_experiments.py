@@ -1,0 +1,369 @@
+"""Experiments as code (issue 22), through the four services as processes and the agent's
+token: a registered repository's ``build_model`` trains at revision A; a patch through
+ApplyCodePatch changes the model; revision B trains the patched model; both results name
+their commits. A patch that breaks the import fails once with CODE_ERROR at its file and
+line. The trainer of repository code runs as the sandbox user without the executor's
+environment. Each failure class the trainer can tell is produced for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import shutil
+import sys
+import sysconfig
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc import aio
+
+from arc.common.v1 import common_pb2
+from arc.executor.v1 import executor_pb2, executor_pb2_grpc
+from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from arc_common.auth import Role, TokenStore
+from arc_common.channel import create_channel
+from arc_common.synth import generate_dataset
+from tests.integration.scheduler.conftest import spec
+from tests.security.suite import ProcessSuite, git
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+DATA = "datasets/fundus"
+TERMINAL = {
+    common_pb2.JOB_STATE_COMPLETED,
+    common_pb2.JOB_STATE_FAILED,
+    common_pb2.JOB_STATE_CANCELLED,
+    common_pb2.JOB_STATE_TIMED_OUT,
+    common_pb2.JOB_STATE_PRUNED,
+}
+NETS = """from torch import nn
+
+WIDTH = 4
+
+
+def build_model(num_classes, dropout=0.0):
+    return nn.Sequential(
+        nn.Conv2d(3, WIDTH, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(WIDTH, num_classes),
+    )
+
+
+def wrong_shape(num_classes):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes + 1))
+
+
+def greedy(num_classes):
+    return bytearray(1 << 46)
+"""
+PROBE = """import json
+import os
+from pathlib import Path
+
+from acuvue.nets import build_model as _build
+
+
+def build_model(num_classes, **_):
+    token = Path("TOKENS_PATH")
+    try:
+        token.read_text()
+        readable = True
+    except OSError:
+        readable = False
+    try:
+        Path("LIVE_REPO").joinpath("acuvue", "evil.py").write_text("x = 1")
+        wrote_repo = True
+    except OSError:
+        wrote_repo = False
+    Path("probe.json").write_text(json.dumps({
+        "uid": os.getuid(),
+        "env": sorted(os.environ),
+        "home": os.environ.get("HOME"),
+        "cwd": os.getcwd(),
+        "tokens_readable": readable,
+        "wrote_repo": wrote_repo,
+    }))
+    return _build(num_classes)
+"""
+LOSSES = """import torch
+
+
+def nan_loss():
+    def loss(logits, targets):
+        return (logits * torch.tensor(float("nan"))).sum()
+
+    return loss
+"""
+# Unified diffs: a blank context line is a single space.
+WIDEN = "\n".join(
+    [
+        "--- a/acuvue/nets.py",
+        "+++ b/acuvue/nets.py",
+        "@@ -1,5 +1,5 @@",
+        " from torch import nn",
+        " ",
+        "-WIDTH = 4",
+        "+WIDTH = 8",
+        " ",
+        " ",
+        "",
+    ]
+)
+BREAK = "\n".join(
+    [
+        "--- a/acuvue/nets.py",
+        "+++ b/acuvue/nets.py",
+        "@@ -1,4 +1,5 @@",
+        " from torch import nn",
+        "+import acuvue_missing_helper",
+        " ",
+        " WIDTH = 8",
+        " ",
+        "",
+    ]
+)
+
+
+def _let_sandbox_through() -> None:
+    """What an operator does once (docs/security.md): the sandbox user must reach the
+    Python installation; pyenv under a 0700 /root does not let it."""
+    if os.geteuid() != 0:
+        return
+    for path in (Path(sysconfig.get_paths()["stdlib"]), Path(sys.executable).resolve()):
+        for folder in reversed(path.parents):
+            mode = folder.stat().st_mode
+            if not mode & 0o001:
+                folder.chmod((mode & 0o7777) | 0o001)
+
+
+@pytest.fixture(scope="module")
+def suite() -> Iterator[ProcessSuite]:
+    _let_sandbox_through()
+    home = Path(tempfile.mkdtemp(prefix="arc-code-"))
+    home.chmod(0o755)  # the sandbox user reads the dataset and its checkout in here
+    generate_dataset(home / DATA, count=16, size=32, seed=3, splits=(0.5, 0.25, 0.25))
+    corrupt = home / "datasets" / "corrupt"
+    shutil.copytree(home / DATA, corrupt)
+    first = sorted((corrupt / "train" / "normal").iterdir())[0]
+    first.write_bytes(b"not an image at all")
+    repo = home / "code" / "models"
+    (repo / "acuvue").mkdir(parents=True)
+    (repo / "acuvue" / "__init__.py").write_text("")
+    (repo / "acuvue" / "nets.py").write_text(NETS)
+    probe = PROBE.replace("TOKENS_PATH", str(home / "tokens.json"))
+    (repo / "acuvue" / "probe.py").write_text(probe.replace("LIVE_REPO", str(repo)))
+    (repo / "acuvue" / "losses.py").write_text(LOSSES)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "models")
+    processes = ProcessSuite(home, env={"AWS_SECRET_ACCESS_KEY": "leaked-if-seen"})
+    asyncio.run(processes.start())
+    yield processes
+    processes.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+class Clients:
+    def __init__(self, suite: ProcessSuite, channels: list[aio.Channel]) -> None:
+        self.home = suite.home
+        self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channels[0])
+        self.executor = executor_pb2_grpc.ExecutorServiceStub(channels[1])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def clients(suite: ProcessSuite) -> AsyncIterator[Clients]:
+    token = TokenStore.load(suite.home).token_for(Role.AGENT)
+    assert suite.scheduler is not None and suite.executor is not None
+    channels = [
+        create_channel(f"127.0.0.1:{suite.scheduler.port}", token=token, default_timeout=30),
+        create_channel(f"127.0.0.1:{suite.executor.port}", token=token, default_timeout=60),
+    ]
+    yield Clients(suite, channels)
+    for channel in channels:
+        await channel.close()
+
+
+def code_spec(name: str, *, revision: str = "main", **source: Any) -> common_pb2.ExperimentSpec:
+    made = spec(name, epochs=1)
+    made.dataset.data_path = source.pop("data_path", DATA)
+    made.dataset.dataset_id = "fundus"
+    made.source.CopyFrom(
+        common_pb2.CodeSource(
+            repository=source.pop("repository", "models"),
+            revision=revision,
+            entrypoint=source.pop("entrypoint", "acuvue.nets:build_model"),
+            **source,
+        )
+    )
+    return made
+
+
+async def finished(c: Clients, job_id: str, seconds: float = 240) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        job = (await c.scheduler.GetJob(scheduler_pb2.GetJobRequest(job_id=job_id))).job
+        if job.state in TERMINAL:
+            return job
+        assert loop.time() < deadline, f"{job_id} still {job.state}"
+        await asyncio.sleep(0.3)
+
+
+async def submit(c: Clients, made: common_pb2.ExperimentSpec, retries: int = 0) -> str:
+    reply = await c.scheduler.SubmitJob(
+        scheduler_pb2.SubmitJobRequest(spec=made, max_retries=retries)
+    )
+    return str(reply.job.job_id)
+
+
+def head(c: Clients) -> str:
+    return git(c.home / "code" / "models", "rev-parse", "HEAD").strip()
+
+
+async def test_patch_then_train_the_patch_names_both_commits(clients: Clients) -> None:
+    c = clients
+    commit_a = head(c)
+    first = await finished(c, await submit(c, code_spec("code-a", revision="main")))
+    assert first.state == common_pb2.JOB_STATE_COMPLETED, first.error_message
+    patched = await c.executor.ApplyCodePatch(
+        executor_pb2.ApplyCodePatchRequest(
+            request_id="widen", repository="models", patch=WIDEN, message="wider"
+        )
+    )
+    commit_b = patched.commit_sha
+    assert commit_b == head(c) != commit_a
+    second = await finished(c, await submit(c, code_spec("code-b", revision=commit_b)))
+    assert second.state == common_pb2.JOB_STATE_COMPLETED, second.error_message
+    a, b = first.result.provenance, second.result.provenance
+    assert (a.source.commit, b.source.commit) == (commit_a, commit_b)
+    assert a.source.revision == "main" and b.source.entrypoint == "acuvue.nets:build_model"
+    # conv 3->W (27W + W), linear W->2 (2W + 2): 30W + 2 parameters.
+    assert (a.parameter_count, b.parameter_count) == (30 * 4 + 2, 30 * 8 + 2)
+
+
+async def test_a_patch_that_breaks_the_import_is_a_code_error_not_a_retry(
+    clients: Clients,
+) -> None:
+    c = clients
+    broken = await c.executor.ApplyCodePatch(
+        executor_pb2.ApplyCodePatchRequest(
+            request_id="break", repository="models", patch=_break_patch(c), message="oops"
+        )
+    )
+    made = code_spec("code-broken", revision=broken.commit_sha)
+    job = await finished(c, await submit(c, made, retries=3))
+    assert job.state == common_pb2.JOB_STATE_FAILED
+    assert job.attempt == 1, "a code error would fail the same way: no retry"
+    failure = job.failure
+    assert failure.failure_class == common_pb2.FAILURE_CLASS_CODE_ERROR
+    assert (failure.file, failure.line) == ("acuvue/nets.py", 2)
+    assert failure.exception_type == "ModuleNotFoundError"
+    assert "acuvue_missing_helper" in failure.message
+    assert "acuvue/nets.py" in failure.summary and "fix it" in failure.summary
+    assert "acuvue_missing_helper" in failure.stderr_tail
+
+
+def _break_patch(c: Clients) -> str:
+    nets = (c.home / "code" / "models" / "acuvue" / "nets.py").read_text()
+    if "WIDTH = 8" in nets:
+        return BREAK
+    return BREAK.replace("WIDTH = 8", "WIDTH = 4")
+
+
+async def test_repository_code_runs_as_the_sandbox_user_without_credentials(
+    clients: Clients,
+) -> None:
+    c = clients
+    # The live repository is broken by now: probe the first commit.
+    root = git(c.home / "code" / "models", "rev-list", "--max-parents=0", "HEAD").strip()
+    made = code_spec("code-probe", revision=root, entrypoint="acuvue.probe:build_model")
+    job = await finished(c, await submit(c, made))
+    assert job.state == common_pb2.JOB_STATE_COMPLETED, job.error_message
+    work = c.home / "runs" / job.job_id / "attempt-1" / "work"
+    probe = json.loads((work / "probe.json").read_text())
+    assert "AWS_SECRET_ACCESS_KEY" not in probe["env"]
+    assert not [name for name in probe["env"] if name.startswith("ARC_")]
+    assert probe["home"] == str(work) and probe["cwd"] == str(work)
+    source = c.home / "runs" / job.job_id / "attempt-1" / "source"
+    assert (source / "acuvue" / "probe.py").is_file()
+    assert not os.stat(source / "acuvue" / "probe.py").st_mode & 0o222  # read-only
+    if os.geteuid() == 0:
+        assert probe["uid"] == pwd.getpwnam("nobody").pw_uid
+        assert probe["tokens_readable"] is False
+        assert probe["wrote_repo"] is False
+
+
+async def test_each_trainer_failure_has_its_class(clients: Clients) -> None:
+    c = clients
+    root = git(c.home / "code" / "models", "rev-list", "--max-parents=0", "HEAD").strip()
+    cases = {
+        "diverged": code_spec("code-nan", revision=root, loss="acuvue.losses:nan_loss"),
+        "shape": code_spec("code-shape", revision=root, entrypoint="acuvue.nets:wrong_shape"),
+        "oom": code_spec("code-oom", revision=root, entrypoint="acuvue.nets:greedy"),
+        "data": code_spec("code-data", revision=root, data_path="datasets/corrupt"),
+    }
+    ids = {name: await submit(c, made, retries=2) for name, made in cases.items()}
+    jobs = {name: await finished(c, job_id) for name, job_id in ids.items()}
+    classes = {name: job.failure.failure_class for name, job in jobs.items()}
+    assert classes == {
+        "diverged": common_pb2.FAILURE_CLASS_DIVERGED,
+        "shape": common_pb2.FAILURE_CLASS_CODE_ERROR,
+        "oom": common_pb2.FAILURE_CLASS_OUT_OF_MEMORY,
+        "data": common_pb2.FAILURE_CLASS_DATA_ERROR,
+    }, {name: job.failure.summary for name, job in jobs.items()}
+    assert jobs["diverged"].state == common_pb2.JOB_STATE_PRUNED
+    assert "expected logits of shape (2, 2)" in jobs["shape"].failure.message
+    assert jobs["shape"].failure.file == "acuvue/nets.py"
+    assert jobs["data"].attempt == 1 and jobs["shape"].attempt == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        ({"repository": "elsewhere"}, "source.repository"),
+        ({"revision": "no-such-branch"}, "source.revision"),
+        ({"entrypoint": "acuvue.absent:build_model"}, "source.entrypoint"),
+        ({"loss": "acuvue.nolosses:focal"}, "source.loss"),
+    ],
+)
+async def test_a_source_that_does_not_resolve_is_refused_at_submit(
+    clients: Clients, source: dict[str, str], field: str
+) -> None:
+    c = clients
+    before = len((await c.scheduler.ListJobs(scheduler_pb2.ListJobsRequest(page_size=100))).jobs)
+    revision = source.pop("revision", "main")
+    made = code_spec(f"code-bad-{field}", revision=revision, **source)
+    with pytest.raises(aio.AioRpcError) as refused:
+        await submit(c, made)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert field in (refused.value.details() or "")
+    after = len((await c.scheduler.ListJobs(scheduler_pb2.ListJobsRequest(page_size=100))).jobs)
+    assert after == before, "a refused spec makes no job (and never leases a GPU)"
+
+
+async def test_an_option_for_git_is_no_revision(clients: Clients) -> None:
+    made = code_spec("code-option", revision="main")
+    made.source.revision = "--output=/tmp/x"
+    with pytest.raises(aio.AioRpcError) as refused:
+        await submit(clients, made)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "source.revision" in (refused.value.details() or "")
+
+
+async def test_agent_code_may_not_train_on_a_sealed_split(clients: Clients) -> None:
+    made = code_spec("code-sealed", revision="main")
+    made.seal_test = True
+    with pytest.raises(aio.AioRpcError) as refused:
+        await submit(clients, made)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "spec.source" in (refused.value.details() or "")
