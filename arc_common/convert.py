@@ -268,6 +268,8 @@ def _fill_message(message: Message, data: Any) -> None:
                 else:
                     target.append(_set_scalar(field, item))
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if value is None:  # an optional message not given: left unset
+                continue
             child = getattr(message, name)
             _fill_message(child, value)
             child.SetInParent()  # set, even when all it holds is empty

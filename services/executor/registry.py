@@ -23,7 +23,7 @@ from pathlib import Path
 
 from arc_common.errors import ArcError, NotFoundError, PermissionDeniedError
 from arc_common.keys import load_key
-from arc_common.paths import resolve_in_root
+from arc_common.paths import resolve_in_root, write_no_follow
 from services.executor.protocol import file_sha256
 
 MAC_SUFFIX = ".mac"
@@ -123,7 +123,8 @@ class CheckpointRegistry:
             return False
         target = mac_path(path)
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(self._mac(relative, sha256) + "\n")
+        # The folder may be a sandboxed trainer's: a link it planted is not followed.
+        write_no_follow(tmp, self._mac(relative, sha256) + "\n")
         tmp.replace(target)
         return True
 

@@ -328,3 +328,10 @@ def test_a_cause_or_kind_from_a_newer_peer_reads_as_unset() -> None:
         field="x", constraint="c", kind=governance_pb2.ViolationKind.ValueType(42)
     )
     assert convert.to_model(violation, models.Violation).kind is None
+
+
+def test_a_message_field_given_as_none_stays_unset() -> None:
+    """A tool's report dumps optional messages it has not (a built-in model's source) as
+    None: unset in the proto, not an error."""
+    message = convert.dict_to_proto({"seed": 3, "source": None}, common_pb2.Provenance)
+    assert message.seed == 3 and not message.HasField("source")

@@ -22,6 +22,7 @@ from arc_common.models.specs import (
     MAX_BOOTSTRAP,
     MIN_BOOTSTRAP,
 )
+from arc_common.paths import write_no_follow
 from services.executor.tools import checkpoints as ckpt
 from services.executor.tools.base import ToolBase, dataset_id_of, split_of
 from services.executor.tools.preprocess import PreprocessResult, preprocess
@@ -161,7 +162,7 @@ class Tools(ToolBase):
                 if report["evaluation"].get(key):
                     report["evaluation"][key] = self._rel(Path(report["evaluation"][key]))
             report["provenance"]["checkpoint_path"] = checkpoint_path
-            report_path.write_text(json.dumps(report, indent=2))
+            write_no_follow(report_path, json.dumps(report, indent=2))
         return report, self._rel(report_path)
 
     async def compare(
@@ -221,7 +222,7 @@ class Tools(ToolBase):
                 "checkpoint_path_b": checkpoint_paths[1],
                 "dataset_id": dataset_id,
             }
-            report_path.write_text(json.dumps(report, indent=2))
+            write_no_follow(report_path, json.dumps(report, indent=2))
         return report, self._rel(report_path)
 
     # --- manage_checkpoints -----------------------------------------------------------

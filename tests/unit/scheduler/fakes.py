@@ -28,6 +28,8 @@ from arc_common.models import (
     DecisionOutcome,
     EvaluationJob,
     ExperimentResult,
+    Failure,
+    FailureClass,
     Gpu,
     GpuAllocation,
     GpuPreference,
@@ -232,9 +234,17 @@ class FakeNode:
 
     # --- what a test does to runs --------------------------------------------------------
 
-    def _end(self, fake: FakeRun, state: JobState, cause: RunEndCause, reason: str) -> None:
-        fake.update(state=state, end_cause=cause, error_message=reason)
-        fake.emit(state_change=StateChange(state=state, reason=reason, cause=cause))
+    def _end(
+        self,
+        fake: FakeRun,
+        state: JobState,
+        cause: RunEndCause,
+        reason: str,
+        failure: Failure | None = None,
+    ) -> None:
+        fake.update(state=state, end_cause=cause, error_message=reason, failure=failure)
+        change = StateChange(state=state, reason=reason, cause=cause, failure=failure)
+        fake.emit(state_change=change)
 
     def run_of(self, job_id: str) -> FakeRun:
         live = [f for f in self.runs.values() if f.run.job_id == job_id and not f.prepared]
@@ -247,11 +257,13 @@ class FakeNode:
         state: JobState = JobState.COMPLETED,
         cause: RunEndCause = RunEndCause.COMPLETED,
         reason: str = "",
+        failure: FailureClass | None = None,
     ) -> None:
         fake = self.run_of(job_id)
         if state is JobState.COMPLETED:
             fake.emit(result=ExperimentResult(best_metrics={"val_auc": 0.8}))
-        self._end(fake, state, cause, reason or state.value)
+        said = Failure(failure_class=failure, summary=reason) if failure else None
+        self._end(fake, state, cause, reason or state.value, said)
 
     def metric(self, job_id: str, name: str, epoch: int, value: float) -> None:
         metric = MetricResult(name=name, value=value, epoch=epoch, split="val")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from arc_common.models import JobState, RunEndCause
+from arc_common.models import NOT_RETRIED, FailureClass, JobState, RunEndCause
 from tests.unit.scheduler.conftest import Factory
 
 
@@ -105,3 +105,34 @@ async def test_a_machine_that_stops_answering_has_its_jobs_requeued(make: Factor
 def where_up(h: object, name: str) -> bool:
     node = h.scheduler.nodes.get(name)  # type: ignore[attr-defined]
     return bool(node is not None and node.up)
+
+
+@pytest.mark.parametrize("failure", sorted(NOT_RETRIED))
+async def test_a_failure_that_would_repeat_is_not_retried(
+    make: Factory, failure: FailureClass
+) -> None:
+    h = await make(gpus=1, retry_backoff_seconds=0.0)
+    job = await h.submit(f"repeats-{failure.value}", max_retries=3)
+    await h.running(job)
+    h.node.end(job.job_id, JobState.FAILED, RunEndCause.FAILED, "the same again", failure)
+    await h.state(job, JobState.FAILED)
+    assert (job.attempt, job.retries_used) == (1, 0)
+    view = h.scheduler.view(job)
+    assert view.failure is not None and view.failure.failure_class is failure
+
+
+async def test_an_infrastructure_failure_is_retried_and_a_success_clears_it(
+    make: Factory,
+) -> None:
+    h = await make(gpus=1, retry_backoff_seconds=0.0)
+    job = await h.submit("infra", max_retries=1)
+    await h.running(job)
+    h.node.end(
+        job.job_id, JobState.FAILED, RunEndCause.CRASHED, "exited -9", FailureClass.INFRASTRUCTURE
+    )
+    await h.until(lambda: job.attempt == 2, "a second attempt")
+    await h.running(job)
+    h.node.end(job.job_id)
+    await h.state(job, JobState.COMPLETED)
+    view = h.scheduler.view(job)
+    assert view.error_message == "" and view.failure is None
