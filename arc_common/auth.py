@@ -114,6 +114,7 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.executor.v1.ExecutorService/SyncDatasets": _ALL,
     "/arc.executor.v1.ExecutorService/ApplyCodePatch": _ALL,
     "/arc.executor.v1.ExecutorService/ResolveSource": _ALL,
+    "/arc.executor.v1.ExecutorService/CheckDataset": _ALL,
 }
 
 

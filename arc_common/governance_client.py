@@ -304,10 +304,20 @@ class GovernanceClient:
         )
         return to_model(rejected.pending_request, PendingRequest)
 
-    async def audit(self, *, caller: str = "", limit: int = 1000) -> list[AuditRecord]:
-        """Audit records, oldest first, at most ``limit`` (``caller``'s only when given)."""
+    async def audit(
+        self,
+        *,
+        caller: str = "",
+        tool: Tool | None = None,
+        decision: DecisionOutcome | None = None,
+        limit: int = 1000,
+        newest_first: bool = False,
+        page_token: str = "",
+    ) -> tuple[list[AuditRecord], str]:
+        """Audit records matching the filters given, oldest first unless asked, at most
+        ``limit``; and the token of the page after them ("" at the end)."""
         out: list[AuditRecord] = []
-        token = ""
+        token = page_token
         while len(out) < limit:
             reply = await unary(
                 self._stub.ListAuditRecords(
@@ -315,6 +325,13 @@ class GovernanceClient:
                         page_size=min(PAGE_SIZE, limit - len(out)),
                         page_token=token,
                         caller=caller,
+                        tool=enum_value(governance_pb2.Tool, tool)
+                        if tool
+                        else governance_pb2.TOOL_UNSPECIFIED,
+                        decision=enum_value(governance_pb2.DecisionOutcome, decision)
+                        if decision
+                        else governance_pb2.DECISION_OUTCOME_UNSPECIFIED,
+                        newest_first=newest_first,
                     ),
                     timeout=self._timeout,
                 )
@@ -323,7 +340,7 @@ class GovernanceClient:
             token = reply.next_page_token
             if not token:
                 break
-        return out
+        return out, token
 
     async def verify_audit(self) -> AuditCheck:
         reply = await unary(

@@ -44,6 +44,7 @@ from arc_common.models import (
     Tool,
 )
 from arc_common.rpc import stream, unary
+from clients.research_tools import ResearchTools
 
 DEFAULT_PORT_BASE = 50051
 
@@ -106,6 +107,11 @@ class ArcClient:
     @property
     def executor(self) -> executor_pb2_grpc.ExecutorServiceStub:
         return executor_pb2_grpc.ExecutorServiceStub(self._channel(self.addresses.executor))
+
+    @property
+    def tools(self) -> ResearchTools:
+        """Preprocessing, DVC sync, checkpoints and code patches (clients.research_tools)."""
+        return ResearchTools(self.executor, self._timeout)
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -292,8 +298,9 @@ class ArcClient:
     ) -> PendingRequest:
         return await self._governance.decide(pending_request_id, approve=approve, reason=reason)
 
-    async def audit(self, *, caller: str = "", limit: int = 1000) -> list[AuditRecord]:
-        return await self._governance.audit(caller=caller, limit=limit)
+    async def audit(self, **filters: Any) -> tuple[list[AuditRecord], str]:
+        """Audit records and the next page's token (GovernanceClient.audit's filters)."""
+        return await self._governance.audit(**filters)
 
     async def verify_audit(self) -> AuditCheck:
         return await self._governance.verify_audit()

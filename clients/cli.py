@@ -22,9 +22,11 @@ from typing import Any
 import yaml
 
 from arc_common import errors
-from arc_common.models import Job, JobState, Mode
-from clients.arc_client import DEFAULT_PORT_BASE
+from arc_common.models import DecisionOutcome, Job, JobState, Mode, Tool
+from clients import tools_cli
+from clients.cli_args import parser
 from clients.cli_base import JOB_NOT_COMPLETED, client_for
+from clients.code_cli import cmd_patch, failure_lines, with_revision
 from clients.demo import run_demo
 from clients.display import (
     Out,
@@ -68,7 +70,18 @@ def _job_row(job: Job) -> dict[str, Any]:
 
 async def cmd_submit(args: argparse.Namespace, out: Out) -> int:
     text = Path(args.file).read_text()
-    loaded = yaml.safe_load(text)
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise errors.InvalidArgumentError(
+            f"{args.file} is not valid YAML or JSON{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
+    if not isinstance(loaded, (dict, list)):
+        raise errors.InvalidArgumentError(
+            f"{args.file} holds no proposal (a mapping, or a list of them)"
+        )
     proposals = loaded if isinstance(loaded, list) else [loaded]
     specs = []
     for index, proposal in enumerate(proposals):
@@ -78,7 +91,7 @@ async def cmd_submit(args: argparse.Namespace, out: Out) -> int:
                 f"proposal {index} in {args.file} cannot run:\n{result.feedback()}", file=sys.stderr
             )
             return 4
-        specs.append(result.spec)
+        specs.append(with_revision(result.spec, args))
     options: dict[str, Any] = {"max_retries": args.max_retries, "timeout_seconds": args.timeout}
     if args.priority is not None:
         options["priority"] = args.priority
@@ -104,6 +117,8 @@ async def cmd_status(args: argparse.Namespace, out: Out) -> int:
         print(f"{'waiting for':12} {job.pending_reason}")
     if job.error_message:
         print(f"{'error':12} {job.error_message.splitlines()[0]}")
+    for line in failure_lines(job.failure):
+        print(line)
     if job.result and job.result.best_metrics:
         for name, value in sorted(job.result.best_metrics.items()):
             print(f"  {name:22} {fmt(value)}")
@@ -178,6 +193,8 @@ async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
         f"{job.job_id} ended {job.state.value if job.state else '?'}"
         + (f": {job.error_message.splitlines()[0]}" if job.error_message else "")
     )
+    for line in failure_lines(job.failure):
+        print(line)
     return 0 if job.state is JobState.COMPLETED else JOB_NOT_COMPLETED
 
 
@@ -192,7 +209,15 @@ async def cmd_audit(args: argparse.Namespace, out: Out) -> int:
             else:
                 print(f"audit log TAMPERED at record {check.first_bad_sequence}: {check.reason}")
             return 0 if check.ok else 5
-        records = await client.audit(caller=args.caller or "", limit=args.limit)
+        export = args.action == "export"  # the chain's order, all of it
+        records, token = await client.audit(
+            caller=args.caller or "",
+            tool=Tool(args.tool) if args.tool else None,
+            decision=DecisionOutcome(args.decision) if args.decision else None,
+            limit=10**9 if export else args.limit,
+            newest_first=not export and not args.oldest_first,
+            page_token=args.page or "",
+        )
     if args.action == "export":  # JSON lines, one record each, for other tools
         for record in records:
             print(record.model_dump_json())
@@ -212,6 +237,8 @@ async def cmd_audit(args: argparse.Namespace, out: Out) -> int:
         ],
         ["seq", "time", "caller", "action", "tool", "decision", "outcome"],
     )
+    if token and not out.json:
+        print(f"more: arc audit list --page {token}")
     return 0
 
 
@@ -307,99 +334,6 @@ async def cmd_demo(args: argparse.Namespace, out: Out) -> int:
     return await run_demo(Path(args.home).resolve(), args.port_base, keep=args.keep)
 
 
-# --- parser ------------------------------------------------------------------------------------
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arc", description="ARC Experiment Engine")
-    p.add_argument(
-        "--home",
-        default=os.environ.get("ARC_HOME", ".arc"),
-        help="workspace (default $ARC_HOME or ./.arc)",
-    )
-    p.add_argument(
-        "--port-base",
-        type=int,
-        default=DEFAULT_PORT_BASE,
-        help="scheduler port; gpu-manager, governance, executor follow",
-    )
-    p.add_argument("--token", help="bearer token (default: $ARC_HOME/auth_token)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start all four services (Ctrl-C stops them)")
-    s = sub.add_parser(
-        "submit", help="submit a spec or proposal (YAML or JSON; a list for a sweep)"
-    )
-    s.add_argument("file")
-    s.add_argument("--priority", type=int)
-    s.add_argument("--max-retries", type=int, default=0)
-    s.add_argument("--timeout", type=int, default=0, help="seconds (0: the spec's limit)")
-    for name, help_text in (("status", "one job"), ("watch", "follow a job live")):
-        c = sub.add_parser(name, help=help_text)
-        c.add_argument("job")
-    c = sub.add_parser("cancel", help="cancel a job")
-    c.add_argument("job")
-    c.add_argument("--reason", default="")
-    q = sub.add_parser("queue", help="the queue and running jobs")
-    q.add_argument(
-        "--limit", type=int, default=0, help="queued jobs to list (default 20, at most 1000)"
-    )
-    sub.add_parser("gpus", help="GPUs with telemetry and lease holders")
-    r = sub.add_parser(
-        "results", help="leaderboard: ranked by validation, test AUC [95% CI] beside it"
-    )
-    r.add_argument("--experiment")
-    r.add_argument(
-        "--evaluations", action="store_true", help="add evaluation jobs' rows under each row"
-    )
-    r.add_argument(
-        "--reveal-test",
-        metavar="EXPERIMENT",
-        help="operator: release a sealed experiment's test figures to agents, then show it",
-    )
-    r.add_argument("--reason", default="", help="why, for the record (with --reveal-test)")
-    e = sub.add_parser(
-        "evaluate", help="evaluate a job's best checkpoint on a dataset (an evaluation job)"
-    )
-    e.add_argument("job", help="the completed training job")
-    e.add_argument("--data", required=True, help="workspace-relative dataset folder")
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--dataset-id", help="the name on its row (default: the folder's name)")
-    e.add_argument("--bootstrap", type=int, default=1000, help="resamples, 100 to 100000")
-    c = sub.add_parser(
-        "compare", help="job B against job A on the same images (paired DeLong test)"
-    )
-    c.add_argument("job_a")
-    c.add_argument("job_b")
-    c.add_argument("--data", help="dataset folder (default: job A's experiment's)")
-    c.add_argument("--splits", default="val,test", help="comma-separated (default val,test)")
-    c.add_argument("--dataset-id", help="the name in the report (default: the folder's name)")
-    a = sub.add_parser("audit", help="the audit log (export: JSON lines)")
-    a.add_argument("action", choices=["list", "verify", "export"])
-    a.add_argument("--caller")
-    a.add_argument("--limit", type=int, default=100)
-    m = sub.add_parser("mode", help="show or set the governance mode (operator)")
-    m.add_argument("mode", nargs="?", choices=[x.value for x in Mode])
-    m.add_argument("--reason", default="")
-    for name in ("approve", "reject"):
-        d = sub.add_parser(name, help=f"{name} a pending request (no id: list them)")
-        d.add_argument("id", nargs="?")
-        d.add_argument("--reason", default="")
-    data = sub.add_parser("data", help="datasets")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser("synth", help="generate synthetic fundus images")
-    synth.add_argument("--out", default="datasets/fundus", help="path inside the workspace")
-    synth.add_argument("--count", type=int, default=200)
-    synth.add_argument("--size", type=int, default=96)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument(
-        "--splits", default="0.7,0.15,0.15", help="train,val,test fractions ('' for one folder)"
-    )
-    demo = sub.add_parser("demo", help="start the suite, run a small sweep, show results, stop")
-    demo.add_argument("--keep", action="store_true", help="leave the suite running afterwards")
-    return p
-
-
 COMMANDS = {
     "submit": cmd_submit,
     "status": cmd_status,
@@ -416,6 +350,10 @@ COMMANDS = {
     "reject": cmd_decide,
     "up": cmd_up,
     "demo": cmd_demo,
+    "patch": cmd_patch,
+    "preprocess": tools_cli.cmd_preprocess,
+    "visualize": tools_cli.cmd_visualize,
+    "checkpoints": tools_cli.cmd_checkpoints,
 }
 
 
@@ -424,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Out(args.json)
     started = time.monotonic()
     try:
+        if args.command == "data" and args.data_command == "sync":
+            return asyncio.run(tools_cli.cmd_sync(args, out))
         if args.command == "data":
             return cmd_data(args, out)
         return asyncio.run(COMMANDS[args.command](args, out))
@@ -440,6 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `arc ... | head`: the reader left, nothing more to say
+        # Python flushes stdout again at exit: point it at /dev/null so that says nothing.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         if os.environ.get("ARC_CLI_TIMING"):
             print(f"({time.monotonic() - started:.2f} s)", file=sys.stderr)

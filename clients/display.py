@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,18 +55,57 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def _bar(done: int, total: int, width: int = 24) -> str:
-    filled = int(width * done / max(total, 1))
+class Progress:
+    """A job's progress from its metrics: epochs of the spec's total, steps within the
+    epoch once one epoch told how many it has, and the time left at the pace so far."""
+
+    def __init__(self, total_epochs: int, clock: Any = time.monotonic) -> None:
+        self.total = max(total_epochs, 1)
+        self.epochs = 0  # finished
+        self.step = 0
+        self.steps_per_epoch = 0
+        self._clock = clock
+        self._started: float | None = None
+
+    def seen(self, name: str, step: int, epoch: int) -> None:
+        if self._started is None:
+            self._started = self._clock()
+        self.step = max(self.step, step)
+        if name == "train_loss":
+            self.epochs = max(self.epochs, epoch)
+            if epoch == 1 and step:
+                self.steps_per_epoch = step
+
+    @property
+    def fraction(self) -> float:
+        done = float(self.epochs)
+        if self.steps_per_epoch and self.epochs < self.total:
+            within = self.step - self.epochs * self.steps_per_epoch
+            done += min(max(within, 0) / self.steps_per_epoch, 0.99)
+        return min(done / self.total, 1.0)
+
+    def eta(self) -> str:
+        fraction = self.fraction
+        if self._started is None or fraction <= 0 or fraction >= 1:
+            return ""
+        left = (self._clock() - self._started) * (1 - fraction) / fraction
+        minutes, seconds = divmod(int(left), 60)
+        return f"ETA {minutes}:{seconds:02d}"
+
+
+def _bar(fraction: float, width: int = 24) -> str:
+    filled = int(width * min(max(fraction, 0.0), 1.0))
     return "#" * filled + "-" * (width - filled)
 
 
 async def watch_job(client: ArcClient, job_id: str, *, label: str = "", stream: Any = None) -> Job:
-    """Follow a job's events, drawing one progress line: epoch, loss, AUC."""
+    """Follow a job's events, drawing one progress line: epoch of the spec's total, steps
+    within the epoch, loss, AUC and the time left."""
     stream = stream or sys.stdout
     tty = stream.isatty()
     job = await client.job(job_id)
-    epochs = 0
-    spec_epochs = 0
+    experiment = await client.experiment(job.experiment_id)
+    progress = Progress(experiment.spec.hyperparameters.epochs)
     loss = auc = math.nan
     state = job.state.value if job.state else ""
     async for event in client.watch(job_id, batch_metrics=True):
@@ -73,26 +113,27 @@ async def watch_job(client: ArcClient, job_id: str, *, label: str = "", stream: 
             state = event.state_change.state.value
             if not tty:
                 print(f"{label or job_id}: {state} {event.state_change.reason}", file=stream)
-        # Step losses are most of the metrics and not drawn: never made into models.
         if event.metrics is not None:
-            metrics = unpack(event.metrics, skip="train_step_loss")
+            metrics = unpack(event.metrics)
         else:
             metrics = [event.metric] if event.metric is not None else []
         for metric in metrics:
+            progress.seen(metric.name, metric.step, metric.epoch)
             if metric.name == "train_loss":
-                loss, epochs = metric.value, metric.epoch
+                loss = metric.value
             elif metric.name == "val_auc":
                 auc = metric.value
                 if not tty:
                     print(
-                        f"{label or job_id}: epoch {epochs} loss {loss:.4f} val_auc {auc:.4f}",
+                        f"{label or job_id}: epoch {progress.epochs}/{progress.total} "
+                        f"loss {loss:.4f} val_auc {auc:.4f}",
                         file=stream,
                     )
         if tty:
-            spec_epochs = spec_epochs or epochs
             line = (
-                f"\r{label or job_id} [{_bar(epochs, max(spec_epochs, epochs, 1))}] "
-                f"epoch {epochs} loss {loss:.4f} AUC {auc:.3f} {state:10}"
+                f"\r{label or job_id} [{_bar(progress.fraction)}] "
+                f"epoch {progress.epochs}/{progress.total} loss {loss:.4f} AUC {auc:.3f} "
+                f"{progress.eta():10} {state:10}"
             )
             stream.write(line)
             stream.flush()

@@ -175,11 +175,33 @@ _BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt"}
 _BOUNDS["less_than_equal"] = "le"
 
 
+_OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<"}
+_OPS["less_than_equal"] = "<="
+
+
+def _inside(kind: str, bound: Any, path: str, value: Any) -> Any:
+    """A value the bound lets through: the bound itself when it is closed; else the
+    field's default when that passes, or the nearest round value inside."""
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return bound
+    above = kind == "greater_than"
+    default = DEFAULTS.get(path)
+    if isinstance(default, int | float) and (default > bound if above else default < bound):
+        return default
+    if isinstance(bound, int) and isinstance(value, int):
+        return bound + 1 if above else bound - 1
+    step = max(abs(float(bound)) * 0.01, 0.001)
+    return round(float(bound) + step if above else float(bound) - step, 6)
+
+
 def _suggest(path: str, error: ErrorDetails, value: Any) -> str:
     """A fix for one validation error, chosen on pydantic's error type (never its text)."""
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind in _BOUNDS:
-        return f"set {path} to {ctx[_BOUNDS[kind]]} or a value inside the range"
+        bound = ctx[_BOUNDS[kind]]
+        return (
+            f"set {path} to {_inside(kind, bound, path, value)} (it must be {_OPS[kind]} {bound})"
+        )
     if kind == "string_pattern_mismatch" and path.endswith("experiment_id"):
         return f"use letters, digits, '.', '_' or '-', e.g. {_slug(str(value))!r}"
     if kind == SPLIT_SUM:
@@ -253,8 +275,12 @@ def interpret(proposal: dict[str, Any], *, defaults: bool = True) -> Interpretat
         elif text.isdigit():
             _set(data, "gpu_allocation.gpu_indices", [int(text)])
             _set(data, "gpu_allocation.preference", "specific")
+    if data.get("source") and _get(data, "architecture.variant") is None:
+        # The source's entrypoint builds the model (and gets num_classes and dropout).
+        _set(data, "architecture.variant", "custom")
+        _set(data, "architecture.family", "custom")
     variant = _get(data, "architecture.variant")
-    if isinstance(variant, str):
+    if isinstance(variant, str) and variant != "custom":
         name = _normalize_variant(variant)
         if name not in KNOWN_VARIANTS:
             close = difflib.get_close_matches(name, KNOWN_VARIANTS, n=1, cutoff=0.75)
@@ -302,16 +328,45 @@ class Outcome:
     error: str = ""
 
 
+# The model function a patched proposal trains when it names none.
+DEFAULT_ENTRYPOINT = "acuvue.nets:build_model"
+
+
 class Orchestrator:
     """What the multi-agent orchestrator calls: proposals in, results out."""
 
     def __init__(self, client: ArcClient) -> None:
         self.client = client
 
+    async def _patched(self, proposal: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """A proposal carrying ``patch`` (a unified diff): the patch applied through
+        governance, and the proposal's source pointed at the commit it made."""
+        if "patch" not in proposal:
+            return proposal
+        rest = dict(proposal)
+        diff = rest.pop("patch")
+        message = str(rest.pop("patch_message", ""))
+        source = dict(rest.get("source") or {})
+        repository = str(source.get("repository") or "models")
+        applied = await self.client.tools.apply_patch(
+            repository, str(diff), message=message, request_id=request_id
+        )
+        source.update(repository=repository, revision=applied["commit_sha"])
+        source.setdefault("entrypoint", DEFAULT_ENTRYPOINT)
+        return rest | {"source": source}
+
     async def submit(
         self, proposals: list[dict[str, Any]], *, request_id: str = "", **options: Any
     ) -> list[Outcome]:
-        outcomes = [Outcome(p, interpret(p)) for p in proposals]
+        outcomes = []
+        for index, proposal in enumerate(proposals):
+            try:
+                patched = await self._patched(proposal, f"{request_id or 'patch'}-{index}")
+            except ArcError as exc:
+                outcome = Outcome(proposal, Interpretation(None, [], []), error=f"patch: {exc}")
+                outcomes.append(outcome)
+                continue
+            outcomes.append(Outcome(patched, interpret(patched)))
         valid = [o for o in outcomes if o.interpretation.spec is not None]
         if not valid:
             return outcomes
@@ -339,6 +394,9 @@ class Orchestrator:
                     error_message=outcome.error or outcome.interpretation.feedback()
                 )
             job = await self.client.wait(outcome.job.job_id)
-            return job.result or ExperimentResult(job_id=job.job_id, state=job.state)
+            result = job.result or ExperimentResult(job_id=job.job_id, state=job.state)
+            if job.failure is not None and job.failure.summary:  # what the agent acts on
+                return result.model_copy(update={"error_message": job.failure.summary})
+            return result
 
         return list(await asyncio.gather(*(finish(o) for o in outcomes)))

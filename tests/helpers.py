@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,3 +101,18 @@ _started: set[ServiceProcess] = set()
 def _kill_leftovers() -> None:
     for service in list(_started):
         service.kill()
+
+
+def sandbox_reachable_home(prefix: str) -> Path:
+    """A workspace the executor's sandbox user can read (pytest's tmp folders are 0700),
+    on a machine whose Python installation it can reach: what an operator sets up once
+    (docs/security.md); pyenv under a 0700 /root gets o+x."""
+    if os.geteuid() == 0:
+        for path in (Path(sysconfig.get_paths()["stdlib"]), Path(sys.executable).resolve()):
+            for folder in reversed(path.parents):
+                mode = folder.stat().st_mode
+                if not mode & 0o001:
+                    folder.chmod((mode & 0o7777) | 0o001)
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)
+    return home

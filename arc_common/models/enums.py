@@ -15,6 +15,7 @@ class ArchitectureFamily(StrEnum):
     REGNET = "regnet"
     VGG = "vgg"
     SWIN = "swin"
+    CUSTOM = "custom"  # built by the spec's source
 
 
 class OptimizerType(StrEnum):
@@ -151,6 +152,8 @@ NOT_RETRIED = frozenset(
         FailureClass.DATA_ERROR,
         FailureClass.CODE_ERROR,
         FailureClass.DIVERGED,
+        # Retried once at half the batch size when the spec allows (halve_batch_on_oom).
+        FailureClass.OUT_OF_MEMORY,
     }
 )
 

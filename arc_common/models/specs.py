@@ -72,6 +72,7 @@ _EXAMPLE_VARIANT = {
     ArchitectureFamily.REGNET: "regnet_y_400mf",
     ArchitectureFamily.VGG: "vgg11",
     ArchitectureFamily.SWIN: "swin_t",
+    ArchitectureFamily.CUSTOM: "custom",
 }
 
 
@@ -96,6 +97,7 @@ class Hyperparameters(_Spec):
     lr_schedule: LrSchedule = Field(default_factory=LrSchedule)
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     deterministic: bool = False
+    halve_batch_on_oom: bool = False
 
 
 class Grouping(_Spec):
@@ -333,6 +335,17 @@ class ExperimentSpec(_Spec):
     # dataset in the policy sets it); not part of the content hash.
     seal_test: bool = False
     source: CodeSource | None = None
+    # An experiment id or a runs/.../*.pt checkpoint; a path once submitted.
+    init_from: Annotated[str, Field(max_length=256)] = ""
+
+    @model_validator(mode="after")
+    def _custom_needs_source(self) -> Self:
+        if self.architecture.family is ArchitectureFamily.CUSTOM and self.source is None:
+            raise ValueError(
+                "architecture.family 'custom' needs source (the repository code that builds "
+                "the model)"
+            )
+        return self
 
     @property
     def effective_priority(self) -> int:

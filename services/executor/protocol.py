@@ -63,6 +63,10 @@ class TrainerInput(BaseModel):
     # model in host memory, then wait for one JSON line {"gpu_indices": [...]} on stdin
     # before anything touches a GPU (end of stdin: the run was cancelled, leave).
     standby: bool = False
+    # Fine-tune (the spec's init_from): weights to start from, when not resuming, and
+    # their SHA-256 as registered (the trainer loads only bytes that match).
+    init_from: str = ""
+    init_sha256: str = ""
     # A code-defined spec's export of its commit (read-only; "" for torchvision models).
     source_dir: str = ""
     # Who the trainer becomes before it imports repository code, and its limits.

@@ -58,6 +58,8 @@ class RunPaths:
     data_path: Path
     resume: str  # "" when starting afresh
     resume_sha256: str = ""  # its registered digest ("" when unregistered: not loaded)
+    init_from: str = ""  # the checkpoint a fine-tune starts from, and its digest
+    init_sha256: str = ""
     source_dir: str = ""  # the export of a code-defined spec's commit
     sandbox: Sandbox | None = None
 
@@ -99,8 +101,21 @@ class RunInputs:
             source_dir, sandbox = await asyncio.to_thread(
                 self._prepare_source, config, checkpoint_dir, data_path
             )
+        init_from, init_sha256 = "", ""
+        if spec.init_from:
+            init = resolve_in_root(self.home, spec.init_from, field="init_from")
+            init_sha256 = await asyncio.to_thread(self.checkpoints.verify, init, field="init_from")
+            init_from = str(init)
         return RunPaths(
-            checkpoint_dir, log_dir, data_path, resume, resume_sha256, source_dir, sandbox
+            checkpoint_dir,
+            log_dir,
+            data_path,
+            resume,
+            resume_sha256,
+            init_from,
+            init_sha256,
+            source_dir,
+            sandbox,
         )
 
     def _prepare_source(
@@ -220,6 +235,8 @@ class RunInputs:
             resume_sha256=paths.resume_sha256,
             inject=self.settings.trainer_faults,
             standby=prepared,
+            init_from=paths.init_from,
+            init_sha256=paths.init_sha256,
             source_dir=paths.source_dir,
             sandbox=paths.sandbox,
         )

@@ -21,6 +21,7 @@ from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.ledger import RequestLedger
 from arc_common.models import (
     CodeSource,
+    DatasetSpec,
     Lease,
     MetricMode,
     PreprocessingChain,
@@ -419,3 +420,12 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         source = to_model(request.source, CodeSource, prefix="source")
         resolved = await self._tools.sources.resolve(source)
         return executor_pb2.ResolveSourceResponse(source=to_proto(resolved, common_pb2.CodeSource))
+
+    async def CheckDataset(
+        self, request: executor_pb2.CheckDatasetRequest, context: Any
+    ) -> executor_pb2.CheckDatasetResponse:
+        if not request.HasField("dataset"):
+            raise InvalidArgumentError("dataset is required", field="dataset")
+        dataset = to_model(request.dataset, DatasetSpec, prefix="dataset")
+        classes, split = await self._tools.sources.check_dataset(dataset)
+        return executor_pb2.CheckDatasetResponse(class_names=classes, split_folders=split)

@@ -148,6 +148,7 @@ class AuditFilter:
     decision: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
+    newest_first: bool = False
 
 
 def filter_query(flt: AuditFilter, *, offset: int, limit: int) -> tuple[str, tuple[Any, ...]]:
@@ -169,5 +170,8 @@ def filter_query(flt: AuditFilter, *, offset: int, limit: int) -> tuple[str, tup
         clauses.append("time < ?")
         args.append(flt.end_time.astimezone(UTC).isoformat(timespec="microseconds"))
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    query = f"SELECT {', '.join(FIELDS)} FROM audit {where} ORDER BY sequence LIMIT ? OFFSET ?"
+    order = "DESC" if flt.newest_first else "ASC"
+    query = (
+        f"SELECT {', '.join(FIELDS)} FROM audit {where} ORDER BY sequence {order} LIMIT ? OFFSET ?"
+    )
     return query, (*args, limit, offset)

@@ -268,6 +268,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             decision=decision,
             start_time=audit_time(request, "start_time"),
             end_time=audit_time(request, "end_time"),
+            newest_first=request.newest_first,
         )
         records, more = await self._gov.log.list(flt, offset=offset, limit=limit)
         return governance_pb2.ListAuditRecordsResponse(

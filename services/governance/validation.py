@@ -45,7 +45,17 @@ class ToolCall:
         return self.via or self.caller
 
 
-def _verdict(policy: Policy, violations: list[Violation], mode: Mode) -> Decision:
+def read_only(call: ToolCall) -> bool:
+    """A call that changes nothing (listing checkpoints): never held for an operator nor
+    refused by LOCKED, which gate what changes."""
+    return call.tool is Tool.MANAGE_CHECKPOINTS and call.parameters.get("action") == "list"
+
+
+def _verdict(
+    policy: Policy, violations: list[Violation], mode: Mode, *, reads_only: bool = False
+) -> Decision:
+    if reads_only and not violations:
+        mode = Mode.AUTONOMOUS
     if violations or mode is Mode.LOCKED:
         reason = (
             "governance is LOCKED: every mutating call is denied"
@@ -217,7 +227,7 @@ class Validator:
         policy = self._policy()
         violations, hours = await self._violations(call, policy)
         locked = self._modes.mode is Mode.LOCKED
-        decision = _verdict(policy, violations, self._modes.mode)
+        decision = _verdict(policy, violations, self._modes.mode, reads_only=read_only(call))
         if call.dry_run:  # the caller waits for its record to be durable
             record = self._log.append_nowait(
                 caller=call.caller,

@@ -17,7 +17,7 @@ from arc_common.errors import (
     PermissionDeniedError,
 )
 from arc_common.models import DecisionOutcome, ExperimentSpec, JobState, JobStateChange
-from services.scheduler import sources
+from services.scheduler import feasibility, sources
 from services.scheduler.checks import GovernanceGate
 from services.scheduler.context import Context
 from services.scheduler.jobs import RequestKey, content_hash
@@ -101,6 +101,7 @@ class Admission:
         self._on_new_experiment = on_new_experiment
         # Request key -> (body digest, the job being committed under it).
         self._inflight: dict[RequestKey, tuple[str, asyncio.Future[JobRecord]]] = {}
+        self._datasets = feasibility.DatasetCheck(ctx.nodes, ctx.clock)
 
     @staticmethod
     def _key(submission: Submission, caller: str) -> RequestKey | None:
@@ -181,12 +182,19 @@ class Admission:
             raise
 
     async def _with_source(self, submission: Submission, index: str) -> Submission:
-        """A code-defined spec with its revision resolved to a commit, before anything
-        compares or stores it (the commit is part of what the experiment is)."""
-        if submission.spec is None or submission.spec.source is None:
+        """A training spec checked against what only the machines know (its GPUs, its
+        dataset), and a code-defined one with its revision resolved to a commit before
+        anything compares or stores it (the commit is part of what the experiment is)."""
+        spec = submission.spec
+        if spec is None or submission.kind != "training":
             return submission
         check_length(submission.request_id, submission.request_field)
-        spec = await sources.resolve(self._ctx.nodes, submission.spec, prefix=index)
+        feasibility.check_gpus(self._ctx.nodes, spec, prefix=f"{index}spec.")
+        await self._datasets.check(spec, prefix=f"{index}spec.")
+        ctx = self._ctx
+        spec = sources.resolve_init(ctx.jobs, ctx.experiments, spec, prefix=index)
+        if spec.source is not None:
+            spec = await sources.resolve(ctx.nodes, spec, prefix=index)
         return dataclasses.replace(submission, spec=spec)
 
     def _new_job(

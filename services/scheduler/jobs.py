@@ -25,6 +25,8 @@ def content_hash(spec: ExperimentSpec) -> str:
     )
     if spec.source is not None:  # the code at its commit, not the name it was asked by
         content["source"] = spec.source.model_dump(mode="json", exclude={"revision"})
+    if spec.init_from:  # other starting weights, another experiment
+        content["init_from"] = spec.init_from
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

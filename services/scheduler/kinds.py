@@ -88,9 +88,14 @@ class TrainingKind:
             if job.attempt > 1
             else ""
         )
+        spec = job.spec
+        if job.batch_halved:
+            hyper = spec.hyperparameters
+            halved = hyper.model_copy(update={"batch_size": max(1, hyper.batch_size // 2)})
+            spec = spec.model_copy(update={"hyperparameters": halved})
         return TrainingJobConfig(
             job_id=job.job_id,
-            experiment_spec=job.spec,
+            experiment_spec=spec,
             gpu_ids=gpu_ids,
             checkpoint_dir=f"{attempt_dir}/checkpoints",
             log_dir=f"{attempt_dir}/logs",

@@ -13,6 +13,7 @@ from arc_common.models import (
     TERMINAL_STATES,
     ExperimentResult,
     Failure,
+    FailureClass,
     JobState,
     JobStateChange,
     RunEndCause,
@@ -126,6 +127,18 @@ class Lifecycle:
         await self.set_state(job, JobState.CANCELLED, reason, error_message=reason, also=also)
         self._ctx.event(job, result=result_of(job))
 
+    @staticmethod
+    def _halves(job: JobRecord, failure: Failure | None) -> bool:
+        """Out of memory, and the spec allows one more try at half the batch size."""
+        hyper = job.spec.hyperparameters
+        return (
+            failure is not None
+            and failure.failure_class is FailureClass.OUT_OF_MEMORY
+            and hyper.halve_batch_on_oom
+            and not job.batch_halved
+            and hyper.batch_size > 1
+        )
+
     async def run_ended(
         self,
         job: JobRecord,
@@ -156,6 +169,11 @@ class Lifecycle:
             )
         elif state is JobState.COMPLETED:  # an earlier attempt's error is no longer the job's
             await self.set_state(job, JobState.COMPLETED, reason or "completed", error_message="")
+        elif state is JobState.FAILED and self._halves(job, failure):
+            job.batch_halved, job.error_message = True, error
+            await self.requeue(
+                job, f"attempt {job.attempt} ran out of memory; again at half the batch size"
+            )
         elif state is JobState.FAILED and cause in LOST_CAUSES:
             await self.requeue(job, f"attempt {job.attempt} lost ({error}); requeued")
         elif state is JobState.FAILED and job.retries_used < job.max_retries and not repeats:

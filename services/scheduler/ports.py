@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from arc_common.models import (
     CodeSource,
+    DatasetSpec,
     Decision,
     EvaluationJob,
     Gpu,
@@ -45,6 +46,10 @@ class NodeClient(Protocol):
         ...
 
     def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
+    async def check_dataset(self, dataset: DatasetSpec) -> None:
+        """Raises when the dataset cannot be trained on there (its field named)."""
+        ...
+
     async def resolve_source(self, source: CodeSource) -> CodeSource:
         """``source`` with the commit its revision names on this machine, and its tree."""
         ...

@@ -13,6 +13,7 @@ from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.convert import enum_value, to_model, to_proto
 from arc_common.models import (
     CodeSource,
+    DatasetSpec,
     EvaluationJob,
     Gpu,
     GpuAllocation,
@@ -147,6 +148,14 @@ class GrpcNode:
         return (
             to_model(reply.report.evaluation, SplitEvaluation),
             to_model(reply.report.provenance, Provenance),
+        )
+
+    async def check_dataset(self, dataset: DatasetSpec) -> None:
+        await unary(
+            self._executor.CheckDataset(
+                executor_pb2.CheckDatasetRequest(dataset=to_proto(dataset, common_pb2.DatasetSpec)),
+                timeout=RPC_TIMEOUT,
+            )
         )
 
     async def resolve_source(self, source: CodeSource) -> CodeSource:

@@ -10,10 +10,13 @@ from arc_common.errors import (
     ArcError,
     DeadlineExceededError,
     FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
     UnavailableError,
 )
-from arc_common.models import ExperimentSpec
+from arc_common.models import CheckpointKind, ExperimentSpec, JobState
+from services.scheduler.jobs import Catalog, JobIndex
 from services.scheduler.nodes import Nodes
 
 logger = logging.getLogger(__name__)
@@ -54,3 +57,42 @@ def refuse_sealed(spec: ExperimentSpec, *, trusted: bool, prefix: str = "") -> N
             "could read the sealed images); use a built-in architecture, or ask an operator",
             field=f"{prefix}spec.source",
         )
+
+
+def resolve_init(
+    jobs: JobIndex, experiments: Catalog, spec: ExperimentSpec, *, prefix: str = ""
+) -> ExperimentSpec:
+    """``init_from`` as a checkpoint path: an experiment id becomes the best checkpoint of
+    its newest completed job (the executor verifies the engine wrote it)."""
+    value = spec.init_from
+    field = f"{prefix}spec.init_from"
+    if not value:
+        return spec
+    if value.endswith(".pt"):
+        parts = value.split("/")
+        if parts[0] != "runs" or ".." in parts:  # an absolute path starts with ""
+            raise InvalidArgumentError(
+                f"init_from {value!r}: a checkpoint the engine wrote, under runs/", field=field
+            )
+        written = any(
+            checkpoint.path == value
+            for job in jobs.values()
+            for checkpoint in (job.result.checkpoints if job.result else [])
+        )
+        if not written:
+            raise NotFoundError(f"init_from {value!r}: no job wrote that checkpoint", field=field)
+        return spec
+    if value not in experiments:
+        raise NotFoundError(
+            f"init_from {value!r} is no experiment, nor a checkpoint path (*.pt)", field=field
+        )
+    for job in sorted(jobs.of_experiment(value), key=lambda j: j.seq, reverse=True):
+        if job.state is not JobState.COMPLETED or job.result is None:
+            continue
+        for checkpoint in job.result.checkpoints:
+            if checkpoint.kind is CheckpointKind.BEST:
+                return spec.model_copy(update={"init_from": checkpoint.path})
+    raise FailedPreconditionError(
+        f"init_from {value!r}: the experiment has no completed job with a best checkpoint",
+        field=field,
+    )

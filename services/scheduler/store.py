@@ -109,6 +109,8 @@ class JobRecord(BaseModel):
     error_message: str = ""
     # Why the last attempt failed, by class (cleared when a retry completes).
     failure: Failure | None = None
+    # Its runs train at half the spec's batch size (after an out-of-memory failure).
+    batch_halved: bool = False
     not_before: float = 0.0
     approval: str = ""  # governance pending_request_id while waiting for an operator
     # Its kind (services.scheduler.kinds) and what that kind needs beyond the spec.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,9 @@ from arc_common.models import JobEvent, MetricResult
 from arc_common.packed import unpack
 from clients.arc_client import Addresses, ArcClient
 from tests.conftest import REPO_ROOT
+from tests.e2e.test_code_experiments import BREAK, NETS, WIDEN
+from tests.helpers import sandbox_reachable_home
+from tests.security.suite import git
 
 BIN = Path(sys.executable).parent
 ARC = str(BIN / "arc")
@@ -74,8 +78,8 @@ class Suite:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    home = tmp_path_factory.mktemp("arc-up")
+def suite() -> Iterator[Suite]:
+    home = sandbox_reachable_home("arc-up-")  # code-defined runs read it as another user
     base = free_port_base()
     process = subprocess.Popen(
         [ARC, "--home", str(home), "--port-base", str(base), "up"],
@@ -100,6 +104,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         rest, _ = process.communicate(timeout=60)
         print(rest)
     process.stdout.close()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 async def watched_both_ways(suite: Suite, job_id: str) -> tuple[list[JobEvent], list[JobEvent]]:
@@ -293,6 +298,140 @@ def test_grpcurl_smoke(suite: Suite) -> None:
     assert with_token.returncode == 0, with_token.stderr
     listing = json.loads(with_token.stdout)
     assert len(listing["gpus"]) == 3 and listing["reserved_count"] == 1
+
+
+def test_patch_then_submit_that_revision(suite: Suite) -> None:
+    """The agent loop as two commands: `arc patch apply` prints the commit, and
+    `arc submit --revision` trains it; a broken patch reads CODE_ERROR at its line."""
+    made = suite.arc("data", "synth", "--out", "datasets/code", "--count", "16", "--size", "32")
+    assert made.returncode == 0, made.stderr
+    repo = suite.home / "code" / "models"
+    (repo / "acuvue").mkdir(parents=True)
+    (repo / "acuvue" / "__init__.py").write_text("")
+    (repo / "acuvue" / "nets.py").write_text(NETS)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "models")
+    spec = {
+        "name": "cli-code",
+        "lr": 0.001,
+        "batch": 8,
+        "epochs": 1,
+        "data_path": "datasets/code",
+        "image_size": 32,
+        "source": {"repository": "models", "entrypoint": "acuvue.nets:build_model"},
+    }
+    (suite.home / "code.yaml").write_text(yaml.safe_dump(spec))
+    (suite.home / "widen.diff").write_text(WIDEN)
+    (suite.home / "break.diff").write_text(BREAK)
+
+    applied = suite.arc(
+        "--json", "patch", "apply", str(suite.home / "widen.diff"), "--repo", "models"
+    )
+    assert applied.returncode == 0, applied.stderr
+    commit = json.loads(applied.stdout)["commit_sha"]
+    assert commit == git(repo, "rev-parse", "HEAD").strip()
+    submitted = suite.arc("--json", "submit", str(suite.home / "code.yaml"), "--revision", commit)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)[0]["job"]
+    watched = suite.arc("watch", job_id)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    status = json.loads(suite.arc("--json", "status", job_id).stdout)
+    provenance = status["result"]["provenance"]
+    assert provenance["source"]["commit"] == commit and provenance["parameter_count"] == 242
+
+    broken = suite.arc("patch", "apply", str(suite.home / "break.diff"), "--message", "oops")
+    assert broken.returncode == 0, broken.stderr
+    bad_commit = broken.stdout.split()[0]
+    spec["name"] = "cli-code-broken"
+    (suite.home / "code.yaml").write_text(yaml.safe_dump(spec))
+    submitted = suite.arc(
+        "--json", "submit", str(suite.home / "code.yaml"), "--revision", bad_commit
+    )
+    job_id = json.loads(submitted.stdout)[0]["job"]
+    watched = suite.arc("watch", job_id)
+    assert watched.returncode == 8
+    assert "CODE_ERROR at acuvue/nets.py:2" in watched.stdout, watched.stdout
+    shown = suite.arc("status", job_id).stdout
+    assert "CODE_ERROR at acuvue/nets.py:2" in shown and "fix it" in shown
+
+    refused = suite.arc("submit", str(suite.home / "code.yaml"), "--revision", "no-such-ref")
+    assert refused.returncode == 3 and "source.revision" in refused.stderr
+    option = suite.arc("submit", str(suite.home / "code.yaml"), "--revision=--upload-pack=x")
+    assert option.returncode == 4 and "source.revision" in option.stderr
+
+
+def test_audit_list_is_newest_first_paginated_and_filtered(suite: Suite) -> None:
+    newest = json.loads(suite.arc("--json", "audit", "list", "--limit", "3").stdout)
+    sequences = [r["seq"] for r in newest]
+    assert len(sequences) == 3 and sequences == sorted(sequences, reverse=True)
+    page = suite.arc("audit", "list", "--limit", "2").stdout
+    token = page.strip().splitlines()[-1].split("--page ")[1]
+    following = json.loads(
+        suite.arc("--json", "audit", "list", "--limit", "1", "--page", token).stdout
+    )
+    assert following[0]["seq"] == sequences[2]
+    oldest = json.loads(
+        suite.arc("--json", "audit", "list", "--oldest-first", "--limit", "2").stdout
+    )
+    assert [r["seq"] for r in oldest] == [1, 2]
+    picked = json.loads(
+        suite.arc(
+            "--json", "audit", "list", "--tool", "run_training_job", "--decision", "allowed"
+        ).stdout
+    )
+    assert picked and all(
+        r["tool"] == "run_training_job" and r["decision"] == "allowed" for r in picked
+    )
+
+
+def test_the_research_tools_from_the_command_line(suite: Suite) -> None:
+    """preprocess, visualize, checkpoints list/keep/delete and data sync: each an `arc`
+    subcommand over the governed tool."""
+    for out, splits in (("datasets/tools", "0.5,0.25,0.25"), ("datasets/tools-flat", "")):
+        made = suite.arc(
+            "data", "synth", "--out", out, "--count", "16", "--size", "32", "--splits", splits
+        )
+        assert made.returncode == 0, made.stderr
+    pre = ["preprocess", "datasets/tools-flat", "datasets/tools-48", "--step", "resize:size=48"]
+    first = suite.arc("--json", *pre, "--step", "green_channel")
+    assert first.returncode == 0, first.stderr
+    done = json.loads(first.stdout)
+    assert sum(done["images_per_class"].values()) == 16 and done["image_size"] == [48, 48]
+    again = json.loads(suite.arc("--json", *pre, "--step", "green_channel").stdout)
+    assert again["reused"] is True
+    typo = suite.arc(*pre[:-1], "resize:sise=5")
+    assert typo.returncode == 4 and "resize takes size" in typo.stderr
+
+    spec = {"name": "cli-tools", "model": "resnet18", "lr": 0.001, "batch": 8, "epochs": 2}
+    spec |= {"data_path": "datasets/tools", "image_size": 32}
+    (suite.home / "tools.yaml").write_text(yaml.safe_dump(spec))
+    job_id = json.loads(suite.arc("--json", "submit", str(suite.home / "tools.yaml")).stdout)[0][
+        "job"
+    ]
+    assert suite.arc("watch", job_id).returncode == 0
+
+    listed = json.loads(suite.arc("--json", "checkpoints", "list", job_id).stdout)
+    kinds = {row["kind"] for row in listed}
+    assert {"best", "last"} <= kinds, listed
+    shown = json.loads(
+        suite.arc("--json", "visualize", job_id, "--data", "datasets/tools", "--num", "2").stdout
+    )
+    assert len(shown["images"]) == 2 and (suite.home / shown["index"]).is_file()
+
+    folder = str(Path(listed[0]["path"]).parent)
+    kept = suite.arc("--json", "checkpoints", "keep", folder, "--best", "1")
+    assert kept.returncode == 0, kept.stderr
+    remaining = json.loads(suite.arc("--json", "checkpoints", "list", folder).stdout)
+    assert 1 <= len(remaining) < len(listed)
+    deleted = suite.arc("--json", "checkpoints", "delete", remaining[0]["path"])
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(deleted.stdout) == [{"deleted": remaining[0]["path"]}]
+
+    pushed = suite.arc("--json", "data", "sync", "push", "tools-flat")
+    assert pushed.returncode == 0, pushed.stderr
+    [transfer] = json.loads(pushed.stdout)
+    assert transfer["dataset_id"] == "tools-flat" and transfer["files"] > 0
 
 
 def test_arc_up_stops_cleanly_on_sigint(suite: Suite) -> None:

@@ -12,11 +12,7 @@ import json
 import os
 import pwd
 import shutil
-import sys
-import sysconfig
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,12 +26,16 @@ from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.synth import generate_dataset
+from clients.arc_client import Addresses, ArcClient
+from clients.orchestrator import Orchestrator
+from tests.helpers import sandbox_reachable_home
 from tests.integration.scheduler.conftest import spec
 from tests.security.suite import ProcessSuite, git
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DATA = "datasets/fundus"
+SERVICE_ORDER = ("scheduler", "gpu_manager", "governance", "executor")
 TERMINAL = {
     common_pb2.JOB_STATE_COMPLETED,
     common_pb2.JOB_STATE_FAILED,
@@ -134,23 +134,9 @@ BREAK = "\n".join(
 )
 
 
-def _let_sandbox_through() -> None:
-    """What an operator does once (docs/security.md): the sandbox user must reach the
-    Python installation; pyenv under a 0700 /root does not let it."""
-    if os.geteuid() != 0:
-        return
-    for path in (Path(sysconfig.get_paths()["stdlib"]), Path(sys.executable).resolve()):
-        for folder in reversed(path.parents):
-            mode = folder.stat().st_mode
-            if not mode & 0o001:
-                folder.chmod((mode & 0o7777) | 0o001)
-
-
 @pytest.fixture(scope="module")
 def suite() -> Iterator[ProcessSuite]:
-    _let_sandbox_through()
-    home = Path(tempfile.mkdtemp(prefix="arc-code-"))
-    home.chmod(0o755)  # the sandbox user reads the dataset and its checkout in here
+    home = sandbox_reachable_home("arc-code-")
     generate_dataset(home / DATA, count=16, size=32, seed=3, splits=(0.5, 0.25, 0.25))
     corrupt = home / "datasets" / "corrupt"
     shutil.copytree(home / DATA, corrupt)
@@ -249,6 +235,53 @@ async def test_patch_then_train_the_patch_names_both_commits(clients: Clients) -
     assert a.source.revision == "main" and b.source.entrypoint == "acuvue.nets:build_model"
     # conv 3->W (27W + W), linear W->2 (2W + 2): 30W + 2 parameters.
     assert (a.parameter_count, b.parameter_count) == (30 * 4 + 2, 30 * 8 + 2)
+
+
+async def test_a_fine_tune_starts_from_an_experiments_best_checkpoint(clients: Clients) -> None:
+    """init_from an experiment id: its best checkpoint, resolved at submit; weights of
+    another shape are SPEC_INVALID, not retried."""
+    c = clients
+    log = git(c.home / "code" / "models", "log", "--format=%H %s")
+    wider = {subject: sha for sha, subject in (line.split(" ", 1) for line in log.splitlines())}
+    made = code_spec("code-b-tuned", revision=wider["wider"])
+    made.init_from = "code-b"
+    tuned = await finished(c, await submit(c, made))
+    assert tuned.state == common_pb2.JOB_STATE_COMPLETED, tuned.error_message
+    narrow = code_spec(
+        "code-a-from-b",
+        revision=git(c.home / "code" / "models", "rev-list", "--max-parents=0", "HEAD").strip(),
+    )
+    narrow.init_from = "code-b"  # width 8 into width 4
+    mismatch = await finished(c, await submit(c, narrow, retries=2))
+    assert mismatch.failure.failure_class == common_pb2.FAILURE_CLASS_SPEC_INVALID
+    assert "does not fit this model" in mismatch.failure.message and mismatch.attempt == 1
+    for bad, code in (
+        ("no-such-experiment", grpc.StatusCode.NOT_FOUND),
+        ("runs/x/attempt-1/checkpoints/best.pt", grpc.StatusCode.NOT_FOUND),
+        ("../tokens.pt", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        wrong = code_spec(f"code-init-{code.name.lower()}-{len(bad)}", revision="main~0")
+        wrong.init_from = bad
+        with pytest.raises(aio.AioRpcError) as refused:
+            await submit(c, wrong)
+        assert refused.value.code() == code and "init_from" in (refused.value.details() or "")
+
+
+async def test_the_tools_do_not_run_repository_code(clients: Clients) -> None:
+    """Evaluating a code-defined checkpoint would import the repository outside the
+    sandbox: refused with INVALID_ARGUMENT naming the checkpoint."""
+    c = clients
+    listed = await c.scheduler.ListJobs(scheduler_pb2.ListJobsRequest(page_size=100))
+    [job] = [j for j in listed.jobs if j.experiment_id == "code-a"]
+    [best] = [x for x in job.result.checkpoints if x.kind == common_pb2.CHECKPOINT_KIND_BEST]
+    with pytest.raises(aio.AioRpcError) as refused:
+        await c.executor.EvaluateCheckpoint(
+            executor_pb2.EvaluateCheckpointRequest(
+                checkpoint_path=best.path, data_path=DATA, split="val"
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "repository code" in (refused.value.details() or "")
 
 
 async def test_a_patch_that_breaks_the_import_is_a_code_error_not_a_retry(
@@ -367,3 +400,84 @@ async def test_agent_code_may_not_train_on_a_sealed_split(clients: Clients) -> N
         await submit(clients, made)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "spec.source" in (refused.value.details() or "")
+
+
+def new_file_patch(path: str, text: str) -> str:
+    lines = text.splitlines()
+    return "\n".join(
+        [
+            f"diff --git a/{path} b/{path}",
+            "new file mode 100644",
+            "--- /dev/null",
+            f"+++ b/{path}",
+            f"@@ -0,0 +1,{len(lines)} @@",
+            *(f"+{line}" for line in lines),
+            "",
+        ]
+    )
+
+
+async def test_the_orchestrator_trains_a_proposal_carrying_a_patch(
+    suite: ProcessSuite, clients: Clients
+) -> None:
+    ports = suite.ports()
+    client = ArcClient(
+        Addresses(*(f"127.0.0.1:{ports[n]}" for n in SERVICE_ORDER)),
+        token=TokenStore.load(suite.home).token_for(Role.AGENT),
+        home=suite.home,
+    )
+    base = {"lr": 0.001, "batch": 8, "epochs": 1, "data_path": DATA, "image_size": 32}
+    wide = NETS.replace("WIDTH = 4", "WIDTH = 16")
+    proposals = [
+        base
+        | {
+            "name": "orch-wide",
+            "patch": new_file_patch("acuvue/orch.py", wide),
+            "patch_message": "a wider net",
+            "source": {"entrypoint": "acuvue.orch:build_model"},
+        },
+        base
+        | {
+            "name": "orch-bad",
+            "patch": new_file_patch("acuvue/orch_bad.py", 'raise RuntimeError("boom")\n'),
+            "source": {"entrypoint": "acuvue.orch_bad:build_model"},
+        },
+    ]
+    async with client:
+        wide_result, bad_result = await Orchestrator(client).run(proposals, request_id="orch")
+    assert wide_result.provenance is not None, wide_result.error_message
+    assert wide_result.provenance.source is not None
+    log = git(suite.home / "code" / "models", "log", "--format=%H %s")
+    commits = {subject: sha for sha, subject in (line.split(" ", 1) for line in log.splitlines())}
+    assert wide_result.provenance.source.commit == commits["a wider net"]
+    assert wide_result.provenance.parameter_count == 30 * 16 + 2
+    assert bad_result.error_message.startswith("CODE_ERROR at acuvue/orch_bad.py:1")
+
+
+async def test_a_spec_that_cannot_run_is_refused_at_submit(clients: Clients) -> None:
+    """Through the real executor: no such folder, one class only, a GPU no machine has.
+    None of them makes a job, so none ever leases a GPU."""
+    c = clients
+    one_class = c.home / "datasets" / "one-class"
+    shutil.copytree(c.home / DATA / "train" / "normal", one_class / "normal")
+    listed = await c.scheduler.ListJobs(scheduler_pb2.ListJobsRequest(page_size=100))
+    cases: list[tuple[common_pb2.ExperimentSpec, grpc.StatusCode, str]] = []
+    missing = spec("no-folder", epochs=1)
+    missing.dataset.data_path = "datasets/nowhere"
+    cases.append((missing, grpc.StatusCode.NOT_FOUND, "dataset.data_path"))
+    single = spec("one-class", epochs=1)
+    single.dataset.data_path = "datasets/one-class"
+    single.dataset.dataset_type = common_pb2.DATASET_TYPE_IMAGE_FOLDER
+    cases.append((single, grpc.StatusCode.FAILED_PRECONDITION, "at least two"))
+    seven = spec("gpu-seven", epochs=1)
+    seven.dataset.data_path = DATA
+    seven.gpu_allocation.preference = common_pb2.GPU_PREFERENCE_SPECIFIC
+    seven.gpu_allocation.gpu_indices.append(200)
+    cases.append((seven, grpc.StatusCode.FAILED_PRECONDITION, "gpu_allocation.gpu_indices"))
+    for made, code, named in cases:
+        with pytest.raises(aio.AioRpcError) as refused:
+            await submit(c, made)
+        assert refused.value.code() == code, refused.value.details()
+        assert named in (refused.value.details() or "")
+    after = await c.scheduler.ListJobs(scheduler_pb2.ListJobsRequest(page_size=100))
+    assert len(after.jobs) == len(listed.jobs)

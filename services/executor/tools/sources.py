@@ -7,9 +7,9 @@ import asyncio
 from pathlib import Path
 
 from arc_common.errors import InvalidArgumentError, NotFoundError
-from arc_common.models import CodeSource, Tool
+from arc_common.models import CodeSource, DatasetSpec, Tool
 from arc_common.paths import resolve_in_root
-from services.executor import code_sources
+from services.executor import code_sources, dataset_check
 from services.executor.settings import ExecutorSettings
 from services.executor.tools import dvcsync, patches
 from services.executor.tools.access import Access
@@ -116,4 +116,9 @@ class SourceTools:
         """Read-only (nothing changes), so not a governed tool call."""
         return await asyncio.to_thread(
             code_sources.resolve, self.home, self.settings.repositories, source
+        )
+
+    async def check_dataset(self, dataset: DatasetSpec) -> tuple[list[str], bool]:
+        return await asyncio.to_thread(
+            dataset_check.check, self.home, self.settings.data_root, dataset
         )

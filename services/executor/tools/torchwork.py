@@ -35,6 +35,12 @@ def load_checkpoint(path: Path, sha256: str) -> tuple[nn.Module, dict[str, Any],
     if payload is None:
         raise ValueError(f"checkpoint {path.name} changed since it was verified; not loaded")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if payload.get("source") or payload["architecture"].get("family") == "custom":
+        raise UnsupportedRequest(
+            f"{path.name} holds a model built by repository code: the tools do not run "
+            "that code (it runs only in a training run's sandbox)",
+            field="checkpoint_path",
+        )
     spec = ArchitectureSpec.model_validate({**payload["architecture"], "pretrained": False})
     model = build_model(spec)
     model.load_state_dict(payload["model_state_dict"])

@@ -18,9 +18,9 @@ from torch import nn
 
 from arc_common.models import ArchitectureSpec, CodeSource, Failure, FailureClass
 from services.executor.trainer.data import DataError
-from services.executor.trainer.models import PretrainedWeightsMissing, UnknownVariant
+from services.executor.trainer.models import InitMismatch, PretrainedWeightsMissing, UnknownVariant
 
-SPEC_ERRORS = (PretrainedWeightsMissing, UnknownVariant)
+SPEC_ERRORS = (PretrainedWeightsMissing, UnknownVariant, InitMismatch)
 
 
 class CodeError(Exception):

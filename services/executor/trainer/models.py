@@ -15,6 +15,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from arc_common.models import ArchitectureSpec
+from services.executor.trainer.checkpoint_io import load_verified
 
 
 class PretrainedWeightsMissing(RuntimeError):
@@ -23,6 +24,24 @@ class PretrainedWeightsMissing(RuntimeError):
 
 class UnknownVariant(ValueError):
     pass
+
+
+class InitMismatch(ValueError):
+    """init_from's weights cannot start this model (another shape, changed bytes)."""
+
+
+def load_init(model: nn.Module, path: str, sha256: str) -> None:
+    """Start ``model`` from the verified weights at ``path`` (a fine-tune)."""
+    payload = load_verified(Path(path), sha256)
+    if payload is None:
+        raise InitMismatch(f"init_from {Path(path).name} changed since it was verified")
+    try:
+        model.load_state_dict(payload["model_state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise InitMismatch(
+            f"init_from {Path(path).name} does not fit this model (another architecture?): "
+            f"{str(exc).splitlines()[0][:300]}"
+        ) from None
 
 
 def weights_file(variant: str) -> Path:

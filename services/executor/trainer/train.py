@@ -39,7 +39,7 @@ from services.executor.trainer.code import build as build_code_model
 from services.executor.trainer.code import call as call_code
 from services.executor.trainer.code import load as load_code
 from services.executor.trainer.data import load_splits, loader
-from services.executor.trainer.models import build_model
+from services.executor.trainer.models import build_model, load_init
 from services.executor.trainer.optim import make_optimizer, make_scheduler, seed_everything
 from services.executor.trainer.provenance import provenance
 from services.executor.trainer.scoring import evaluate_best as _evaluate
@@ -135,6 +135,8 @@ def _train(
             criterion = call_code(code.loss, **spec.architecture.model_dump())
     else:
         model = build_model(spec.architecture)
+    if inp.init_from and not inp.resume_from:  # a fine-tune; a retry resumes instead
+        load_init(model, inp.init_from, inp.init_sha256)
     if inp.standby:
         report.state(JobState.QUEUED.value, "prepared: data opened, model built; waiting for GPUs")
         gpus = report.await_devices()
@@ -198,6 +200,7 @@ def _train(
                 "format": CHECKPOINT_FORMAT,
                 "model_state_dict": dict(model.state_dict()),
                 "architecture": spec.architecture.model_dump(mode="json"),
+                "source": spec.source.model_dump(mode="json") if spec.source else None,
                 "epoch": epoch,
                 "metrics": epoch_metrics,
                 "class_names": splits.class_names,

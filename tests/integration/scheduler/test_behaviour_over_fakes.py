@@ -201,7 +201,7 @@ async def test_a_sealed_retry_waiting_in_the_queue_shows_an_agent_no_test_figure
         )
     )
     job = reply.job.job_id
-    await h.until(lambda: h.node.started_jobs() == [job], "running")
+    await h.running(h.scheduler.job(job))  # RUNNING and followed: its events are read
     figures = {"val_auc": 0.8, "test_auc": 0.7}
     h.node.run_of(job).emit(result=ExperimentResult(best_metrics=figures))
     h.node.end(job, JobState.FAILED, RunEndCause.CRASHED, "crashed after its test pass")

@@ -189,16 +189,21 @@ async def test_cancel_in_each_state(make_suite: Factory) -> None:
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_always_failing_job_runs_max_retries_plus_one_times(make_suite: Factory) -> None:
+async def test_a_spec_error_fails_once_whatever_the_retries(make_suite: Factory) -> None:
+    """A variant torchvision does not have would fail the same way on every attempt: the
+    job fails at once with SPEC_INVALID (how many retries a failure gets that can pass
+    is tests/unit/scheduler/test_retries.py's)."""
     suite = await make_suite()
     job = await suite.submit(
         spec("crash", architecture={"family": "resnet", "variant": "resnet999"}), max_retries=2
     )
     final = await suite.wait(job.job_id)
     assert final.state == common_pb2.JOB_STATE_FAILED
-    assert final.attempt == 3
+    assert final.attempt == 1
     assert "resnet999" in final.error_message
-    assert started_order(suite).count(job.job_id) == 3
+    assert final.failure.failure_class == common_pb2.FAILURE_CLASS_SPEC_INVALID
+    assert "resnet999" in final.failure.message and final.failure.summary.startswith("SPEC_INVALID")
+    assert started_order(suite).count(job.job_id) == 1
 
 
 async def test_timeout_ends_timed_out_and_frees_the_gpu(make_suite: Factory) -> None:

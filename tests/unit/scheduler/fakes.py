@@ -24,6 +24,7 @@ from arc_common.errors import (
 from arc_common.models import (
     TERMINAL_STATES,
     CodeSource,
+    DatasetSpec,
     Decision,
     DecisionOutcome,
     EvaluationJob,
@@ -90,6 +91,7 @@ class FakeNode:
         self.started: list[TrainingJobConfig] = []  # in the order runs started
         self.prepared: list[TrainingJobConfig] = []
         self.evaluations: list[tuple[EvaluationJob, float]] = []
+        self.missing_datasets: set[str] = set()
         self.report = SplitEvaluation(split="test", auc=0.75, accuracy=0.5)
         self.calls_started = asyncio.Event()
 
@@ -182,6 +184,15 @@ class FakeNode:
         if fake is None:
             raise NotFoundError(f"no run {run_id}")
         return fake
+
+    async def check_dataset(self, dataset: DatasetSpec) -> None:
+        """A dataset the test put in ``missing_datasets`` is not there."""
+        self._answer()
+        if dataset.data_path in self.missing_datasets:
+            raise FailedPreconditionError(
+                f"dataset.data_path {dataset.data_path!r} has no class folders",
+                field="dataset.data_path",
+            )
 
     async def resolve_source(self, source: CodeSource) -> CodeSource:
         """Every revision resolves, to a commit derived from its name."""

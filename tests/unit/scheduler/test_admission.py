@@ -86,3 +86,28 @@ async def test_a_cancel_retried_after_its_machine_was_unreachable_reaches_it(
     await h.scheduler.cancel(job.job_id, "stop", caller=Caller("agent"), request_id="c")
     assert h.scheduler.view(job).state is JobState.CANCELLED
     assert h.node.run_of(job.job_id).cancel_reasons == [("stop", False)]
+
+
+async def test_a_dataset_a_machine_cannot_train_on_is_refused_at_submit(make: Factory) -> None:
+    h = await make(gpus=1)
+    h.node.missing_datasets.add("data/gone")
+    with pytest.raises(FailedPreconditionError) as refused:
+        await h.submit("gone", spec={"dataset": {"data_path": "data/gone"}})
+    assert refused.value.field == "spec.dataset.data_path"
+    assert len(h.scheduler.jobs) == 0 and not h.node.leases
+    await h.submit("there")  # another dataset is asked about and passes
+
+
+async def test_gpus_no_machine_has_are_refused_at_submit(make: Factory) -> None:
+    h = await make(gpus=2)
+    await h.scheduler.nodes.gpus(max_age=0)  # what the probe lists
+    specific = {"preference": "specific", "gpu_indices": [7]}
+    with pytest.raises(FailedPreconditionError) as refused:
+        await h.submit("seven", spec={"gpu_allocation": specific})
+    assert refused.value.field == "spec.gpu_allocation.gpu_indices"
+    assert f"{h.node.name}: 0, 1" in refused.value.message
+    with pytest.raises(FailedPreconditionError) as too_many:
+        await h.submit("four", spec={"gpu_allocation": {"gpu_count": 4}})
+    assert too_many.value.field == "spec.gpu_allocation.gpu_count"
+    assert len(h.scheduler.jobs) == 0
+    await h.submit("one", spec={"gpu_allocation": {"preference": "specific", "gpu_indices": [1]}})

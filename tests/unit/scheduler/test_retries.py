@@ -136,3 +136,32 @@ async def test_an_infrastructure_failure_is_retried_and_a_success_clears_it(
     await h.state(job, JobState.COMPLETED)
     view = h.scheduler.view(job)
     assert view.error_message == "" and view.failure is None
+
+
+async def test_out_of_memory_is_tried_once_more_at_half_the_batch_when_allowed(
+    make: Factory,
+) -> None:
+    h = await make(gpus=1, retry_backoff_seconds=0.0)
+    hyper = {"batch_size": 32, "halve_batch_on_oom": True}
+    job = await h.submit("big-batch", spec={"hyperparameters": hyper})
+    await h.running(job)
+    assert h.node.started[-1].experiment_spec.hyperparameters.batch_size == 32
+    oom = FailureClass.OUT_OF_MEMORY
+    h.node.end(job.job_id, JobState.FAILED, RunEndCause.OOM, "CUDA out of memory", oom)
+    await h.until(lambda: job.attempt == 2, "a second attempt")
+    await h.running(job)
+    assert h.node.started[-1].experiment_spec.hyperparameters.batch_size == 16
+    assert job.spec.hyperparameters.batch_size == 32  # the experiment is unchanged
+    h.node.end(job.job_id, JobState.FAILED, RunEndCause.OOM, "again", oom)
+    await h.state(job, JobState.FAILED)
+    assert job.attempt == 2
+
+
+async def test_out_of_memory_is_not_retried_unless_allowed(make: Factory) -> None:
+    h = await make(gpus=1, retry_backoff_seconds=0.0)
+    job = await h.submit("big-batch", max_retries=2)
+    await h.running(job)
+    oom = FailureClass.OUT_OF_MEMORY
+    h.node.end(job.job_id, JobState.FAILED, RunEndCause.OOM, "CUDA out of memory", oom)
+    await h.state(job, JobState.FAILED)
+    assert job.attempt == 1

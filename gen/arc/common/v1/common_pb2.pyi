@@ -39,6 +39,8 @@ class _ArchitectureFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ar
     ARCHITECTURE_FAMILY_REGNET: _ArchitectureFamily.ValueType  # 7
     ARCHITECTURE_FAMILY_VGG: _ArchitectureFamily.ValueType  # 8
     ARCHITECTURE_FAMILY_SWIN: _ArchitectureFamily.ValueType  # 9
+    ARCHITECTURE_FAMILY_CUSTOM: _ArchitectureFamily.ValueType  # 10
+    """Built by the spec's source (its entrypoint), not by torchvision; variant "custom.."."""
 
 class ArchitectureFamily(_ArchitectureFamily, metaclass=_ArchitectureFamilyEnumTypeWrapper):
     """Model families the trainer can build from torchvision."""
@@ -53,6 +55,8 @@ ARCHITECTURE_FAMILY_VIT: ArchitectureFamily.ValueType  # 6
 ARCHITECTURE_FAMILY_REGNET: ArchitectureFamily.ValueType  # 7
 ARCHITECTURE_FAMILY_VGG: ArchitectureFamily.ValueType  # 8
 ARCHITECTURE_FAMILY_SWIN: ArchitectureFamily.ValueType  # 9
+ARCHITECTURE_FAMILY_CUSTOM: ArchitectureFamily.ValueType  # 10
+"""Built by the spec's source (its entrypoint), not by torchvision; variant "custom.."."""
 Global___ArchitectureFamily: _TypeAlias = ArchitectureFamily  # noqa: Y015
 
 class _OptimizerType:
@@ -561,12 +565,17 @@ class Hyperparameters(_message.Message):
     LR_SCHEDULE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
+    HALVE_BATCH_ON_OOM_FIELD_NUMBER: _builtins.int
     batch_size: _builtins.int
     epochs: _builtins.int
     seed: _builtins.int
     deterministic: _builtins.bool
     """On CUDA: torch's deterministic algorithms, cuDNN without autotuning and a fixed cuBLAS
     workspace, so that a run repeats bit for bit (slower). The CPU trainer always is.
+    """
+    halve_batch_on_oom: _builtins.bool
+    """A run that runs out of memory is tried once more with half the batch size (a job
+    fails on an out-of-memory error otherwise: the same batch would run out again).
     """
     @_builtins.property
     def optimizer(self) -> Global___OptimizerSpec: ...
@@ -581,10 +590,11 @@ class Hyperparameters(_message.Message):
         lr_schedule: Global___LrSchedule | None = ...,
         seed: _builtins.int | None = ...,
         deterministic: _builtins.bool = ...,
+        halve_batch_on_oom: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "deterministic", b"deterministic", "epochs", b"epochs", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "deterministic", b"deterministic", "epochs", b"epochs", "halve_batch_on_oom", b"halve_batch_on_oom", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -819,6 +829,7 @@ class ExperimentSpec(_message.Message):
     EARLY_STOPPING_FIELD_NUMBER: _builtins.int
     SEAL_TEST_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    INIT_FROM_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     description: _builtins.str
     cycle_id: _builtins.int
@@ -831,6 +842,10 @@ class ExperimentSpec(_message.Message):
     releases them (SchedulerService.RevealTestMetrics); also keeps agents from scoring its
     checkpoints on its test split. The policy's `sealed_test` datasets set it on every
     job that trains on them.
+    """
+    init_from: _builtins.str
+    """Fine-tune: start from these weights instead of fresh ones. An experiment id (its best
+    checkpoint, resolved at submit) or a checkpoint path under runs/ the engine wrote.
     """
     @_builtins.property
     def architecture(self) -> Global___ArchitectureSpec: ...
@@ -865,10 +880,11 @@ class ExperimentSpec(_message.Message):
         early_stopping: Global___EarlyStopping | None = ...,
         seal_test: _builtins.bool = ...,
         source: Global___CodeSource | None = ...,
+        init_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "dataset", b"dataset", "early_stopping", b"early_stopping", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "preprocessing", b"preprocessing", "priority", b"priority", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority", "seal_test", b"seal_test", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "architecture", b"architecture", "cycle_id", b"cycle_id", "dataset", b"dataset", "description", b"description", "early_stopping", b"early_stopping", "experiment_id", b"experiment_id", "gpu_allocation", b"gpu_allocation", "hyperparameters", b"hyperparameters", "init_from", b"init_from", "max_training_time_seconds", b"max_training_time_seconds", "novelty_class", b"novelty_class", "preprocessing", b"preprocessing", "priority", b"priority", "seal_test", b"seal_test", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
     _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015

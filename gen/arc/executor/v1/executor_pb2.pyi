@@ -1402,3 +1402,47 @@ class ResolveSourceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveSourceResponse: _TypeAlias = ResolveSourceResponse  # noqa: Y015
+
+@_typing.final
+class CheckDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dataset(self) -> _common_pb2.DatasetSpec: ...
+    def __init__(
+        self,
+        *,
+        dataset: _common_pb2.DatasetSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckDatasetRequest: _TypeAlias = CheckDatasetRequest  # noqa: Y015
+
+@_typing.final
+class CheckDatasetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_NAMES_FIELD_NUMBER: _builtins.int
+    SPLIT_FOLDERS_FIELD_NUMBER: _builtins.int
+    split_folders: _builtins.bool
+    """It has train/, val/ and test/ folders."""
+    @_builtins.property
+    def class_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        class_names: _abc.Iterable[_builtins.str] | None = ...,
+        split_folders: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_names", b"class_names", "split_folders", b"split_folders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckDatasetResponse: _TypeAlias = CheckDatasetResponse  # noqa: Y015

@@ -109,6 +109,11 @@ class ExecutorServiceStub:
                 request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceRequest.SerializeToString,
                 response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceResponse.FromString,
                 _registered_method=True)
+        self.CheckDataset = channel.unary_unary(
+                '/arc.executor.v1.ExecutorService/CheckDataset',
+                request_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.CheckDatasetRequest.SerializeToString,
+                response_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.CheckDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -218,6 +223,15 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckDataset(self, request, context):
+        """Whether a dataset can be trained on here: its folder exists and holds at least two
+        class folders with images (in each of train/, val/ and test/ when it is split). The
+        scheduler asks at submit; FAILED_PRECONDITION or NOT_FOUND names dataset.data_path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -295,6 +309,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.ResolveSource,
                     request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceRequest.FromString,
                     response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceResponse.SerializeToString,
+            ),
+            'CheckDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDataset,
+                    request_deserializer=arc_dot_executor_dot_v1_dot_executor__pb2.CheckDatasetRequest.FromString,
+                    response_serializer=arc_dot_executor_dot_v1_dot_executor__pb2.CheckDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -702,6 +721,33 @@ class ExecutorService:
             '/arc.executor.v1.ExecutorService/ResolveSource',
             arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceRequest.SerializeToString,
             arc_dot_executor_dot_v1_dot_executor__pb2.ResolveSourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.executor.v1.ExecutorService/CheckDataset',
+            arc_dot_executor_dot_v1_dot_executor__pb2.CheckDatasetRequest.SerializeToString,
+            arc_dot_executor_dot_v1_dot_executor__pb2.CheckDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

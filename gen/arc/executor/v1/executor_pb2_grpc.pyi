@@ -49,6 +49,11 @@ class ExecutorServiceStub:
     """A code source's revision resolved to a commit, its entrypoints checked to exist there
     (the scheduler asks at submit; NOT_FOUND names the field that does not resolve).
     """
+    CheckDataset: _aio.UnaryUnaryMultiCallable[_executor_pb2.CheckDatasetRequest, _executor_pb2.CheckDatasetResponse]
+    """Whether a dataset can be trained on here: its folder exists and holds at least two
+    class folders with images (in each of train/, val/ and test/ when it is split). The
+    scheduler asks at submit; FAILED_PRECONDITION or NOT_FOUND names dataset.data_path.
+    """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -172,6 +177,17 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_executor_pb2.ResolveSourceResponse]:
         """A code source's revision resolved to a commit, its entrypoints checked to exist there
         (the scheduler asks at submit; NOT_FOUND names the field that does not resolve).
+        """
+
+    @_abc_1.abstractmethod
+    def CheckDataset(
+        self,
+        request: _executor_pb2.CheckDatasetRequest,
+        context: _aio.ServicerContext[_executor_pb2.CheckDatasetRequest, _abc.Awaitable[_executor_pb2.CheckDatasetResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.CheckDatasetResponse]:
+        """Whether a dataset can be trained on here: its folder exists and holds at least two
+        class folders with images (in each of train/, val/ and test/ when it is split). The
+        scheduler asks at submit; FAILED_PRECONDITION or NOT_FOUND names dataset.data_path.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _aio.Server) -> None: ...

@@ -864,11 +864,14 @@ class ListAuditRecordsRequest(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     caller: _builtins.str
     tool: Global___Tool.ValueType
     decision: Global___DecisionOutcome.ValueType
+    newest_first: _builtins.bool
+    """Newest first (default: oldest first, the chain's order)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -883,10 +886,11 @@ class ListAuditRecordsRequest(_message.Message):
         decision: Global___DecisionOutcome.ValueType = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        newest_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "decision", b"decision", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller", "decision", b"decision", "end_time", b"end_time", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
