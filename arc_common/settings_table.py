@@ -99,6 +99,7 @@ FALLBACK: dict[str, str] = {
     "ARC_EXECUTOR_DVC_REMOTE": "DVC remote (empty: `$ARC_HOME/dvc-remote`)",
     "ARC_EXECUTOR_MAX_SYNC_DATASETS": "dataset ids one SyncDatasets may name",
     "ARC_EXECUTOR_TOOL_TIMEOUT_SECONDS": "longest run of a tool child process",
+    "ARC_EXECUTOR_CHECKPOINT_QUOTA_GB": "runs start only while runs/ holds less (0: none)",
     "ARC_EXECUTOR_SANDBOX_USER": "the user a trainer of repository code becomes (as root)",
     "ARC_EXECUTOR_SANDBOX_OPEN_FILES": "its open-file limit (0: the platform's)",
     "ARC_EXECUTOR_SANDBOX_PROCESSES": "its process limit (0: the platform's)",

@@ -11,7 +11,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from arc_common.errors import FailedPreconditionError, NotFoundError
+from arc_common.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
 from arc_common.models import CodeSource
 from arc_common.paths import resolve_in_root
 from services.executor.tools.patches import ensure_repository, git, git_env
@@ -96,7 +96,7 @@ def export(home: Path, repositories: dict[str, str], source: CodeSource, dest: P
             field="source.commit",
         )
     if len(process.stdout) > MAX_EXPORT_BYTES:
-        raise FailedPreconditionError(
+        raise ResourceExhaustedError(
             f"source {source.repository!r} at {source.commit[:12]} is larger than "
             f"{MAX_EXPORT_BYTES} bytes",
             field="source",

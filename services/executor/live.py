@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from dataclasses import dataclass, field
 
 from arc_common.models import (
@@ -14,6 +15,7 @@ from arc_common.models import (
     RunEndCause,
 )
 from services.executor.launcher import Launched
+from services.executor.procfs import oom_kills
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,14 @@ class LiveRun:
     heartbeat: asyncio.Task[None] | None = None  # renews the lease while the GPUs are used
     prepared: bool = False  # waiting for its GPUs (``RunManager.activate``)
     activated: asyncio.Event = field(default_factory=asyncio.Event)
+    # The kernel's OOM kills in our memory cgroup when the trainer started (procfs).
+    oom_kills_at_start: int | None = None
+
+
+def _oom_killed(live: LiveRun) -> bool:
+    before = live.oom_kills_at_start
+    now = oom_kills()
+    return before is not None and now is not None and now > before
 
 
 def ending(live: LiveRun, returncode: int, tail: list[str]) -> Ending:
@@ -53,6 +63,9 @@ def ending(live: LiveRun, returncode: int, tail: list[str]) -> Ending:
         return Ending(JobState.COMPLETED, "training finished", RunEndCause.COMPLETED)
     cause = said.cause if said is not None else RunEndCause.CRASHED
     reason = "\n".join([f"trainer exited with {returncode}", *tail])
+    if said is None and returncode == -signal.SIGKILL and _oom_killed(live):
+        cause = RunEndCause.OOM
+        reason = f"trainer killed by the kernel's out-of-memory killer (host memory)\n{reason}"
     return Ending(JobState.FAILED, reason, cause, said.failure if said is not None else None)
 
 

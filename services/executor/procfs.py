@@ -86,3 +86,30 @@ async def kill_group(pgid: int, *, grace: float) -> None:
             os.killpg(pgid, signal.SIGKILL)
         await asyncio.sleep(0.05)
     logger.error("process group %d survived SIGKILL", pgid)
+
+
+def oom_kills(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed in our memory
+    cgroup (v2 ``memory.events``, v1 ``memory.oom_control``); None where it cannot tell.
+    A trainer killed by SIGKILL that nobody here sent, while this count grew, ran out of
+    host memory."""
+    try:
+        with open(proc) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2, unified
+            candidates.append((os.path.join(root, path.lstrip("/"), "memory.events"), "oom_kill"))
+        elif "memory" in controllers.split(","):
+            base = os.path.join(root, "memory", path.lstrip("/"))
+            candidates.append((os.path.join(base, "memory.oom_control"), "oom_kill"))
+    for file, key in candidates:
+        with contextlib.suppress(OSError, ValueError), open(file) as handle:
+            for row in handle.read().splitlines():
+                name, _, value = row.partition(" ")
+                if name == key:
+                    return int(value)
+    return None

@@ -13,15 +13,10 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from arc_common.errors import (
-    ArcError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    PermissionDeniedError,
-)
+from arc_common.errors import ArcError, InvalidArgumentError, PermissionDeniedError
 from arc_common.models import Run, TrainingJobConfig
 from arc_common.paths import resolve_data, resolve_in_root
-from services.executor import code_sources
+from services.executor import code_sources, retention
 from services.executor.protocol import (
     CHECKSUM_SUFFIX,
     META_SUFFIX,
@@ -43,7 +38,9 @@ def _check_reachable(path: Path, uid: int, gid: int, user: str) -> None:
         info = folder.stat()
         bit = 0o100 if info.st_uid == uid else 0o010 if info.st_gid == gid else 0o001
         if not info.st_mode & bit:
-            raise FailedPreconditionError(
+            # Not FAILED_PRECONDITION: the scheduler takes that for a stale lease and
+            # would place the job again and again.
+            raise PermissionDeniedError(
                 f"sandbox_user {user!r} cannot reach {path}: {folder} is mode "
                 f"{info.st_mode & 0o777:o}; let it through (chmod o+x {folder}), or set "
                 "ARC_EXECUTOR_SANDBOX_USER to a user that can (docs/security.md)",
@@ -70,19 +67,23 @@ class RunInputs:
         self.home = settings.home.resolve()
         self.checkpoints = checkpoints
         self.seals = SealGuard(self.home, settings.data_root, checkpoints)
+        self.quota = retention.Quota(self.home, settings.checkpoint_quota_gb)
 
     async def check(self, config: TrainingJobConfig) -> RunPaths:
         """The run's paths, each inside the workspace (INVALID_ARGUMENT naming the field
         otherwise); its checkpoint folder claimed for its submitter."""
         spec = config.experiment_spec
+        await asyncio.to_thread(self.quota.check)
         checkpoint_dir = resolve_in_root(self.home, config.checkpoint_dir, field="checkpoint_dir")
         log_dir = resolve_in_root(self.home, config.log_dir, field="log_dir")
         await asyncio.to_thread(self.checkpoints.claim, checkpoint_dir, config.submitted_by)
-        if spec.dataset.dvc_revision:
-            await self._checkout_revision(spec.dataset.data_path, spec.dataset.dvc_revision)
         data_path = resolve_data(
             self.home, self.settings.data_root, spec.dataset.data_path, field="dataset.data_path"
         )
+        if spec.dataset.dvc_revision:  # a copy of its own; the working copy stays as it is
+            data_path = await self._checkout_revision(
+                spec.dataset.data_path, spec.dataset.dvc_revision
+            )
         resume, resume_sha256 = "", ""
         if config.resume_from:
             candidate = resolve_in_root(self.home, config.resume_from, field="config.resume_from")
@@ -178,8 +179,9 @@ class RunInputs:
         if spec.seal_test:
             self.checkpoints.seal(checkpoint_dir, data)
 
-    async def _checkout_revision(self, data_path: str, revision: str) -> None:
-        """Bring ``datasets/<id>`` to the DVC revision the spec names, before training."""
+    async def _checkout_revision(self, data_path: str, revision: str) -> Path:
+        """``datasets/<id>`` at the DVC revision the spec names: a read-only copy per
+        revision (``dvcsync.materialize``), never a checkout into the shared folder."""
         from services.executor.tools import dvcsync
 
         parts = data_path.strip("/").split("/")
@@ -190,7 +192,7 @@ class RunInputs:
             )
         remote = self.settings.dvc_remote or str(self.home / "dvc-remote")
         await asyncio.to_thread(dvcsync.ensure_repo, self.home, remote)
-        await asyncio.to_thread(dvcsync.pull, self.home, parts[1], revision)
+        return await asyncio.to_thread(dvcsync.materialize, self.home, parts[1], revision)
 
     def _carry_over(self, resume: Path, checkpoint_dir: Path) -> str:
         """The registered digest of the checkpoint a retry resumes from ("" when it is
@@ -217,6 +219,17 @@ class RunInputs:
         if file_sha256(copied) == best_digest:
             self.checkpoints.register(copied, best_digest)
         return digest
+
+    async def completed(self, config: TrainingJobConfig) -> None:
+        """The job's earlier attempts' checkpoints go: this one carried the best over."""
+        folder = resolve_in_root(self.home, config.checkpoint_dir, field="checkpoint_dir")
+        freed = await asyncio.to_thread(retention.drop_earlier_attempts, self.home, folder)
+        if freed:
+            logger.info(
+                "job %s: %.1f MB of earlier attempts' checkpoints deleted",
+                config.job_id,
+                freed / 1e6,
+            )
 
     def trainer_input(self, run: Run, paths: RunPaths, *, prepared: bool) -> TrainerInput:
         """What the run's trainer is told: its config, folders, data and resume point."""

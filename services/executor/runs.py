@@ -19,7 +19,7 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from arc_common.errors import FailedPreconditionError, NotFoundError
+from arc_common.errors import ArcError, FailedPreconditionError, NotFoundError
 from arc_common.eventlog import EventLog
 from arc_common.models import (
     TERMINAL_STATES,
@@ -38,6 +38,7 @@ from services.executor import failures, pipe
 from services.executor.launcher import Launcher, TrainerLaunch
 from services.executor.leases import LeaseChecker, check_for_job, keep_renewed, renew_interval
 from services.executor.live import Ending, LiveRun, ending, final_result
+from services.executor.procfs import oom_kills
 from services.executor.protocol import TrainerMessage
 from services.executor.registry import CheckpointRegistry
 from services.executor.run_inputs import RunInputs, RunPaths
@@ -212,6 +213,7 @@ class RunManager:
             await self._finish(live, Ending(JobState.FAILED, failed, RunEndCause.FAILED))
             raise
         live.launched = launched
+        live.oom_kills_at_start = oom_kills()
         live.run = run.model_copy(update={"pid": launched.pid, "start_time": datetime.now(UTC)})
         await self.store.save(live.run, locator=launched.locator)
         live.tasks.append(asyncio.create_task(self._read(live)))
@@ -358,6 +360,9 @@ class RunManager:
         self.events.append(live.run.run_id, result=result)
         first_line = end.reason.splitlines()[0] if end.reason else ""
         await self._transition(live, end.state, first_line, end.cause, failure)
+        if end.state is JobState.COMPLETED and live.run.config is not None:
+            with contextlib.suppress(ArcError, OSError):  # retention fails no run
+                await self._inputs.completed(live.run.config)
         await self.events.mark_closed(live.run.run_id)
         live.done.set()
         self._live.pop(live.run.run_id, None)

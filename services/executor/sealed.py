@@ -62,6 +62,12 @@ class SealGuard:
                     out.append(resolve_in_root(base, relative, field="sealed"))
                 except ArcError:
                     continue
+            # Its DVC revisions' copies are the same data (services.executor.tools.dvcsync).
+            parts = relative.strip("/").split("/")
+            if len(parts) == 2 and parts[0] == "datasets":
+                revisions = self.home / "datasets" / ".revisions" / parts[1]
+                if revisions.is_dir():
+                    out += [d for d in revisions.iterdir() if d.is_dir() and not d.is_symlink()]
         return out
 
     @staticmethod

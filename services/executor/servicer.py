@@ -427,5 +427,6 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         if not request.HasField("dataset"):
             raise InvalidArgumentError("dataset is required", field="dataset")
         dataset = to_model(request.dataset, DatasetSpec, prefix="dataset")
-        classes, split = await self._tools.sources.check_dataset(dataset)
+        sealed = list(request.sealed_test_datasets)[:1000]
+        classes, split = await self._tools.sources.check_dataset(dataset, sealed)
         return executor_pb2.CheckDatasetResponse(class_names=classes, split_folders=split)

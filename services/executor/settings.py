@@ -55,6 +55,8 @@ class ExecutorSettings(ServiceSettings):
     sandbox_open_files: int = Field(default=4096, ge=0, le=1_048_576)
     sandbox_processes: int = Field(default=4096, ge=0, le=1_000_000)
     sandbox_address_space_mb: int = Field(default=0, ge=0, le=16_777_216)
+    # Runs start only while runs/ holds less than this (GB); 0: no quota.
+    checkpoint_quota_gb: float = Field(default=0.0, ge=0, le=1_000_000)
     # For tests and the benchmark only, never in production: a fault or probe every
     # trainer runs (services.executor.trainer.faults), e.g. "nan_loss_at_step:2".
     trainer_faults: str = ""

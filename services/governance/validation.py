@@ -46,15 +46,15 @@ class ToolCall:
 
 
 def read_only(call: ToolCall) -> bool:
-    """A call that changes nothing (listing checkpoints): never held for an operator nor
-    refused by LOCKED, which gate what changes."""
+    """A call that changes nothing (listing checkpoints): never held for an operator's
+    approval (LOCKED still refuses it: a lock stops everything)."""
     return call.tool is Tool.MANAGE_CHECKPOINTS and call.parameters.get("action") == "list"
 
 
 def _verdict(
     policy: Policy, violations: list[Violation], mode: Mode, *, reads_only: bool = False
 ) -> Decision:
-    if reads_only and not violations:
+    if reads_only and mode is Mode.SUPERVISED:
         mode = Mode.AUTONOMOUS
     if violations or mode is Mode.LOCKED:
         reason = (

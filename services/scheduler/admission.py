@@ -182,20 +182,26 @@ class Admission:
             raise
 
     async def _with_source(self, submission: Submission, index: str) -> Submission:
-        """A training spec checked against what only the machines know (its GPUs, its
-        dataset), and a code-defined one with its revision resolved to a commit before
-        anything compares or stores it (the commit is part of what the experiment is)."""
+        """A training spec's init_from as a checkpoint path, and a code-defined one's
+        revision as a commit, before anything compares or stores it (both are part of
+        what the experiment is)."""
         spec = submission.spec
         if spec is None or submission.kind != "training":
             return submission
         check_length(submission.request_id, submission.request_field)
-        feasibility.check_gpus(self._ctx.nodes, spec, prefix=f"{index}spec.")
-        await self._datasets.check(spec, prefix=f"{index}spec.")
         ctx = self._ctx
         spec = sources.resolve_init(ctx.jobs, ctx.experiments, spec, prefix=index)
         if spec.source is not None:
             spec = await sources.resolve(ctx.nodes, spec, prefix=index)
         return dataclasses.replace(submission, spec=spec)
+
+    async def _feasible(self, item: Checked, where: str) -> None:
+        """What only the machines know (its GPUs, its dataset); after the seal checks, so
+        that a sealed folder is refused as such and never looked into."""
+        if item.kind.name != "training":
+            return
+        feasibility.check_gpus(self._ctx.nodes, item.spec, prefix=f"{where}spec.")
+        await self._datasets.check(item.spec, self._gate.sealed, prefix=f"{where}spec.")
 
     def _new_job(
         self, item: Checked, job_id: str, caller: str, pending: bool, sealing: Seal
@@ -247,6 +253,7 @@ class Admission:
                     item, self._gate.sealed, caller=caller, trusted=trusted, index=where
                 )
                 sources.refuse_sealed(early.spec, trusted=trusted, prefix=where)
+                await self._feasible(item, where)
         for item, earlier in zip(items, existing, strict=True):
             if earlier is None and prefix and item.kind.checked_before_batch:
                 await self._gate.check(

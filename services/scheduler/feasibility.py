@@ -63,14 +63,14 @@ class DatasetCheck:
         self._clock = clock
         self._good: dict[tuple[str, str], float] = {}
 
-    async def check(self, spec: ExperimentSpec, *, prefix: str = "") -> None:
+    async def check(self, spec: ExperimentSpec, sealed: list[str], *, prefix: str = "") -> None:
         dataset = spec.dataset
         key = (dataset.data_path, dataset.dataset_type.value)
         if self._good.get(key, -1.0) > self._clock():
             return
         for node in self._nodes.up():
             try:
-                await node.client.check_dataset(dataset)
+                await node.client.check_dataset(dataset, sealed)
             except (UnavailableError, DeadlineExceededError) as exc:
                 self._nodes.failed(node, exc)
                 continue

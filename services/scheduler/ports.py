@@ -46,8 +46,9 @@ class NodeClient(Protocol):
         ...
 
     def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
-    async def check_dataset(self, dataset: DatasetSpec) -> None:
-        """Raises when the dataset cannot be trained on there (its field named)."""
+    async def check_dataset(self, dataset: DatasetSpec, sealed: list[str]) -> None:
+        """Raises when the dataset cannot be trained on there (its field named); one that
+        would read a ``sealed`` test folder is not looked into (its run refuses it)."""
         ...
 
     async def resolve_source(self, source: CodeSource) -> CodeSource:

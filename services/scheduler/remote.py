@@ -150,10 +150,12 @@ class GrpcNode:
             to_model(reply.report.provenance, Provenance),
         )
 
-    async def check_dataset(self, dataset: DatasetSpec) -> None:
+    async def check_dataset(self, dataset: DatasetSpec, sealed: list[str]) -> None:
         await unary(
             self._executor.CheckDataset(
-                executor_pb2.CheckDatasetRequest(dataset=to_proto(dataset, common_pb2.DatasetSpec)),
+                executor_pb2.CheckDatasetRequest(
+                    dataset=to_proto(dataset, common_pb2.DatasetSpec), sealed_test_datasets=sealed
+                ),
                 timeout=RPC_TIMEOUT,
             )
         )

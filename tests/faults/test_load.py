@@ -19,6 +19,7 @@ from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.auth import Role, TokenStore
+from arc_common.synth import generate_dataset
 from tests.integration.scheduler.conftest import spec
 from tests.security.suite import ProcessSuite
 
@@ -45,6 +46,7 @@ async def test_mixed_load(tmp_path: Path) -> None:
         .replace("calls_per_minute: 600", "calls_per_minute: 1000000")
         .replace("max_concurrent_jobs: 4", "max_concurrent_jobs: 1000000")
     )
+    generate_dataset(home / "data" / "fundus", count=8, size=32, seed=1, splits=(0.5, 0.25, 0.25))
     suite = ProcessSuite(home)
     await suite.start()
     tokens = TokenStore.load(suite.home)
@@ -65,10 +67,9 @@ async def test_mixed_load(tmp_path: Path) -> None:
         def submit() -> Awaitable[Any]:
             nonlocal counter
             counter += 1
-            # The reserved GPU: the job is accepted, then refused a lease, never trained.
-            experiment = spec(
-                f"load-{counter}", gpu_allocation={"preference": "specific", "gpu_indices": [2]}
-            )
+            # More GPU memory than any GPU has: the job is accepted (its dataset is there,
+            # its GPU count fits a machine) and is never given a lease, never trained.
+            experiment = spec(f"load-{counter}", gpu_allocation={"min_free_memory_mib": 10_000_000})
             call: Awaitable[Any] = scheduler.SubmitJob(
                 scheduler_pb2.SubmitJobRequest(spec=experiment, request_id=f"load-{counter}"),
                 metadata=auth,

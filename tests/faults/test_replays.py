@@ -16,6 +16,7 @@ from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.auth import Role, TokenStore
+from arc_common.synth import generate_dataset
 from tests.faults.proxy import DroppingProxy
 from tests.integration.executor.conftest import job_config
 from tests.integration.scheduler.conftest import spec
@@ -44,6 +45,9 @@ async def test_replays_through_a_lossy_proxy(tmp_path: Path, data_root: Path) ->
     (repo / "net.py").write_text("WIDTH = 64\n")
     git(repo, "add", ".")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "initial")
+    # The scheduler's spec trains on data/fundus (checked at submit), the direct StartRun
+    # on the data root's fundus.
+    generate_dataset(home / "data" / "fundus", count=8, size=32, seed=2, splits=(0.5, 0.25, 0.25))
     suite = ProcessSuite(home, data_root=data_root)
     await suite.start()
     proxies = {

@@ -36,7 +36,7 @@ SECOND_AGENT = "agent-2"
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessSuite]:
     home = tmp_path_factory.mktemp("attacks-scheduler")
     data = tmp_path_factory.mktemp("attacks-scheduler-data")
-    generate_dataset(data / "data" / "fundus", count=12, size=32, seed=5)
+    generate_dataset(data / "data" / "fundus", count=12, size=32, seed=5, splits=(0.5, 0.25, 0.25))
     # Two agents: one agent's jobs and request ids are not another's.
     entries = [
         {"name": name, "role": role, "token": secrets.token_urlsafe(32)}

@@ -72,8 +72,8 @@ class ToolBase:
         self.governed = governed
         self.runs = runs
         self.access = Access(self.home, settings.data_root, settings.repositories.values())
-        self.sources = SourceTools(settings, governed, self.access)
         self.seals = SealGuard(self.home, settings.data_root, runs.checkpoints)
+        self.sources = SourceTools(settings, governed, self.access, self.seals)
 
     async def _sealed(self, trusted: bool, *args: Any, **kwargs: Any) -> None:
         """The seal on test splits (SealGuard.check_tool), for all but a trusted caller."""

@@ -3,14 +3,18 @@
 The workspace is a DVC repository without git (``dvc init --no-scm``); the remote is a
 local directory by default, so it works on one machine with no network. Every push keeps
 the dataset's ``.dvc`` file under ``datasets/.revisions/<id>/<md5>.dvc``, so a revision
-named in a spec can be checked out later (``resolve_revision``).
+named in a spec can be trained on later: ``materialize`` builds it once, read-only, in
+``datasets/.revisions/<id>/<md5>/`` from DVC's cache, and never touches the working copy
+``datasets/<id>`` (which a user may be editing, and other jobs may be reading).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from arc_common.errors import FailedPreconditionError, NotFoundError
+from arc_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 
 REMOTE_NAME = "arc"
 
@@ -110,3 +114,49 @@ def pull(workspace: Path, dataset_id: str, revision: str = "") -> Transfer:
     _, size = _folder_stats(workspace / "datasets" / dataset_id)
     fetched = _count(output, "fetched") or _count(output, "added") or _count(output, "modified")
     return Transfer(dataset_id, fetched, size if fetched else 0, revision_of(dvc_file))
+
+
+def _cached(workspace: Path, md5: str) -> Path:
+    return workspace / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def materialize(workspace: Path, dataset_id: str, revision: str) -> Path:
+    """The dataset at a pushed revision, as a read-only folder of its own (made once,
+    content-addressed by the revision; fetched from the remote when the cache lacks it).
+    Blocking."""
+    kept = workspace / "datasets" / ".revisions" / dataset_id / f"{revision}.dvc"
+    if "/" in revision or not kept.is_file():
+        raise NotFoundError(
+            f"dataset {dataset_id} has no pushed revision {revision}",
+            field="dataset.dvc_revision",
+        )
+    dest = kept.with_suffix("")
+    if dest.is_dir():
+        return dest
+    md5 = revision_of(kept)
+    if not _cached(workspace, md5).is_file():
+        dvc(workspace, "fetch", "-r", REMOTE_NAME, str(kept.relative_to(workspace)))
+    entries = json.loads(_cached(workspace, md5).read_text())
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for entry in entries:
+        relative = Path(entry["relpath"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise InvalidArgumentError(
+                f"revision {revision} names {relative}: refused", field="dataset.dvc_revision"
+            )
+        target = tmp / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = _cached(workspace, entry["md5"])
+        try:
+            os.link(source, target)  # the cache's bytes, no copy
+        except OSError:
+            shutil.copyfile(source, target)
+        target.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    for folder, _dirs, _files in os.walk(tmp):
+        Path(folder).chmod(0o555)
+    try:
+        tmp.rename(dest)
+    except OSError:  # made meanwhile by another run: the same bytes
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

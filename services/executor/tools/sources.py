@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from arc_common.errors import InvalidArgumentError, NotFoundError
+from arc_common.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
 from arc_common.models import CodeSource, DatasetSpec, Tool
-from arc_common.paths import resolve_in_root
+from arc_common.paths import resolve_data, resolve_in_root
 from services.executor import code_sources, dataset_check
+from services.executor.sealed import SealGuard
 from services.executor.settings import ExecutorSettings
 from services.executor.tools import dvcsync, patches
 from services.executor.tools.access import Access
@@ -17,8 +18,11 @@ from services.executor.tools.governed import Governed
 
 
 class SourceTools:
-    def __init__(self, settings: ExecutorSettings, governed: Governed, access: Access) -> None:
+    def __init__(
+        self, settings: ExecutorSettings, governed: Governed, access: Access, seals: SealGuard
+    ) -> None:
         self.settings = settings
+        self.seals = seals
         self.home = settings.home.resolve()
         self.governed = governed
         self.access = access
@@ -118,7 +122,20 @@ class SourceTools:
             code_sources.resolve, self.home, self.settings.repositories, source
         )
 
-    async def check_dataset(self, dataset: DatasetSpec) -> tuple[list[str], bool]:
-        return await asyncio.to_thread(
-            dataset_check.check, self.home, self.settings.data_root, dataset
+    async def check_dataset(
+        self, dataset: DatasetSpec, sealed: list[str]
+    ) -> tuple[list[str], bool]:
+        return await asyncio.to_thread(self._check_dataset, dataset, sealed)
+
+    def _check_dataset(self, dataset: DatasetSpec, sealed: list[str]) -> tuple[list[str], bool]:
+        guard = self.seals
+        path = resolve_data(
+            self.home, self.settings.data_root, dataset.data_path, field="dataset.data_path"
         )
+        try:
+            guard.check_read(
+                path, guard.roots(sealed), field="dataset.data_path", shown="", training=True
+            )
+        except PermissionDeniedError:  # not looked into: its run refuses it
+            return [], False
+        return dataset_check.check(self.home, self.settings.data_root, dataset)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from arc_common.models import CheckpointKind
 from services.executor.protocol import CHECKSUM_SUFFIX
 
 CHECKPOINT_FORMAT = "arc-checkpoint-v1"
@@ -136,3 +137,20 @@ class CheckpointWriter:
 
     def __exit__(self, *_: object) -> None:
         self._pool.shutdown(wait=True)  # on any exit: what was submitted reaches the disk
+
+
+# What only resuming needs: last.pt keeps it, a best.pt of an earlier epoch does not.
+RESUME_ONLY = ("optimizer_state_dict", "scheduler_state_dict")
+
+
+def slim_best(checkpoint_dir: Path, write: Callable[..., Path]) -> None:
+    """best.pt of an earlier epoch than last.pt, written again without the optimizer's
+    state (about two thirds of an Adam checkpoint) and reported with its new digest."""
+    path = checkpoint_dir / "best.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not any(payload.get(key) for key in RESUME_ONLY):
+        return
+    slim = {key: value for key, value in payload.items() if key not in RESUME_ONLY}
+    write(
+        CheckpointKind.BEST, int(slim["epoch"]), dict(slim["metrics"]), serialize_checkpoint(slim)
+    )

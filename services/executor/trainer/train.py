@@ -33,6 +33,7 @@ from services.executor.trainer.checkpoint_io import (
     host_copy,
     load_verified,
     serialize_checkpoint,
+    slim_best,
     write_checkpoint,
 )
 from services.executor.trainer.code import build as build_code_model
@@ -406,6 +407,8 @@ def _train(
         if final is not None:
             writer.submit(persist, *final)
     writer.settle()  # the last checkpoints are on disk before the result says so
+    if best_epoch != last_epoch:
+        slim_best(checkpoint_dir, write)
     # Drawn after the GPUs went back: CPU work only.
     evaluations = _figures(
         evaluations,

@@ -196,6 +196,8 @@ async def test_a_trainer_killed_without_a_word_ends_crashed(suite: Suite) -> Non
     assert final.state == common_pb2.JOB_STATE_FAILED
     assert final.end_cause == common_pb2.RUN_END_CAUSE_CRASHED
     assert end_cause(await suite.events(run.run_id)) == common_pb2.RUN_END_CAUSE_CRASHED
+    # Nothing said why: the engine's to retry, not the spec's fault.
+    assert final.failure.failure_class == common_pb2.FAILURE_CLASS_INFRASTRUCTURE
     assert process_group_members(run.pid) == []
 
 
@@ -207,6 +209,9 @@ async def test_crashing_child_ends_failed_with_its_error(suite: Suite) -> None:
     assert final.end_cause == common_pb2.RUN_END_CAUSE_FAILED
     assert "resnet999" in final.error_message
     assert "not a torchvision model" in final.error_message
+    assert final.failure.failure_class == common_pb2.FAILURE_CLASS_SPEC_INVALID
+    assert final.failure.exception_type == "UnknownVariant"
+    assert "Traceback" in final.failure.stderr_tail
     logs = [e for e in await suite.events(run.run_id) if e.WhichOneof("payload") == "log"]
     assert logs and logs[-1].log.stream == "stderr"
 
@@ -221,6 +226,7 @@ async def test_nan_loss_ends_pruned(tmp_path: Path, data_root: Path) -> None:
     assert final.state == common_pb2.JOB_STATE_PRUNED
     assert final.end_cause == common_pb2.RUN_END_CAUSE_PRUNED
     assert "loss is nan at step 2" in final.error_message
+    assert final.failure.failure_class == common_pb2.FAILURE_CLASS_DIVERGED
 
 
 async def test_stale_lease_stops_the_run(suite: Suite) -> None:
@@ -245,6 +251,7 @@ async def test_stale_lease_stops_the_run(suite: Suite) -> None:
     assert final.state == common_pb2.JOB_STATE_FAILED
     assert final.end_cause == common_pb2.RUN_END_CAUSE_LOST_LEASE
     assert "lease lost" in final.error_message
+    assert final.failure.failure_class == common_pb2.FAILURE_CLASS_LEASE_LOST
     assert process_group_members(run.pid) == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -479,7 +480,12 @@ async def test_write_through_existing_symlink_refused(tools: Tools) -> None:
     assert not (tools.home.parent / "escape.txt").exists()
 
 
-async def test_spec_revision_is_checked_out_through_dvc_before_training(tools: Tools) -> None:
+async def test_a_spec_revision_trains_on_its_own_copy_not_the_shared_folder(
+    tools: Tools,
+) -> None:
+    """dataset.dvc_revision: the run reads a read-only copy of that revision, made from
+    DVC's cache; the shared datasets/<id> (where a user adds files, and other jobs read)
+    is left exactly as it was."""
     from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
     from tests.integration.executor.conftest import job_config
 
@@ -495,14 +501,21 @@ async def test_spec_revision_is_checked_out_through_dvc_before_training(tools: T
     victim.unlink()
     second = (await executor.SyncDatasets(push)).transfers[0].revision
     assert second != first
+    added = dataset / "train" / "normal" / "added-by-a-user.png"
+    shutil.copyfile(next((dataset / "train" / "normal").glob("*.png")), added)
+    working_copy = tree_digest(dataset)
     config = job_config("job-dvc")
     config.experiment_spec.dataset.data_path = "datasets/versioned"
     config.experiment_spec.dataset.dvc_revision = first
     config.experiment_spec.dataset.image_size = SIZE
     config.experiment_spec.hyperparameters.epochs = 1
-    assert tree_digest(dataset) != version_one
     gpu = gpu_pb2_grpc.GpuManagerServiceStub(tools.channel(tools.gpu_port, Role.SERVICE))
     granted = (await gpu.AcquireLease(gpu_pb2.AcquireLeaseRequest(job_id="job-dvc"))).lease
     run = (await executor.StartRun(executor_pb2.StartRunRequest(config=config, lease=granted))).run
-    assert tree_digest(dataset) == version_one  # back at the revision the spec named
+    assert tree_digest(dataset) == working_copy and added.exists()  # untouched
+    told = json.loads((tools.home / config.log_dir / f"{run.run_id}.input.json").read_text())
+    copy = Path(told["data_path"])
+    assert copy.parent == tools.home / "datasets" / ".revisions" / "versioned"
+    assert tree_digest(copy) == version_one  # the revision the spec named
+    assert not os.stat(next(copy.rglob("*.png"))).st_mode & 0o222  # read-only
     await executor.CancelRun(executor_pb2.CancelRunRequest(run_id=run.run_id))

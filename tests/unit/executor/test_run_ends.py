@@ -7,6 +7,7 @@ The fake is what a launcher that runs trainers elsewhere would be: one more clas
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from arc_common.errors import FailedPreconditionError
 from arc_common.eventlog import EventLog
 from arc_common.models import (
     ExperimentResult,
+    FailureClass,
     JobState,
     Lease,
     Run,
@@ -26,6 +28,7 @@ from arc_common.models import (
     TrainingJobConfig,
 )
 from services.executor.launcher import Locator, ToolCall, ToolExit, TrainerLaunch
+from services.executor.procfs import oom_kills
 from services.executor.protocol import TrainerMessage, dump
 from services.executor.run_store import SqliteRunStore
 from services.executor.runs import RunManager
@@ -206,6 +209,42 @@ async def test_a_trainer_that_dies_without_a_word_crashed(bench: Bench) -> None:
         RunEndCause.CRASHED,
     )
     assert "trainer exited with -9" in ended.error_message
+
+
+async def test_a_trainer_the_kernel_killed_for_memory_ran_out_of_memory(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL that no one here sent, while the memory cgroup's OOM-kill count grew: the
+    host ran out of memory (the count is the kernel's; faked here, parsed below)."""
+    kills = itertools.count(4)  # one more kill each time it is read
+    monkeypatch.setattr("services.executor.runs.oom_kills", lambda: next(kills))
+    monkeypatch.setattr("services.executor.live.oom_kills", lambda: next(kills))
+    run, trainer = await bench.start()
+    trainer.exit(-9)
+    ended, cause = await bench.ended(run.run_id)
+    assert (ended.end_cause, cause) == (RunEndCause.OOM, RunEndCause.OOM)
+    assert ended.failure is not None
+    assert ended.failure.failure_class is FailureClass.OUT_OF_MEMORY
+    assert "out-of-memory killer" in ended.error_message
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_oom_kill_count_is_read_from_either_cgroup_version(
+    tmp_path: Path, version: str
+) -> None:
+    proc = tmp_path / "cgroup"
+    if version == "v1":
+        proc.write_text("5:cpu:/\n4:memory:/box/a\n0::/\n")
+        target = tmp_path / "memory" / "box" / "a" / "memory.oom_control"
+        text = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"
+    else:
+        proc.write_text("0::/box/a\n")
+        target = tmp_path / "box" / "a" / "memory.events"
+        text = "low 0\nhigh 0\nmax 2\noom 1\noom_kill 3\n"
+    target.parent.mkdir(parents=True)
+    target.write_text(text)
+    assert oom_kills(str(proc), str(tmp_path)) == 3
+    assert oom_kills(str(tmp_path / "missing"), str(tmp_path)) is None
 
 
 async def test_a_trainer_that_prunes_itself(bench: Bench) -> None:

@@ -350,11 +350,10 @@ async def test_the_audit_log_is_the_one_it_is_given(tmp_path: Path, clock: FakeC
         await gov.close()
 
 
-@pytest.mark.parametrize("mode", [Mode.SUPERVISED, Mode.LOCKED])
-async def test_listing_checkpoints_is_never_held_for_approval(gov: Governance, mode: Mode) -> None:
+async def test_listing_checkpoints_is_never_held_for_approval(gov: Governance) -> None:
     """A read changes nothing: in SUPERVISED it is not queued for an operator (it would
-    never succeed, and queued a request on every call), and LOCKED gates changes only."""
-    await gov.set_mode(mode, caller="op")
+    never succeed, and queued a request on every call); LOCKED refuses it still."""
+    await gov.set_mode(Mode.SUPERVISED, caller="op")
     listing = {"action": "list", "checkpoint_dir": "runs/job-1", "run_id": ""}
     for _ in range(3):
         decision = await gov.validate(call(listing, tool=Tool.MANAGE_CHECKPOINTS))
@@ -362,4 +361,7 @@ async def test_listing_checkpoints_is_never_held_for_approval(gov: Governance, m
     assert (await gov.list_pending(offset=0, limit=10))[0] == []
     deleting = {"action": "delete", "path": "runs/job-1/checkpoints/last.pt"}
     held = await gov.validate(call(deleting, tool=Tool.MANAGE_CHECKPOINTS, request_id="d1"))
-    assert not held.allowed
+    assert held.outcome is DecisionOutcome.PENDING_APPROVAL
+    await gov.set_mode(Mode.LOCKED, caller="op")
+    locked = await gov.validate(call(listing, tool=Tool.MANAGE_CHECKPOINTS))
+    assert locked.outcome is DecisionOutcome.DENIED

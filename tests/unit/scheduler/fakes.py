@@ -185,7 +185,7 @@ class FakeNode:
             raise NotFoundError(f"no run {run_id}")
         return fake
 
-    async def check_dataset(self, dataset: DatasetSpec) -> None:
+    async def check_dataset(self, dataset: DatasetSpec, sealed: list[str]) -> None:
         """A dataset the test put in ``missing_datasets`` is not there."""
         self._answer()
         if dataset.data_path in self.missing_datasets:

@@ -1408,16 +1408,24 @@ class CheckDatasetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DATASET_FIELD_NUMBER: _builtins.int
+    SEALED_TEST_DATASETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def dataset(self) -> _common_pb2.DatasetSpec: ...
+    @_builtins.property
+    def sealed_test_datasets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The policy's sealed datasets: a dataset that would read one's test images is not
+        looked into here (its run refuses it, as for any other read).
+        """
+
     def __init__(
         self,
         *,
         dataset: _common_pb2.DatasetSpec | None = ...,
+        sealed_test_datasets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "sealed_test_datasets", b"sealed_test_datasets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
