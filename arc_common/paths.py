@@ -112,3 +112,18 @@ def write_no_follow(path: Path, text: str) -> None:
             data = data[os.write(fd, data) :]
     finally:
         os.close(fd)
+
+
+# What the engine counts as an image file, wherever it looks for them.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def make_read_only(root: Path) -> None:
+    """Every file under ``root`` 0444 and every folder 0555 (links left alone): a tree
+    the engine made for a run to read and nobody to change. Blocking."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                path.chmod(0o444)
+        Path(folder).chmod(0o555)

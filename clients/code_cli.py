@@ -17,24 +17,27 @@ from clients.display import Out
 
 def with_revision(spec: ExperimentSpec, args: argparse.Namespace) -> ExperimentSpec:
     """The spec with ``--revision`` / ``--repository`` / ``--entrypoint`` applied."""
-    source = spec.source
-    if args.entrypoint:
-        base = source or CodeSource(repository=args.repository or "models", entrypoint="a:b")
-        source = base.model_copy(update={"entrypoint": args.entrypoint})
-    if source is None:
-        if args.revision or args.repository:
+    given = {
+        name: value
+        for name, value in (
+            ("revision", args.revision),
+            ("repository", args.repository),
+            ("entrypoint", args.entrypoint),
+        )
+        if value
+    }
+    if spec.source is None and not args.entrypoint:
+        if given:
             raise errors.InvalidArgumentError(
                 "--revision and --repository need a spec with source, or --entrypoint",
                 field="source",
             )
         return spec
-    updates = {"commit": "", "tree": ""}
-    if args.revision:
-        updates["revision"] = args.revision
-    if args.repository:
-        updates["repository"] = args.repository
-    # Validated again, as the scheduler will: a bad revision is refused here by name.
-    checked = parse_model(CodeSource, source.model_dump() | updates, prefix="source")
+    base = spec.source.model_dump() if spec.source else {"repository": "models"}
+    # Validated again, as the scheduler will: a bad revision is refused here by name; the
+    # commit is the scheduler's to set.
+    fields = base | given | {"commit": "", "tree": ""}
+    checked = parse_model(CodeSource, fields, prefix="source")
     return spec.model_copy(update={"source": checked})
 
 

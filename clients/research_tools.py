@@ -102,14 +102,14 @@ class ResearchTools:
             if not token:
                 return out
 
-    async def delete_checkpoint(self, path: str, *, request_id: str = "") -> list[str]:
-        reply = await unary(
-            self._executor.DeleteCheckpoint(
-                executor_pb2.DeleteCheckpointRequest(request_id=request_id, path=path),
-                timeout=self._timeout,
-            )
-        )
+    async def _delete(self, request: executor_pb2.DeleteCheckpointRequest) -> list[str]:
+        reply = await unary(self._executor.DeleteCheckpoint(request, timeout=self._timeout))
         return list(reply.deleted_paths)
+
+    async def delete_checkpoint(self, path: str, *, request_id: str = "") -> list[str]:
+        return await self._delete(
+            executor_pb2.DeleteCheckpointRequest(request_id=request_id, path=path)
+        )
 
     async def keep_best(
         self,
@@ -127,13 +127,9 @@ class ResearchTools:
             metric=metric,
             mode=enum_value(common_pb2.MetricMode, mode),
         )
-        reply = await unary(
-            self._executor.DeleteCheckpoint(
-                executor_pb2.DeleteCheckpointRequest(request_id=request_id, retention=rule),
-                timeout=self._timeout,
-            )
+        return await self._delete(
+            executor_pb2.DeleteCheckpointRequest(request_id=request_id, retention=rule)
         )
-        return list(reply.deleted_paths)
 
     async def apply_patch(
         self, repository: str, patch: str, *, message: str = "", request_id: str = ""

@@ -5,16 +5,13 @@ only from the export, never from the live working copy an agent may be patching.
 from __future__ import annotations
 
 import io
-import os
-import stat
-import subprocess
 import tarfile
 from pathlib import Path
 
 from arc_common.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
 from arc_common.models import CodeSource
-from arc_common.paths import resolve_in_root
-from services.executor.tools.patches import ensure_repository, git, git_env
+from arc_common.paths import make_read_only, resolve_in_root
+from services.executor.tools.patches import ensure_repository, git, git_bytes
 
 MAX_EXPORT_BYTES = 512 * 1024 * 1024
 
@@ -73,46 +70,24 @@ def export(home: Path, repositories: dict[str, str], source: CodeSource, dest: P
     """The tree of ``source.commit`` into ``dest`` (created), read-only for everyone: the
     run's trainer may read it and nobody may change it during the run. Blocking."""
     repo = repository_path(home, repositories, source.repository)
-    process = subprocess.run(
-        [
-            "git",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "archive",
-            "--format=tar",
-            "--end-of-options",
-            source.commit,
-        ],
-        cwd=repo,
-        capture_output=True,
-        env=git_env(),
-        timeout=300,
-        check=False,
-    )
-    if process.returncode != 0:
+    try:
+        archive_bytes = git_bytes(
+            repo, "archive", "--format=tar", "--end-of-options", source.commit, timeout=300
+        )
+    except FailedPreconditionError as exc:
         raise NotFoundError(
             f"source.commit {source.commit[:12]} is not in repository {source.repository!r} on "
-            f"this machine: {process.stderr.decode(errors='replace').strip()[:500]}",
+            f"this machine: {exc.message[:500]}",
             field="source.commit",
-        )
-    if len(process.stdout) > MAX_EXPORT_BYTES:
+        ) from None
+    if len(archive_bytes) > MAX_EXPORT_BYTES:
         raise ResourceExhaustedError(
             f"source {source.repository!r} at {source.commit[:12]} is larger than "
             f"{MAX_EXPORT_BYTES} bytes",
             field="source",
         )
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(process.stdout)) as archive:
+    with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
         # The "data" filter refuses links out of dest, devices and absolute names.
         archive.extractall(dest, filter="data")
-    _read_only(dest)
-
-
-def _read_only(root: Path) -> None:
-    readable = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            path = Path(folder, name)
-            if not path.is_symlink():
-                path.chmod(readable)
-        Path(folder).chmod(readable | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    make_read_only(dest)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from arc_common.errors import FailedPreconditionError, NotFoundError
 from arc_common.models import DatasetSpec, DatasetType
-from arc_common.paths import resolve_data
+from arc_common.paths import IMAGE_SUFFIXES
+from services.executor.sealed import SPLITS
 
-SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # Entries looked at per class folder before it counts as holding no image.
 MAX_SCAN = 100_000
 FIELD = "dataset.data_path"
@@ -47,9 +46,9 @@ def _classes(folder: Path, shown: str) -> list[str]:
     return with_images
 
 
-def check(home: Path, data_root: Path | None, dataset: DatasetSpec) -> tuple[list[str], bool]:
-    """The dataset's class names and whether it has split folders. Blocking."""
-    path = resolve_data(home, data_root, dataset.data_path, field=FIELD)
+def check(path: Path, dataset: DatasetSpec) -> tuple[list[str], bool]:
+    """The class names of ``dataset`` (found at ``path``, resolved) and whether it has
+    split folders. Blocking."""
     shown = dataset.data_path
     if not path.is_dir():
         raise NotFoundError(f"{FIELD} {shown!r} is not a folder here", field=FIELD)

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from arc_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from arc_common.paths import make_read_only
 
 REMOTE_NAME = "arc"
 
@@ -152,9 +152,7 @@ def materialize(workspace: Path, dataset_id: str, revision: str) -> Path:
             os.link(source, target)  # the cache's bytes, no copy
         except OSError:
             shutil.copyfile(source, target)
-        target.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    for folder, _dirs, _files in os.walk(tmp):
-        Path(folder).chmod(0o555)
+    make_read_only(tmp)
     try:
         tmp.rename(dest)
     except OSError:  # made meanwhile by another run: the same bytes

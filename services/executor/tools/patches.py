@@ -172,9 +172,16 @@ def git_env() -> dict[str, str]:
     return env
 
 
-def git(repo: Path, *args: str, stdin: str | None = None, scratch: Path | None = None) -> str:
-    """``scratch``: an index and an object store of their own there (the repository's
-    objects readable as alternates), so a trial apply leaves nothing in the repository."""
+def git_bytes(
+    repo: Path,
+    *args: str,
+    stdin: str | None = None,
+    scratch: Path | None = None,
+    timeout: float = 120,
+) -> bytes:
+    """git's stdout, hooks and external config neutralised. ``scratch``: an index and an
+    object store of their own there (the repository's objects readable as alternates),
+    so a trial apply leaves nothing in the repository."""
     env = git_env()
     if scratch is not None:
         env["GIT_INDEX_FILE"] = str(scratch / "index")
@@ -186,14 +193,20 @@ def git(repo: Path, *args: str, stdin: str | None = None, scratch: Path | None =
         input=stdin.encode() if stdin is not None else None,
         capture_output=True,
         env=env,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     if process.returncode != 0:
         said = (process.stderr or process.stdout).decode(errors="replace").strip()
         raise FailedPreconditionError(f"git {args[0]} failed: {said[:2000]}", field="patch")
+    return process.stdout
+
+
+def git(repo: Path, *args: str, stdin: str | None = None, scratch: Path | None = None) -> str:
+    """``git_bytes`` decoded."""
+    out = git_bytes(repo, *args, stdin=stdin, scratch=scratch)
     try:
-        return process.stdout.decode()
+        return out.decode()
     except UnicodeDecodeError:  # a quoted name with octal escapes that are no UTF-8
         raise InvalidArgumentError("patch names a path that is not UTF-8", field="patch") from None
 

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from arc_common.models import PreprocessingChain, PreprocessingStepType
+from arc_common.paths import IMAGE_SUFFIXES
 from services.executor.protocol import file_sha256
 
 MANIFEST = "manifest.json"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 AUGMENTATIONS = {
     PreprocessingStepType.HORIZONTAL_FLIP,
     PreprocessingStepType.VERTICAL_FLIP,

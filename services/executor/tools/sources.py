@@ -138,4 +138,4 @@ class SourceTools:
             )
         except PermissionDeniedError:  # not looked into: its run refuses it
             return [], False
-        return dataset_check.check(self.home, self.settings.data_root, dataset)
+        return dataset_check.check(path, dataset)

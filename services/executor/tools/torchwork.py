@@ -20,12 +20,11 @@ from arc_common.models import (
     DatasetSpec,
     PreprocessingChain,
 )
+from arc_common.paths import IMAGE_SUFFIXES
 from services.executor.trainer.checkpoint_io import load_verified
 from services.executor.trainer.data import SPLITS, patient_ids, unsplit
 from services.executor.trainer.models import build_model
 from services.executor.trainer.transforms import build_transforms
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def load_checkpoint(path: Path, sha256: str) -> tuple[nn.Module, dict[str, Any], torch.device]:
@@ -35,7 +34,7 @@ def load_checkpoint(path: Path, sha256: str) -> tuple[nn.Module, dict[str, Any],
     if payload is None:
         raise ValueError(f"checkpoint {path.name} changed since it was verified; not loaded")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if payload.get("source") or payload["architecture"].get("family") == "custom":
+    if payload.get("source") or payload["architecture"].get("family") == ArchitectureFamily.CUSTOM:
         raise UnsupportedRequest(
             f"{path.name} holds a model built by repository code: the tools do not run "
             "that code (it runs only in a training run's sandbox)",
