@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import stat
 from pathlib import Path, PurePosixPath
 
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
@@ -96,22 +95,6 @@ def reserved_reason(relative: str) -> str | None:
         if _DATABASE.search(part):
             return f"{part!r} is a database of the services"
     return None
-
-
-def write_no_follow(path: Path, text: str) -> None:
-    """Write ``path`` without following a link planted at its name, nor blocking on a
-    FIFO: for folders another user may write (a sandboxed trainer's). OSError if ``path``
-    is no regular file."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
-    fd = os.open(path, flags, 0o644)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        data = text.encode()
-        while data:
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
 
 
 # What the engine counts as an image file, wherever it looks for them.

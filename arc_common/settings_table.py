@@ -100,7 +100,9 @@ FALLBACK: dict[str, str] = {
     "ARC_EXECUTOR_MAX_SYNC_DATASETS": "dataset ids one SyncDatasets may name",
     "ARC_EXECUTOR_TOOL_TIMEOUT_SECONDS": "longest run of a tool child process",
     "ARC_EXECUTOR_CHECKPOINT_QUOTA_GB": "runs start only while runs/ holds less (0: none)",
-    "ARC_EXECUTOR_SANDBOX_USER": "the user a trainer of repository code becomes (as root)",
+    "ARC_EXECUTOR_SANDBOX_UIDS": "uids a trainer of repository code becomes, one per run "
+    "(as root; uid = gid); empty: all become SANDBOX_USER",
+    "ARC_EXECUTOR_SANDBOX_USER": "the user every such trainer becomes when SANDBOX_UIDS is empty",
     "ARC_EXECUTOR_SANDBOX_OPEN_FILES": "its open-file limit (0: the platform's)",
     "ARC_EXECUTOR_SANDBOX_PROCESSES": "its process limit (0: the platform's)",
     "ARC_EXECUTOR_SANDBOX_ADDRESS_SPACE_MB": "its address-space limit (0: none; CPU only)",

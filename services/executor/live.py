@@ -16,6 +16,7 @@ from arc_common.models import (
 )
 from services.executor.launcher import Launched
 from services.executor.procfs import oom_kills
+from services.executor.run_inputs import RunPaths
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class LiveRun:
     activated: asyncio.Event = field(default_factory=asyncio.Event)
     # The kernel's OOM kills in our memory cgroup when the trainer started (procfs).
     oom_kills_at_start: int | None = None
+    paths: RunPaths | None = None  # what it was given; its sandbox is released at its end
+
+    @property
+    def sandboxed(self) -> bool:
+        """It runs repository code: what its pipe says is the code's word, not the engine's."""
+        return self.paths is not None and self.paths.sandbox is not None
 
 
 def _oom_killed(live: LiveRun) -> bool:

@@ -7,7 +7,6 @@ line against ``TrainerMessage`` and never trusts the pipe blindly.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ from arc_common.models import (
     PackedMetrics,
     TrainingJobConfig,
 )
+from arc_common.untrusted import read_text_no_follow, sha256_no_follow
 
 CHECKSUM_SUFFIX = ".sha256"
 META_SUFFIX = ".json"
@@ -91,21 +91,16 @@ class TrainerMessage(BaseModel):
     lines: list[str] = Field(default_factory=list)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+file_sha256 = sha256_no_follow
 
 
 def checkpoint_is_intact(path: Path) -> bool:
     """A checkpoint counts only with a matching checksum file beside it (no torn files)."""
-    sidecar = path.with_name(path.name + CHECKSUM_SUFFIX)
-    if not path.is_file() or not sidecar.is_file():
+    try:
+        words = read_text_no_follow(path.with_name(path.name + CHECKSUM_SUFFIX)).split()
+        return bool(words) and words[0] == sha256_no_follow(path)
+    except (OSError, ValueError):
         return False
-    expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
-    return expected == file_sha256(path)
 
 
 def dump(message: TrainerMessage) -> str:

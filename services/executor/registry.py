@@ -23,8 +23,8 @@ from pathlib import Path
 
 from arc_common.errors import ArcError, NotFoundError, PermissionDeniedError
 from arc_common.keys import load_key
-from arc_common.paths import resolve_in_root, write_no_follow
-from services.executor.protocol import file_sha256
+from arc_common.paths import resolve_in_root
+from arc_common.untrusted import read_text_no_follow, sha256_no_follow, write_no_follow
 
 MAC_SUFFIX = ".mac"
 KEY_NAME = "checkpoints"
@@ -72,7 +72,7 @@ class CheckpointRegistry:
         if folder is None:
             return ""
         try:
-            owner, recorded = (folder / OWNER_FILE).read_text().split("\n")[:2]
+            owner, recorded = read_text_no_follow(folder / OWNER_FILE).split("\n")[:2]
         except (OSError, UnicodeDecodeError, ValueError):
             return ""
         return owner if hmac.compare_digest(recorded, self._owner_mac(folder, owner)) else ""
@@ -96,12 +96,16 @@ class CheckpointRegistry:
         """Record that the job whose folder holds ``path`` seals the test split of
         ``data`` (resolved); the first record stands (services.executor.sealed). Blocking."""
         folder = self._job_folder(path)
-        if folder is None or self.sealed_data(path) is not None:
+        if folder is None:
             return
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{SEAL_FILE}.tmp"
-        tmp.write_text(f"{data}\n{self._seal_mac(folder, data)}\n")
-        tmp.replace(folder / SEAL_FILE)
+        if self.sealed_data(path) is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f"{SEAL_FILE}.tmp"
+            tmp.write_text(f"{data}\n{self._seal_mac(folder, data)}\n")
+            tmp.replace(folder / SEAL_FILE)
+        # Its figures and scores on the test split are for the executor's user alone: a
+        # sandboxed trainer of another job (which knows this job's id) may not read them.
+        folder.chmod(0o700)
 
     def sealed_data(self, path: Path) -> Path | None:
         """The dataset whose test split the job holding ``path`` seals, or None. Blocking."""
@@ -109,7 +113,7 @@ class CheckpointRegistry:
         if folder is None:
             return None
         try:
-            data, recorded = (folder / SEAL_FILE).read_text().split("\n")[:2]
+            data, recorded = read_text_no_follow(folder / SEAL_FILE).split("\n")[:2]
         except (OSError, UnicodeDecodeError, ValueError):
             return None
         valid = hmac.compare_digest(recorded, self._seal_mac(folder, Path(data)))
@@ -148,13 +152,19 @@ class CheckpointRegistry:
                 f"{field} must name a checkpoint (*.pt) under {RUNS_DIR}/ (got {shown!r})",
                 field=field,
             )
-        if not path.is_file():
+        resolved = Path(os.path.realpath(path))
+        if not resolved.is_file():
             raise NotFoundError(f"no checkpoint at {shown!r}", field=field)
         try:
-            recorded = mac_path(path).read_text().strip()
+            recorded = read_text_no_follow(mac_path(resolved)).strip()
         except (OSError, UnicodeDecodeError):
             recorded = ""
-        digest = file_sha256(path)
+        try:
+            digest = sha256_no_follow(resolved)
+        except OSError as exc:  # swapped for a FIFO or a link meanwhile
+            raise PermissionDeniedError(
+                f"{field} {shown!r} cannot be read as a checkpoint: {exc.strerror}", field=field
+            ) from None
         if not recorded or not hmac.compare_digest(recorded, self._mac(relative, digest)):
             raise PermissionDeniedError(
                 f"{field} {shown!r} is not a checkpoint the executor registered "

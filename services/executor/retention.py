@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -19,6 +20,13 @@ RUNS_DIR = "runs"
 ATTEMPT = re.compile(r"^attempt-(\d+)$")
 CHECKPOINT_FILE = re.compile(r"^\.?[A-Za-z0-9_.-]+\.pt(\.[a-z0-9]+)?(\.tmp)?$")
 SIZE_TTL_SECONDS = 30.0
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def earlier_attempts(home: Path, checkpoint_dir: Path) -> list[Path]:
@@ -37,7 +45,7 @@ def earlier_attempts(home: Path, checkpoint_dir: Path) -> list[Path]:
         folder = other / "checkpoints"
         if other.is_symlink() or folder.is_symlink() or not folder.is_dir():
             continue
-        out += [f for f in folder.iterdir() if CHECKPOINT_FILE.match(f.name) and f.is_file()]
+        out += [f for f in folder.iterdir() if CHECKPOINT_FILE.match(f.name) and _regular(f)]
     return out
 
 
@@ -46,7 +54,7 @@ def drop_earlier_attempts(home: Path, checkpoint_dir: Path) -> int:
     freed = 0
     for path in earlier_attempts(home, checkpoint_dir):
         try:
-            freed += path.stat().st_size
+            freed += path.lstat().st_size
             path.unlink()
         except OSError as exc:
             logger.warning("could not delete %s: %s", path, exc)

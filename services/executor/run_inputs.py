@@ -5,26 +5,29 @@ resumes from; then the ``TrainerInput`` that tells its trainer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import pwd
-import shutil
 import sysconfig
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from arc_common.errors import ArcError, InvalidArgumentError, PermissionDeniedError
 from arc_common.models import Run, TrainingJobConfig
 from arc_common.paths import resolve_data, resolve_in_root
+from arc_common.untrusted import chown_tree_no_follow, copy_no_follow
 from services.executor import code_sources, retention
 from services.executor.protocol import (
     CHECKSUM_SUFFIX,
     META_SUFFIX,
     Sandbox,
     TrainerInput,
-    file_sha256,
 )
 from services.executor.registry import CheckpointRegistry
+from services.executor.sandbox_users import SandboxUsers, hand_back, parse_range
 from services.executor.sealed import SealGuard
 from services.executor.settings import ExecutorSettings
 
@@ -32,7 +35,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _check_reachable(path: Path, uid: int, gid: int, user: str) -> None:
+def _check_reachable(path: Path, uid: int, gid: int, user: str, field: str) -> None:
     """Every folder down to ``path`` must let the sandbox user through (execute bit)."""
     for folder in [*reversed(path.resolve().parents), path.resolve()]:
         info = folder.stat()
@@ -41,11 +44,22 @@ def _check_reachable(path: Path, uid: int, gid: int, user: str) -> None:
             # Not FAILED_PRECONDITION: the scheduler takes that for a stale lease and
             # would place the job again and again.
             raise PermissionDeniedError(
-                f"sandbox_user {user!r} cannot reach {path}: {folder} is mode "
-                f"{info.st_mode & 0o777:o}; let it through (chmod o+x {folder}), or set "
-                "ARC_EXECUTOR_SANDBOX_USER to a user that can (docs/security.md)",
-                field="sandbox_user",
+                f"{field} {user} cannot reach {path}: {folder} is mode "
+                f"{info.st_mode & 0o777:o}; let others through (chmod o+x {folder}), or "
+                "change ARC_EXECUTOR_SANDBOX_UIDS / _USER (docs/security.md)",
+                field=field,
             )
+
+
+def _writable(checkpoint_dir: Path) -> tuple[Path, ...]:
+    """What a sandboxed trainer writes: its own folder, checkpoints, the figures."""
+    attempt = checkpoint_dir.parent
+    return (attempt / "work", checkpoint_dir, attempt / "evaluation")
+
+
+def _close_job_folder(job: Path) -> None:
+    os.chown(job, -1, os.getegid())
+    job.chmod(0o700)
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class RunInputs:
         self.checkpoints = checkpoints
         self.seals = SealGuard(self.home, settings.data_root, checkpoints)
         self.quota = retention.Quota(self.home, settings.checkpoint_quota_gb)
+        self.users = SandboxUsers(parse_range(settings.sandbox_uids))
 
     async def check(self, config: TrainingJobConfig) -> RunPaths:
         """The run's paths, each inside the workspace (INVALID_ARGUMENT naming the field
@@ -102,22 +117,15 @@ class RunInputs:
             source_dir, sandbox = await asyncio.to_thread(
                 self._prepare_source, config, checkpoint_dir, data_path
             )
-        init_from, init_sha256 = "", ""
-        if spec.init_from:
-            init = resolve_in_root(self.home, spec.init_from, field="init_from")
-            init_sha256 = await asyncio.to_thread(self.checkpoints.verify, init, field="init_from")
-            init_from = str(init)
-        return RunPaths(
-            checkpoint_dir,
-            log_dir,
-            data_path,
-            resume,
-            resume_sha256,
-            init_from,
-            init_sha256,
-            source_dir,
-            sandbox,
+        paths = RunPaths(
+            checkpoint_dir, log_dir, data_path, resume, resume_sha256, "", "", source_dir, sandbox
         )
+        if spec.init_from:
+            async with self.released_on_error(paths):
+                init = resolve_in_root(self.home, spec.init_from, field="init_from")
+                digest = await asyncio.to_thread(self.checkpoints.verify, init, field="init_from")
+            paths = dataclasses.replace(paths, init_from=str(init), init_sha256=digest)
+        return paths
 
     def _prepare_source(
         self, config: TrainingJobConfig, checkpoint_dir: Path, data: Path
@@ -131,28 +139,24 @@ class RunInputs:
         source = attempt / "source"
         if not source.exists():
             code_sources.export(self.home, self.settings.repositories, spec.source, source)
-        work = attempt / "work"
-        # What the trainer writes: its own folder, checkpoints, the evaluation's figures.
-        writable = (work, checkpoint_dir, attempt / "evaluation")
+        work, writable = attempt / "work", _writable(checkpoint_dir)
         for folder in writable:
             folder.mkdir(parents=True, exist_ok=True)
         uid = gid = -1
         if os.geteuid() == 0:
+            uid, gid, user, field = self._sandbox_user()
             try:
-                user = pwd.getpwnam(self.settings.sandbox_user)
-            except KeyError:
-                raise InvalidArgumentError(
-                    f"sandbox_user {self.settings.sandbox_user!r} is no user of this machine",
-                    field="sandbox_user",
-                ) from None
-            uid, gid = user.pw_uid, user.pw_gid
-            for needed in (Path(sysconfig.get_paths()["stdlib"]), REPO_ROOT, data, source):
-                _check_reachable(needed, uid, gid, self.settings.sandbox_user)
-            for folder in writable:
-                os.chown(folder, uid, gid)
-                for entry in folder.iterdir():
-                    os.chown(entry, uid, gid)
-            self.seals.close_to_others(self.seals.roots(config.sealed_test_datasets))
+                job = attempt.parent
+                if self.checkpoints.sealed_data(job) is not None:  # 0700: let this run in
+                    os.chown(job, -1, gid)
+                    job.chmod(0o710)
+                for needed in (Path(sysconfig.get_paths()["stdlib"]), REPO_ROOT, data, source):
+                    _check_reachable(needed, uid, gid, user, field)
+                for folder in writable:
+                    chown_tree_no_follow(folder, uid, gid)
+            except BaseException:
+                self.users.release(uid, writable)
+                raise
         sandbox = Sandbox(
             uid=uid,
             gid=gid,
@@ -162,6 +166,53 @@ class RunInputs:
             address_space_mb=self.settings.sandbox_address_space_mb,
         )
         return str(source), sandbox
+
+    def _sandbox_user(self) -> tuple[int, int, str, str]:
+        """The uid and gid a sandboxed trainer becomes, how to name it, and its setting."""
+        if self.users.uids:
+            uid = self.users.allocate()
+            return uid, uid, f"uid {uid}", "sandbox_uids"
+        try:
+            user = pwd.getpwnam(self.settings.sandbox_user)
+        except KeyError:
+            raise InvalidArgumentError(
+                f"sandbox_user {self.settings.sandbox_user!r} is no user of this machine",
+                field="sandbox_user",
+            ) from None
+        return user.pw_uid, user.pw_gid, repr(self.settings.sandbox_user), "sandbox_user"
+
+    async def release(self, paths: RunPaths) -> None:
+        """The run of ``paths`` is over (or never started): its sandbox's processes are
+        killed and its folders handed back, and its uid may serve another run."""
+        box = paths.sandbox
+        if box is not None and box.uid >= 0:
+            attempt = paths.checkpoint_dir.parent
+            await asyncio.to_thread(self.users.release, box.uid, _writable(paths.checkpoint_dir))
+            if self.checkpoints.sealed_data(attempt) is not None:
+                await asyncio.to_thread(_close_job_folder, attempt.parent)
+
+    @contextlib.asynccontextmanager
+    async def released_on_error(self, paths: RunPaths) -> AsyncIterator[None]:
+        """Release the sandbox of ``paths`` if the block fails: no run will."""
+        try:
+            yield
+        except BaseException:
+            await self.release(paths)
+            raise
+
+    async def sweep(self, configs: list[TrainingJobConfig]) -> None:
+        """At start: no process of an earlier executor's sandboxes is left, and the folders
+        of its runs (``configs``) are the executor's again."""
+        if os.geteuid() != 0 or not self.users.uids:
+            return
+        killed = await asyncio.to_thread(self.users.sweep)
+        if killed:
+            logger.warning("killed the processes of %d sandbox uids left running", killed)
+        for config in configs:
+            if config.experiment_spec.source is not None:
+                with contextlib.suppress(ArcError, OSError):
+                    folder = resolve_in_root(self.home, config.checkpoint_dir, field="path")
+                    await asyncio.to_thread(hand_back, _writable(folder))
 
     def _check_seal(self, config: TrainingJobConfig, data: Path, checkpoint_dir: Path) -> None:
         """An agent's job reads no sealed test folder but through its own test pass of a
@@ -178,6 +229,8 @@ class RunInputs:
             )
         if spec.seal_test:
             self.checkpoints.seal(checkpoint_dir, data)
+        if os.geteuid() == 0:  # closed before any run, so a copy made meanwhile is too
+            self.seals.close_to_others(roots)
 
     async def _checkout_revision(self, data_path: str, revision: str) -> Path:
         """``datasets/<id>`` at the DVC revision the spec names: a read-only copy per
@@ -209,15 +262,20 @@ class RunInputs:
         except ArcError:
             return digest
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", CHECKSUM_SUFFIX, META_SUFFIX):
-            source = best.with_name(best.name + suffix)
-            if source.exists():
-                tmp = checkpoint_dir / f".{source.name}.tmp"
-                shutil.copyfile(source, tmp)
-                tmp.replace(checkpoint_dir / source.name)
-        copied = checkpoint_dir / best.name
-        if file_sha256(copied) == best_digest:
-            self.checkpoints.register(copied, best_digest)
+        # The earlier attempt's folder was a sandboxed trainer's: what it left there is
+        # read as regular files only, never through a link, and verified as copied.
+        copied = ""
+        try:
+            for suffix in (META_SUFFIX, CHECKSUM_SUFFIX, ""):
+                source = best.with_name(best.name + suffix)
+                if suffix and not source.exists():
+                    continue
+                copied = copy_no_follow(source, checkpoint_dir / source.name)
+        except OSError as exc:
+            logger.warning("not carrying %s over: %s", best, exc)
+            return digest
+        if copied == best_digest:
+            self.checkpoints.register(checkpoint_dir / best.name, best_digest)
         return digest
 
     async def completed(self, config: TrainingJobConfig) -> None:

@@ -88,13 +88,15 @@ class RunManager:
         check_for_job(config.job_id, lease)
         await self._leases.renew(lease)  # a forged or stale lease is refused before any effect
         paths = await self._inputs.check(config)
-        await self._supersede_prepared(config.job_id)
+        async with self._inputs.released_on_error(paths):
+            await self._supersede_prepared(config.job_id)
 
         async def launch() -> str:
             async with self._lock:
-                self._check_no_live_run(config.job_id)
-                renewed = await self._leases.renew(lease)  # refuses a stale fencing token
-                live = await self._create(config, renewed, request_id, "lease checked")
+                async with self._inputs.released_on_error(paths):
+                    self._check_no_live_run(config.job_id)
+                    renewed = await self._leases.renew(lease)  # refuses a stale fencing token
+                live = await self._create(config, renewed, request_id, "lease checked", paths)
                 await self._launch(live, paths)
             return live.run.run_id
 
@@ -109,8 +111,10 @@ class RunManager:
 
         async def launch() -> str:
             async with self._lock:
-                self._check_no_live_run(config.job_id)
-                live = await self._create(config, None, request_id, "prepared ahead of its GPUs")
+                async with self._inputs.released_on_error(paths):
+                    self._check_no_live_run(config.job_id)
+                why = "prepared ahead of its GPUs"
+                live = await self._create(config, None, request_id, why, paths)
                 await self._launch(live, paths)
             return live.run.run_id
 
@@ -181,8 +185,9 @@ class RunManager:
                 )
 
     async def _create(
-        self, config: TrainingJobConfig, lease: Lease | None, request_id: str, reason: str
-    ) -> LiveRun:
+        self, config: TrainingJobConfig, lease: Lease | None, request_id: str, reason: str,
+        paths: RunPaths,
+    ) -> LiveRun:  # fmt: skip
         """A new run: STARTING with its lease, or QUEUED (prepared) without one."""
         state = JobState.STARTING if lease is not None else JobState.QUEUED
         run_id = f"{config.job_id}-{uuid.uuid4().hex[:8]}"
@@ -194,7 +199,7 @@ class RunManager:
             lease=lease,
             create_time=datetime.now(UTC),
         )
-        live = LiveRun(run=run, prepared=lease is None)
+        live = LiveRun(run=run, prepared=lease is None, paths=paths)
         self._live[run_id] = live
         await self.store.save(run, request_id=request_id)
         self.events.append(
@@ -238,8 +243,8 @@ class RunManager:
                 live.epoch_metrics.extend(checked.epoch_metrics)
         elif message.kind == "checkpoint" and message.checkpoint is not None:
             # Registered before anyone hears of it, so a tool can load it at once.
-            await self._register(live, message.checkpoint.path, message.checkpoint.sha256)
-            self.events.append(run_id, checkpoint=message.checkpoint)
+            if await self._register(live, message.checkpoint.path, message.checkpoint.sha256):
+                self.events.append(run_id, checkpoint=message.checkpoint)
         elif message.kind == "state":
             reason = message.reason[:2000]
             if message.state == JobState.RUNNING.value and live.run.state is JobState.STARTING:
@@ -256,22 +261,22 @@ class RunManager:
                 self.events.append(run_id, log=LogExcerpt(stream="trainer", lines=[message.reason]))
         elif message.kind == "result" and message.result is not None:
             live.result = message.result
-        elif message.kind == "released":
+        elif message.kind == "released" and not live.sandboxed:
+            # Repository code could say so and train on: it keeps its lease to the end.
             await self._release_devices(live)
 
-    async def _register(self, live: LiveRun, relative: str, sha256: str) -> None:
-        """Register a checkpoint the trainer reports, if it lies in the run's own folder."""
+    async def _register(self, live: LiveRun, relative: str, sha256: str) -> bool:
+        """Register a checkpoint the trainer reports, if it lies in the run's own folder;
+        one that is not is not reported on either."""
         assert live.run.config is not None
         folder = live.run.config.checkpoint_dir
-        if not await asyncio.to_thread(
+        registered = await asyncio.to_thread(
             self.checkpoints.register_reported, folder, relative, sha256
-        ):
-            logger.warning(
-                "run %s: not registering checkpoint %r (outside %s/ under runs/)",
-                live.run.run_id,
-                relative,
-                folder,
-            )
+        )
+        if not registered:
+            run_id = live.run.run_id
+            logger.warning("run %s: not registering %r (not in %s/)", run_id, relative, folder)
+        return registered
 
     async def _release_devices(self, live: LiveRun) -> None:
         """The trainer is done with its GPUs: stop renewing the lease and say so, so that
@@ -352,6 +357,8 @@ class RunManager:
         await self._finish(live, end, tail)
 
     async def _finish(self, live: LiveRun, end: Ending, tail: list[str] | None = None) -> None:
+        if live.paths is not None:  # nothing of its sandbox outlives the run
+            await self._inputs.release(live.paths)
         result = final_result(live, end)
         failure = failures.failure_of(end, tail or [])
         live.run = live.run.model_copy(
@@ -423,6 +430,7 @@ class RunManager:
         """Runs that were live when the executor died: kill what is left, report them lost."""
         rows = await self.store.live()
         grace = self.settings.cancel_grace_seconds
+        await self._inputs.sweep([run.config for run, _ in rows if run.config is not None])
         for run, locator in rows:
             killed = await self.launcher.recover(run.run_id, locator, grace=grace)
             reason = "lost: the executor restarted while the run was live" + (

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from arc_common.settings import ServiceSettings
+from services.executor.sandbox_users import parse_range
 
 
 class ExecutorSettings(ServiceSettings):
@@ -50,6 +51,10 @@ class ExecutorSettings(ServiceSettings):
     # executor runs as root; it gets read access to its checkout and data, write access
     # to its run folder, and no credentials in its environment.
     sandbox_user: str = "nobody"
+    # Each such trainer becomes a uid of its own from this range (uid = gid), so that runs
+    # cannot touch each other and all of a run's processes end with it
+    # (services.executor.sandbox_users); empty: every run is sandbox_user.
+    sandbox_uids: str = "61184-65519"
     # Its resource limits (setrlimit); 0 leaves the platform's. An address-space limit
     # breaks CUDA (it maps far more than it uses): set it on CPU machines only.
     sandbox_open_files: int = Field(default=4096, ge=0, le=1_048_576)
@@ -60,3 +65,9 @@ class ExecutorSettings(ServiceSettings):
     # For tests and the benchmark only, never in production: a fault or probe every
     # trainer runs (services.executor.trainer.faults), e.g. "nan_loss_at_step:2".
     trainer_faults: str = ""
+
+    @field_validator("sandbox_uids")
+    @classmethod
+    def _uid_range(cls, value: str) -> str:
+        parse_range(value)
+        return value

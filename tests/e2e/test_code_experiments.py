@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pwd
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -28,6 +27,9 @@ from arc_common.channel import create_channel
 from arc_common.synth import generate_dataset
 from clients.arc_client import Addresses, ArcClient
 from clients.orchestrator import Orchestrator
+from services.executor.procfs import alive
+from services.executor.sandbox_users import parse_range
+from services.executor.settings import ExecutorSettings
 from tests.helpers import sandbox_reachable_home
 from tests.integration.scheduler.conftest import spec
 from tests.security.suite import ProcessSuite, git
@@ -68,6 +70,7 @@ def greedy(num_classes):
 """
 PROBE = """import json
 import os
+import subprocess
 from pathlib import Path
 
 from acuvue.nets import build_model as _build
@@ -85,7 +88,19 @@ def build_model(num_classes, **_):
         wrote_repo = True
     except OSError:
         wrote_repo = False
+    # A daemon in a session of its own: no signal to the trainer's group reaches it.
+    daemon = subprocess.Popen(["sleep", "600"], start_new_session=True, close_fds=True)
+    Path("daemon.pid").write_text(str(daemon.pid))
+    # The engine's pipe is open in this process: say the GPUs are free, and train on.
+    forged = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            os.write(int(fd), b'{"kind": "released"}\\n')
+            forged += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+        except OSError:
+            pass
     Path("probe.json").write_text(json.dumps({
+        "forged": forged,
         "uid": os.getuid(),
         "env": sorted(os.environ),
         "home": os.environ.get("HOME"),
@@ -313,7 +328,7 @@ def _break_patch(c: Clients) -> str:
     return BREAK.replace("WIDTH = 8", "WIDTH = 4")
 
 
-async def test_repository_code_runs_as_the_sandbox_user_without_credentials(
+async def test_repository_code_runs_as_a_uid_of_its_own_without_credentials(
     clients: Clients,
 ) -> None:
     c = clients
@@ -331,9 +346,16 @@ async def test_repository_code_runs_as_the_sandbox_user_without_credentials(
     assert (source / "acuvue" / "probe.py").is_file()
     assert not os.stat(source / "acuvue" / "probe.py").st_mode & 0o222  # read-only
     if os.geteuid() == 0:
-        assert probe["uid"] == pwd.getpwnam("nobody").pw_uid
+        assert probe["uid"] in parse_range(ExecutorSettings().sandbox_uids)  # its own uid
         assert probe["tokens_readable"] is False
         assert probe["wrote_repo"] is False
+        assert work.stat().st_uid == 0  # handed back to the executor when the run ended
+    # Nothing it started outlives it, and its word that the GPUs were free was not taken.
+    assert not alive(int((work / "daemon.pid").read_text()))
+    assert probe["forged"] >= 1
+    stream = c.executor.StreamRunEvents(executor_pb2.StreamRunEventsRequest(run_id=job.run_id))
+    payloads = [reply.event.WhichOneof("payload") async for reply in stream]
+    assert "devices_released" not in payloads and "result" in payloads
 
 
 async def test_each_trainer_failure_has_its_class(clients: Clients) -> None:

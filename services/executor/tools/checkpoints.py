@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from stat import S_ISREG
 
 from arc_common.models import CheckpointInfo, MetricMode
+from arc_common.untrusted import read_no_follow
 from services.executor.protocol import CHECKSUM_SUFFIX, META_SUFFIX, checkpoint_is_intact
 from services.executor.registry import MAC_SUFFIX
+
+META_LIMIT = 1 << 20  # a trainer's metadata file is a few kB
 
 
 def _metadata(meta: Path) -> CheckpointInfo:
     """What the trainer wrote beside the weights; a missing, unreadable or malformed file
     lists the checkpoint without it (its path, size and checksum only)."""
     try:
-        return CheckpointInfo.model_validate_json(meta.read_bytes())
+        return CheckpointInfo.model_validate_json(read_no_follow(meta, limit=META_LIMIT))
     except (OSError, ValueError):
         return CheckpointInfo(path="")
 
@@ -23,8 +27,10 @@ def _metadata(meta: Path) -> CheckpointInfo:
 def list_checkpoints(folder: Path, workspace: Path) -> list[CheckpointInfo]:
     out = []
     for path in sorted(folder.rglob("*.pt")):
+        stat = path.lstat()
+        if not S_ISREG(stat.st_mode):  # a link or a FIFO a sandboxed trainer left
+            continue
         info = _metadata(path.with_name(path.name + META_SUFFIX))
-        stat = path.stat()
         out.append(
             info.model_copy(
                 update={

@@ -61,6 +61,13 @@ def ensure_repo(workspace: Path, remote: str) -> None:
         dvc(workspace, "init", "--no-scm", "-q")
         dvc(workspace, "config", "core.autostage", "false")
     dvc(workspace, "remote", "add", "-d", "-f", REMOTE_NAME, remote)
+    # The cache and a local remote hold every revision, sealed test images too: for the
+    # executor's user alone (a sandboxed trainer reads the copies it is given).
+    (workspace / ".dvc").chmod(0o700)
+    local = Path(remote)
+    if "://" not in remote and local.is_absolute() and local.is_relative_to(workspace):
+        local.mkdir(parents=True, exist_ok=True)
+        local.chmod(0o700)
 
 
 def _count(output: str, verb: str) -> int:

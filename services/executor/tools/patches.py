@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from arc_common.errors import FailedPreconditionError, InvalidArgumentError
+from arc_common.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+)
 from arc_common.paths import reserved_reason
 
 MAX_PATCH_BYTES = 1024 * 1024
@@ -158,6 +162,9 @@ def plan(patch: str, repo: Path, repo_rel: str) -> PatchPlan:
     )
 
 
+GIT = ("git", "-c", "core.hooksPath=/dev/null", "-c", "core.symlinks=false")
+
+
 def git_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(
@@ -187,15 +194,20 @@ def git_bytes(
         env["GIT_INDEX_FILE"] = str(scratch / "index")
         env["GIT_OBJECT_DIRECTORY"] = str(scratch / "objects")
         env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(repo / ".git" / "objects")
-    process = subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.symlinks=false", *args],
-        cwd=repo,
-        input=stdin.encode() if stdin is not None else None,
-        capture_output=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
+    try:
+        process = subprocess.run(
+            [*GIT, *args],
+            cwd=repo,
+            input=stdin.encode() if stdin is not None else None,
+            capture_output=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DeadlineExceededError(
+            f"git {args[0]} took longer than {timeout:.0f} s", field="patch"
+        ) from None
     if process.returncode != 0:
         said = (process.stderr or process.stdout).decode(errors="replace").strip()
         raise FailedPreconditionError(f"git {args[0]} failed: {said[:2000]}", field="patch")

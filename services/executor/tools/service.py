@@ -22,7 +22,7 @@ from arc_common.models.specs import (
     MAX_BOOTSTRAP,
     MIN_BOOTSTRAP,
 )
-from arc_common.paths import write_no_follow
+from arc_common.untrusted import write_no_follow
 from services.executor.tools import checkpoints as ckpt
 from services.executor.tools.base import ToolBase, dataset_id_of, split_of
 from services.executor.tools.preprocess import PreprocessResult, preprocess

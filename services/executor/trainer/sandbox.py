@@ -38,7 +38,7 @@ def enter(box: Sandbox) -> None:
     # Pretrained weights stay where the executor's user keeps them, whatever HOME becomes.
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     env.setdefault("TORCH_HOME", os.path.join(cache, "torch"))
-    env["HOME"] = box.home
+    env["HOME"] = env["TMPDIR"] = box.home  # its temporary files stay in its folder
     os.environ.clear()
     os.environ.update(env)
     _limit(resource.RLIMIT_NOFILE, box.open_files)
