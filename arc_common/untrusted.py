@@ -7,9 +7,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -65,14 +68,30 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_no_follow(path: Path, text: str) -> None:
-    """Write ``path`` (created or truncated) as a regular file."""
-    fd = os.open(path, _WRITE | os.O_TRUNC, 0o644)
-    _regular(fd, path)
+def write_no_follow(path: Path, content: str | bytes) -> None:
+    """Write ``path`` as a regular file: created, or truncated when it is one; a link, a
+    FIFO or anything else planted at the name is replaced, never written through."""
+    data = content.encode() if isinstance(content, str) else content
     try:
-        _write_all(fd, text.encode())
+        fd = os.open(path, _WRITE | os.O_TRUNC, 0o644)
+        _regular(fd, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EINVAL, errno.ENXIO, errno.EISDIR):
+            raise
+        os.unlink(path)  # a folder planted there stays: IsADirectoryError
+        fd = os.open(path, _WRITE | os.O_EXCL, 0o644)
+    try:
+        _write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def save_png_no_follow(save: Callable[[BinaryIO], object], path: Path) -> None:
+    """``save(buffer)`` (PIL's ``image.save(..., format="PNG")``, matplotlib's ``savefig``)
+    written to ``path`` as ``write_no_follow`` writes."""
+    buffer = io.BytesIO()
+    save(buffer)
+    write_no_follow(path, buffer.getvalue())
 
 
 def copy_no_follow(source: Path, target: Path) -> str:

@@ -16,6 +16,7 @@ from sklearn.metrics import roc_curve
 
 from arc_common.evaluation.report import CALIBRATION_BINS, positive_index, reliability_bins
 from arc_common.models import SplitEvaluation
+from arc_common.untrusted import save_png_no_follow
 
 SIZE_INCHES, DPI = 4.5, 100
 
@@ -88,6 +89,13 @@ def write_figures(
     stem.parent.mkdir(parents=True, exist_ok=True)
     roc = stem.with_name(f"{stem.name}-roc.png")
     reliability = stem.with_name(f"{stem.name}-reliability.png")
-    _roc(labels01, scores, evaluation).savefig(roc, bbox_inches="tight")
-    _reliability(labels01, scores, evaluation).savefig(reliability, bbox_inches="tight")
+    _save(_roc(labels01, scores, evaluation), roc)
+    _save(_reliability(labels01, scores, evaluation), reliability)
     return roc, reliability
+
+
+def _save(figure: Figure, path: Path) -> None:
+    # The folder may be a sandboxed trainer's: a link planted at the name is not followed.
+    save_png_no_follow(
+        lambda buffer: figure.savefig(buffer, format="png", bbox_inches="tight"), path
+    )

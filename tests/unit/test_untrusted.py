@@ -17,22 +17,25 @@ from arc_common.untrusted import (
 )
 
 
-def test_write_no_follow_refuses_a_planted_link_and_a_fifo(tmp_path: Path) -> None:
+def test_write_no_follow_replaces_a_planted_link_and_fifo(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious")
     planted = tmp_path / "x.mac.tmp"
     planted.symlink_to(victim)
-    with pytest.raises(OSError):
-        write_no_follow(planted, "overwritten")
-    assert victim.read_text() == "precious"
+    write_no_follow(planted, "mine")
+    assert victim.read_text() == "precious"  # not written through
+    assert not planted.is_symlink() and planted.read_text() == "mine"
     fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    with pytest.raises(OSError):  # no reader: refused at once, not a hang
-        write_no_follow(fifo, "x")
+    os.mkfifo(fifo)  # no reader: a blocking open would hang here
+    write_no_follow(fifo, b"x")
+    assert fifo.is_file() and fifo.read_bytes() == b"x"
     plain = tmp_path / "plain"
     write_no_follow(plain, "hello")
     write_no_follow(plain, "hi")
     assert plain.read_text() == "hi"
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(OSError):
+        write_no_follow(tmp_path / "dir", "x")
 
 
 def test_reads_refuse_links_and_fifos_without_hanging(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ belong to training and are skipped here (listed in the manifest).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -20,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from arc_common.models import PreprocessingChain, PreprocessingStepType
 from arc_common.paths import IMAGE_SUFFIXES
+from arc_common.untrusted import save_png_no_follow, write_no_follow
 from services.executor.protocol import file_sha256
 
 MANIFEST = "manifest.json"
@@ -108,7 +110,7 @@ def preprocess(
             continue
         target = (output / rel).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target)
+        save_png_no_follow(functools.partial(image.save, format="PNG"), target)
         array = np.asarray(image, dtype=np.float64) / 255.0
         sums += array.reshape(-1, 3).sum(0)
         squares += (array.reshape(-1, 3) ** 2).sum(0)
@@ -133,6 +135,6 @@ def preprocess(
         "checksums": checksums,
     }
     tmp = output / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
+    write_no_follow(tmp, json.dumps(manifest, indent=2))
     tmp.replace(manifest_path)
     return PreprocessResult(manifest, failed)

@@ -4,6 +4,7 @@ torch and a tool on a leased GPU gets ``CUDA_VISIBLE_DEVICES`` of its own."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from arc_common.models import (
     PreprocessingChain,
 )
 from arc_common.paths import IMAGE_SUFFIXES
+from arc_common.untrusted import save_png_no_follow, write_no_follow
 from services.executor.trainer.checkpoint_io import load_verified
 from services.executor.trainer.data import SPLITS, patient_ids, unsplit
 from services.executor.trainer.models import build_model
@@ -196,7 +198,9 @@ def _overlay(original: Image.Image, cam: torch.Tensor, output: Path, name: str) 
     )
     heat = _heatmap(np.asarray(cam_image, dtype=np.float64) / 255.0)
     overlay = (0.55 * np.asarray(original) + 0.45 * heat).astype(np.uint8)
-    Image.fromarray(overlay).save(output / name)
+    image = Image.fromarray(overlay)
+    # The folder is one an agent named: a link planted at the name is not followed.
+    save_png_no_follow(functools.partial(image.save, format="PNG"), output / name)
 
 
 def _entry(
@@ -253,7 +257,7 @@ def gradcam(
             entries.append(_entry(name, (path, label), predicted, probs, class_names))
     finally:
         handle.remove()
-    (output / "index.json").write_text(json.dumps({"images": entries}, indent=2))
+    write_no_follow(output / "index.json", json.dumps({"images": entries}, indent=2))
     return entries
 
 
@@ -319,5 +323,5 @@ def attention(
     finally:
         for hook in hooks:
             hook.remove()
-    (output / "index.json").write_text(json.dumps({"images": entries}, indent=2))
+    write_no_follow(output / "index.json", json.dumps({"images": entries}, indent=2))
     return entries

@@ -341,6 +341,29 @@ async def test_gradcam_pngs_differ_between_classes(tools: Tools) -> None:
     assert np.abs(by_class["glaucoma"] - by_class["normal"]).mean() > 1.0
 
 
+async def test_a_link_planted_in_the_output_folder_is_not_written_through(
+    tools: Tools,
+) -> None:
+    output = tools.home / "runs" / "r1" / "planted"
+    output.mkdir(parents=True)
+    victim = tools.home / "runs" / "r1" / "victim.txt"
+    victim.write_text("not yours")
+    (output / "index.json").symlink_to(victim)
+    reply = await tools.executor().GenerateVisualizations(
+        executor_pb2.GenerateVisualizationsRequest(
+            checkpoint_path=CHECKPOINT,
+            data_path="datasets/fundus",
+            split="test",
+            num_images=2,
+            output_dir="runs/r1/planted",
+        )
+    )
+    assert victim.read_text() == "not yours"
+    index = output / "index.json"
+    assert not index.is_symlink() and len(json.loads(index.read_text())["images"]) == 2
+    assert len(reply.images) == 2
+
+
 async def test_attention_maps_of_a_cnn_are_refused_naming_method(tools: Tools) -> None:
     for method in (executor_pb2.VISUALIZATION_METHOD_ATTENTION, 99):
         with pytest.raises(aio.AioRpcError) as info:
