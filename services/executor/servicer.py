@@ -20,6 +20,7 @@ from arc_common.convert import (
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.ledger import RequestLedger
 from arc_common.models import (
+    ArchitectureSpec,
     CodeSource,
     DatasetSpec,
     Lease,
@@ -29,6 +30,7 @@ from arc_common.models import (
 )
 from arc_common.models.specs import DEFAULT_BOOTSTRAP
 from arc_common.pagination import paginate
+from services.executor.pretrained import PretrainedWeights
 from services.executor.runs import RunManager
 from services.executor.tools.service import Tools
 
@@ -73,6 +75,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     def __init__(self, runs: RunManager, tools: Tools, ledger: RequestLedger) -> None:
         self._runs = runs
         self._tools = tools
+        self._pretrained = PretrainedWeights()
         self._ledger = ledger
 
     async def _once(
@@ -429,4 +432,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         dataset = to_model(request.dataset, DatasetSpec, prefix="dataset")
         sealed = list(request.sealed_test_datasets)[:1000]
         classes, split = await self._tools.sources.check_dataset(dataset, sealed)
+        if request.HasField("architecture"):
+            architecture = to_model(request.architecture, ArchitectureSpec, prefix="architecture")
+            await self._pretrained.check(architecture)
         return executor_pb2.CheckDatasetResponse(class_names=classes, split_folders=split)

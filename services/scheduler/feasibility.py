@@ -61,16 +61,17 @@ class DatasetCheck:
     def __init__(self, nodes: Nodes, clock: Clock) -> None:
         self._nodes = nodes
         self._clock = clock
-        self._good: dict[tuple[str, str], float] = {}
+        self._good: dict[tuple[str, str, str], float] = {}
 
     async def check(self, spec: ExperimentSpec, sealed: list[str], *, prefix: str = "") -> None:
-        dataset = spec.dataset
-        key = (dataset.data_path, dataset.dataset_type.value)
+        dataset, architecture = spec.dataset, spec.architecture
+        weights = architecture.variant if architecture.pretrained else ""
+        key = (dataset.data_path, dataset.dataset_type.value, weights)
         if self._good.get(key, -1.0) > self._clock():
             return
         for node in self._nodes.up():
             try:
-                await node.client.check_dataset(dataset, sealed)
+                await node.client.check_dataset(dataset, sealed, architecture)
             except (UnavailableError, DeadlineExceededError) as exc:
                 self._nodes.failed(node, exc)
                 continue

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from arc_common.models import (
+    ArchitectureSpec,
     CodeSource,
     DatasetSpec,
     Decision,
@@ -46,9 +47,12 @@ class NodeClient(Protocol):
         ...
 
     def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]: ...
-    async def check_dataset(self, dataset: DatasetSpec, sealed: list[str]) -> None:
+    async def check_dataset(
+        self, dataset: DatasetSpec, sealed: list[str], architecture: ArchitectureSpec
+    ) -> None:
         """Raises when the dataset cannot be trained on there (its field named); one that
-        would read a ``sealed`` test folder is not looked into (its run refuses it)."""
+        would read a ``sealed`` test folder is not looked into (its run refuses it); nor
+        when ``architecture`` wants pretrained weights the machine does not have."""
         ...
 
     async def resolve_source(self, source: CodeSource) -> CodeSource:

@@ -12,6 +12,7 @@ from arc.executor.v1 import executor_pb2, executor_pb2_grpc
 from arc.gpu.v1 import gpu_pb2, gpu_pb2_grpc
 from arc_common.convert import enum_value, to_model, to_proto
 from arc_common.models import (
+    ArchitectureSpec,
     CodeSource,
     DatasetSpec,
     EvaluationJob,
@@ -150,11 +151,15 @@ class GrpcNode:
             to_model(reply.report.provenance, Provenance),
         )
 
-    async def check_dataset(self, dataset: DatasetSpec, sealed: list[str]) -> None:
+    async def check_dataset(
+        self, dataset: DatasetSpec, sealed: list[str], architecture: ArchitectureSpec
+    ) -> None:
         await unary(
             self._executor.CheckDataset(
                 executor_pb2.CheckDatasetRequest(
-                    dataset=to_proto(dataset, common_pb2.DatasetSpec), sealed_test_datasets=sealed
+                    dataset=to_proto(dataset, common_pb2.DatasetSpec),
+                    sealed_test_datasets=sealed,
+                    architecture=to_proto(architecture, common_pb2.ArchitectureSpec),
                 ),
                 timeout=RPC_TIMEOUT,
             )

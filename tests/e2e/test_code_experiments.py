@@ -167,7 +167,8 @@ def suite() -> Iterator[ProcessSuite]:
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "models")
-    processes = ProcessSuite(home, env={"AWS_SECRET_ACCESS_KEY": "leaked-if-seen"})
+    env = {"AWS_SECRET_ACCESS_KEY": "leaked-if-seen", "TORCH_HOME": str(home / "torch")}
+    processes = ProcessSuite(home, env=env)
     asyncio.run(processes.start())
     yield processes
     processes.stop()
@@ -477,8 +478,8 @@ async def test_the_orchestrator_trains_a_proposal_carrying_a_patch(
 
 
 async def test_a_spec_that_cannot_run_is_refused_at_submit(clients: Clients) -> None:
-    """Through the real executor: no such folder, one class only, a GPU no machine has.
-    None of them makes a job, so none ever leases a GPU."""
+    """Through the real executor: no such folder, one class only, a GPU no machine has,
+    pretrained weights not on disk. None of them makes a job, so none leases a GPU."""
     c = clients
     one_class = c.home / "datasets" / "one-class"
     shutil.copytree(c.home / DATA / "train" / "normal", one_class / "normal")
@@ -496,6 +497,11 @@ async def test_a_spec_that_cannot_run_is_refused_at_submit(clients: Clients) -> 
     seven.gpu_allocation.preference = common_pb2.GPU_PREFERENCE_SPECIFIC
     seven.gpu_allocation.gpu_indices.append(200)
     cases.append((seven, grpc.StatusCode.FAILED_PRECONDITION, "gpu_allocation.gpu_indices"))
+    # The suite's TORCH_HOME is empty: the error names the file and where it goes.
+    weights = spec("pretrained", epochs=1)
+    weights.dataset.data_path = DATA
+    weights.architecture.pretrained = True
+    cases.append((weights, grpc.StatusCode.FAILED_PRECONDITION, "resnet18-f37072fd.pth to "))
     for made, code, named in cases:
         with pytest.raises(aio.AioRpcError) as refused:
             await submit(c, made)

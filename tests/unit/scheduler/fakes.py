@@ -23,6 +23,7 @@ from arc_common.errors import (
 )
 from arc_common.models import (
     TERMINAL_STATES,
+    ArchitectureSpec,
     CodeSource,
     DatasetSpec,
     Decision,
@@ -185,7 +186,9 @@ class FakeNode:
             raise NotFoundError(f"no run {run_id}")
         return fake
 
-    async def check_dataset(self, dataset: DatasetSpec, sealed: list[str]) -> None:
+    async def check_dataset(
+        self, dataset: DatasetSpec, sealed: list[str], architecture: ArchitectureSpec
+    ) -> None:
         """A dataset the test put in ``missing_datasets`` is not there."""
         self._answer()
         if dataset.data_path in self.missing_datasets:

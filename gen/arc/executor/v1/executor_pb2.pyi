@@ -1409,6 +1409,7 @@ class CheckDatasetRequest(_message.Message):
 
     DATASET_FIELD_NUMBER: _builtins.int
     SEALED_TEST_DATASETS_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def dataset(self) -> _common_pb2.DatasetSpec: ...
     @_builtins.property
@@ -1417,15 +1418,22 @@ class CheckDatasetRequest(_message.Message):
         looked into here (its run refuses it, as for any other read).
         """
 
+    @_builtins.property
+    def architecture(self) -> _common_pb2.ArchitectureSpec:
+        """When it asks for pretrained weights of a built-in variant, they must be in this
+        machine's torch cache (nothing is downloaded at run time).
+        """
+
     def __init__(
         self,
         *,
         dataset: _common_pb2.DatasetSpec | None = ...,
         sealed_test_datasets: _abc.Iterable[_builtins.str] | None = ...,
+        architecture: _common_pb2.ArchitectureSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "dataset", b"dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "sealed_test_datasets", b"sealed_test_datasets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "dataset", b"dataset", "sealed_test_datasets", b"sealed_test_datasets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
