@@ -114,14 +114,35 @@ def copy_no_follow(source: Path, target: Path) -> str:
     return digest.hexdigest()
 
 
-def chown_tree_no_follow(top: Path, uid: int, gid: int) -> None:
-    """``top`` and everything under it to ``uid:gid``, links themselves (never their
-    targets), and nothing with a second hard link (it might be a file of someone else's)."""
-    for folder, dirs, files in os.walk(top):  # os.walk does not descend into links
-        os.chown(folder, uid, gid, follow_symlinks=False)
-        for name in [*dirs, *files]:
-            path = os.path.join(folder, name)
+def chown_tree_no_follow(top: Path, uid: int, gid: int, *, close: bool = False) -> None:
+    """``top`` and everything under it to ``uid:gid``: links themselves (never their
+    targets), nothing with a second hard link (it may be someone else's file). Walked by
+    descriptor (``os.fwalk``), so a folder swapped for a link meanwhile leads nowhere and
+    no path grows past PATH_MAX. ``close``: also take write access for group and others,
+    and setuid/setgid bits, away from what is handed back."""
+    strip = 0o7022 if close else 0
+    for _folder, _dirs, files, dir_fd in os.fwalk(top):
+        info = os.fstat(dir_fd)
+        os.fchown(dir_fd, uid, gid)
+        if info.st_mode & strip:
+            os.fchmod(dir_fd, stat.S_IMODE(info.st_mode) & ~strip)
+        for name in files:  # what fwalk does not descend into: files, links, FIFOs
             with contextlib.suppress(FileNotFoundError):
-                info = os.lstat(path)
-                if stat.S_ISDIR(info.st_mode) or info.st_nlink == 1:
-                    os.chown(path, uid, gid, follow_symlinks=False)
+                _chown_entry(name, dir_fd, uid, gid, strip)
+
+
+def _chown_entry(name: str, dir_fd: int, uid: int, gid: int, strip: int) -> None:
+    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISDIR(info.st_mode):  # a link or FIFO: itself, never its target
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        return
+    fd = os.open(name, _READ | os.O_NOCTTY, dir_fd=dir_fd)
+    try:
+        opened = os.fstat(fd)
+        if stat.S_ISREG(opened.st_mode) and opened.st_nlink == 1:
+            os.fchown(fd, uid, gid)
+            if opened.st_mode & strip:
+                os.fchmod(fd, stat.S_IMODE(opened.st_mode) & ~strip)
+    finally:
+        os.close(fd)

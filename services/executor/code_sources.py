@@ -4,11 +4,14 @@ only from the export, never from the live working copy an agent may be patching.
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import tarfile
 import threading
+import uuid
 from pathlib import Path
+from typing import IO, Any
 
 from arc_common.errors import (
     AbortedError,
@@ -119,10 +122,49 @@ def export(home: Path, repositories: dict[str, str], source: CodeSource, dest: P
     if _tree_size(repo, source) > MAX_EXPORT_BYTES:
         raise _too_large(source, f"{MAX_EXPORT_BYTES} bytes")
     # Made beside, then renamed: a cut-short export is never taken for a whole one.
-    partial = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = dest.with_name(f".{dest.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir(parents=True)
-    args = [*GIT, "archive", "--format=tar", "--end-of-options", source.commit]
+    shown = f"source {source.repository!r} at {source.commit[:12]}"
+    try:
+        code, killed = _extract(repo, source.commit, partial)
+        if killed:
+            raise DeadlineExceededError(
+                f"{shown} took longer than {EXPORT_SECONDS} s to export", field="source"
+            )
+        if code != 0:
+            raise AbortedError(f"{shown} could not be exported: git exited {code}", field="source")
+        make_read_only(partial)
+        partial.rename(dest)
+    except (OSError, tarfile.TarError) as exc:
+        # Not FAILED_PRECONDITION: the scheduler would take it for a stale lease.
+        raise AbortedError(f"{shown} could not be exported: {exc}", field="source") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+class _Capped(io.RawIOBase):
+    """git's archive, refused past MAX_EXPORT_BYTES (attributes such as ``ident`` can make
+    it larger than the tree that was sized)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream, self._read = stream, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        self._read += len(data)
+        if self._read > MAX_EXPORT_BYTES + (1 << 20):
+            raise tarfile.ReadError(f"the archive is larger than {MAX_EXPORT_BYTES} bytes")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _extract(repo: Path, commit: str, into: Path) -> tuple[int, bool]:
+    """git archive of ``commit`` unpacked into ``into``; git's exit code, and whether the
+    watchdog killed it."""
+    args = [*GIT, "archive", "--format=tar", "--end-of-options", commit]
     process = subprocess.Popen(
         args, cwd=repo, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
@@ -136,21 +178,14 @@ def export(home: Path, repositories: dict[str, str], source: CodeSource, dest: P
     watchdog.start()
     try:
         assert process.stdout is not None
-        with tarfile.open(fileobj=process.stdout, mode="r|") as archive:
-            archive.extractall(partial, filter=_files_only)
-    except tarfile.TarError as exc:
-        shown = f"source {source.repository!r} at {source.commit[:12]}"
-        if killed.is_set():
-            raise DeadlineExceededError(
-                f"{shown} took longer than {EXPORT_SECONDS} s to export", field="source"
-            ) from None
-        # Not FAILED_PRECONDITION: the scheduler would take it for a stale lease.
-        raise AbortedError(f"{shown} could not be exported: {exc}", field="source") from None
+        with tarfile.open(fileobj=_Capped(process.stdout), mode="r|") as archive:
+            archive.extractall(into, filter=_files_only)
+        code = process.wait()
     finally:
         watchdog.cancel()
-        process.kill()
+        if process.poll() is None:
+            process.kill()
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
-    make_read_only(partial)
-    partial.rename(dest)
+    return code, killed.is_set()

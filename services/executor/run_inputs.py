@@ -17,7 +17,7 @@ from pathlib import Path
 
 from arc_common.errors import ArcError, InvalidArgumentError, PermissionDeniedError
 from arc_common.models import Run, TrainingJobConfig
-from arc_common.paths import resolve_data, resolve_in_root
+from arc_common.paths import check_relative_path, resolve_data, resolve_in_root
 from arc_common.untrusted import chown_tree_no_follow, copy_no_follow
 from services.executor import code_sources, retention
 from services.executor.protocol import (
@@ -101,8 +101,7 @@ class RunInputs:
             )
         resume, resume_sha256 = "", ""
         if config.resume_from:
-            candidate = resolve_in_root(self.home, config.resume_from, field="config.resume_from")
-            resume = str(candidate) if candidate.is_file() else ""
+            resume = self._resume_point(config.resume_from, checkpoint_dir)
         if not data_path.is_dir():
             raise InvalidArgumentError(
                 f"dataset.data_path {spec.dataset.data_path!r} is not a directory "
@@ -115,52 +114,68 @@ class RunInputs:
         source_dir, sandbox = "", None
         if spec.source is not None:
             source_dir, sandbox = await asyncio.to_thread(
-                self._prepare_source, config, checkpoint_dir, data_path
+                self._prepare_source, config, checkpoint_dir
             )
         paths = RunPaths(
             checkpoint_dir, log_dir, data_path, resume, resume_sha256, "", "", source_dir, sandbox
         )
         if spec.init_from:
-            async with self.released_on_error(paths):
-                init = resolve_in_root(self.home, spec.init_from, field="init_from")
-                digest = await asyncio.to_thread(self.checkpoints.verify, init, field="init_from")
+            init = resolve_in_root(self.home, spec.init_from, field="init_from")
+            digest = await asyncio.to_thread(self.checkpoints.verify, init, field="init_from")
             paths = dataclasses.replace(paths, init_from=str(init), init_sha256=digest)
         return paths
 
+    def _resume_point(self, relative: str, checkpoint_dir: Path) -> str:
+        """The checkpoint a retry resumes from, when it is a file of this job's own folders
+        reached through no link ("" otherwise: it starts afresh). The earlier attempt's
+        trainer could write there: a link it left could lead to another job's checkpoint."""
+        candidate = resolve_in_root(self.home, relative, field="config.resume_from")
+        lexical = self.home / check_relative_path(relative)
+        if candidate != lexical or not candidate.is_relative_to(checkpoint_dir.parent.parent):
+            logger.warning("not resuming from %s: not a file of its job's folder", relative)
+            return ""
+        return str(candidate) if candidate.is_file() else ""
+
+    async def admit(self, config: TrainingJobConfig, paths: RunPaths) -> RunPaths:
+        """As root, the sandbox of a code run gets its uid and its folders: called once no
+        other run of the job is live (they are the same folders). Release it after."""
+        if paths.sandbox is None or os.geteuid() != 0:
+            return paths
+        return await asyncio.to_thread(self._admit, paths, paths.sandbox)
+
+    def _admit(self, paths: RunPaths, box: Sandbox) -> RunPaths:
+        uid, gid, user, field = self._sandbox_user()
+        writable = _writable(paths.checkpoint_dir)
+        try:
+            job = paths.checkpoint_dir.parent.parent
+            if self.checkpoints.sealed_data(job) is not None:  # 0700: let this run in
+                os.chown(job, -1, gid)
+                job.chmod(0o710)
+            stdlib = Path(sysconfig.get_paths()["stdlib"])
+            for needed in (stdlib, REPO_ROOT, paths.data_path, Path(paths.source_dir)):
+                _check_reachable(needed, uid, gid, user, field)
+            for folder in writable:
+                chown_tree_no_follow(folder, uid, gid)
+        except BaseException:
+            self.users.release(uid, writable)
+            raise
+        return dataclasses.replace(paths, sandbox=box.model_copy(update={"uid": uid, "gid": gid}))
+
     def _prepare_source(
-        self, config: TrainingJobConfig, checkpoint_dir: Path, data: Path
+        self, config: TrainingJobConfig, checkpoint_dir: Path
     ) -> tuple[str, Sandbox]:
         """The spec's commit exported beside the checkpoints, read-only, and the sandbox
-        its trainer enters: a folder of its own, write access to it and the checkpoints,
-        and the sealed test folders closed to it."""
+        its trainer enters: a folder of its own, write access to it and the checkpoints."""
         spec = config.experiment_spec
         assert spec.source is not None
         attempt = checkpoint_dir.parent
         source = attempt / "source"
         if not source.exists():
             code_sources.export(self.home, self.settings.repositories, spec.source, source)
-        work, writable = attempt / "work", _writable(checkpoint_dir)
-        for folder in writable:
+        for folder in _writable(checkpoint_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        uid = gid = -1
-        if os.geteuid() == 0:
-            uid, gid, user, field = self._sandbox_user()
-            try:
-                job = attempt.parent
-                if self.checkpoints.sealed_data(job) is not None:  # 0700: let this run in
-                    os.chown(job, -1, gid)
-                    job.chmod(0o710)
-                for needed in (Path(sysconfig.get_paths()["stdlib"]), REPO_ROOT, data, source):
-                    _check_reachable(needed, uid, gid, user, field)
-                for folder in writable:
-                    chown_tree_no_follow(folder, uid, gid)
-            except BaseException:
-                self.users.release(uid, writable)
-                raise
-        sandbox = Sandbox(
-            uid=uid,
-            gid=gid,
-            home=str(work),
+        sandbox = Sandbox(  # its uid comes with ``admit``
+            home=str(attempt / "work"),
             open_files=self.settings.sandbox_open_files,
             processes=self.settings.sandbox_processes,
             address_space_mb=self.settings.sandbox_address_space_mb,
@@ -205,6 +220,9 @@ class RunInputs:
         of its runs (``configs``) are the executor's again."""
         if os.geteuid() != 0 or not self.users.uids:
             return
+        dvc = self.home / ".dvc"  # every revision, sealed test images too: the executor's
+        if dvc.is_dir() and not dvc.is_symlink():
+            dvc.chmod(0o700)
         killed = await asyncio.to_thread(self.users.sweep)
         if killed:
             logger.warning("killed the processes of %d sandbox uids left running", killed)

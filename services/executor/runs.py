@@ -87,16 +87,16 @@ class RunManager:
             return earlier
         check_for_job(config.job_id, lease)
         await self._leases.renew(lease)  # a forged or stale lease is refused before any effect
-        paths = await self._inputs.check(config)
-        async with self._inputs.released_on_error(paths):
-            await self._supersede_prepared(config.job_id)
+        await self._supersede_prepared(config.job_id)  # its folders are this run's
+        checked = await self._inputs.check(config)
 
         async def launch() -> str:
             async with self._lock:
+                self._check_no_live_run(config.job_id)
+                renewed = await self._leases.renew(lease)  # refuses a stale fencing token
+                paths = await self._inputs.admit(config, checked)
                 async with self._inputs.released_on_error(paths):
-                    self._check_no_live_run(config.job_id)
-                    renewed = await self._leases.renew(lease)  # refuses a stale fencing token
-                live = await self._create(config, renewed, request_id, "lease checked", paths)
+                    live = await self._create(config, renewed, request_id, "lease checked", paths)
                 await self._launch(live, paths)
             return live.run.run_id
 
@@ -107,14 +107,15 @@ class RunManager:
         in host memory, then waits (QUEUED) for ``activate`` to hand it a lease."""
         if (earlier := await self._requested(request_id)) is not None:
             return earlier
-        paths = await self._inputs.check(config)
+        checked = await self._inputs.check(config)
 
         async def launch() -> str:
             async with self._lock:
+                self._check_no_live_run(config.job_id)
+                paths = await self._inputs.admit(config, checked)
                 async with self._inputs.released_on_error(paths):
-                    self._check_no_live_run(config.job_id)
-                why = "prepared ahead of its GPUs"
-                live = await self._create(config, None, request_id, why, paths)
+                    why = "prepared ahead of its GPUs"
+                    live = await self._create(config, None, request_id, why, paths)
                 await self._launch(live, paths)
             return live.run.run_id
 
@@ -274,8 +275,7 @@ class RunManager:
             self.checkpoints.register_reported, folder, relative, sha256
         )
         if not registered:
-            run_id = live.run.run_id
-            logger.warning("run %s: not registering %r (not in %s/)", run_id, relative, folder)
+            logger.warning("%s: %r not in %s/: not registered", live.run.run_id, relative, folder)
         return registered
 
     async def _release_devices(self, live: LiveRun) -> None:
@@ -358,7 +358,8 @@ class RunManager:
 
     async def _finish(self, live: LiveRun, end: Ending, tail: list[str] | None = None) -> None:
         if live.paths is not None:  # nothing of its sandbox outlives the run
-            await self._inputs.release(live.paths)
+            with contextlib.suppress(Exception):  # logged there; the run ends regardless
+                await self._inputs.release(live.paths)
         result = final_result(live, end)
         failure = failures.failure_of(end, tail or [])
         live.run = live.run.model_copy(
@@ -409,8 +410,7 @@ class RunManager:
         return await self.get(run_id)
 
     async def wait(self, run_id: str) -> Run:
-        live = self._live.get(run_id)
-        if live is not None:
+        if (live := self._live.get(run_id)) is not None:
             await live.done.wait()
         return await self.get(run_id)
 

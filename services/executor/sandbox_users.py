@@ -4,19 +4,22 @@ Runs that shared one user could signal, trace or rewrite each other, and a proce
 left its group (``setsid``) would outlive a stop. With a uid per run, the run is every
 process of that uid: when it ends, all of them are killed in one ``kill(-1)`` made as that
 uid, its folders go back to the executor's user, and only then may the uid serve another
-run. The uids come from ``ARC_EXECUTOR_SANDBOX_UIDS``, a range no account of the machine
-uses (systemd's DynamicUser range by default); each also is the run's gid. Blocking
+run. The uids come from ``ARC_EXECUTOR_SANDBOX_UIDS``, a range that systemd leaves
+unassigned (60600-61183 by default); a uid the machine knows (passwd, NSS) is never
+drawn nor killed. Each is also the run's gid. Blocking
 functions are called off the loop."""
 
 from __future__ import annotations
 
 import logging
 import os
+import pwd
 import random
 import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,16 +46,30 @@ def parse_range(text: str) -> range:
     return range(first, last + 1)
 
 
-def process_uids() -> dict[int, int]:
-    """pid -> effective uid of every process (the owner of its /proc entry)."""
+def _uids_of(pid: str) -> set[int]:
+    """The real, effective and saved uids of a live process (none for a zombie or one
+    that is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    except OSError:
+        return set()
+    if fields.get("State", "").strip().startswith("Z"):
+        return set()  # dead already; only its parent's wait is left
+    return {int(uid) for uid in fields.get("Uid", "").split()[:3]}
+
+
+def process_uids() -> dict[int, set[int]]:
+    """pid -> the uids of every live process."""
     out = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                out[int(entry)] = os.stat(f"/proc/{entry}").st_uid
-            except OSError:
-                continue
+        if entry.isdigit() and (uids := _uids_of(entry)):
+            out[int(entry)] = uids
     return out
+
+
+def _running(uid: int) -> bool:
+    return any(uid in uids for uids in process_uids().values())
 
 
 # Run as root, it becomes the uid and kills everything that uid may signal but itself.
@@ -64,21 +81,31 @@ _KILL_ALL = (
 
 def kill_uid(uid: int) -> None:
     """Every process of ``uid`` SIGKILLed (a fork bomb too: ``kill(-1)`` reaches them all
-    at once), repeated until /proc shows none."""
-    for _ in range(KILL_ROUNDS):
-        if uid not in process_uids().values():
+    at once), once, then again while /proc shows any."""
+    for round_ in range(KILL_ROUNDS):
+        if round_ and not _running(uid):
             return
         subprocess.run(
             [sys.executable, "-S", "-c", _KILL_ALL, str(uid)], env={}, check=False, timeout=30
         )
+        time.sleep(0.01 * round_)  # SIGKILL is delivered, not awaited
     logger.error("processes of sandbox uid %d survive %d kills", uid, KILL_ROUNDS)
+
+
+def _account(uid: int) -> bool:
+    """The machine knows ``uid`` (passwd, or NSS such as systemd's dynamic users)."""
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
 
 
 def hand_back(folders: Iterable[Path]) -> None:
     """The folders a sandboxed run wrote become the executor's user's again."""
     for folder in folders:
         if folder.is_dir() and not folder.is_symlink():
-            chown_tree_no_follow(folder, os.geteuid(), os.getegid())
+            chown_tree_no_follow(folder, os.geteuid(), os.getegid(), close=True)
 
 
 class SandboxUsers:
@@ -89,31 +116,37 @@ class SandboxUsers:
 
     def allocate(self) -> int:
         """A uid of the range that no run holds and no process has."""
-        running = set(process_uids().values())
+        running = set().union(*process_uids().values())
         with self._lock:
             free = [uid for uid in self.uids if uid not in self._held and uid not in running]
-            if not free:
-                raise ResourceExhaustedError(
-                    f"all {len(self.uids)} sandbox uids (ARC_EXECUTOR_SANDBOX_UIDS) are in use",
-                    field="sandbox_uids",
-                )
-            uid = random.choice(free)  # a uid comes back seldom, whatever it left in /tmp
-            self._held.add(uid)
-        return uid
+            random.shuffle(free)  # a uid comes back seldom, whatever it left in /tmp
+            for uid in free:
+                if not _account(uid):
+                    self._held.add(uid)
+                    return uid
+        raise ResourceExhaustedError(
+            f"all {len(self.uids)} sandbox uids (ARC_EXECUTOR_SANDBOX_UIDS) are in use",
+            field="sandbox_uids",
+        )
 
     def release(self, uid: int, folders: Iterable[Path]) -> None:
         """The run of ``uid`` ended: its processes killed, its folders the executor's."""
         if uid not in self.uids:
             return
-        kill_uid(uid)
-        hand_back(folders)
-        with self._lock:
-            self._held.discard(uid)
+        try:
+            kill_uid(uid)
+            hand_back(folders)
+        except (OSError, subprocess.SubprocessError) as exc:  # the run ends all the same
+            logger.error("sandbox uid %d: could not clean up after its run: %s", uid, exc)
+        finally:
+            with self._lock:
+                self._held.discard(uid)
 
     def sweep(self) -> int:
         """At start: nothing of an earlier executor's sandboxes survives it. How many uids
         had processes."""
-        found = {uid for uid in process_uids().values() if uid in self.uids}
+        every = set().union(*process_uids().values())
+        found = {uid for uid in every if uid in self.uids and not _account(uid)}
         for uid in found:
             kill_uid(uid)
         return len(found)

@@ -54,7 +54,7 @@ class ExecutorSettings(ServiceSettings):
     # Each such trainer becomes a uid of its own from this range (uid = gid), so that runs
     # cannot touch each other and all of a run's processes end with it
     # (services.executor.sandbox_users); empty: every run is sandbox_user.
-    sandbox_uids: str = "61184-65519"
+    sandbox_uids: str = "60600-61183"
     # Its resource limits (setrlimit); 0 leaves the platform's. An address-space limit
     # breaks CUDA (it maps far more than it uses): set it on CPU machines only.
     sandbox_open_files: int = Field(default=4096, ge=0, le=1_048_576)

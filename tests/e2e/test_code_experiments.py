@@ -99,7 +99,9 @@ def build_model(num_classes, **_):
             forged += os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
         except OSError:
             pass
+    status = Path("/proc/self/status").read_text()
     Path("probe.json").write_text(json.dumps({
+        "no_new_privs": "NoNewPrivs:\\t1" in status,
         "forged": forged,
         "uid": os.getuid(),
         "env": sorted(os.environ),
@@ -351,6 +353,7 @@ async def test_repository_code_runs_as_a_uid_of_its_own_without_credentials(
         assert probe["tokens_readable"] is False
         assert probe["wrote_repo"] is False
         assert work.stat().st_uid == 0  # handed back to the executor when the run ended
+        assert probe["no_new_privs"] is True  # no setuid binary gives it root back
     # Nothing it started outlives it, and its word that the GPUs were free was not taken.
     assert not alive(int((work / "daemon.pid").read_text()))
     assert probe["forged"] >= 1

@@ -90,3 +90,17 @@ def test_chown_tree_changes_links_not_their_targets_nor_hard_links(tmp_path: Pat
     assert (tree / "sub").stat().st_uid == 65534
     assert os.lstat(tree / "link").st_uid == 65534
     assert outside.stat().st_uid == 0  # neither through the link nor the hard link
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_chown_tree_walks_a_tree_deeper_than_path_max(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    for _ in range(300):  # 300 x 21 characters: past PATH_MAX (4096)
+        os.mkdir("d" * 20, dir_fd=fd)
+        deeper = os.open("d" * 20, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(os.open("deep.pt", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    os.close(fd)
+    chown_tree_no_follow(tmp_path / ("d" * 20), 65534, 65534, close=True)
+    assert (tmp_path / ("d" * 20)).stat().st_uid == 65534

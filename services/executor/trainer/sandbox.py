@@ -5,10 +5,13 @@ the real, effective and saved ids, so the code cannot take root back)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 
 from services.executor.protocol import Sandbox
+
+PR_SET_NO_NEW_PRIVS = 38  # linux/prctl.h
 
 # What a trainer needs from the environment; everything else (tokens, ARC_* settings,
 # cloud credentials) stays behind.
@@ -33,6 +36,13 @@ def _limit(which: int, value: int) -> None:
         resource.setrlimit(which, (value, value))
 
 
+def _no_new_privileges() -> None:
+    """No setuid binary it runs may raise its privileges (nor leave its uid)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+
+
 def enter(box: Sandbox) -> None:
     env = {key: os.environ[key] for key in KEPT if key in os.environ}
     # Pretrained weights stay where the executor's user keeps them, whatever HOME becomes.
@@ -44,6 +54,7 @@ def enter(box: Sandbox) -> None:
     _limit(resource.RLIMIT_NOFILE, box.open_files)
     _limit(resource.RLIMIT_NPROC, box.processes)
     _limit(resource.RLIMIT_AS, box.address_space_mb * 1024 * 1024)
+    _no_new_privileges()
     if box.gid >= 0:
         os.setgroups([])
         os.setgid(box.gid)

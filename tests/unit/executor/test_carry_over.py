@@ -59,3 +59,28 @@ def test_a_planted_fifo_does_not_hang_the_executor(inputs: RunInputs) -> None:
     os.mkfifo(sidecar)  # nobody writes it: a blocking open would wait forever
     assert inputs._carry_over(folder / "last.pt", target)
     assert not (target / "best.pt").exists()  # not carried: nothing half-copied registered
+
+
+def test_a_resume_point_that_is_a_link_to_another_jobs_checkpoint_is_not_used(
+    inputs: RunInputs,
+) -> None:
+    folder, target = earlier_attempt(inputs)
+    victim = inputs.home / "runs" / "job-sealed" / "attempt-1" / "checkpoints"
+    saved = earlier_attempt_of(inputs, victim)
+    (folder / "last.pt").unlink()
+    (folder / "last.pt").symlink_to(saved)  # left by the earlier, sandboxed trainer
+    relative = str((folder / "last.pt").relative_to(inputs.home))
+    assert inputs._resume_point(relative, target) == ""
+    honest = str(saved.relative_to(inputs.home))
+    assert inputs._resume_point(honest, target) == ""  # not this job's folder either
+    assert inputs._resume_point(relative.replace("last.pt", "best.pt"), target)
+
+
+def earlier_attempt_of(inputs: RunInputs, folder: Path) -> Path:
+    import torch
+
+    folder.mkdir(parents=True)
+    path = folder / "last.pt"
+    digest = save_checkpoint(path, {"model_state_dict": {"w": torch.ones(2)}})
+    assert inputs.checkpoints.register(path, digest)
+    return path

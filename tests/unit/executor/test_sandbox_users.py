@@ -20,9 +20,9 @@ def test_a_range_that_is_no_range_of_unprivileged_uids_is_refused(text: str) -> 
 
 
 def test_each_run_gets_a_uid_no_other_run_holds() -> None:
-    users = SandboxUsers(parse_range("61184-61186"))
+    users = SandboxUsers(parse_range("60600-60602"))
     held = {users.allocate() for _ in range(3)}
-    assert held == {61184, 61185, 61186}
+    assert held == {60600, 60601, 60602}
     with pytest.raises(ResourceExhaustedError) as full:
         users.allocate()
     assert full.value.field == "sandbox_uids"
@@ -32,7 +32,7 @@ def test_each_run_gets_a_uid_no_other_run_holds() -> None:
 def test_release_kills_what_left_the_process_group_and_hands_folders_back(
     tmp_path: Path,
 ) -> None:
-    users = SandboxUsers(parse_range("61184-65519"))
+    users = SandboxUsers(parse_range("60600-61183"))
     uid = users.allocate()
     folder = tmp_path / "work"
     folder.mkdir()
@@ -41,7 +41,7 @@ def test_release_kills_what_left_the_process_group_and_hands_folders_back(
     escaped = subprocess.Popen(
         ["sleep", "600"], user=uid, group=uid, extra_groups=[], start_new_session=True
     )
-    assert process_uids()[escaped.pid] == uid  # Popen returns once it has exec'd
+    assert uid in process_uids()[escaped.pid]  # Popen returns once it has exec'd
     users.release(uid, [folder])
     assert escaped.wait(timeout=10) == -9
     assert not alive(escaped.pid)
