@@ -1,0 +1,1 @@
+"""Sweeps: the engine generates experiments itself (Optuna inside)."""

@@ -1,0 +1,256 @@
+"""A sweep's trials, kept by Optuna in a journal file of the workspace: one study per
+sweep. A trial is asked for, its job's request id written to it, and only then is its
+job submitted; so after a crash every trial the sweep promised is found again (still
+RUNNING, with the request id that makes its submission idempotent) and none is asked
+for twice. Optuna is synchronous: every method blocks, call it off the event loop.
+
+Parallel trials are suggested with TPE's constant liar; a suggestion equal to a trial
+already made is also refused here (Optuna's samplers can repeat a point of a discrete
+space), so no two trials of a sweep train the same parameters."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler, GridSampler, QMCSampler, RandomSampler, TPESampler
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from arc_common.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from services.scheduler.sweeps.space import Parameter, distributions
+
+REQUEST_ID = "request_id"
+DUPLICATE = "duplicate_of"
+DEFINITION = "definition"
+MAX_REDRAWS = 10
+MAX_ENUMERATED = 100_000
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class Sampler(StrEnum):
+    TPE = "tpe"
+    RANDOM = "random"
+    GRID = "grid"
+    QMC = "qmc"
+
+
+class Direction(StrEnum):
+    MAXIMIZE = "maximize"
+    MINIMIZE = "minimize"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep searches, recorded with its study."""
+
+    parameters: list[Parameter]
+    sampler: Sampler = Sampler.TPE
+    direction: Direction = Direction.MAXIMIZE
+    max_trials: int = 16
+    seed: int = 0
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "parameters": [p.model_dump(mode="json") for p in self.parameters],
+                "sampler": self.sampler.value,
+                "direction": self.direction.value,
+                "max_trials": self.max_trials,
+                "seed": self.seed,
+            }
+        )
+
+    @classmethod
+    def load(cls, text: str) -> Plan:
+        data = json.loads(text)
+        return cls(
+            parameters=[Parameter.model_validate(p) for p in data["parameters"]],
+            sampler=Sampler(data["sampler"]),
+            direction=Direction(data["direction"]),
+            max_trials=int(data["max_trials"]),
+            seed=int(data["seed"]),
+        )
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int
+    params: dict[str, Any]
+    request_id: str
+    state: TrialState
+    value: float | None = None
+
+
+def _sampler(plan: Plan, made: int) -> BaseSampler:
+    # Reseeded with how many trials exist: a restarted sweep does not replay its draws.
+    seed = plan.seed + made
+    if plan.sampler is Sampler.RANDOM:
+        return RandomSampler(seed=seed)
+    if plan.sampler is Sampler.QMC:
+        return QMCSampler(seed=seed)
+    if plan.sampler is Sampler.GRID:
+        grid: dict[str, Any] = {}
+        for parameter in plan.parameters:
+            if parameter.categorical is None and parameter.int_range is None:
+                raise FailedPreconditionError(
+                    f"sampler grid needs categorical or int_range parameters ({parameter.path})",
+                    field="sampler",
+                )
+            if parameter.int_range is not None:
+                low, high = parameter.int_range
+                grid[parameter.path] = list(range(low, high + 1, parameter.step))
+            else:
+                grid[parameter.path] = list(parameter.categorical or [])
+        return GridSampler(grid, seed=seed)
+    return TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=8)
+
+
+def _unseen(plan: Plan, seen: set[str], *, seed: int) -> dict[str, Any] | None:
+    """A point of a finite space that no trial has, or None (none left, or the space is
+    continuous or too large to list)."""
+    axes: list[list[Any]] = []
+    size = 1
+    for parameter in plan.parameters:
+        if parameter.categorical is not None:
+            axes.append(list(parameter.categorical))
+        elif parameter.int_range is not None:
+            low, high = parameter.int_range
+            axes.append(list(range(low, high + 1, parameter.step)))
+        else:
+            return None
+        size *= len(axes[-1])
+        if size > MAX_ENUMERATED:
+            return None
+    paths = [parameter.path for parameter in plan.parameters]
+    points = [dict(zip(paths, values, strict=True)) for values in itertools.product(*axes)]
+    left = [point for point in points if _key(point) not in seen]
+    return random.Random(seed).choice(left) if left else None
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+class SweepLedger:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.storage = JournalStorage(JournalFileBackend(str(path)))
+        self._lock = threading.Lock()  # one ask at a time: duplicates are checked whole
+
+    def create(self, sweep_id: str, plan: Plan) -> None:
+        study = optuna.create_study(
+            storage=self.storage,
+            study_name=sweep_id,
+            direction=plan.direction.value,
+            load_if_exists=False,
+        )
+        study.set_user_attr(DEFINITION, plan.dump())
+
+    def plan(self, sweep_id: str) -> Plan:
+        return Plan.load(self._study(sweep_id).user_attrs[DEFINITION])
+
+    def _study(self, sweep_id: str, sampler: BaseSampler | None = None) -> optuna.Study:
+        try:
+            return optuna.load_study(storage=self.storage, study_name=sweep_id, sampler=sampler)
+        except KeyError:
+            raise NotFoundError(f"no sweep {sweep_id!r}", field="sweep_id") from None
+
+    def trials(self, sweep_id: str) -> list[Trial]:
+        """The sweep's trials, in the order they were made (redrawn duplicates left out)."""
+        out = []
+        for frozen in self._study(sweep_id).get_trials(deepcopy=False):
+            if REQUEST_ID in frozen.user_attrs:
+                out.append(_trial(frozen))
+        return out
+
+    def ask(self, sweep_id: str) -> Trial:
+        """A new trial, its request id recorded before it is returned; RESOURCE_EXHAUSTED
+        when the sweep has made all its trials (or its space has no new point)."""
+        with self._lock:
+            plan = self.plan(sweep_id)
+            made = self.trials(sweep_id)
+            if len(made) >= plan.max_trials:
+                raise ResourceExhaustedError(
+                    f"sweep {sweep_id} has made its {plan.max_trials} trials", field="max_trials"
+                )
+            study = self._study(sweep_id, _sampler(plan, len(made)))
+            for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if REQUEST_ID not in frozen.user_attrs:  # asked for, never promised: a crash
+                    study.tell(frozen.number, state=TrialState.FAIL)
+            seen = {_key(trial.params): trial.number for trial in made}
+            space = distributions(plan.parameters)
+            for _ in range(MAX_REDRAWS):
+                asked = study.ask(space)
+                earlier = seen.get(_key(asked.params))
+                if earlier is None:
+                    request_id = f"sweep:{sweep_id}:trial-{asked.number}"
+                    asked.set_user_attr(REQUEST_ID, request_id)
+                    return Trial(asked.number, asked.params, request_id, TrialState.RUNNING)
+                # Not a trial of the sweep: failed at once, so the sampler moves on.
+                asked.set_user_attr(DUPLICATE, earlier)
+                study.tell(asked, state=TrialState.FAIL)
+            unseen = _unseen(plan, set(seen), seed=plan.seed + len(made))
+            if unseen is None:
+                raise ResourceExhaustedError(
+                    f"sweep {sweep_id}: the search space has no point left that no trial has",
+                    field="parameters",
+                )
+            study.enqueue_trial(unseen)  # a finite space: a point no trial has, as is
+            asked = study.ask(space)
+            request_id = f"sweep:{sweep_id}:trial-{asked.number}"
+            asked.set_user_attr(REQUEST_ID, request_id)
+            return Trial(asked.number, asked.params, request_id, TrialState.RUNNING)
+
+    def pending(self, sweep_id: str) -> list[Trial]:
+        """Trials made and not yet told: after a restart, each job is found again by its
+        request id (or submitted with it)."""
+        return [t for t in self.trials(sweep_id) if t.state is TrialState.RUNNING]
+
+    def _trial_id(self, sweep_id: str, number: int) -> int:
+        try:
+            study_id = self.storage.get_study_id_from_name(sweep_id)
+            return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        except KeyError:
+            raise NotFoundError(
+                f"sweep {sweep_id!r} has no trial {number}", field="trial"
+            ) from None
+
+    def report(self, sweep_id: str, number: int, epoch: int, value: float) -> None:
+        """An intermediate value (a validation metric at ``epoch``), for the pruner."""
+        trial_id = self._trial_id(sweep_id, number)
+        if self.storage.get_trial(trial_id).state is TrialState.RUNNING:
+            self.storage.set_trial_intermediate_value(trial_id, epoch, value)
+
+    def tell(self, sweep_id: str, number: int, value: float | None, state: TrialState) -> None:
+        """The trial's end: COMPLETE with its objective, PRUNED, or FAIL. A trial told
+        already is left as it is (a restart may tell it again)."""
+        if self.storage.get_trial(self._trial_id(sweep_id, number)).state is not TrialState.RUNNING:
+            return
+        if state is TrialState.COMPLETE and value is None:
+            state = TrialState.FAIL
+        study = self._study(sweep_id)
+        study.tell(number, value if state is TrialState.COMPLETE else None, state=state)
+
+    def best(self, sweep_id: str) -> Trial | None:
+        done = [t for t in self.trials(sweep_id) if t.state is TrialState.COMPLETE]
+        sign = 1.0 if self.plan(sweep_id).direction is Direction.MAXIMIZE else -1.0
+        return max(done, key=lambda t: sign * (t.value or 0.0), default=None)
+
+
+def _trial(frozen: FrozenTrial) -> Trial:
+    return Trial(
+        number=frozen.number,
+        params=dict(frozen.params),
+        request_id=str(frozen.user_attrs[REQUEST_ID]),
+        state=frozen.state,
+        value=frozen.value if frozen.state is TrialState.COMPLETE else None,
+    )
