@@ -108,6 +108,7 @@ class Tool(StrEnum):
     GENERATE_VISUALIZATIONS = "generate_visualizations"
     SYNC_DATASETS = "sync_datasets"
     APPLY_CODE_PATCH = "apply_code_patch"
+    CREATE_SWEEP = "create_sweep"
 
 
 class Mode(StrEnum):

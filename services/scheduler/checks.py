@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from arc_common.decisions import denial_error
-from arc_common.errors import ArcError
+from arc_common.errors import ArcError, FailedPreconditionError
 from arc_common.models import Decision, DecisionOutcome, ExperimentSpec, Tool
 from services.scheduler.kinds import JobKind
 from services.scheduler.ports import GovernanceClient
@@ -49,6 +49,29 @@ class GovernanceGate:
             raise denial_error(kind.tool, decision)
         if decision.outcome is None:
             decision = decision.model_copy(update={"outcome": DecisionOutcome.ALLOWED})
+        return decision
+
+    async def call(
+        self, tool: Tool, parameters: dict[str, Any], *, caller: str, request_id: str
+    ) -> Decision:
+        """A governed call that is not a job (creating a sweep): allowed, or the error to
+        answer with (denied, or waiting for an operator's approval)."""
+        if self._governance is None:
+            return Decision(outcome=DecisionOutcome.ALLOWED, allowed=True)
+        decision = await self._governance.validate(
+            tool,
+            parameters,
+            dry_run=False,
+            request_id=f"{tool.value}:{request_id}" if request_id else "",
+            on_behalf_of=caller,
+        )
+        if decision.outcome is DecisionOutcome.DENIED:
+            raise denial_error(tool, decision)
+        if decision.outcome is DecisionOutcome.PENDING_APPROVAL:
+            raise FailedPreconditionError(
+                f"{tool.value} waits for an operator's approval (governance pending request "
+                f"{decision.pending_request_id}); retry with the same request_id once approved"
+            )
         return decision
 
     async def audit_invalid(

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from arc_common.errors import FailedPreconditionError, PermissionDeniedError, UnavailableError
 from arc_common.eventlog import EventLog
@@ -294,6 +295,20 @@ class Scheduler:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.jobs.finished(job_id).wait(), timeout=wait)
         return job
+
+    async def govern(
+        self, tool: Tool, parameters: dict[str, Any], *, caller: str, request_id: str = ""
+    ) -> None:
+        """A call that is not a job (creating a sweep), checked by governance as ``tool``."""
+        await self._gate.call(tool, parameters, caller=caller, request_id=request_id)
+
+    async def prune(self, job_id: str, reason: str) -> None:
+        """A sweep's pruner stops a trial while it trains: it ends PRUNED once its run has
+        ended. A job not training (queued, stopping, ended) is left as it is."""
+        check_length(reason, "reason", MAX_REASON_LENGTH)
+        job = self.job(job_id)
+        if job.state in (JobState.STARTING, JobState.RUNNING) and not job.cancel_requested:
+            await self._follower.stop(job, reason or "pruned", RunEndCause.PRUNED)
 
     def ended(self, job_id: str) -> bool:
         """The job is terminal and its final state change is in the event log's queue."""

@@ -17,20 +17,27 @@ import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import optuna
 from optuna.samplers import BaseSampler, GridSampler, QMCSampler, RandomSampler, TPESampler
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel, ConfigDict, Field
 
 from arc_common.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
-from services.scheduler.sweeps.space import Parameter, distributions
+from arc_common.models import ExperimentSpec
+from services.scheduler.sweeps.pruners import PrunerSpec, should_prune
+from services.scheduler.sweeps.space import MAX_PARAMETERS, Parameter, distributions
 
 REQUEST_ID = "request_id"
 DUPLICATE = "duplicate_of"
 DEFINITION = "definition"
 MAX_REDRAWS = 10
+MAX_TRIALS = 10_000
+MAX_PARALLEL = 64
+STATE = "state"
+JOB_ID = "job_id"
 MAX_ENUMERATED = 100_000
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -48,37 +55,31 @@ class Direction(StrEnum):
     MINIMIZE = "minimize"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What a sweep searches, recorded with its study."""
+class Plan(BaseModel):
+    """What a sweep searches and how, recorded with its study."""
 
-    parameters: list[Parameter]
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    parameters: Annotated[list[Parameter], Field(min_length=1, max_length=MAX_PARAMETERS)]
     sampler: Sampler = Sampler.TPE
     direction: Direction = Direction.MAXIMIZE
-    max_trials: int = 16
-    seed: int = 0
+    max_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 16
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    # The trials' jobs: the spec each starts from, the result metric the sweep optimizes,
+    # how many run at once, and who asked (trials are that caller's jobs).
+    base: ExperimentSpec | None = None
+    objective: Annotated[str, Field(min_length=1, max_length=128)] = "val_auc"
+    max_parallel: Annotated[int, Field(ge=1, le=MAX_PARALLEL)] = 1
+    caller: str = ""
+    name: Annotated[str, Field(max_length=128)] = ""
+    pruner: PrunerSpec = PrunerSpec()
 
     def dump(self) -> str:
-        return json.dumps(
-            {
-                "parameters": [p.model_dump(mode="json") for p in self.parameters],
-                "sampler": self.sampler.value,
-                "direction": self.direction.value,
-                "max_trials": self.max_trials,
-                "seed": self.seed,
-            }
-        )
+        return self.model_dump_json()
 
     @classmethod
     def load(cls, text: str) -> Plan:
-        data = json.loads(text)
-        return cls(
-            parameters=[Parameter.model_validate(p) for p in data["parameters"]],
-            sampler=Sampler(data["sampler"]),
-            direction=Direction(data["direction"]),
-            max_trials=int(data["max_trials"]),
-            seed=int(data["seed"]),
-        )
+        return cls.model_validate_json(text)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class Trial:
     request_id: str
     state: TrialState
     value: float | None = None
+    job_id: str = ""
+    last_value: float | None = None
+    last_epoch: int = 0
 
 
 def _sampler(plan: Plan, made: int) -> BaseSampler:
@@ -154,6 +158,19 @@ class SweepLedger:
             load_if_exists=False,
         )
         study.set_user_attr(DEFINITION, plan.dump())
+
+    def sweep_ids(self) -> list[str]:
+        return [study.study_name for study in self.storage.get_all_studies()]
+
+    def state(self, sweep_id: str) -> str:
+        return str(self._study(sweep_id).user_attrs.get(STATE, "running"))
+
+    def set_state(self, sweep_id: str, state: str) -> None:
+        self._study(sweep_id).set_user_attr(STATE, state)
+
+    def attach(self, sweep_id: str, number: int, job_id: str) -> None:
+        """The job that trains the trial (for GetSweep; the request id finds it anyway)."""
+        self.storage.set_trial_user_attr(self._trial_id(sweep_id, number), JOB_ID, job_id)
 
     def plan(self, sweep_id: str) -> Plan:
         return Plan.load(self._study(sweep_id).user_attrs[DEFINITION])
@@ -224,11 +241,17 @@ class SweepLedger:
                 f"sweep {sweep_id!r} has no trial {number}", field="trial"
             ) from None
 
-    def report(self, sweep_id: str, number: int, epoch: int, value: float) -> None:
-        """An intermediate value (a validation metric at ``epoch``), for the pruner."""
+    def report(self, sweep_id: str, number: int, epoch: int, value: float) -> str:
+        """An intermediate value (the objective at ``epoch``); why the pruner stops the
+        trial now, or "". A trial ended already is left as it is."""
         trial_id = self._trial_id(sweep_id, number)
-        if self.storage.get_trial(trial_id).state is TrialState.RUNNING:
-            self.storage.set_trial_intermediate_value(trial_id, epoch, value)
+        if self.storage.get_trial(trial_id).state is not TrialState.RUNNING:
+            return ""
+        self.storage.set_trial_intermediate_value(trial_id, epoch, value)
+        plan = self.plan(sweep_id)
+        epochs = plan.base.hyperparameters.epochs if plan.base is not None else 0
+        study = self._study(sweep_id)
+        return should_prune(plan.pruner, study, self.storage.get_trial(trial_id), epochs=epochs)
 
     def tell(self, sweep_id: str, number: int, value: float | None, state: TrialState) -> None:
         """The trial's end: COMPLETE with its objective, PRUNED, or FAIL. A trial told
@@ -247,10 +270,14 @@ class SweepLedger:
 
 
 def _trial(frozen: FrozenTrial) -> Trial:
+    last = frozen.last_step
     return Trial(
         number=frozen.number,
         params=dict(frozen.params),
         request_id=str(frozen.user_attrs[REQUEST_ID]),
         state=frozen.state,
         value=frozen.value if frozen.state is TrialState.COMPLETE else None,
+        job_id=str(frozen.user_attrs.get(JOB_ID, "")),
+        last_value=frozen.intermediate_values.get(last) if last is not None else None,
+        last_epoch=last or 0,
     )

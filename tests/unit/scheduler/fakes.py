@@ -272,10 +272,14 @@ class FakeNode:
         cause: RunEndCause = RunEndCause.COMPLETED,
         reason: str = "",
         failure: FailureClass | None = None,
+        *,
+        metrics: dict[str, float] | None = None,
     ) -> None:
         fake = self.run_of(job_id)
         if state is JobState.COMPLETED:
-            fake.emit(result=ExperimentResult(best_metrics={"val_auc": 0.8}))
+            result = ExperimentResult(best_metrics=metrics or {"val_auc": 0.8})
+            fake.update(result=result)  # GetRun tells it too, as the executor's does
+            fake.emit(result=result)
         said = Failure(failure_class=failure, summary=reason) if failure else None
         self._end(fake, state, cause, reason or state.value, said)
 

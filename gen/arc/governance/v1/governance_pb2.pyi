@@ -35,6 +35,10 @@ class _ToolEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tool.ValueType],
     TOOL_GENERATE_VISUALIZATIONS: _Tool.ValueType  # 5
     TOOL_SYNC_DATASETS: _Tool.ValueType  # 6
     TOOL_APPLY_CODE_PATCH: _Tool.ValueType  # 7
+    TOOL_CREATE_SWEEP: _Tool.ValueType  # 8
+    """A sweep's parameters (max_trials, max_parallel...); each trial is checked again as a
+    training job.
+    """
 
 class Tool(_Tool, metaclass=_ToolEnumTypeWrapper):
     """The tools an agent may call."""
@@ -47,6 +51,10 @@ TOOL_MANAGE_CHECKPOINTS: Tool.ValueType  # 4
 TOOL_GENERATE_VISUALIZATIONS: Tool.ValueType  # 5
 TOOL_SYNC_DATASETS: Tool.ValueType  # 6
 TOOL_APPLY_CODE_PATCH: Tool.ValueType  # 7
+TOOL_CREATE_SWEEP: Tool.ValueType  # 8
+"""A sweep's parameters (max_trials, max_parallel...); each trial is checked again as a
+training job.
+"""
 Global___Tool: _TypeAlias = Tool  # noqa: Y015
 
 class _Mode:

@@ -1,0 +1,180 @@
+"""A sweep at work: it keeps ``max_parallel`` trials in flight as ordinary jobs of its
+caller, tells each trial's end to the ledger, and stops when the ledger has made all its
+trials and the last one ended, or when the sweep is cancelled. A restarted driver first
+takes up the trials the ledger lists as pending: each is submitted again under its own
+request id, which gives back the job it already has (or makes the one a crash lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from optuna.trial import TrialState
+
+from arc_common.errors import ArcError, ResourceExhaustedError
+from arc_common.models import ExperimentSpec, JobState, MetricResult
+from services.scheduler.store import JobRecord
+from services.scheduler.sweeps import space
+from services.scheduler.sweeps.ledger import Plan, SweepLedger, Trial
+
+logger = logging.getLogger(__name__)
+
+RUNNING, COMPLETED, CANCELLED = "running", "completed", "cancelled"
+MAX_SUBMIT_WAIT = 30.0  # seconds between a trial's submissions while over quota
+
+
+class Jobs(Protocol):
+    """What a sweep needs of the scheduler (``SchedulerJobs`` over the real one)."""
+
+    async def submit(self, spec: ExperimentSpec, *, request_id: str, caller: str) -> JobRecord: ...
+
+    async def wait(self, job_id: str) -> JobRecord: ...
+
+    async def cancel(self, job_id: str, reason: str) -> None: ...
+
+    def metrics(self, job_id: str, name: str) -> AsyncIterator[MetricResult]:
+        """The job's metrics called ``name`` as it trains, from its first; ends when the
+        job has."""
+        ...
+
+    async def prune(self, job_id: str, reason: str) -> None: ...
+
+    async def authorize(self, plan: Plan, *, caller: str, request_id: str) -> None:
+        """Governance's check of the sweep itself (its trials are checked as jobs)."""
+        ...
+
+
+def outcome(job: JobRecord, objective: str) -> tuple[float | None, TrialState]:
+    """The trial's value and state from how its job ended."""
+    if job.state is JobState.PRUNED:
+        return None, TrialState.PRUNED
+    value = job.result.best_metrics.get(objective) if job.result is not None else None
+    if job.state is JobState.COMPLETED and value is not None and math.isfinite(value):
+        return value, TrialState.COMPLETE
+    return None, TrialState.FAIL
+
+
+class SweepDriver:
+    def __init__(
+        self,
+        ledger: SweepLedger,
+        jobs: Jobs,
+        sweep_id: str,
+        changed: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        """``changed``: called with the sweep's id after each change written to the ledger."""
+        self.ledger = ledger
+        self.jobs = jobs
+        self.sweep_id = sweep_id
+        self._changed = changed
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._job_of: dict[int, str] = {}  # the trials' jobs not ended yet
+        self._stop = asyncio.Event()
+        self._reason = ""
+
+    async def run(self) -> None:
+        """Drive the sweep until its trials have all ended; after ``stop``, until the
+        trials running then have ended (their jobs cancelled)."""
+        plan = await asyncio.to_thread(self.ledger.plan, self.sweep_id)
+        for trial in await asyncio.to_thread(self.ledger.pending, self.sweep_id):
+            self._start(trial, plan)
+        stopped = asyncio.create_task(self._stop.wait())
+        exhausted = False
+        try:
+            while True:
+                while (
+                    not (exhausted or self._stop.is_set()) and len(self._active) < plan.max_parallel
+                ):
+                    try:
+                        trial = await asyncio.to_thread(self.ledger.ask, self.sweep_id)
+                    except ResourceExhaustedError:
+                        exhausted = True
+                        break
+                    self._changed(self.sweep_id)
+                    self._start(trial, plan)
+                if not self._active:
+                    break
+                await asyncio.wait(
+                    [*self._active.values(), stopped], return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            stopped.cancel()
+        if not self._stop.is_set():
+            await self._write(self.ledger.set_state, COMPLETED)
+            logger.info("sweep %s completed", self.sweep_id)
+
+    async def stop(self, reason: str) -> None:
+        """Make no more trials, and cancel the jobs of the running ones (each trial fails
+        once its job has ended; a trial still being submitted cancels its job itself)."""
+        self._reason = reason
+        self._stop.set()
+        for job_id in list(self._job_of.values()):
+            with contextlib.suppress(ArcError):
+                await self.jobs.cancel(job_id, reason)
+
+    async def _write(self, call: Callable[..., object], *args: object) -> None:
+        await asyncio.to_thread(call, self.sweep_id, *args)
+        self._changed(self.sweep_id)
+
+    def _start(self, trial: Trial, plan: Plan) -> None:
+        task = asyncio.create_task(self._trial(trial, plan), name=trial.request_id)
+        self._active[trial.number] = task
+        task.add_done_callback(lambda _: self._active.pop(trial.number, None))
+
+    async def _trial(self, trial: Trial, plan: Plan) -> None:
+        assert plan.base is not None
+        experiment_id = f"{plan.base.experiment_id}-t{trial.number}"[:128]
+        try:
+            made = space.apply(plan.base, trial.params, experiment_id=experiment_id)
+            job = await self._submit(made, trial, plan)
+        except ArcError as exc:  # refused by governance: the trial failed
+            logger.warning("sweep %s trial %d refused: %s", self.sweep_id, trial.number, exc)
+            await self._write(self.ledger.tell, trial.number, None, TrialState.FAIL)
+            return
+        self._job_of[trial.number] = job.job_id
+        try:
+            if not trial.job_id:
+                await self._write(self.ledger.attach, trial.number, job.job_id)
+            if self._stop.is_set():  # stopped while it was being submitted
+                with contextlib.suppress(ArcError):
+                    await self.jobs.cancel(job.job_id, self._reason)
+            await self._follow(trial, plan, job.job_id)
+            ended = await self.jobs.wait(job.job_id)
+            value, state = outcome(ended, plan.objective)
+            await self._write(self.ledger.tell, trial.number, value, state)
+        finally:
+            self._job_of.pop(trial.number, None)
+
+    async def _submit(self, spec: ExperimentSpec, trial: Trial, plan: Plan) -> JobRecord:
+        """The trial's job; while the caller is over a quota (its running jobs, a budget)
+        the trial waits for room instead of failing."""
+        delay = 1.0
+        while True:
+            try:
+                return await self.jobs.submit(spec, request_id=trial.request_id, caller=plan.caller)
+            except ResourceExhaustedError as exc:
+                if self._stop.is_set():
+                    raise
+                logger.info("sweep %s trial %d waits: %s", self.sweep_id, trial.number, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                delay = min(delay * 2, MAX_SUBMIT_WAIT)
+
+    async def _follow(self, trial: Trial, plan: Plan, job_id: str) -> None:
+        """Each epoch's objective to the ledger; a pruned trial's job is stopped."""
+        async for metric in self.jobs.metrics(job_id, plan.objective):
+            # A NaN is the trainer's divergence rule's to stop, not the pruner's.
+            if not math.isfinite(metric.value):
+                continue
+            reason = await asyncio.to_thread(
+                self.ledger.report, self.sweep_id, trial.number, metric.epoch, metric.value
+            )
+            self._changed(self.sweep_id)
+            if reason:
+                logger.info("sweep %s trial %d %s", self.sweep_id, trial.number, reason)
+                await self.jobs.prune(job_id, reason)
+                return
