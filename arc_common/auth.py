@@ -78,6 +78,13 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.scheduler.v1.SchedulerService/WatchJob": _ALL,
     # Sealed test figures (arc_common.sealing) are released by an operator only.
     "/arc.scheduler.v1.SchedulerService/RevealTestMetrics": _OPS,
+    # sweeps: an agent's trials are its own jobs, governed one by one; it cancels only the
+    # sweeps it created.
+    "/arc.scheduler.v1.SweepService/CreateSweep": _ALL,
+    "/arc.scheduler.v1.SweepService/GetSweep": _ALL,
+    "/arc.scheduler.v1.SweepService/ListSweeps": _ALL,
+    "/arc.scheduler.v1.SweepService/WatchSweep": _ALL,
+    "/arc.scheduler.v1.SweepService/CancelSweep": _ALL,
     # gpu-manager: only the scheduler/executor (service) or an operator hold leases.
     "/arc.gpu.v1.GpuManagerService/ListGpus": _ALL,
     "/arc.gpu.v1.GpuManagerService/WatchGpus": _ALL,

@@ -66,6 +66,7 @@ FALLBACK: dict[str, str] = {
     "ARC_SCHEDULER_PROBE_INTERVAL_SECONDS": "how often each machine is probed",
     "ARC_SCHEDULER_DISPATCH_INTERVAL_SECONDS": "longest pause between placement passes",
     "ARC_SCHEDULER_EVENT_FLUSH_MS": "job events are committed in groups this often",
+    "ARC_SCHEDULER_SWEEPS_PER_CALLER": "sweeps one caller may have running at once",
     "ARC_SCHEDULER_PREPARED_PER_NODE": "trainers prepared ahead per machine (0: off)",
     "ARC_SCHEDULER_PREPARE_RETRY_SECONDS": "an unanswered PrepareRun is retried after",
     "ARC_SCHEDULER_STATUS_QUEUED_LIMIT": "queued jobs GetSchedulerStatus lists",

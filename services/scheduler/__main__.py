@@ -8,7 +8,7 @@ from pathlib import Path
 import aiosqlite
 from grpc import aio
 
-from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc, sweep_pb2, sweep_pb2_grpc
 from arc_common import governance_client, sqlite
 from arc_common.auth import Role, TokenStore
 from arc_common.channel import create_channel
@@ -29,6 +29,9 @@ from services.scheduler.remote import GovernanceClient, GrpcNode, NodeClient
 from services.scheduler.servicer import SchedulerServicer
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import SchedulerStore
+from services.scheduler.sweep_servicer import SweepServicer
+from services.scheduler.sweeps.ledger import SweepLedger
+from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager
 
 DB_FILE = "scheduler.sqlite3"
 # Job events in a file of their own: SQLite has one writer per file, and the state's group
@@ -37,6 +40,8 @@ EVENTS_FILE = "scheduler_events.sqlite3"
 EVENTS_TABLE = "job_events"
 # The first answers of CreateExperiment and CancelJob by request id (arc_common.ledger).
 LEDGER_FILE = "scheduler_ledger.sqlite3"
+# Sweeps' trials: Optuna's journal, appended before a trial's job is submitted.
+SWEEPS_FILE = "sweeps.journal"
 
 
 async def move_events(events_db: aiosqlite.Connection, old_file: Path) -> None:
@@ -70,9 +75,11 @@ class SchedulerApp:
     events_db: aiosqlite.Connection
     ledger_db: aiosqlite.Connection
     ledger: RequestLedger
+    sweeps: SweepManager
     channels: list[aio.Channel] = field(default_factory=list)
 
     async def stop(self) -> None:
+        await self.sweeps.close()  # first: the sweeps stay running in their journal
         await self.scheduler.close()
         await self.events_db.close()
         await self.ledger_db.close()
@@ -119,21 +126,34 @@ async def build_scheduler(settings: SchedulerSettings, tokens: TokenStore) -> Sc
     ledger_db = await sqlite.connect(settings.home / LEDGER_FILE)
     ledger = RequestLedger(ledger_db, table="requests")
     await ledger.open()
-    return SchedulerApp(scheduler, events_db, ledger_db, ledger, channels)
-
-
-def registration(app: SchedulerApp) -> Registration:
-    return Registration(
-        servicer=SchedulerServicer(app.scheduler, ledger=app.ledger),
-        add_to_server=scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
-        descriptor=scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
+    sweeps = SweepManager(
+        SweepLedger(settings.home / SWEEPS_FILE),
+        SchedulerJobs(scheduler),
+        max_running_per_caller=settings.sweeps_per_caller,
     )
+    await sweeps.open()
+    return SchedulerApp(scheduler, events_db, ledger_db, ledger, sweeps, channels)
+
+
+def registrations(app: SchedulerApp) -> list[Registration]:
+    return [
+        Registration(
+            servicer=SchedulerServicer(app.scheduler, ledger=app.ledger),
+            add_to_server=scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
+            descriptor=scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
+        ),
+        Registration(
+            servicer=SweepServicer(app.sweeps),
+            add_to_server=sweep_pb2_grpc.add_SweepServiceServicer_to_server,
+            descriptor=sweep_pb2.DESCRIPTOR.services_by_name["SweepService"],
+        ),
+    ]
 
 
 async def start(settings: SchedulerSettings, tokens: TokenStore) -> ServerHandle:
     """The service, serving (tests and ``serve`` share this)."""
     app = await build_scheduler(settings, tokens)
-    return await start_server(settings, [registration(app)], tokens=tokens, on_shutdown=[app.stop])
+    return await start_server(settings, registrations(app), tokens=tokens, on_shutdown=[app.stop])
 
 
 async def serve(settings: SchedulerSettings) -> None:

@@ -48,3 +48,5 @@ class SchedulerSettings(ServiceSettings):
     prepare_retry_seconds: float = Field(default=10.0, gt=0)
     # GetSchedulerStatus lists at most this many queued jobs (queue_length counts all).
     status_queued_limit: int = Field(default=20, ge=0, le=1000)
+    # Sweeps one caller may have running at once (each trial is still its own job).
+    sweeps_per_caller: int = Field(default=8, ge=1, le=1000)

@@ -11,12 +11,13 @@ import pytest
 from arc.executor.v1 import executor_pb2
 from arc.governance.v1 import governance_pb2
 from arc.gpu.v1 import gpu_pb2
-from arc.scheduler.v1 import scheduler_pb2
+from arc.scheduler.v1 import scheduler_pb2, sweep_pb2
 from arc_common import auth
 from arc_common.errors import PermissionDeniedError, UnauthenticatedError
 
 SERVICES = [
     scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
+    sweep_pb2.DESCRIPTOR.services_by_name["SweepService"],
     gpu_pb2.DESCRIPTOR.services_by_name["GpuManagerService"],
     governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"],
     executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"],

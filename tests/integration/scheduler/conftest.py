@@ -4,6 +4,8 @@ scheduler, all real servers on 127.0.0.1:0 sharing one workspace."""
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +15,8 @@ import pytest
 from grpc import aio
 
 from arc.common.v1 import common_pb2
-from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from arc_common.auth import Role, TokenStore
+from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc, sweep_pb2_grpc
+from arc_common.auth import TOKENS_FILE, Role, TokenStore
 from arc_common.channel import create_channel
 from arc_common.convert import dict_to_proto
 from arc_common.server import ServerHandle
@@ -83,12 +85,21 @@ class Suite:
     servers: list[ServerHandle]
     channels: list[aio.Channel] = field(default_factory=list)
 
-    def stub(self, role: Role = Role.AGENT) -> scheduler_pb2_grpc.SchedulerServiceStub:
-        channel = create_channel(
-            f"127.0.0.1:{self.port}", token=self.tokens.token_for(role), default_timeout=120
-        )
+    def _channel(self, who: Role | str) -> aio.Channel:
+        token = self.tokens.token_for(who) if isinstance(who, Role) else self._token_of(who)
+        channel = create_channel(f"127.0.0.1:{self.port}", token=token, default_timeout=120)
         self.channels.append(channel)
-        return scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        return channel
+
+    def _token_of(self, name: str) -> str:
+        entries = json.loads((self.home / TOKENS_FILE).read_text())["tokens"]
+        return next(str(e["token"]) for e in entries if e["name"] == name)
+
+    def stub(self, who: Role | str = Role.AGENT) -> scheduler_pb2_grpc.SchedulerServiceStub:
+        return scheduler_pb2_grpc.SchedulerServiceStub(self._channel(who))
+
+    def sweeps(self, who: Role | str = Role.AGENT) -> sweep_pb2_grpc.SweepServiceStub:
+        return sweep_pb2_grpc.SweepServiceStub(self._channel(who))
 
     async def submit(self, experiment: common_pb2.ExperimentSpec, **kw: Any) -> scheduler_pb2.Job:
         reply: scheduler_pb2.SubmitJobResponse = await self.stub().SubmitJob(
@@ -130,13 +141,23 @@ async def make_suite(tmp_path: Path, tiny_data: Path) -> AsyncIterator[Factory]:
         machines: int = 1,
         gpus_per_machine: int = 1,
         policy: str | None = None,
+        agents: tuple[str, ...] = (),
         **scheduler_settings: Any,
     ) -> Suite:
+        """``agents``: more agent identities, by name, besides the default one."""
         home = tmp_path / f"ws{len(suites)}"
         home.mkdir(parents=True)
         if policy is not None:
             (home / "policy.yaml").write_text(policy)
         tokens = TokenStore.ensure(home)
+        if agents:
+            data = json.loads((home / TOKENS_FILE).read_text())
+            data["tokens"] += [
+                {"name": name, "role": "agent", "token": secrets.token_urlsafe(32)}
+                for name in agents
+            ]
+            (home / TOKENS_FILE).write_text(json.dumps(data))
+            tokens = TokenStore.load(home)
         servers: list[ServerHandle] = []
         governance_settings = GovernanceSettings(home=home, port=0)
         servers.append(await governance_main.start(governance_settings, tokens))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 SCHEDULER = Path(__file__).parents[3] / "services" / "scheduler"
 # The edges: they alone speak protos and gRPC.
-EDGES = {"__main__.py", "redaction.py", "remote.py", "servicer.py"}
+EDGES = {"__main__.py", "redaction.py", "remote.py", "servicer.py", "sweep_servicer.py"}
 
 
 def imports(path: Path) -> set[str]:

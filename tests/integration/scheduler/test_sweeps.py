@@ -1,0 +1,187 @@
+"""Sweeps through the real services: an agent's sweep trains real models as its own jobs,
+a floor prunes trials while they train, and what a caller may not do is refused."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from grpc import aio
+
+from arc.common.v1 import common_pb2
+from arc.scheduler.v1 import scheduler_pb2, sweep_pb2
+from arc_common.auth import Role
+from tests.integration.scheduler.conftest import Factory, Suite, spec
+
+LR = sweep_pb2.SearchParameter(
+    path="hyperparameters.optimizer.learning_rate",
+    log_uniform=sweep_pb2.FloatRange(low=1e-4, high=1e-2),
+)
+
+
+def sweep(name: str, *parameters: sweep_pb2.SearchParameter, **fields: object) -> sweep_pb2.Sweep:
+    return sweep_pb2.Sweep(
+        display_name=name,
+        base_spec=spec(name, epochs=2),
+        parameters=list(parameters) or [LR],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def watch_to_end(suite: Suite, sweep_id: str) -> list[sweep_pb2.WatchSweepResponse]:
+    seen = []
+    request = sweep_pb2.WatchSweepRequest(sweep_id=sweep_id)
+    async for response in suite.sweeps().WatchSweep(request, timeout=300):
+        seen.append(response)
+    return seen
+
+
+async def test_an_agents_sweep_trains_its_trials_as_its_own_jobs(make_suite: Factory) -> None:
+    suite = await make_suite()
+    batch = sweep_pb2.SearchParameter(
+        path="hyperparameters.batch_size",
+        categorical=sweep_pb2.Choices(values=[struct_pb2.Value(number_value=n) for n in (4, 8)]),
+    )
+    made = await suite.sweeps().CreateSweep(
+        sweep_pb2.CreateSweepRequest(
+            request_id="lr-1", sweep=sweep("lr", LR, batch, max_trials=3, max_parallel=1)
+        )
+    )
+    sweep_id = made.sweep.sweep_id
+    assert made.sweep.state == sweep_pb2.SWEEP_STATE_RUNNING and made.sweep.created_by == "agent"
+    again = await suite.sweeps().CreateSweep(
+        sweep_pb2.CreateSweepRequest(
+            request_id="lr-1", sweep=sweep("lr", LR, batch, max_trials=3, max_parallel=1)
+        )
+    )
+    assert again.sweep.sweep_id == sweep_id  # a retry: the same sweep, not a second
+    events = await watch_to_end(suite, sweep_id)
+    final = events[-1].sweep
+    assert final.state == sweep_pb2.SWEEP_STATE_COMPLETED
+    assert len(final.trials) == 3
+    assert all(t.state == sweep_pb2.TRIAL_STATE_COMPLETE for t in final.trials)
+    assert {e.trial.number for e in events if e.HasField("trial")} == {0, 1, 2}
+    assert final.best_trial.value == max(t.value for t in final.trials)
+    for trial in final.trials:
+        job = await suite.job(trial.job_id)
+        assert job.state == common_pb2.JOB_STATE_COMPLETED and job.submitted_by == "agent"
+        assert job.result.best_metrics["val_auc"] == pytest.approx(trial.value)
+        lr = trial.params["hyperparameters.optimizer.learning_rate"]
+        assert isinstance(lr, float) and 1e-4 <= lr <= 1e-2
+        assert trial.params["hyperparameters.batch_size"] in (4, 8)
+        assert trial.last_epoch >= 1  # its epochs' objective reached the ledger
+    listed = await suite.sweeps().ListSweeps(sweep_pb2.ListSweepsRequest())
+    assert [s.sweep_id for s in listed.sweeps] == [sweep_id] and not listed.sweeps[0].trials
+
+
+async def test_a_floor_prunes_trials_while_they_train(make_suite: Factory) -> None:
+    suite = await make_suite()
+    pruner = sweep_pb2.Pruner(floor=1.01, floor_after_epochs=1)  # no AUC reaches it
+    base = sweep("floor", max_trials=2, pruner=pruner)
+    base.base_spec.hyperparameters.epochs = 50
+    made = await suite.sweeps().CreateSweep(sweep_pb2.CreateSweepRequest(sweep=base))
+    events = await watch_to_end(suite, made.sweep.sweep_id)
+    final = events[-1].sweep
+    assert [t.state for t in final.trials] == [sweep_pb2.TRIAL_STATE_PRUNED] * 2
+    assert not final.HasField("best_trial")
+    for trial in final.trials:
+        job = await suite.job(trial.job_id)
+        assert job.state == common_pb2.JOB_STATE_PRUNED and "floor" in job.error_message
+        assert trial.last_epoch < 50
+
+
+async def refused(call: object, code: grpc.StatusCode, field: str) -> None:
+    with pytest.raises(aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    assert field in (info.value.details() or ""), info.value.details()
+
+
+async def test_what_a_caller_may_not_do_is_refused_and_changes_nothing(
+    make_suite: Factory,
+) -> None:
+    suite = await make_suite(agents=("agent-2",))
+    stub = suite.sweeps()
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    no_base = sweep_pb2.Sweep(parameters=[LR])
+    await refused(
+        stub.CreateSweep(sweep_pb2.CreateSweepRequest(sweep=no_base)), invalid, "base_spec"
+    )
+    fixed = sweep_pb2.SearchParameter(
+        path="dataset.data_path",
+        categorical=sweep_pb2.Choices(values=[struct_pb2.Value(string_value="../../etc")]),
+    )
+    for bad, field in (
+        (sweep("a", fixed), "sweep.parameters[0]"),
+        (
+            sweep("a", sweep_pb2.SearchParameter(path="hyperparameters.optimizer.learning_rate")),
+            "exactly one",
+        ),
+        (
+            sweep(
+                "a",
+                sweep_pb2.SearchParameter(
+                    path="nothing.here", uniform=sweep_pb2.FloatRange(low=0, high=1)
+                ),
+            ),
+            "nothing.here",
+        ),
+        (
+            sweep(
+                "a",
+                sweep_pb2.SearchParameter(
+                    path="hyperparameters.batch_size", int_range=sweep_pb2.IntRange(low=0, high=8)
+                ),
+            ),
+            "parameters[0]",
+        ),
+        (sweep("a", max_trials=10_001), "sweep.max_trials"),
+        (sweep("a", max_parallel=65), "sweep.max_parallel"),
+        (sweep("a", sampler=99), "sweep.sampler"),
+        (
+            sweep("a", pruner=sweep_pb2.Pruner(reduction_factor=101)),
+            "sweep.pruner.reduction_factor",
+        ),
+    ):
+        await refused(stub.CreateSweep(sweep_pb2.CreateSweepRequest(sweep=bad)), invalid, field)
+    # The policy's create_sweep limits hold for an agent: at most 4 trials at once.
+    await refused(
+        stub.CreateSweep(sweep_pb2.CreateSweepRequest(sweep=sweep("wide", max_parallel=5))),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "max_parallel",
+    )
+    assert not (await stub.ListSweeps(sweep_pb2.ListSweepsRequest())).sweeps
+    await refused(
+        stub.GetSweep(sweep_pb2.GetSweepRequest(sweep_id="sweep-none")),
+        grpc.StatusCode.NOT_FOUND,
+        "sweep_id",
+    )
+    slow = sweep("mine", max_trials=2)
+    slow.base_spec.hyperparameters.epochs = 300
+    mine = (await stub.CreateSweep(sweep_pb2.CreateSweepRequest(sweep=slow))).sweep
+    # Another agent may read it, not cancel it, nor take its request id's sweep.
+    other = suite.sweeps("agent-2")
+    await refused(
+        other.CancelSweep(sweep_pb2.CancelSweepRequest(sweep_id=mine.sweep_id)),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "sweep_id",
+    )
+    read = (await other.GetSweep(sweep_pb2.GetSweepRequest(sweep_id=mine.sweep_id))).sweep
+    assert read.state == sweep_pb2.SWEEP_STATE_RUNNING
+    cancelled = await stub.CancelSweep(
+        sweep_pb2.CancelSweepRequest(sweep_id=mine.sweep_id, reason="enough")
+    )
+    assert cancelled.sweep.state == sweep_pb2.SWEEP_STATE_CANCELLED
+    for trial in cancelled.sweep.trials:
+        assert trial.state == sweep_pb2.TRIAL_STATE_FAILED
+        job = await suite.wait(trial.job_id)
+        assert job.state == common_pb2.JOB_STATE_CANCELLED
+    await refused(
+        stub.CancelSweep(sweep_pb2.CancelSweepRequest(sweep_id=mine.sweep_id)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "sweep_id",
+    )
+    status = await suite.stub(Role.OPERATOR).GetSchedulerStatus(
+        scheduler_pb2.GetSchedulerStatusRequest()
+    )
+    assert status.status.queue_length == 0
