@@ -154,14 +154,19 @@ async def make(tmp_path: Path) -> AsyncIterator[Factory]:
     made: list[Harness] = []
 
     async def factory(
-        *, gpus: int = 1, nodes: int = 1, open_now: bool = True, **settings: Any
+        *,
+        gpus: int = 1,
+        nodes: int = 1,
+        open_now: bool = True,
+        node_type: type[FakeNode] = FakeNode,
+        **settings: Any,
     ) -> Harness:
         home = tmp_path / f"home-{len(made)}"
         home.mkdir()
         harness = Harness(
             home=home,
             settings=SchedulerSettings(home=home, **{**DEFAULTS, **settings}),
-            nodes=[FakeNode(f"node-{i}", gpus=gpus) for i in range(nodes)],
+            nodes=[node_type(f"node-{i}", gpus=gpus) for i in range(nodes)],
             governance=FakeGovernance(),
             clock=FakeClock(),
         )

@@ -1,0 +1,120 @@
+"""Sweeps at scale on machines that replay learning curves in milliseconds: 64 trials
+survive a restart with exactly the trials promised, 8 parallel suggestions never repeat,
+and successive halving finds the best trial on a fraction of the epochs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+from optuna.trial import TrialState
+
+from arc_common.models import ExperimentSpec, JobState
+from services.scheduler.sweeps.ledger import Plan, Sampler, SweepLedger
+from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager, SweepView
+from services.scheduler.sweeps.pruners import PrunerKind, PrunerSpec
+from services.scheduler.sweeps.space import Parameter
+from tests.unit.scheduler.conftest import Factory, Harness, experiment
+from tests.unit.scheduler.replay import ReplayNode
+
+LR = Parameter(path="hyperparameters.optimizer.learning_rate", log_uniform=(1e-4, 1e-1))
+
+
+async def manager_over(h: Harness) -> SweepManager:
+    manager = SweepManager(SweepLedger(h.home / "sweeps.journal"), SchedulerJobs(h.scheduler))
+    await manager.open()
+    return manager
+
+
+async def until(manager: SweepManager, sweep_id: str, done: object) -> SweepView:
+    assert callable(done)
+    async with asyncio.timeout(60):
+        async for view, _ in manager.watch(sweep_id):
+            if done(view):
+                return view
+    return await manager.get(sweep_id)
+
+
+def base(name: str, epochs: int) -> ExperimentSpec:
+    return experiment(name, hyperparameters={"epochs": epochs})
+
+
+async def test_64_trials_survive_a_restart_at_trial_30_exactly(make: Factory) -> None:
+    h = await make(gpus=2, node_type=ReplayNode)
+    manager = await manager_over(h)
+    plan = Plan(parameters=[LR], max_trials=64, max_parallel=2, base=base("crash", 3))
+    sweep_id = await manager.create(plan, caller="agent")
+    await until(manager, sweep_id, lambda view: len(view.trials) >= 30)
+    await manager.close()
+    await h.restart()  # trials running on the machines, others never asked for yet
+    manager = await manager_over(h)
+    view = await until(manager, sweep_id, lambda view: view.state == "completed")
+    assert len(view.trials) == 64 and [t.number for t in view.trials] == sorted(
+        t.number for t in view.trials
+    )
+    assert all(t.state is TrialState.COMPLETE for t in view.trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in view.trials}) == 64
+    jobs = {t.job_id for t in view.trials}
+    assert len(jobs) == 64 and all(h.scheduler.job(j).state is JobState.COMPLETED for j in jobs)
+    runs = Counter(config.job_id for config in h.node.started)
+    assert set(runs) == jobs and max(runs.values()) <= 2  # re-attached, or requeued once
+    await manager.close()
+
+
+class SlowReplay(ReplayNode):
+    epoch_seconds = 0.1  # long enough for all 8 to train at once
+
+
+async def test_eight_parallel_suggestions_never_repeat(make: Factory) -> None:
+    h = await make(gpus=8, node_type=SlowReplay)
+    manager = await manager_over(h)
+    space = [
+        Parameter(path="hyperparameters.batch_size", int_range=(4, 16), step=4),
+        Parameter(path="hyperparameters.optimizer.learning_rate", categorical=[1e-3, 1e-2]),
+        Parameter(path="architecture.variant", categorical=["resnet18", "resnet34"]),
+    ]
+    plan = Plan(parameters=space, max_trials=16, max_parallel=8, base=base("wide", 2))
+    sweep_id = await manager.create(plan, caller="agent")
+    view = await until(manager, sweep_id, lambda view: view.state == "completed")
+    points = [json.dumps(t.params, sort_keys=True) for t in view.trials]
+    assert len(points) == 16 and len(set(points)) == 16  # every point of the space, once
+    assert isinstance(h.node, ReplayNode) and h.node.most_at_once == 8
+    await manager.close()
+
+
+class EpochReplay(ReplayNode):
+    # Slow enough that a prune lands within the epoch it was decided at, as with real
+    # epochs of seconds; the sweep still takes about a second.
+    epoch_seconds = 0.005
+
+
+async def _sweep(make: Factory, pruner: PrunerSpec) -> tuple[SweepView, int]:
+    h = await make(gpus=2, node_type=EpochReplay)
+    manager = await manager_over(h)
+    plan = Plan(
+        parameters=[LR],
+        sampler=Sampler.RANDOM,  # the same trials in both sweeps: only the pruner differs
+        max_trials=27,
+        max_parallel=2,
+        seed=7,
+        pruner=pruner,
+        base=base("asha", 27),
+    )
+    sweep_id = await manager.create(plan, caller="agent")
+    view = await until(manager, sweep_id, lambda view: view.state == "completed")
+    await manager.close()
+    node = h.node
+    assert isinstance(node, ReplayNode)
+    return view, node.epochs_trained
+
+
+async def test_successive_halving_finds_the_best_on_half_the_epochs(make: Factory) -> None:
+    full, full_epochs = await _sweep(make, PrunerSpec())
+    halving = PrunerSpec(kind=PrunerKind.SUCCESSIVE_HALVING, min_epochs=1, reduction_factor=3)
+    pruned, pruned_epochs = await _sweep(make, halving)
+    assert full_epochs == 27 * 27
+    assert pruned_epochs <= full_epochs / 2
+    assert sum(t.state is TrialState.PRUNED for t in pruned.trials) >= 13
+    assert full.best is not None and pruned.best is not None
+    assert pruned.best.params == full.best.params  # the known best is never pruned
