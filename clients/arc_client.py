@@ -45,6 +45,7 @@ from arc_common.models import (
 )
 from arc_common.rpc import stream, unary
 from clients.research_tools import ResearchTools
+from clients.sweeps import SweepClient
 
 DEFAULT_PORT_BASE = 50051
 
@@ -107,6 +108,11 @@ class ArcClient:
     @property
     def executor(self) -> executor_pb2_grpc.ExecutorServiceStub:
         return executor_pb2_grpc.ExecutorServiceStub(self._channel(self.addresses.executor))
+
+    @property
+    def sweeps(self) -> SweepClient:
+        """Sweeps the scheduler runs itself (clients.sweeps)."""
+        return SweepClient(self._channel(self.addresses.scheduler), self._timeout)
 
     @property
     def tools(self) -> ResearchTools:

@@ -36,6 +36,7 @@ from clients.display import (
 from clients.orchestrator import interpret
 from clients.results_cli import cmd_compare, cmd_evaluate, cmd_results
 from clients.suite import LocalSuite
+from clients.sweep_cli import cmd_sweep
 
 EXIT_CODES: list[tuple[type[errors.ArcError], int]] = [
     (errors.NotFoundError, 3),
@@ -353,6 +354,7 @@ COMMANDS = {
     "patch": cmd_patch,
     "preprocess": tools_cli.cmd_preprocess,
     "visualize": tools_cli.cmd_visualize,
+    "sweep": cmd_sweep,
     "checkpoints": tools_cli.cmd_checkpoints,
 }
 

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from arc_common.models import DecisionOutcome, Mode, Tool
-from clients import tools_cli
+from clients import sweep_cli, tools_cli
 from clients.arc_client import DEFAULT_PORT_BASE
 
 
@@ -135,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument("--message", default="", help="commit message")
     apply.add_argument("--request-id", default="", help="retry-safe id (default: the diff's hash)")
     tools_cli.add_parsers(sub)
+    sweep_cli.add_parser(sub)
     demo = sub.add_parser("demo", help="start the suite, run a small sweep, show results, stop")
     demo.add_argument("--keep", action="store_true", help="leave the suite running afterwards")
     _everywhere(p)

@@ -268,6 +268,50 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_sweep_from_the_command_line(suite: Suite) -> None:
+    made = suite.arc("data", "synth", "--out", "datasets/sweep", "--count", "24", "--size", "32")
+    assert made.returncode == 0, made.stderr
+    sweep = {
+        "name": "cli-sweep",
+        "base": {
+            "model": "resnet18",
+            "batch": 8,
+            "epochs": 2,
+            "image_size": 32,
+            "data_path": "datasets/sweep",
+        },
+        "sampler": "random",
+        "max_trials": 3,
+        "max_parallel": 2,
+        "parameters": {
+            "hyperparameters.optimizer.learning_rate": {"log_uniform": [1.0e-4, 1.0e-2]},
+            "hyperparameters.batch_size": {"categorical": [4, 8]},
+        },
+    }
+    (suite.home / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    watched = suite.arc("sweep", "create", str(suite.home / "sweep.yaml"), "--watch")
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "completed: 3/3 trials" in watched.stdout and "best " in watched.stdout
+    assert "[##########] 2/2" in watched.stdout  # a trial's progress bar, full
+    listed = json.loads(suite.arc("--json", "sweep", "list").stdout)
+    [row] = [r for r in listed if r["name"] == "cli-sweep"]
+    assert row["state"] == "completed" and row["created_by"] == "operator"
+    results = json.loads(suite.arc("--json", "sweep", "results", row["sweep"]).stdout)
+    trials = results["trials"]
+    assert [t["rank"] for t in trials] == [1, 2, 3]
+    assert [t["value"] for t in trials] == sorted((t["value"] for t in trials), reverse=True)
+    assert all(t["params"]["hyperparameters.batch_size"] in (4, 8) for t in trials)
+    for trial in trials:
+        status = json.loads(suite.arc("--json", "status", trial["job"]).stdout)
+        assert status["state"] == "completed"
+    again = suite.arc("sweep", "cancel", row["sweep"])
+    assert again.returncode == 4 and "nothing to cancel" in again.stderr
+    broken = suite.home / "broken.yaml"
+    broken.write_text(yaml.safe_dump({**sweep, "max_trials": 20_000}))
+    refused = suite.arc("sweep", "create", str(broken))
+    assert refused.returncode == 4 and "sweep.max_trials" in refused.stderr
+
+
 def test_grpcurl_smoke(suite: Suite) -> None:
     token = (suite.home / "auth_token").read_text().strip()
     for offset, service in SERVICES.items():
