@@ -19,7 +19,9 @@ A sweep file::
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,28 +103,41 @@ def sweep_from_file(
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"{path}: a mapping of sweep fields", field="sweep")
+    if isinstance(data.get("base"), str):
+        data = {**data, "base": yaml.safe_load((path.parent / data["base"]).read_text())}
+    return sweep_message(data, base_spec, where=str(path))
+
+
+def sweep_message(
+    data: dict[str, Any],
+    base_spec: Callable[[dict[str, Any]], ExperimentSpec],
+    *,
+    where: str = "sweep",
+) -> sweep_pb2.Sweep:
+    """A sweep's fields as the module's docstring shows them, as the RPC's message."""
     unknown = set(data) - FIELDS
     if unknown:
         raise InvalidArgumentError(
-            f"{path}: unknown fields {sorted(unknown)} (known: {sorted(FIELDS)})", field="sweep"
+            f"{where}: unknown fields {sorted(unknown)} (known: {sorted(FIELDS)})", field="sweep"
         )
     base = data.get("base")
-    if isinstance(base, str):
-        base = yaml.safe_load((path.parent / base).read_text())
     if not isinstance(base, dict):
-        raise InvalidArgumentError(f"{path}: base is a spec file or a spec", field="base")
+        raise InvalidArgumentError(f"{where}: base is a proposal (a mapping)", field="base")
     pruner = dict(data.get("pruner") or {})
     kind = pruner.pop("kind", None)
-    message = sweep_pb2.Sweep(
-        display_name=str(data.get("name", "")),
-        base_spec=to_proto(base_spec(base), common_pb2.ExperimentSpec),
-        parameters=[_parameter(p, d) for p, d in (data.get("parameters") or {}).items()],
-        objective=str(data.get("objective", "")),
-        max_trials=int(data.get("max_trials", 0)),
-        max_parallel=int(data.get("max_parallel", 0)),
-        seed=int(data.get("seed", 0)),
-        pruner=json_format.ParseDict(pruner, sweep_pb2.Pruner()),
-    )
+    try:
+        message = sweep_pb2.Sweep(
+            display_name=str(data.get("name", "")),
+            base_spec=to_proto(base_spec(base), common_pb2.ExperimentSpec),
+            parameters=[_parameter(p, d) for p, d in (data.get("parameters") or {}).items()],
+            objective=str(data.get("objective", "")),
+            max_trials=int(data.get("max_trials", 0)),
+            max_parallel=int(data.get("max_parallel", 0)),
+            seed=int(data.get("seed", 0)),
+            pruner=json_format.ParseDict(pruner, sweep_pb2.Pruner()),
+        )
+    except (TypeError, ValueError, json_format.ParseError) as exc:
+        raise InvalidArgumentError(f"{where}: {exc}", field="sweep") from None
     if "sampler" in data:
         message.sampler = _enum(sweep_pb2.Sampler, "SAMPLER_", data["sampler"], "sampler")  # type: ignore[assignment]
     if "direction" in data:
@@ -203,3 +218,42 @@ class SweepClient:
         request = sweep_pb2.WatchSweepRequest(sweep_id=sweep_id)
         async for response in stream(self._stub.WatchSweep(request)):
             yield response
+
+
+@dataclass
+class SweepReport:
+    """What the orchestrator gives an agent for a sweep: the sweep (None when refused)
+    and one message to act on."""
+
+    sweep: sweep_pb2.Sweep | None
+    feedback: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _shown(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{path}={value:.3g}" if isinstance(value, float) else f"{path}={value}"
+        for path, value in params.items()
+    )
+
+
+def report(sweep: sweep_pb2.Sweep, failures: dict[int, str]) -> SweepReport:
+    """``failures``: the failed trials' failure summaries, by trial number."""
+    rows = ranked(sweep)
+    states = Counter(row["state"] for row in rows)
+    objective = sweep.objective or "val_auc"
+    lines = [
+        f"Sweep {sweep.sweep_id} {SWEEP_STATES.get(sweep.state, '?')}: {len(rows)} trials, "
+        f"{states['complete']} complete, {states['pruned']} pruned, {states['failed']} failed."
+    ]
+    if rows and rows[0]["value"] is not None:
+        best = rows[0]
+        lines.append(
+            f"Best {objective} {best['value']:.4f} with {_shown(best['params'])} "
+            f"(trial {best['trial']}, job {best['job']})."
+        )
+    else:
+        lines.append(f"No trial finished with {objective}.")
+    for number, summary in sorted(failures.items()):
+        lines.append(f"Trial {number} failed: {summary}")
+    return SweepReport(sweep, "\n".join(lines), rows)

@@ -11,6 +11,8 @@ from grpc import aio
 from arc.common.v1 import common_pb2
 from arc.scheduler.v1 import scheduler_pb2, sweep_pb2
 from arc_common.auth import Role
+from clients.arc_client import Addresses, ArcClient
+from clients.orchestrator import Orchestrator
 from tests.integration.scheduler.conftest import Factory, Suite, spec
 
 LR = sweep_pb2.SearchParameter(
@@ -185,3 +187,25 @@ async def test_what_a_caller_may_not_do_is_refused_and_changes_nothing(
         scheduler_pb2.GetSchedulerStatusRequest()
     )
     assert status.status.queue_length == 0
+
+
+async def test_the_orchestrator_sweeps_from_a_proposal_and_says_what_happened(
+    make_suite: Factory,
+) -> None:
+    suite = await make_suite()
+    address = f"127.0.0.1:{suite.port}"
+    token = suite.tokens.token_for(Role.AGENT)
+    async with ArcClient(Addresses(address, address, address, address), token=token) as client:
+        orchestrator = Orchestrator(client)
+        base = {"model": "resnet18", "epochs": 1, "batch": 8, "image_size": 32}
+        base |= {"data_path": "data/fundus", "dataset": "fundus"}
+        space = {"hyperparameters.optimizer.learning_rate": {"log_uniform": [1e-4, 1e-2]}}
+        done = await orchestrator.sweep(base, space, max_trials=2, name="agent-sweep")
+        assert done.sweep is not None and done.sweep.state == sweep_pb2.SWEEP_STATE_COMPLETED
+        assert "2 trials, 2 complete" in done.feedback and "Best val_auc" in done.feedback
+        assert [row["rank"] for row in done.trials] == [1, 2]
+        loose = await orchestrator.sweep({"model": "resnet1800"}, space)
+        assert loose.sweep is None and "resnet1800" in loose.feedback
+        wide = await orchestrator.sweep(base, space, max_parallel=5)
+        assert wide.sweep is None and "PERMISSION_DENIED" in wide.feedback
+        assert "max_parallel" in wide.feedback
