@@ -49,7 +49,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 test: install protos-check lint
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" --durations=20
 
 test-long: install
 	ARC_TEST_LONG=1 $(BIN)/pytest -q

@@ -85,6 +85,8 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.scheduler.v1.SweepService/ListSweeps": _ALL,
     "/arc.scheduler.v1.SweepService/WatchSweep": _ALL,
     "/arc.scheduler.v1.SweepService/CancelSweep": _ALL,
+    "/arc.scheduler.v1.SweepService/SuggestTrials": _ALL,  # its own sweeps only
+    "/arc.scheduler.v1.SweepService/ReportTrial": _ALL,  # its own sweeps only
     # gpu-manager: only the scheduler/executor (service) or an operator hold leases.
     "/arc.gpu.v1.GpuManagerService/ListGpus": _ALL,
     "/arc.gpu.v1.GpuManagerService/WatchGpus": _ALL,

@@ -2,9 +2,10 @@
 baseline measured side by side in the same run (these machines are noisy: ratios, not
 absolute times). One table; everything also goes to ``bench/results/latest.json``.
 
-The ten measures are issue 9's (bench/README.md has the method and the latest table).
-``--quick`` (CI, about a minute) runs 1, 2, 4, 8, 9 and 10 with short loads and a
-1,000-job queue; the full run adds 3, 5 (two 60 s jobs), 6 and 7 and queues 10,000 jobs.
+Measures 1-10 are issue 9's, 11 and 12 the sweeps' (bench/README.md has the method and
+the latest table). ``--quick`` (CI, about a minute) runs 1, 2, 4, 8, 9, 10, 11 and 12
+with short loads, a 1,000-job queue and 20-trial sweeps; the full run adds 3, 5 (two 60 s
+jobs), 6 and 7, queues 10,000 jobs and sweeps 200 trials of 1 s.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from grpc import aio
 
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.auth import Role, TokenStore
-from bench import engine
+from bench import engine, sweeps
 from bench.common import REPO, drive, percentile
 from bench.governance import audit_overhead
 from tests.helpers import ServiceProcess
@@ -163,6 +164,11 @@ async def measure_all(results: dict[str, Any], quick: bool, wanted: Callable[...
                             # an epoch (it holds the start and the test split too).
                             epochs=max(2, math.ceil(72 / per_epoch)),
                         )
+        if wanted(11, 12):
+            measured = await sweeps.measure(home / "sweeps", quick=quick)
+            results["sweep"] = measured["bookkeeping"]
+            results["sweep_busy"] = measured["busy"]
+            results["suggest"] = measured["suggest"]
         if not quick and wanted(7):
             results["streaming"] = await engine.streaming_cost(home / "streaming", epochs=20)
         if not quick and wanted(6):
@@ -183,6 +189,9 @@ TARGETS: list[tuple[str, str, str, str, str]] = [
     ("queue", "status_growth", "10 GetSchedulerStatus p50, long / short queue", "<= 2", "min"),
     ("queue", "getjob_growth", "10 GetJob p50, long / short queue", "<= 2", "min"),
     ("queue", "dispatch_growth", "10 dispatch decision, long / short queue", "<= 2", "min"),
+    ("sweep", "wall_ratio", "11 sweep wall / ideal, 2 trials at a time", "<= 1.10", "min"),
+    ("sweep_busy", "busy_fraction", "11 GPU busy while trials are queued / 1.0", ">= 0.99", "max"),
+    ("suggest", "tpe_p50_ms", "12 TPE suggestion p50 ms (1,000 trials)", "<= 50", "min"),
 ]
 
 
@@ -274,6 +283,20 @@ def details(results: dict[str, Any]) -> list[str]:
             f"{small['getjob_ms']:.2f} -> {large['getjob_ms']:.2f} ms, dispatch "
             f"{small['dispatch_ms']:.0f} -> {large['dispatch_ms']:.0f} ms; scheduler RSS "
             f"{small['rss_mib']:.0f} -> {large['rss_mib']:.0f} MiB"
+        )
+    if "sweep" in results:
+        w, b = results["sweep"], results["sweep_busy"]
+        out.append(
+            f"sweep of {w['trials']} trials of {w['trial_seconds']:g} s, {w['parallel']} at a "
+            f"time: {w['wall_s']:.1f} s against {w['ideal_s']:.1f} s ideal; {b['parallel']} at "
+            f"a time on {b['gpus']} GPUs: busy {b['busy_fraction']:.3f} while trials waited"
+        )
+    if "suggest" in results:
+        g = results["suggest"]
+        out.append(
+            f"suggestion with {g['completed']} trials: TPE p50 {g['tpe']['p50_ms']:.1f} ms "
+            f"({g['tpe']['cpu_ms']:.1f} ms CPU), random {g['random']['p50_ms']:.1f} ms "
+            f"({g['random']['cpu_ms']:.1f} ms CPU)"
         )
     return out
 

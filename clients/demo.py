@@ -3,7 +3,8 @@
 Starts the suite, generates synthetic fundus photographs, submits a small sweep the way the
 orchestrator does (two architectures x two learning rates, at different priorities), shows
 live progress, prints a leaderboard, draws Grad-CAM maps for the best model, verifies the
-audit log and stops the suite.
+audit log, runs a sweep the engine drives itself (TPE with successive halving) and stops
+the suite.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from arc.scheduler.v1 import sweep_pb2
 from arc_common.models import CheckpointKind, JobState
 from clients.arc_client import ArcClient
 from clients.display import LEADERBOARD, Out, leaderboard_rows, leaderboard_table, watch_job
-from clients.orchestrator import Orchestrator
+from clients.orchestrator import Orchestrator, interpret
 from clients.suite import LocalSuite
+from clients.sweep_cli import follow
+from clients.sweeps import ranked, sweep_message
 
 SWEEP: list[dict[str, Any]] = [
     {"model": "resnet18", "lr": 1e-3, "priority": 7},
@@ -128,13 +132,14 @@ async def run_demo(home: Path, port_base: int, *, keep: bool = False) -> int:
                         f"   {home / image['path']}  true={image['true_class']} "
                         f"predicted={image['predicted_class']} p={image['probability']:.2f}"
                     )
+            pruned = await _sweep(client)
             check = await client.verify_audit()
             say(
                 f"== audit log: {'OK' if check.ok else 'TAMPERED'}, "
                 f"{check.records_checked} records" + ("" if check.ok else f": {check.reason}")
             )
         say(f"== demo finished in {time.monotonic() - started:.0f} s")
-        return 0 if not failed and check.ok else 8
+        return 0 if not failed and check.ok and pruned else 8
     finally:
         if keep:
             say(f"== the suite keeps running (arc --home {home} queue); stop it with Ctrl-C")
@@ -146,6 +151,29 @@ async def run_demo(home: Path, port_base: int, *, keep: bool = False) -> int:
         else:
             suite.stop()
             say("== suite stopped")
+
+
+async def _sweep(client: ArcClient) -> bool:
+    """A sweep the engine runs itself, pruning as it goes: a pruned trial's GPU starts the
+    next trial at once. True when it completed."""
+    spec = interpret(proposal(SWEEP[0]) | {"epochs": 4, "name": "demo-sweep"}).spec
+    assert spec is not None
+    data = {
+        "name": "demo-lr",
+        "base": {},
+        "sampler": "tpe",
+        "max_trials": 6,
+        "max_parallel": 2,
+        "parameters": {"hyperparameters.optimizer.learning_rate": {"log_uniform": [1e-5, 0.3]}},
+        "pruner": {"kind": "successive_halving", "min_epochs": 1, "reduction_factor": 2},
+    }
+    made = await client.sweeps.create(sweep_message(data, lambda _: spec), request_id="demo")
+    say(f"== sweep {made.sweep_id}: 6 learning rates by TPE, 2 at a time, successive halving")
+    final = await follow(client.sweeps, made.sweep_id, sys.stdout)
+    rows = ranked(final)
+    if rows and rows[0]["value"] is not None:
+        say(f"== best of the sweep: trial {rows[0]['trial']}, val_auc {rows[0]['value']:.3f}")
+    return final.state == sweep_pb2.SWEEP_STATE_COMPLETED
 
 
 class _Lines:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
+from optuna.trial import TrialState
 
 from arc.common.v1 import common_pb2
 from arc.scheduler.v1 import sweep_pb2, sweep_pb2_grpc
@@ -52,6 +53,14 @@ _TRIAL_STATES = {
     "COMPLETE": sweep_pb2.TRIAL_STATE_COMPLETE,
     "PRUNED": sweep_pb2.TRIAL_STATE_PRUNED,
     "FAIL": sweep_pb2.TRIAL_STATE_FAILED,
+}
+
+
+_REPORTED = {
+    sweep_pb2.TRIAL_STATE_RUNNING: TrialState.RUNNING,
+    sweep_pb2.TRIAL_STATE_COMPLETE: TrialState.COMPLETE,
+    sweep_pb2.TRIAL_STATE_PRUNED: TrialState.PRUNED,
+    sweep_pb2.TRIAL_STATE_FAILED: TrialState.FAIL,
 }
 
 
@@ -117,6 +126,7 @@ def plan_of(message: sweep_pb2.Sweep) -> Plan:
         "objective": message.objective or "val_auc",
         "name": message.display_name,
         "pruner": parse_model(PrunerSpec, pruner, prefix="sweep.pruner"),
+        "by_caller": message.driven_by_caller,
     }
     return parse_model(Plan, data, prefix="sweep")
 
@@ -186,6 +196,7 @@ def sweep_proto(view: SweepView, *, with_trials: bool = True) -> sweep_pb2.Sweep
         ),
         state=_STATES.get(view.state, sweep_pb2.SWEEP_STATE_UNSPECIFIED),
         created_by=plan.caller,
+        driven_by_caller=plan.by_caller,
     )
     if plan.base is not None:
         message.base_spec.CopyFrom(to_proto(plan.base, common_pb2.ExperimentSpec))
@@ -239,3 +250,31 @@ class SweepServicer(sweep_pb2_grpc.SweepServiceServicer):
         check_length(request.reason, "reason", MAX_REASON_LENGTH)
         view = await self._m.cancel(request.sweep_id, _who(), request.reason)
         return sweep_pb2.CancelSweepResponse(sweep=sweep_proto(view))
+
+    async def SuggestTrials(
+        self, request: sweep_pb2.SuggestTrialsRequest, context: Any
+    ) -> sweep_pb2.SuggestTrialsResponse:
+        check_length(request.request_id, "request_id")
+        check_length(request.sweep_id, "sweep_id")
+        trials = await self._m.suggest(
+            request.sweep_id, request.count, _who(), request_id=request.request_id
+        )
+        return sweep_pb2.SuggestTrialsResponse(trials=[trial_proto(t) for t in trials])
+
+    async def ReportTrial(
+        self, request: sweep_pb2.ReportTrialRequest, context: Any
+    ) -> sweep_pb2.ReportTrialResponse:
+        check_length(request.sweep_id, "sweep_id")
+        if request.state not in _REPORTED:
+            raise InvalidArgumentError(
+                "state must be TRIAL_STATE_RUNNING, _COMPLETE, _PRUNED or _FAILED", field="state"
+            )
+        trial, reason = await self._m.report(
+            request.sweep_id,
+            request.number,
+            _who(),
+            state=_REPORTED[request.state],
+            value=request.value if request.HasField("value") else None,
+            epoch=request.epoch,
+        )
+        return sweep_pb2.ReportTrialResponse(trial=trial_proto(trial), prune_reason=reason)

@@ -38,6 +38,7 @@ MAX_TRIALS = 10_000
 MAX_PARALLEL = 64
 STATE = "state"
 JOB_ID = "job_id"
+TAG = "tag"
 MAX_ENUMERATED = 100_000
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,6 +74,9 @@ class Plan(BaseModel):
     caller: str = ""
     name: Annotated[str, Field(max_length=128)] = ""
     pruner: PrunerSpec = PrunerSpec()
+    # The caller asks for trials and reports them (SuggestTrials, ReportTrial); the engine
+    # submits nothing.
+    by_caller: bool = False
 
     def dump(self) -> str:
         return self.model_dump_json()
@@ -92,6 +96,7 @@ class Trial:
     job_id: str = ""
     last_value: float | None = None
     last_epoch: int = 0
+    tag: str = ""
 
 
 def _sampler(plan: Plan, made: int) -> BaseSampler:
@@ -189,9 +194,10 @@ class SweepLedger:
                 out.append(_trial(frozen))
         return out
 
-    def ask(self, sweep_id: str) -> Trial:
+    def ask(self, sweep_id: str, *, tag: str = "") -> Trial:
         """A new trial, its request id recorded before it is returned; RESOURCE_EXHAUSTED
-        when the sweep has made all its trials (or its space has no new point)."""
+        when the sweep has made all its trials (or its space has no new point). ``tag``:
+        kept with the trial (the SuggestTrials request that asked for it)."""
         with self._lock:
             plan = self.plan(sweep_id)
             made = self.trials(sweep_id)
@@ -209,9 +215,7 @@ class SweepLedger:
                 asked = study.ask(space)
                 earlier = seen.get(_key(asked.params))
                 if earlier is None:
-                    request_id = f"sweep:{sweep_id}:trial-{asked.number}"
-                    asked.set_user_attr(REQUEST_ID, request_id)
-                    return Trial(asked.number, asked.params, request_id, TrialState.RUNNING)
+                    return _promise(asked, sweep_id, tag)
                 # Not a trial of the sweep: failed at once, so the sampler moves on.
                 asked.set_user_attr(DUPLICATE, earlier)
                 study.tell(asked, state=TrialState.FAIL)
@@ -222,10 +226,7 @@ class SweepLedger:
                     field="parameters",
                 )
             study.enqueue_trial(unseen)  # a finite space: a point no trial has, as is
-            asked = study.ask(space)
-            request_id = f"sweep:{sweep_id}:trial-{asked.number}"
-            asked.set_user_attr(REQUEST_ID, request_id)
-            return Trial(asked.number, asked.params, request_id, TrialState.RUNNING)
+            return _promise(study.ask(space), sweep_id, tag)
 
     def pending(self, sweep_id: str) -> list[Trial]:
         """Trials made and not yet told: after a restart, each job is found again by its
@@ -269,6 +270,15 @@ class SweepLedger:
         return max(done, key=lambda t: sign * (t.value or 0.0), default=None)
 
 
+def _promise(asked: optuna.Trial, sweep_id: str, tag: str) -> Trial:
+    """The trial made the sweep's: its tag, then its request id (the promise) written."""
+    if tag:
+        asked.set_user_attr(TAG, tag)
+    request_id = f"sweep:{sweep_id}:trial-{asked.number}"
+    asked.set_user_attr(REQUEST_ID, request_id)
+    return Trial(asked.number, asked.params, request_id, TrialState.RUNNING, tag=tag)
+
+
 def _trial(frozen: FrozenTrial) -> Trial:
     last = frozen.last_step
     return Trial(
@@ -280,4 +290,5 @@ def _trial(frozen: FrozenTrial) -> Trial:
         job_id=str(frozen.user_attrs.get(JOB_ID, "")),
         last_value=frozen.intermediate_values.get(last) if last is not None else None,
         last_epoch=last or 0,
+        tag=str(frozen.user_attrs.get(TAG, "")),
     )

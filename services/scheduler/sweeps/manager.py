@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from arc_common.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
 )
@@ -28,13 +30,15 @@ from arc_common.models import ExperimentSpec, MetricResult, Tool
 from services.scheduler.core import Caller, Scheduler, Submission
 from services.scheduler.store import JobRecord
 from services.scheduler.sweeps import space
-from services.scheduler.sweeps.driver import CANCELLED, RUNNING, Jobs, SweepDriver
+from services.scheduler.sweeps.driver import CANCELLED, COMPLETED, RUNNING, Jobs, SweepDriver
 from services.scheduler.sweeps.ledger import Plan, SweepLedger, Trial
 
 logger = logging.getLogger(__name__)
 
 SERVICE = Caller(name="sweeps", service=True)  # cancels the trials of a cancelled sweep
 CANCEL_WAIT = 30.0  # seconds CancelSweep waits for the trials' jobs to end
+MAX_SUGGESTIONS = 64
+MAX_EPOCH = 10_000
 
 
 class SchedulerJobs:
@@ -91,6 +95,19 @@ def governed_parameters(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _check_owner(view: SweepView, caller: Caller, what: str) -> None:
+    if not (caller.operator or caller.service or caller.name == view.plan.caller):
+        raise PermissionDeniedError(
+            f"sweep {view.sweep_id} is {view.plan.caller!r}'s; {caller.name!r} may {what} "
+            "only its own sweeps",
+            field="sweep_id",
+        )
+
+
+def _any_running(view: SweepView) -> bool:
+    return any(t.state is TrialState.RUNNING for t in view.trials)
+
+
 @dataclass(frozen=True)
 class SweepView:
     sweep_id: str
@@ -115,6 +132,8 @@ class SweepManager:
         trials had not all ended."""
         for sweep_id in await asyncio.to_thread(self.ledger.sweep_ids):
             state = await asyncio.to_thread(self.ledger.state, sweep_id)
+            if (await asyncio.to_thread(self.ledger.plan, sweep_id)).by_caller:
+                continue  # its caller runs the trials: nothing to take up
             if state == RUNNING:
                 self._drive(sweep_id)
             elif state == CANCELLED:
@@ -201,8 +220,103 @@ class SweepManager:
             await asyncio.to_thread(self.ledger.create, sweep_id, plan)
         except DuplicatedStudyError:  # the same request twice at once: the other made it
             return sweep_id
-        self._drive(sweep_id)
+        if not plan.by_caller:
+            self._drive(sweep_id)
         return sweep_id
+
+    # --- sweeps their caller drives: ask and tell ------------------------------------
+
+    async def _caller_sweep(self, sweep_id: str, caller: Caller, what: str) -> SweepView:
+        view = await self.get(sweep_id)
+        _check_owner(view, caller, what)
+        if not view.plan.by_caller:
+            raise FailedPreconditionError(
+                f"sweep {sweep_id} runs its own trials; SuggestTrials and ReportTrial are for "
+                "sweeps created with driven_by_caller",
+                field="sweep_id",
+            )
+        return view
+
+    async def suggest(
+        self, sweep_id: str, count: int, caller: Caller, *, request_id: str = ""
+    ) -> list[Trial]:
+        """``count`` new trials for the caller to run; the same request id again gives the
+        same trials. At most ``max_parallel`` trials are out unreported at once."""
+        if not 1 <= count <= MAX_SUGGESTIONS:
+            raise InvalidArgumentError(
+                f"count must be 1..{MAX_SUGGESTIONS} (got {count})", field="count"
+            )
+        view = await self._caller_sweep(sweep_id, caller, "ask for trials of")
+        tag = f"suggest:{request_id}" if request_id else ""
+        if tag and (earlier := [t for t in view.trials if t.tag == tag]):
+            return earlier
+        if view.state != RUNNING:
+            raise FailedPreconditionError(f"sweep {sweep_id} is {view.state}", field="sweep_id")
+        out = sum(t.state is TrialState.RUNNING for t in view.trials)
+        if out + count > view.plan.max_parallel:
+            raise ResourceExhaustedError(
+                f"sweep {sweep_id} has {out} trials out and max_parallel "
+                f"{view.plan.max_parallel}: report some first",
+                field="count",
+            )
+
+        def ask() -> list[Trial]:
+            made: list[Trial] = []
+            with contextlib.suppress(ResourceExhaustedError):  # max_trials: what is left
+                for _ in range(count):
+                    made.append(self.ledger.ask(sweep_id, tag=tag))
+            return made
+
+        made = await asyncio.to_thread(ask)
+        if not made:
+            raise ResourceExhaustedError(
+                f"sweep {sweep_id} has made its {view.plan.max_trials} trials", field="count"
+            )
+        self._changed(sweep_id)
+        return made
+
+    async def report(
+        self,
+        sweep_id: str,
+        number: int,
+        caller: Caller,
+        *,
+        state: TrialState,
+        value: float | None,
+        epoch: int = 0,
+    ) -> tuple[Trial, str]:
+        """A trial's value at ``epoch`` (state RUNNING: why the pruner would stop it, or
+        "") or its end (COMPLETE with its value, PRUNED or FAIL). Reporting the same end
+        again changes nothing."""
+        view = await self._caller_sweep(sweep_id, caller, "report trials of")
+        trial = next((t for t in view.trials if t.number == number), None)
+        if trial is None:
+            raise NotFoundError(f"sweep {sweep_id} has no trial {number}", field="number")
+        if value is not None and not math.isfinite(value):
+            raise InvalidArgumentError(f"value must be finite (got {value})", field="value")
+        if not 0 <= epoch <= MAX_EPOCH:
+            raise InvalidArgumentError(f"epoch must be 0..{MAX_EPOCH} (got {epoch})", field="epoch")
+        if state is TrialState.COMPLETE and value is None:
+            raise InvalidArgumentError("a COMPLETE trial needs its value", field="value")
+        if trial.state is not TrialState.RUNNING:
+            if trial.state is state and (state is not TrialState.COMPLETE or trial.value == value):
+                return trial, ""
+            raise FailedPreconditionError(
+                f"trial {number} already ended {trial.state.name}", field="number"
+            )
+        reason = ""
+        if state is TrialState.RUNNING:
+            if value is None:
+                raise InvalidArgumentError("an intermediate report needs its value", field="value")
+            reason = await asyncio.to_thread(self.ledger.report, sweep_id, number, epoch, value)
+        else:
+            await asyncio.to_thread(self.ledger.tell, sweep_id, number, value, state)
+            now = await self.get(sweep_id)
+            if len(now.trials) >= now.plan.max_trials and not _any_running(now):
+                await asyncio.to_thread(self.ledger.set_state, sweep_id, COMPLETED)
+        self._changed(sweep_id)
+        now = await self.get(sweep_id)
+        return next(t for t in now.trials if t.number == number), reason
 
     async def get(self, sweep_id: str) -> SweepView:
         def read() -> SweepView:
@@ -233,12 +347,7 @@ class SweepManager:
 
     async def cancel(self, sweep_id: str, caller: Caller, reason: str) -> SweepView:
         view = await self.get(sweep_id)
-        if not (caller.operator or caller.service or caller.name == view.plan.caller):
-            raise PermissionDeniedError(
-                f"sweep {sweep_id} is {view.plan.caller!r}'s; {caller.name!r} may cancel only "
-                "its own sweeps",
-                field="sweep_id",
-            )
+        _check_owner(view, caller, "cancel")
         if view.state != RUNNING:
             raise FailedPreconditionError(
                 f"sweep {sweep_id} is {view.state}; nothing to cancel", field="sweep_id"
@@ -246,6 +355,12 @@ class SweepManager:
         # Written first: a scheduler that restarts now finishes the cancel (``open``).
         await asyncio.to_thread(self.ledger.set_state, sweep_id, CANCELLED)
         self._changed(sweep_id)
+        if view.plan.by_caller:  # the caller's trials not reported fail
+            for trial in await asyncio.to_thread(self.ledger.pending, sweep_id):
+                await asyncio.to_thread(
+                    self.ledger.tell, sweep_id, trial.number, None, TrialState.FAIL
+                )
+            self._changed(sweep_id)
         driven = self._drivers.get(sweep_id)
         if driven is not None:
             driver, task = driven

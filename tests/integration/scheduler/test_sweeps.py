@@ -3,6 +3,9 @@ a floor prunes trials while they train, and what a caller may not do is refused.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Awaitable
+
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -209,3 +212,71 @@ async def test_the_orchestrator_sweeps_from_a_proposal_and_says_what_happened(
         wide = await orchestrator.sweep(base, space, max_parallel=5)
         assert wide.sweep is None and "PERMISSION_DENIED" in wide.feedback
         assert "max_parallel" in wide.feedback
+
+
+async def test_an_agent_drives_its_own_search_with_suggest_and_report(
+    make_suite: Factory,
+) -> None:
+    suite = await make_suite(agents=("agent-2",))
+    stub = suite.sweeps()
+    pruner = sweep_pb2.Pruner(floor=0.5, floor_after_epochs=1)
+    own = sweep("own", max_trials=3, max_parallel=2, pruner=pruner, driven_by_caller=True)
+    sweep_id = (await stub.CreateSweep(sweep_pb2.CreateSweepRequest(sweep=own))).sweep.sweep_id
+
+    def suggest(count: int, request_id: str = "") -> Awaitable[sweep_pb2.SuggestTrialsResponse]:
+        request = sweep_pb2.SuggestTrialsRequest(
+            sweep_id=sweep_id, count=count, request_id=request_id
+        )
+        call: Awaitable[sweep_pb2.SuggestTrialsResponse] = stub.SuggestTrials(request)
+        return call
+
+    def report(
+        number: int, state: sweep_pb2.TrialState.ValueType, value: float | None = None, **kw: int
+    ) -> Awaitable[sweep_pb2.ReportTrialResponse]:
+        request = sweep_pb2.ReportTrialRequest(sweep_id=sweep_id, number=number, state=state, **kw)
+        if value is not None:
+            request.value = value
+        call: Awaitable[sweep_pb2.ReportTrialResponse] = stub.ReportTrial(request)
+        return call
+
+    await refused(suggest(3), grpc.StatusCode.RESOURCE_EXHAUSTED, "count")  # > max_parallel
+    await refused(suggest(0), grpc.StatusCode.INVALID_ARGUMENT, "count")
+    first = (await suggest(2, "ask-1")).trials
+    again = (await suggest(2, "ask-1")).trials
+    assert [t.number for t in first] == [t.number for t in again] and len(first) == 2
+    a, b = first
+    said = await report(a.number, sweep_pb2.TRIAL_STATE_RUNNING, 0.4, epoch=1)
+    assert "floor" in said.prune_reason
+    await report(a.number, sweep_pb2.TRIAL_STATE_PRUNED)
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    await refused(report(b.number, sweep_pb2.TRIAL_STATE_COMPLETE), invalid, "value")
+    await refused(report(b.number, sweep_pb2.TRIAL_STATE_RUNNING, math.nan), invalid, "value")
+    await refused(report(b.number, sweep_pb2.TRIAL_STATE_UNSPECIFIED, 0.7), invalid, "state")
+    await refused(report(99, sweep_pb2.TRIAL_STATE_FAILED), grpc.StatusCode.NOT_FOUND, "number")
+    other = sweep_pb2.ReportTrialRequest(
+        sweep_id=sweep_id, number=b.number, state=sweep_pb2.TRIAL_STATE_FAILED
+    )
+    await refused(
+        suite.sweeps("agent-2").ReportTrial(other), grpc.StatusCode.PERMISSION_DENIED, "sweep_id"
+    )
+    await report(b.number, sweep_pb2.TRIAL_STATE_COMPLETE, 0.8)
+    await report(b.number, sweep_pb2.TRIAL_STATE_COMPLETE, 0.8)  # the same end again: fine
+    await refused(
+        report(b.number, sweep_pb2.TRIAL_STATE_COMPLETE, 0.9),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "number",
+    )
+    [last] = (await suggest(2)).trials  # one trial left to make
+    await report(last.number, sweep_pb2.TRIAL_STATE_COMPLETE, 0.6)
+    done = (await stub.GetSweep(sweep_pb2.GetSweepRequest(sweep_id=sweep_id))).sweep
+    assert done.state == sweep_pb2.SWEEP_STATE_COMPLETED and done.driven_by_caller
+    assert done.best_trial.number == b.number and done.best_trial.value == 0.8
+    jobs = await suite.stub().ListJobs(scheduler_pb2.ListJobsRequest())
+    assert not jobs.jobs  # the engine submitted nothing for it
+    engine = (await stub.CreateSweep(sweep_pb2.CreateSweepRequest(sweep=sweep("eng")))).sweep
+    await refused(
+        stub.SuggestTrials(sweep_pb2.SuggestTrialsRequest(sweep_id=engine.sweep_id, count=1)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "driven_by_caller",
+    )
+    await stub.CancelSweep(sweep_pb2.CancelSweepRequest(sweep_id=engine.sweep_id))

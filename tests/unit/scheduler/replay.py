@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 from arc_common import packed
 from arc_common.models import (
@@ -42,6 +43,7 @@ class ReplayNode(FakeNode):
         super().__init__(name, gpus)
         self.epochs_trained = 0
         self.most_at_once = 0  # runs replaying at the same time
+        self.busy: list[tuple[float, float]] = []  # (first epoch began, last ended), per run
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _begin(self, fake: FakeRun, lease: Lease) -> None:
@@ -56,6 +58,7 @@ class ReplayNode(FakeNode):
         spec = config.experiment_spec
         learning_rate = spec.hyperparameters.optimizer.learning_rate
         best = -math.inf
+        began = time.monotonic()
         for epoch in range(1, spec.hyperparameters.epochs + 1):
             await asyncio.sleep(self.epoch_seconds)
             if fake.run.state is not JobState.RUNNING:
@@ -65,6 +68,7 @@ class ReplayNode(FakeNode):
             best = max(best, value)
             metric = MetricResult(name="val_auc", value=value, epoch=epoch, split="val")
             fake.emit(metrics=packed.pack([metric]))
+        self.busy.append((began, time.monotonic()))
         if fake.run.state is JobState.RUNNING:
             result = ExperimentResult(best_metrics={"val_auc": best})
             fake.update(result=result)

@@ -293,7 +293,7 @@ class Pruner(_message.Message):
     warmup_epochs: _builtins.int
     """Median and percentile: epochs a trial trains before it can be pruned (at most 10000)."""
     percentile: _builtins.float
-    """Percentile: in (0, 100)."""
+    """Percentile: in (0, 100); 0 means 25."""
     min_epochs: _builtins.int
     """Successive halving and Hyperband: the first rung (0 means 1, at most 10000) and the
     keep-one-in factor (0 means 3; 2 to 100).
@@ -399,6 +399,7 @@ class Sweep(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     TRIALS_FIELD_NUMBER: _builtins.int
     BEST_TRIAL_FIELD_NUMBER: _builtins.int
+    DRIVEN_BY_CALLER_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     """Output only."""
     display_name: _builtins.str
@@ -416,6 +417,10 @@ class Sweep(_message.Message):
     """Output only."""
     created_by: _builtins.str
     """Output only: who created it; its trials are that caller's jobs."""
+    driven_by_caller: _builtins.bool
+    """The caller asks for trials (SuggestTrials) and reports them (ReportTrial); the
+    engine submits no job for this sweep.
+    """
     @_builtins.property
     def base_spec(self) -> _common_pb2.ExperimentSpec:
         """What every trial starts from; its experiment_id becomes "<id>-t<number>"."""
@@ -452,10 +457,11 @@ class Sweep(_message.Message):
         created_by: _builtins.str = ...,
         trials: _abc.Iterable[Global___Trial] | None = ...,
         best_trial: Global___Trial | None = ...,
+        driven_by_caller: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base_spec", b"base_spec", "best_trial", b"best_trial", "pruner", b"pruner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "state", b"state", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "state", b"state", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,7 +650,7 @@ class CancelSweepRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     reason: _builtins.str
-    """Recorded with the trials' cancelled jobs; at most 500 characters."""
+    """Recorded with the trials' cancelled jobs; at most 1000 characters."""
     def __init__(
         self,
         *,
@@ -678,3 +684,111 @@ class CancelSweepResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelSweepResponse: _TypeAlias = CancelSweepResponse  # noqa: Y015
+
+@_typing.final
+class SuggestTrialsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The same caller's request_id again gives the same trials."""
+    sweep_id: _builtins.str
+    count: _builtins.int
+    """1 to 64; fewer come back when the sweep has fewer trials left to make."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        sweep_id: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "request_id", b"request_id", "sweep_id", b"sweep_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuggestTrialsRequest: _TypeAlias = SuggestTrialsRequest  # noqa: Y015
+
+@_typing.final
+class SuggestTrialsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def trials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Trial]: ...
+    def __init__(
+        self,
+        *,
+        trials: _abc.Iterable[Global___Trial] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trials", b"trials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuggestTrialsResponse: _TypeAlias = SuggestTrialsResponse  # noqa: Y015
+
+@_typing.final
+class ReportTrialRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    number: _builtins.int
+    state: Global___TrialState.ValueType
+    """TRIAL_STATE_RUNNING: `value` is the objective at `epoch` (for the pruner);
+    COMPLETE (with `value`), PRUNED or FAILED: the trial's end.
+    """
+    value: _builtins.float
+    epoch: _builtins.int
+    """0 to 10000."""
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+        number: _builtins.int = ...,
+        state: Global___TrialState.ValueType = ...,
+        value: _builtins.float | None = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "epoch", b"epoch", "number", b"number", "state", b"state", "sweep_id", b"sweep_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___ReportTrialRequest: _TypeAlias = ReportTrialRequest  # noqa: Y015
+
+@_typing.final
+class ReportTrialResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIAL_FIELD_NUMBER: _builtins.int
+    PRUNE_REASON_FIELD_NUMBER: _builtins.int
+    prune_reason: _builtins.str
+    """For a RUNNING report: why the sweep's pruner would stop this trial now ("" if not)."""
+    @_builtins.property
+    def trial(self) -> Global___Trial: ...
+    def __init__(
+        self,
+        *,
+        trial: Global___Trial | None = ...,
+        prune_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trial", b"trial"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prune_reason", b"prune_reason", "trial", b"trial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportTrialResponse: _TypeAlias = ReportTrialResponse  # noqa: Y015

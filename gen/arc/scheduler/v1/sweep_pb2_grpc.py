@@ -59,6 +59,16 @@ class SweepServiceStub:
                 request_serializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.CancelSweepRequest.SerializeToString,
                 response_deserializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.CancelSweepResponse.FromString,
                 _registered_method=True)
+        self.SuggestTrials = channel.unary_unary(
+                '/arc.scheduler.v1.SweepService/SuggestTrials',
+                request_serializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.SuggestTrialsRequest.SerializeToString,
+                response_deserializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.SuggestTrialsResponse.FromString,
+                _registered_method=True)
+        self.ReportTrial = channel.unary_unary(
+                '/arc.scheduler.v1.SweepService/ReportTrial',
+                request_serializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.ReportTrialRequest.SerializeToString,
+                response_deserializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.ReportTrialResponse.FromString,
+                _registered_method=True)
 
 
 class SweepServiceServicer:
@@ -100,6 +110,22 @@ class SweepServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SuggestTrials(self, request, context):
+        """For a sweep created with driven_by_caller: new trials for the caller to run (it
+        submits their jobs itself, governed as any), at most max_parallel out at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportTrial(self, request, context):
+        """A trial's objective at an epoch (answered with whether the pruner would stop it), or
+        its end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SweepServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +153,16 @@ def add_SweepServiceServicer_to_server(servicer, server):
                     servicer.CancelSweep,
                     request_deserializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.CancelSweepRequest.FromString,
                     response_serializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.CancelSweepResponse.SerializeToString,
+            ),
+            'SuggestTrials': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuggestTrials,
+                    request_deserializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.SuggestTrialsRequest.FromString,
+                    response_serializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.SuggestTrialsResponse.SerializeToString,
+            ),
+            'ReportTrial': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTrial,
+                    request_deserializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.ReportTrialRequest.FromString,
+                    response_serializer=arc_dot_scheduler_dot_v1_dot_sweep__pb2.ReportTrialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +300,60 @@ class SweepService:
             '/arc.scheduler.v1.SweepService/CancelSweep',
             arc_dot_scheduler_dot_v1_dot_sweep__pb2.CancelSweepRequest.SerializeToString,
             arc_dot_scheduler_dot_v1_dot_sweep__pb2.CancelSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuggestTrials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.scheduler.v1.SweepService/SuggestTrials',
+            arc_dot_scheduler_dot_v1_dot_sweep__pb2.SuggestTrialsRequest.SerializeToString,
+            arc_dot_scheduler_dot_v1_dot_sweep__pb2.SuggestTrialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTrial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.scheduler.v1.SweepService/ReportTrial',
+            arc_dot_scheduler_dot_v1_dot_sweep__pb2.ReportTrialRequest.SerializeToString,
+            arc_dot_scheduler_dot_v1_dot_sweep__pb2.ReportTrialResponse.FromString,
             options,
             channel_credentials,
             insecure,

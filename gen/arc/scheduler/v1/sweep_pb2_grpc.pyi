@@ -29,6 +29,14 @@ class SweepServiceStub:
     """
     CancelSweep: _aio.UnaryUnaryMultiCallable[_sweep_pb2.CancelSweepRequest, _sweep_pb2.CancelSweepResponse]
     """Stops making trials and cancels the running ones; an agent only its own sweeps."""
+    SuggestTrials: _aio.UnaryUnaryMultiCallable[_sweep_pb2.SuggestTrialsRequest, _sweep_pb2.SuggestTrialsResponse]
+    """For a sweep created with driven_by_caller: new trials for the caller to run (it
+    submits their jobs itself, governed as any), at most max_parallel out at once.
+    """
+    ReportTrial: _aio.UnaryUnaryMultiCallable[_sweep_pb2.ReportTrialRequest, _sweep_pb2.ReportTrialResponse]
+    """A trial's objective at an epoch (answered with whether the pruner would stop it), or
+    its end.
+    """
 
 class SweepServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -73,5 +81,25 @@ class SweepServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_sweep_pb2.CancelSweepRequest, _abc.Awaitable[_sweep_pb2.CancelSweepResponse]],
     ) -> _abc.Awaitable[_sweep_pb2.CancelSweepResponse]:
         """Stops making trials and cancels the running ones; an agent only its own sweeps."""
+
+    @_abc_1.abstractmethod
+    def SuggestTrials(
+        self,
+        request: _sweep_pb2.SuggestTrialsRequest,
+        context: _aio.ServicerContext[_sweep_pb2.SuggestTrialsRequest, _abc.Awaitable[_sweep_pb2.SuggestTrialsResponse]],
+    ) -> _abc.Awaitable[_sweep_pb2.SuggestTrialsResponse]:
+        """For a sweep created with driven_by_caller: new trials for the caller to run (it
+        submits their jobs itself, governed as any), at most max_parallel out at once.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportTrial(
+        self,
+        request: _sweep_pb2.ReportTrialRequest,
+        context: _aio.ServicerContext[_sweep_pb2.ReportTrialRequest, _abc.Awaitable[_sweep_pb2.ReportTrialResponse]],
+    ) -> _abc.Awaitable[_sweep_pb2.ReportTrialResponse]:
+        """A trial's objective at an epoch (answered with whether the pruner would stop it), or
+        its end.
+        """
 
 def add_SweepServiceServicer_to_server(servicer: SweepServiceServicer, server: _aio.Server) -> None: ...
