@@ -266,7 +266,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             split=request.split,
             dataset_id=request.dataset_id,
         )
-        fields = executor_pb2.CheckpointComparison.DESCRIPTOR.fields_by_name
+        fields = set(executor_pb2.CheckpointComparison.DESCRIPTOR.fields_by_name)
+        if not request.with_scores:
+            fields -= {"labels", "scores_a", "scores_b"}
         return executor_pb2.CompareCheckpointsResponse(
             comparison=dict_to_proto(
                 {k: v for k, v in report.items() if k in fields},

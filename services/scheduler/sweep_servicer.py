@@ -115,6 +115,13 @@ def plan_of(message: sweep_pb2.Sweep) -> Plan:
     pruner["kind"] = _enum(_PRUNERS, message.pruner.kind, "sweep.pruner.kind")
     for name, default in (("min_trials", 1), ("min_epochs", 1), ("reduction_factor", 3)):
         pruner[name] = pruner.get(name) or default
+    arms = [
+        {
+            "name": arm.name,
+            "changes": {k: _choice(v) for k, v in json_format.MessageToDict(arm.changes).items()},
+        }
+        for arm in message.arms
+    ]
     data: dict[str, Any] = {
         "parameters": parameters,
         "sampler": _enum(_SAMPLERS, message.sampler, "sweep.sampler"),
@@ -128,6 +135,15 @@ def plan_of(message: sweep_pb2.Sweep) -> Plan:
         "pruner": parse_model(PrunerSpec, pruner, prefix="sweep.pruner"),
         "by_caller": message.driven_by_caller,
     }
+    if arms and parameters:
+        raise InvalidArgumentError(
+            "sweep.parameters: an ablation's trials are its arms and seeds; give no parameters",
+            field="sweep.parameters",
+        )
+    if arms:
+        data |= {"arms": arms, "seeds": list(message.seeds)}
+    elif message.seeds:
+        raise InvalidArgumentError("sweep.seeds: only with arms (an ablation)", field="sweep.seeds")
     return parse_model(Plan, data, prefix="sweep")
 
 
@@ -197,7 +213,11 @@ def sweep_proto(view: SweepView, *, with_trials: bool = True) -> sweep_pb2.Sweep
         state=_STATES.get(view.state, sweep_pb2.SWEEP_STATE_UNSPECIFIED),
         created_by=plan.caller,
         driven_by_caller=plan.by_caller,
+        seeds=plan.seeds,
     )
+    for arm in plan.arms:
+        made = message.arms.add(name=arm.name)
+        made.changes.update(arm.changes)
     if plan.base is not None:
         message.base_spec.CopyFrom(to_proto(plan.base, common_pb2.ExperimentSpec))
     if with_trials:

@@ -201,7 +201,7 @@ def compare(
         "z": found.z,
         "p_value": found.p_value,
         "dataset_hash": dataset_hash(data_path, [str(p) for p, _ in samples]),
-        "labels": labels.tolist(),
+        "labels": labels01.tolist(),
         "scores_a": probs_a[:, positive].tolist(),
         "scores_b": probs_b[:, positive].tolist(),
     }

@@ -19,7 +19,7 @@ from arc_common.errors import ArcError, ResourceExhaustedError
 from arc_common.models import ExperimentSpec, JobState, MetricResult
 from services.scheduler.store import JobRecord
 from services.scheduler.sweeps import space
-from services.scheduler.sweeps.ledger import Plan, SweepLedger, Trial
+from services.scheduler.sweeps.ledger import ARM, SEED, Plan, SweepLedger, Trial
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +127,13 @@ class SweepDriver:
 
     async def _trial(self, trial: Trial, plan: Plan) -> None:
         assert plan.base is not None
-        experiment_id = f"{plan.base.experiment_id}-t{trial.number}"[:128]
+        name = plan.base.experiment_id
+        if ARM in trial.params:  # an ablation: named by arm and seed
+            experiment_id = f"{name}-{trial.params[ARM]}-s{trial.params[SEED]}"[:128]
+        else:
+            experiment_id = f"{name}-t{trial.number}"[:128]
         try:
-            made = space.apply(plan.base, trial.params, experiment_id=experiment_id)
+            made = space.apply(plan.base, plan.changes(trial.params), experiment_id=experiment_id)
             job = await self._submit(made, trial, plan)
         except ArcError as exc:  # refused by governance: the trial failed
             logger.warning("sweep %s trial %d refused: %s", self.sweep_id, trial.number, exc)

@@ -17,18 +17,18 @@ import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import optuna
-from optuna.samplers import BaseSampler, GridSampler, QMCSampler, RandomSampler, TPESampler
+from optuna.samplers import BaseSampler, QMCSampler, RandomSampler, TPESampler
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from arc_common.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
+from arc_common.errors import NotFoundError, ResourceExhaustedError
 from arc_common.models import ExperimentSpec
 from services.scheduler.sweeps.pruners import PrunerSpec, should_prune
-from services.scheduler.sweeps.space import MAX_PARAMETERS, Parameter, distributions
+from services.scheduler.sweeps.space import FIXED, MAX_PARAMETERS, Parameter, distributions
 
 REQUEST_ID = "request_id"
 DUPLICATE = "duplicate_of"
@@ -56,10 +56,65 @@ class Direction(StrEnum):
     MINIMIZE = "minimize"
 
 
+ARM = "arm"  # an ablation's parameter: which arm a trial trains
+BASE_ARM = "base"
+SEED = "hyperparameters.seed"
+MAX_ARMS = 32
+MAX_SEEDS = 20
+Value = str | int | float | bool
+
+
+class Arm(BaseModel):
+    """One arm of an ablation: the base spec with ``changes`` (path: value), e.g. a
+    field switched off or a code revision."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    changes: Annotated[
+        dict[Annotated[str, Field(max_length=200, pattern=r"^[a-z_]+(\.[a-z_]+)*$")], Value],
+        Field(min_length=1, max_length=MAX_PARAMETERS),
+    ]
+
+    @model_validator(mode="after")
+    def _not_fixed(self) -> Self:
+        for path in self.changes:
+            if path.split(".")[0] in FIXED or path == SEED:
+                raise ValueError(f"{path!r} is the same for every arm of an ablation")
+        if self.name == BASE_ARM:
+            raise ValueError(f"{BASE_ARM!r} is the base spec's own arm")
+        return self
+
+
 class Plan(BaseModel):
-    """What a sweep searches and how, recorded with its study."""
+    """What a sweep searches and how, recorded with its study. An ablation is a sweep
+    whose trials are every arm (and the base) at every seed: given ``arms``, its space,
+    sampler and number of trials follow from them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ablation(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("arms"):
+            return data
+        arms = [Arm.model_validate(arm) if isinstance(arm, dict) else arm for arm in data["arms"]]
+        names = [BASE_ARM, *(arm.name for arm in arms)]
+        if len(set(names)) < len(names):
+            raise ValueError("arms: each name once")
+        seeds = list(data.get("seeds") or [0, 1, 2])
+        return {
+            **data,
+            "arms": arms,
+            "seeds": seeds,
+            "parameters": [
+                Parameter(path=ARM, categorical=names),
+                Parameter(path=SEED, categorical=seeds),
+            ],
+            "sampler": Sampler.GRID,
+            "max_trials": len(names) * len(seeds),
+            "max_parallel": data.get("max_parallel") or 1,
+        }
 
     parameters: Annotated[list[Parameter], Field(min_length=1, max_length=MAX_PARAMETERS)]
     sampler: Sampler = Sampler.TPE
@@ -74,12 +129,45 @@ class Plan(BaseModel):
     caller: str = ""
     name: Annotated[str, Field(max_length=128)] = ""
     pruner: PrunerSpec = PrunerSpec()
+    arms: Annotated[list[Arm], Field(max_length=MAX_ARMS)] = []
+    seeds: Annotated[
+        list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(max_length=MAX_SEEDS)
+    ] = []
     # The caller asks for trials and reports them (SuggestTrials, ReportTrial); the engine
     # submits nothing.
     by_caller: bool = False
 
+    @model_validator(mode="after")
+    def _grid_is_finite(self) -> Self:
+        if self.sampler is not Sampler.GRID:
+            return self
+        size = 1
+        for parameter in self.parameters:
+            if parameter.categorical is not None:
+                size *= len(parameter.categorical)
+            elif parameter.int_range is not None:
+                low, high = parameter.int_range
+                size *= len(range(low, high + 1, parameter.step))
+            else:
+                raise ValueError(
+                    f"sampler grid needs int_range or categorical parameters ({parameter.path})"
+                )
+        if size > MAX_ENUMERATED:
+            raise ValueError(f"the grid has {size} points; at most {MAX_ENUMERATED}")
+        return self
+
     def dump(self) -> str:
         return self.model_dump_json()
+
+    def search(self) -> list[Parameter]:
+        """The parameters that are spec fields (an ablation's arm is not one)."""
+        return [parameter for parameter in self.parameters if parameter.path != ARM]
+
+    def changes(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's parameters as spec changes: an ablation's arm as its arm's changes."""
+        out = {path: value for path, value in params.items() if path != ARM}
+        arm = next((a for a in self.arms if a.name == params.get(ARM)), None)
+        return {**(arm.changes if arm is not None else {}), **out}
 
     @classmethod
     def load(cls, text: str) -> Plan:
@@ -106,20 +194,8 @@ def _sampler(plan: Plan, made: int) -> BaseSampler:
         return RandomSampler(seed=seed)
     if plan.sampler is Sampler.QMC:
         return QMCSampler(seed=seed)
-    if plan.sampler is Sampler.GRID:
-        grid: dict[str, Any] = {}
-        for parameter in plan.parameters:
-            if parameter.categorical is None and parameter.int_range is None:
-                raise FailedPreconditionError(
-                    f"sampler grid needs categorical or int_range parameters ({parameter.path})",
-                    field="sampler",
-                )
-            if parameter.int_range is not None:
-                low, high = parameter.int_range
-                grid[parameter.path] = list(range(low, high + 1, parameter.step))
-            else:
-                grid[parameter.path] = list(parameter.categorical or [])
-        return GridSampler(grid, seed=seed)
+    if plan.sampler is Sampler.GRID:  # the points are the ledger's own (``_unseen``)
+        return RandomSampler(seed=seed)
     return TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=8)
 
 
@@ -211,7 +287,8 @@ class SweepLedger:
                     study.tell(frozen.number, state=TrialState.FAIL)
             seen = {_key(trial.params): trial.number for trial in made}
             space = distributions(plan.parameters)
-            for _ in range(MAX_REDRAWS):
+            # A grid is walked by the ledger, in an order of its seed, each point once.
+            for _ in range(0 if plan.sampler is Sampler.GRID else MAX_REDRAWS):
                 asked = study.ask(space)
                 earlier = seen.get(_key(asked.params))
                 if earlier is None:

@@ -195,7 +195,14 @@ class SweepManager:
         same sweep back."""
         if plan.base is None:
             raise InvalidArgumentError("base_spec is required", field="base_spec")
-        space.check(plan.base, plan.parameters)
+        space.check(plan.base, plan.search())
+        for index, arm in enumerate(plan.arms):
+            space.apply(
+                plan.base,
+                arm.changes,
+                experiment_id=plan.base.experiment_id,
+                field=f"arms[{index}].changes",
+            )
         if request_id:
             key = hashlib.sha256(f"{caller}\n{request_id}".encode()).hexdigest()[:16]
             sweep_id = f"sweep-{key}"

@@ -233,6 +233,20 @@ async def test_compare_is_the_paired_delong_test_of_two_evaluations(tools: Tools
         assert found.p_value == pytest.approx(expected.p_value, abs=1e-9)
     assert found.num_samples == 12 and found.dataset_id == "fundus"
     assert (tools.home / compared.report_path).is_file()
+    assert not found.scores_a  # per image only when asked for
+    scored = await executor.CompareCheckpoints(
+        executor_pb2.CompareCheckpointsRequest(
+            checkpoint_path_a=CHECKPOINT,
+            checkpoint_path_b=last,
+            data_path="datasets/fundus",
+            split="test",
+            with_scores=True,
+        )
+    )
+    pairs = scored.comparison
+    assert list(pairs.labels) == labels.tolist() and len(pairs.scores_b) == 12
+    again = paired_delong(labels, np.array(pairs.scores_a), np.array(pairs.scores_b))
+    assert again.difference == pytest.approx(found.difference, abs=1e-9)
     # A checkpoint against itself: no difference, nothing to reject.
     same = await executor.CompareCheckpoints(
         executor_pb2.CompareCheckpointsRequest(

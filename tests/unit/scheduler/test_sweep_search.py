@@ -8,10 +8,13 @@ import asyncio
 import json
 from collections import Counter
 
+import pytest
 from optuna.trial import TrialState
+from pydantic import ValidationError
 
+from arc_common.errors import InvalidArgumentError
 from arc_common.models import ExperimentSpec, JobState
-from services.scheduler.sweeps.ledger import Plan, Sampler, SweepLedger
+from services.scheduler.sweeps.ledger import Arm, Plan, Sampler, SweepLedger
 from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager, SweepView
 from services.scheduler.sweeps.pruners import PrunerKind, PrunerSpec
 from services.scheduler.sweeps.space import Parameter
@@ -118,3 +121,36 @@ async def test_successive_halving_finds_the_best_on_half_the_epochs(make: Factor
     assert sum(t.state is TrialState.PRUNED for t in pruned.trials) >= 13
     assert full.best is not None and pruned.best is not None
     assert pruned.best.params == full.best.params  # the known best is never pruned
+
+
+async def test_an_ablation_trains_every_arm_at_every_seed(make: Factory) -> None:
+    h = await make(gpus=2, node_type=ReplayNode)
+    manager = await manager_over(h)
+    slow = Arm(name="slow-lr", changes={"hyperparameters.optimizer.learning_rate": 1e-4})
+    plan = Plan(arms=[slow], seeds=[3, 4], max_parallel=2, base=base("abl", 3))
+    assert plan.max_trials == 4 and plan.sampler is Sampler.GRID
+    sweep_id = await manager.create(plan, caller="agent")
+    view = await until(manager, sweep_id, lambda view: view.state == "completed")
+    made = {}
+    for trial in view.trials:
+        spec = h.scheduler.job(trial.job_id).spec
+        assert spec is not None
+        made[spec.experiment_id] = (
+            spec.hyperparameters.seed,
+            spec.hyperparameters.optimizer.learning_rate,
+        )
+    assert made == {
+        "abl-base-s3": (3, 0.001),
+        "abl-base-s4": (4, 0.001),
+        "abl-slow-lr-s3": (3, 1e-4),
+        "abl-slow-lr-s4": (4, 1e-4),
+    }
+    with pytest.raises(ValidationError, match="same for every arm"):
+        Arm(name="moved", changes={"dataset.data_path": "elsewhere"})
+    with pytest.raises(ValidationError, match="each name once"):
+        Plan(arms=[slow, slow], base=base("twice", 1))
+    bad = Arm(name="bad", changes={"hyperparameters.batch_size": 0})
+    with pytest.raises(InvalidArgumentError) as refused:
+        await manager.create(Plan(arms=[bad], base=base("bad", 1)), caller="agent")
+    assert refused.value.field.startswith("arms[0].changes")
+    await manager.close()

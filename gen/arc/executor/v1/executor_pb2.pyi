@@ -885,6 +885,7 @@ class CompareCheckpointsRequest(_message.Message):
     DATA_PATH_FIELD_NUMBER: _builtins.int
     SPLIT_FIELD_NUMBER: _builtins.int
     DATASET_ID_FIELD_NUMBER: _builtins.int
+    WITH_SCORES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     checkpoint_path_a: _builtins.str
     checkpoint_path_b: _builtins.str
@@ -895,6 +896,10 @@ class CompareCheckpointsRequest(_message.Message):
     """
     dataset_id: _builtins.str
     """A name for the dataset in the report (default: the folder's name)."""
+    with_scores: _builtins.bool
+    """Also answer with every image's label and both scores (for a test pooled over
+    several comparisons, as an ablation's over its seeds).
+    """
     def __init__(
         self,
         *,
@@ -904,10 +909,11 @@ class CompareCheckpointsRequest(_message.Message):
         data_path: _builtins.str = ...,
         split: _builtins.str = ...,
         dataset_id: _builtins.str = ...,
+        with_scores: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path_a", b"checkpoint_path_a", "checkpoint_path_b", b"checkpoint_path_b", "data_path", b"data_path", "dataset_id", b"dataset_id", "request_id", b"request_id", "split", b"split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path_a", b"checkpoint_path_a", "checkpoint_path_b", b"checkpoint_path_b", "data_path", b"data_path", "dataset_id", b"dataset_id", "request_id", b"request_id", "split", b"split", "with_scores", b"with_scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -930,6 +936,9 @@ class CheckpointComparison(_message.Message):
     Z_FIELD_NUMBER: _builtins.int
     P_VALUE_FIELD_NUMBER: _builtins.int
     DATASET_HASH_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    SCORES_A_FIELD_NUMBER: _builtins.int
+    SCORES_B_FIELD_NUMBER: _builtins.int
     checkpoint_path_a: _builtins.str
     checkpoint_path_b: _builtins.str
     dataset_id: _builtins.str
@@ -948,6 +957,16 @@ class CheckpointComparison(_message.Message):
     """"sha256:" over the images both were scored on."""
     @_builtins.property
     def difference_ci(self) -> _common_pb2.Interval: ...
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """With with_scores: per image, in one order, its label (1: the positive class) and
+        the positive class's probability under A and under B.
+        """
+
+    @_builtins.property
+    def scores_a(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def scores_b(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
@@ -964,10 +983,13 @@ class CheckpointComparison(_message.Message):
         z: _builtins.float = ...,
         p_value: _builtins.float = ...,
         dataset_hash: _builtins.str = ...,
+        labels: _abc.Iterable[_builtins.int] | None = ...,
+        scores_a: _abc.Iterable[_builtins.float] | None = ...,
+        scores_b: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["difference_ci", b"difference_ci"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc_a", b"auc_a", "auc_b", b"auc_b", "checkpoint_path_a", b"checkpoint_path_a", "checkpoint_path_b", b"checkpoint_path_b", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "difference", b"difference", "difference_ci", b"difference_ci", "num_positives", b"num_positives", "num_samples", b"num_samples", "p_value", b"p_value", "split", b"split", "z", b"z"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc_a", b"auc_a", "auc_b", b"auc_b", "checkpoint_path_a", b"checkpoint_path_a", "checkpoint_path_b", b"checkpoint_path_b", "dataset_hash", b"dataset_hash", "dataset_id", b"dataset_id", "difference", b"difference", "difference_ci", b"difference_ci", "labels", b"labels", "num_positives", b"num_positives", "num_samples", b"num_samples", "p_value", b"p_value", "scores_a", b"scores_a", "scores_b", b"scores_b", "split", b"split", "z", b"z"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

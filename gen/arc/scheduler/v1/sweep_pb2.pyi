@@ -400,6 +400,8 @@ class Sweep(_message.Message):
     TRIALS_FIELD_NUMBER: _builtins.int
     BEST_TRIAL_FIELD_NUMBER: _builtins.int
     DRIVEN_BY_CALLER_FIELD_NUMBER: _builtins.int
+    ARMS_FIELD_NUMBER: _builtins.int
+    SEEDS_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     """Output only."""
     display_name: _builtins.str
@@ -439,6 +441,17 @@ class Sweep(_message.Message):
     def best_trial(self) -> Global___Trial:
         """Output only: the best COMPLETE trial, if any."""
 
+    @_builtins.property
+    def arms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Arm]:
+        """An ablation: every arm and the base spec's own ("base") at every seed, paired by
+        seed. With arms, parameters, sampler and max_trials are set by the engine (the
+        parameters "arm" and "hyperparameters.seed", a grid). At most 32 arms.
+        """
+
+    @_builtins.property
+    def seeds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """0 to 2^31 - 1, each once, at most 20; none means 0, 1, 2."""
+
     def __init__(
         self,
         *,
@@ -458,14 +471,48 @@ class Sweep(_message.Message):
         trials: _abc.Iterable[Global___Trial] | None = ...,
         best_trial: Global___Trial | None = ...,
         driven_by_caller: _builtins.bool = ...,
+        arms: _abc.Iterable[Global___Arm] | None = ...,
+        seeds: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base_spec", b"base_spec", "best_trial", b"best_trial", "pruner", b"pruner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "state", b"state", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Sweep: _TypeAlias = Sweep  # noqa: Y015
+
+@_typing.final
+class Arm(_message.Message):
+    """One arm of an ablation: the base spec with some fields changed (a component switched
+    off, another loss, a code revision: "source.revision").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Lower case letters, digits, "-" and "_"; not "base"."""
+    @_builtins.property
+    def changes(self) -> _struct_pb2.Struct:
+        """Spec path: value, at least one, at most 32; not the fields fixed for every trial,
+        nor the seed.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        changes: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Arm: _TypeAlias = Arm  # noqa: Y015
 
 @_typing.final
 class CreateSweepRequest(_message.Message):
