@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 from arc_common.evaluation.delong import PairedComparison, paired_delong
@@ -80,9 +81,7 @@ def paired_difference(arm: str, base: Sequence[float], values: Sequence[float]) 
 
 
 def pooled_delong(
-    labels: Sequence[Sequence[int]],
-    scores_base: Sequence[Sequence[float]],
-    scores_arm: Sequence[Sequence[float]],
+    labels: Sequence[ArrayLike], scores_base: Sequence[ArrayLike], scores_arm: Sequence[ArrayLike]
 ) -> PairedComparison:
     """One paired DeLong test over every seed's images: seed i's base and arm models
     scored the same images ``labels[i]``; the pairs are pooled into one sample."""

@@ -116,7 +116,7 @@ class Plan(BaseModel):
             "max_parallel": data.get("max_parallel") or 1,
         }
 
-    parameters: Annotated[list[Parameter], Field(min_length=1, max_length=MAX_PARAMETERS)]
+    parameters: Annotated[list[Parameter], Field(max_length=MAX_PARAMETERS)] = []
     sampler: Sampler = Sampler.TPE
     direction: Direction = Direction.MAXIMIZE
     max_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 16
@@ -139,6 +139,8 @@ class Plan(BaseModel):
 
     @model_validator(mode="after")
     def _grid_is_finite(self) -> Self:
+        if not self.parameters:
+            raise ValueError("parameters: at least one (or arms, for an ablation)")
         if self.sampler is not Sampler.GRID:
             return self
         size = 1

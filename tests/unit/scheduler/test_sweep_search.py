@@ -152,5 +152,5 @@ async def test_an_ablation_trains_every_arm_at_every_seed(make: Factory) -> None
     bad = Arm(name="bad", changes={"hyperparameters.batch_size": 0})
     with pytest.raises(InvalidArgumentError) as refused:
         await manager.create(Plan(arms=[bad], base=base("bad", 1)), caller="agent")
-    assert refused.value.field.startswith("arms[0].changes")
+    assert (refused.value.field or "").startswith("arms[0].changes")
     await manager.close()
