@@ -363,8 +363,10 @@ class ArcClient:
         *,
         split: str = "test",
         dataset_id: str = "",
+        with_scores: bool = False,
     ) -> dict[str, Any]:
-        """Paired DeLong comparison of two checkpoints on the same images (b minus a)."""
+        """Paired DeLong comparison of two checkpoints on the same images (b minus a);
+        ``with_scores``: each image's label and both scores too."""
         reply = await unary(
             self.executor.CompareCheckpoints(
                 executor_pb2.CompareCheckpointsRequest(
@@ -373,6 +375,7 @@ class ArcClient:
                     data_path=data_path,
                     split=split,
                     dataset_id=dataset_id,
+                    with_scores=with_scores,
                 ),
                 timeout=max(self._timeout, 600),
             )

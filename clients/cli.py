@@ -36,7 +36,7 @@ from clients.display import (
 from clients.orchestrator import interpret
 from clients.results_cli import cmd_compare, cmd_evaluate, cmd_results
 from clients.suite import LocalSuite
-from clients.sweep_cli import cmd_sweep
+from clients.sweep_cli import cmd_ablation, cmd_sweep
 
 EXIT_CODES: list[tuple[type[errors.ArcError], int]] = [
     (errors.NotFoundError, 3),
@@ -355,6 +355,7 @@ COMMANDS = {
     "preprocess": tools_cli.cmd_preprocess,
     "visualize": tools_cli.cmd_visualize,
     "sweep": cmd_sweep,
+    "ablation": cmd_ablation,
     "checkpoints": tools_cli.cmd_checkpoints,
 }
 

@@ -19,7 +19,6 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from arc.scheduler.v1 import sweep_pb2
 from arc_common.errors import ArcError
 from arc_common.models import (
     ArchitectureFamily,
@@ -29,8 +28,9 @@ from arc_common.models import (
     describe_errors,
 )
 from arc_common.models.specs import SPLIT_SUM, VARIANT_FAMILY
+from clients import searches
 from clients.arc_client import ArcClient
-from clients.sweeps import SweepReport, report, sweep_message
+from clients.sweeps import SweepReport
 
 # What agents write -> where it belongs in the spec.
 ALIASES: dict[str, str] = {
@@ -387,35 +387,18 @@ class Orchestrator:
         return outcomes
 
     async def sweep(
-        self,
-        base: dict[str, Any],
-        parameters: dict[str, Any],
-        *,
-        request_id: str = "",
-        **fields: Any,
+        self, base: dict[str, Any], parameters: dict[str, Any], **fields: Any
     ) -> SweepReport:
         """A sweep over ``parameters`` (path: distribution, as in a sweep file) from the
         proposal ``base``, run to its end; what to do next is in the report's feedback."""
-        interpretation = interpret(base)
-        spec = interpretation.spec
-        if spec is None:
-            return SweepReport(None, interpretation.feedback())
-        data = {**fields, "base": base, "parameters": parameters}
-        try:
-            made = await self.client.sweeps.create(
-                sweep_message(data, lambda _: spec), request_id=request_id
-            )
-            final = made
-            async for update in self.client.sweeps.watch(made.sweep_id):
-                final = update.sweep
-        except ArcError as exc:
-            return SweepReport(None, f"The sweep was refused ({exc.status}): {exc}")
-        failures = {}
-        for trial in final.trials:
-            if trial.state == sweep_pb2.TRIAL_STATE_FAILED and trial.job_id:
-                job = await self.client.job(trial.job_id)
-                failures[trial.number] = job.failure.summary if job.failure else job.error_message
-        return report(final, failures)
+        return await searches.sweep(self.client, interpret(base), base, parameters, **fields)
+
+    async def ablate(
+        self, base: dict[str, Any], arms: dict[str, dict[str, Any]], **fields: Any
+    ) -> SweepReport:
+        """Every arm (name: changes to the base) and the base at every seed (``seeds``),
+        run to the end and reported arm by arm against the base (clients.ablation)."""
+        return await searches.ablate(self.client, interpret(base), base, arms, **fields)
 
     async def run(self, proposals: list[dict[str, Any]], **options: Any) -> list[ExperimentResult]:
         """Submit and wait; one result per proposal (failed ones carry the reason)."""

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from arc.scheduler.v1 import sweep_pb2
 from arc_common.errors import InvalidArgumentError
 from arc_common.models import ExperimentSpec
+from clients import ablation
 from clients.cli_base import client_for
 from clients.display import Out, fmt
 from clients.orchestrator import interpret
@@ -35,6 +36,14 @@ def add_parser(sub: Any) -> None:
     cancel = commands.add_parser("cancel", help="stop a sweep and its running trials")
     cancel.add_argument("sweep")
     cancel.add_argument("--reason", default="")
+    abl = sub.add_parser("ablation", help="ablations: arms against the base, paired by seed")
+    abl_commands = abl.add_subparsers(dest="ablation_command", required=True)
+    create = abl_commands.add_parser("create", help="start an ablation from a YAML file")
+    create.add_argument("file")
+    create.add_argument("--request-id", default="", help="retry-safe id (same id: same one)")
+    create.add_argument("--watch", action="store_true", help="then follow it and report")
+    results = abl_commands.add_parser("results", help="each arm against the base")
+    results.add_argument("ablation")
 
 
 def _spec(proposal: dict[str, Any]) -> ExperimentSpec:
@@ -109,6 +118,30 @@ def _results(sweep: sweep_pb2.Sweep, out: Out) -> None:
     print(summary(sweep))
     shown = [{**row, "params": _params(row["params"])} for row in rows]
     out.table(shown, RESULTS)
+
+
+async def cmd_ablation(args: argparse.Namespace, out: Out) -> int:
+    async with client_for(args) as arc:
+        if args.ablation_command == "create":
+            message = ablation.ablation_from_file(Path(args.file), _spec)
+            made = await arc.sweeps.create(message, request_id=args.request_id)
+            if not args.watch:
+                if out.json:
+                    out.data({"ablation": made.sweep_id})
+                else:
+                    print(made.sweep_id)
+                return 0
+            sweep_id = made.sweep_id
+            final = await follow(arc.sweeps, sweep_id, sys.stderr if out.json else sys.stdout)
+        else:
+            final = await arc.sweeps.get(args.ablation)
+        rows = await ablation.report(arc, final)
+    if out.json:
+        out.data({"ablation": final.sweep_id, "state": SWEEP_STATES.get(final.state), "arms": rows})
+    else:
+        print(ablation.feedback(final, rows))
+        out.table(ablation.table(rows), ablation.COLUMNS)
+    return 0
 
 
 async def cmd_sweep(args: argparse.Namespace, out: Out) -> int:

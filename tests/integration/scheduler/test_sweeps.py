@@ -14,6 +14,7 @@ from grpc import aio
 from arc.common.v1 import common_pb2
 from arc.scheduler.v1 import scheduler_pb2, sweep_pb2
 from arc_common.auth import Role
+from arc_common.evaluation.ablation import paired_difference
 from clients.arc_client import Addresses, ArcClient
 from clients.orchestrator import Orchestrator
 from tests.integration.scheduler.conftest import Factory, Suite, spec
@@ -280,3 +281,36 @@ async def test_an_agent_drives_its_own_search_with_suggest_and_report(
         "driven_by_caller",
     )
     await stub.CancelSweep(sweep_pb2.CancelSweepRequest(sweep_id=engine.sweep_id))
+
+
+async def test_an_ablation_reports_each_arm_against_the_base_paired_by_seed(
+    make_suite: Factory,
+) -> None:
+    suite = await make_suite()
+    scheduler = f"127.0.0.1:{suite.port}"
+    gpu, executor = (f"127.0.0.1:{server.port}" for server in suite.servers[1:3])
+    addresses = Addresses(scheduler, gpu, f"127.0.0.1:{suite.servers[0].port}", executor)
+    token = suite.tokens.token_for(Role.AGENT)
+    async with ArcClient(addresses, token=token) as client:
+        base = {"model": "resnet18", "epochs": 1, "batch": 8, "image_size": 32, "lr": 1e-3}
+        base |= {"data_path": "data/fundus", "dataset": "fundus"}
+        arms = {"tiny-lr": {"hyperparameters.optimizer.learning_rate": 1e-6}}
+        done = await Orchestrator(client).ablate(base, arms, seeds=[0, 1], name="lr-matters")
+    assert done.sweep is not None, done.feedback
+    assert done.sweep.state == sweep_pb2.SWEEP_STATE_COMPLETED
+    names = sorted(t.params["arm"] for t in done.sweep.trials)  # type: ignore[type-var]
+    assert names == ["base", "base", "tiny-lr", "tiny-lr"]
+    jobs = {t.job_id for t in done.sweep.trials}
+    assert len(jobs) == 4
+    base_row, arm_row = done.trials
+    assert (base_row["arm"], base_row["seeds"], arm_row["arm"]) == ("base", 2, "tiny-lr")
+    assert "difference" not in base_row
+    by = {str(t.params["arm"]): [] for t in done.sweep.trials}  # type: ignore[var-annotated]
+    for trial in sorted(done.sweep.trials, key=lambda t: t.params["hyperparameters.seed"]):  # type: ignore[arg-type,return-value]
+        by[str(trial.params["arm"])].append(trial.value)
+    expected = paired_difference("tiny-lr", by["base"], by["tiny-lr"])
+    assert arm_row["difference"] == pytest.approx(expected.mean)
+    assert arm_row["t_p"] == pytest.approx(expected.p_value, nan_ok=True)
+    assert arm_row["pooled_images"] == 2 * 6  # both seeds' validation images, pooled
+    assert -1 <= arm_row["delong_difference"] <= 1 and 0 <= arm_row["delong_p"] <= 1
+    assert "tiny-lr:" in done.feedback and "paired t" in done.feedback
