@@ -58,6 +58,7 @@ SWEEP_STATES = {
     sweep_pb2.SWEEP_STATE_RUNNING: "running",
     sweep_pb2.SWEEP_STATE_COMPLETED: "completed",
     sweep_pb2.SWEEP_STATE_CANCELLED: "cancelled",
+    sweep_pb2.SWEEP_STATE_FAILED: "failed",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,22 @@ class Submission:
     # the batch's, and this its index (a key no caller-chosen id can equal).
     batch_index: int = -1
     request_field: str = "request_id"  # what an error about the id names
+    # Submitted by a sweep's driver: its experiment id may be a TRIAL_ID.
+    sweep_trial: bool = False
+
+
+# Experiment ids of sweeps' trials ("sweep-<16 hex>-t<n>", "-<arm>-s<seed>"): no one
+# else may take one first, or a trial would find its name held by another spec and fail.
+TRIAL_ID = re.compile(r"sweep-[0-9a-f]{16}-")
+
+
+def check_not_a_trial_id(experiment_id: str, field: str) -> None:
+    if TRIAL_ID.match(experiment_id):
+        raise InvalidArgumentError(
+            f"{field}: ids of the form sweep-<16 hex digits>-... are sweeps' trials'; "
+            "choose another",
+            field=field,
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,8 @@ class Admission:
         experiments = self._ctx.experiments
         if submission.spec is not None:
             spec = submission.spec
+            if not submission.sweep_trial:
+                check_not_a_trial_id(spec.experiment_id, f"{index}spec.experiment_id")
             known = experiments.get(spec.experiment_id)
             if known is not None and known[1] != content_hash(spec):
                 raise AlreadyExistsError(

@@ -9,7 +9,7 @@ from pathlib import Path
 from arc_common.batch import Batcher
 from arc_common.errors import AlreadyExistsError
 from arc_common.models import Decision, ExperimentSpec
-from services.scheduler.admission import check_length, reused
+from services.scheduler.admission import check_length, check_not_a_trial_id, reused
 from services.scheduler.checks import GovernanceGate
 from services.scheduler.context import Context
 from services.scheduler.jobs import content_hash
@@ -82,6 +82,7 @@ class ExperimentMaker:
         created (and no decision: it was not asked again)."""
         ctx, method = self._ctx, "CreateExperiment"
         check_length(request_id, "request_id")
+        check_not_a_trial_id(spec.experiment_id, "spec.experiment_id")
         replayed = self._requests.replayed(caller, method, request_id, request_digest)
         if replayed is not None:
             return replayed, ctx.experiments.duplicate_of(replayed), None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,10 +16,10 @@ from arc_common.convert import enum_value, message_to_dict, to_model, to_proto
 from arc_common.errors import InvalidArgumentError, PermissionDeniedError
 from arc_common.models import ExperimentSpec
 from arc_common.models._base import parse_model
-from arc_common.pagination import paginate
+from arc_common.pagination import encode_token, page_bounds
 from services.scheduler.admission import MAX_REASON_LENGTH, check_length
 from services.scheduler.core import Caller
-from services.scheduler.sweeps.driver import CANCELLED, COMPLETED, RUNNING
+from services.scheduler.sweeps.driver import CANCELLED, COMPLETED, FAILED, RUNNING
 from services.scheduler.sweeps.ledger import Plan, Trial
 from services.scheduler.sweeps.manager import SweepManager, SweepView
 from services.scheduler.sweeps.pruners import PrunerKind, PrunerSpec
@@ -47,6 +48,7 @@ _STATES = {
     RUNNING: sweep_pb2.SWEEP_STATE_RUNNING,
     COMPLETED: sweep_pb2.SWEEP_STATE_COMPLETED,
     CANCELLED: sweep_pb2.SWEEP_STATE_CANCELLED,
+    FAILED: sweep_pb2.SWEEP_STATE_FAILED,
 }
 _TRIAL_STATES = {
     "RUNNING": sweep_pb2.TRIAL_STATE_RUNNING,
@@ -55,6 +57,9 @@ _TRIAL_STATES = {
     "FAIL": sweep_pb2.TRIAL_STATE_FAILED,
 }
 
+
+# A page stops short of gRPC's 4 MiB message limit (a sweep is at most 64 KiB stored).
+MAX_PAGE_BYTES = 2 * 1024 * 1024
 
 _REPORTED = {
     sweep_pb2.TRIAL_STATE_RUNNING: TrialState.RUNNING,
@@ -96,10 +101,28 @@ def _parameter(message: sweep_pb2.SearchParameter, field: str) -> Parameter:
         data["int_range"] = (message.int_range.low, message.int_range.high)
         data["step"] = message.int_range.step or 1
     elif which == "categorical":
-        data["categorical"] = [
-            _choice(json_format.MessageToDict(value)) for value in message.categorical.values
-        ]
+        data["categorical"] = []
+        for index, value in enumerate(message.categorical.values):
+            if value.WhichOneof("kind") not in ("string_value", "number_value", "bool_value"):
+                raise InvalidArgumentError(
+                    f"{field}.categorical.values[{index}]: a string, number or boolean",
+                    field=f"{field}.categorical.values[{index}]",
+                )
+            if value.HasField("number_value") and not math.isfinite(value.number_value):
+                raise InvalidArgumentError(
+                    f"{field}.categorical.values[{index}] must be finite",
+                    field=f"{field}.categorical.values[{index}]",
+                )
+            data["categorical"].append(_choice(json_format.MessageToDict(value)))
     return parse_model(Parameter, data, prefix=field)
+
+
+def _arm(message: sweep_pb2.Arm, field: str) -> dict[str, Any]:
+    try:
+        changes = json_format.MessageToDict(message.changes)
+    except ValueError:  # a NaN or an infinity has no JSON
+        raise InvalidArgumentError(f"{field}.changes: values must be finite", field=field) from None
+    return {"name": message.name, "changes": {k: _choice(v) for k, v in changes.items()}}
 
 
 def plan_of(message: sweep_pb2.Sweep) -> Plan:
@@ -115,13 +138,7 @@ def plan_of(message: sweep_pb2.Sweep) -> Plan:
     pruner["kind"] = _enum(_PRUNERS, message.pruner.kind, "sweep.pruner.kind")
     for name, default in (("min_trials", 1), ("min_epochs", 1), ("reduction_factor", 3)):
         pruner[name] = pruner.get(name) or default
-    arms = [
-        {
-            "name": arm.name,
-            "changes": {k: _choice(v) for k, v in json_format.MessageToDict(arm.changes).items()},
-        }
-        for arm in message.arms
-    ]
+    arms = [_arm(arm, f"sweep.arms[{index}]") for index, arm in enumerate(message.arms)]
     data: dict[str, Any] = {
         "parameters": parameters,
         "sampler": _enum(_SAMPLERS, message.sampler, "sweep.sampler"),
@@ -214,6 +231,7 @@ def sweep_proto(view: SweepView, *, with_trials: bool = True) -> sweep_pb2.Sweep
         created_by=plan.caller,
         driven_by_caller=plan.by_caller,
         seeds=plan.seeds,
+        state_reason=view.reason,
     )
     for arm in plan.arms:
         made = message.arms.add(name=arm.name)
@@ -249,8 +267,17 @@ class SweepServicer(sweep_pb2_grpc.SweepServiceServicer):
         self, request: sweep_pb2.ListSweepsRequest, context: Any
     ) -> sweep_pb2.ListSweepsResponse:
         ids = list(reversed(await self._m.ids()))
-        page, token = paginate(ids, request.page_size, request.page_token)
-        sweeps = [sweep_proto(await self._m.get(sweep_id), with_trials=False) for sweep_id in page]
+        offset, limit = page_bounds(request.page_size, request.page_token)
+        sweeps: list[sweep_pb2.Sweep] = []
+        size = 0
+        for sweep_id in ids[offset : offset + limit]:
+            sweep = sweep_proto(await self._m.get(sweep_id), with_trials=False)
+            size += sweep.ByteSize()
+            if sweeps and size > MAX_PAGE_BYTES:  # the rest on the next page
+                break
+            sweeps.append(sweep)
+        end = offset + len(sweeps)
+        token = encode_token(end) if end < len(ids) else ""
         return sweep_pb2.ListSweepsResponse(sweeps=sweeps, next_page_token=token)
 
     async def WatchSweep(

@@ -11,11 +11,16 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from optuna.trial import TrialState
 
-from arc_common.errors import ArcError, ResourceExhaustedError
+from arc_common.errors import (
+    ArcError,
+    DeadlineExceededError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from arc_common.models import ExperimentSpec, JobState, MetricResult
 from services.scheduler.store import JobRecord
 from services.scheduler.sweeps import space
@@ -23,7 +28,9 @@ from services.scheduler.sweeps.ledger import ARM, SEED, Plan, SweepLedger, Trial
 
 logger = logging.getLogger(__name__)
 
-RUNNING, COMPLETED, CANCELLED = "running", "completed", "cancelled"
+RUNNING, COMPLETED, CANCELLED, FAILED = "running", "completed", "cancelled", "failed"
+MAX_REFUSALS = 5  # trials refused in a row that end the sweep (FAILED)
+MAX_REASON = 1000
 MAX_SUBMIT_WAIT = 30.0  # seconds between a trial's submissions while over quota
 
 
@@ -75,10 +82,33 @@ class SweepDriver:
         self._job_of: dict[int, str] = {}  # the trials' jobs not ended yet
         self._stop = asyncio.Event()
         self._reason = ""
+        self._refusals = 0  # trials refused at submit in a row
+        self._refused = ""  # the last refusal
 
     async def run(self) -> None:
         """Drive the sweep until its trials have all ended; after ``stop``, until the
-        trials running then have ended (their jobs cancelled)."""
+        trials running then have ended (their jobs cancelled). A sweep that cannot go on
+        (its trials refused again and again, an error of the engine) ends FAILED with
+        the reason, its running trials' jobs cancelled: never RUNNING with no driver."""
+        try:
+            reason = await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("sweep %s failed", self.sweep_id)
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason:
+            await self.stop(f"sweep failed: {reason}"[:MAX_REASON])
+            await asyncio.gather(*self._active.values(), return_exceptions=True)
+            for trial in await asyncio.to_thread(self.ledger.pending, self.sweep_id):
+                await self._write(self.ledger.tell, trial.number, None, TrialState.FAIL)
+            await self._write(self.ledger.set_state, FAILED, reason[:MAX_REASON])
+        elif not self._stop.is_set():
+            await self._write(self.ledger.set_state, COMPLETED)
+            logger.info("sweep %s completed", self.sweep_id)
+
+    async def _run(self) -> str:
+        """Why the sweep failed, or "" once its trials have ended (or it was stopped)."""
         plan = await asyncio.to_thread(self.ledger.plan, self.sweep_id)
         for trial in await asyncio.to_thread(self.ledger.pending, self.sweep_id):
             self._start(trial, plan)
@@ -86,8 +116,11 @@ class SweepDriver:
         exhausted = False
         try:
             while True:
+                if self._refusals >= MAX_REFUSALS:
+                    return f"its last {self._refusals} trials were refused: {self._refused}"
                 while (
-                    not (exhausted or self._stop.is_set()) and len(self._active) < plan.max_parallel
+                    not (exhausted or self._stop.is_set() or self._refusals >= MAX_REFUSALS)
+                    and len(self._active) < plan.max_parallel
                 ):
                     try:
                         trial = await asyncio.to_thread(self.ledger.ask, self.sweep_id)
@@ -97,15 +130,13 @@ class SweepDriver:
                     self._changed(self.sweep_id)
                     self._start(trial, plan)
                 if not self._active:
-                    break
-                await asyncio.wait(
-                    [*self._active.values(), stopped], return_when=asyncio.FIRST_COMPLETED
-                )
+                    return ""
+                waiting: list[asyncio.Future[Any]] = list(self._active.values())
+                if not self._stop.is_set():
+                    waiting.append(stopped)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-        if not self._stop.is_set():
-            await self._write(self.ledger.set_state, COMPLETED)
-            logger.info("sweep %s completed", self.sweep_id)
 
     async def stop(self, reason: str) -> None:
         """Make no more trials, and cancel the jobs of the running ones (each trial fails
@@ -127,18 +158,22 @@ class SweepDriver:
 
     async def _trial(self, trial: Trial, plan: Plan) -> None:
         assert plan.base is not None
-        name = plan.base.experiment_id
-        if ARM in trial.params:  # an ablation: named by arm and seed
-            experiment_id = f"{name}-{trial.params[ARM]}-s{trial.params[SEED]}"[:128]
+        # Named by the sweep (TRIAL_PREFIX: no one else can hold the name first); an
+        # ablation's trial by its arm and seed.
+        if ARM in trial.params:
+            experiment_id = f"{self.sweep_id}-{trial.params[ARM]}-s{trial.params[SEED]}"
         else:
-            experiment_id = f"{name}-t{trial.number}"[:128]
+            experiment_id = f"{self.sweep_id}-t{trial.number}"
         try:
             made = space.apply(plan.base, plan.changes(trial.params), experiment_id=experiment_id)
             job = await self._submit(made, trial, plan)
         except ArcError as exc:  # refused by governance: the trial failed
             logger.warning("sweep %s trial %d refused: %s", self.sweep_id, trial.number, exc)
+            self._refusals += 1
+            self._refused = str(exc)
             await self._write(self.ledger.tell, trial.number, None, TrialState.FAIL)
             return
+        self._refusals = 0
         self._job_of[trial.number] = job.job_id
         try:
             if not trial.job_id:
@@ -154,14 +189,18 @@ class SweepDriver:
             self._job_of.pop(trial.number, None)
 
     async def _submit(self, spec: ExperimentSpec, trial: Trial, plan: Plan) -> JobRecord:
-        """The trial's job; while the caller is over a quota (its running jobs, a budget)
-        the trial waits for room instead of failing."""
+        """The trial's job. While the caller runs as many jobs as it may, or governance
+        cannot be reached, the trial waits and asks again under its request id; any
+        other refusal (a policy, a budget) fails it."""
         delay = 1.0
         while True:
             try:
                 return await self.jobs.submit(spec, request_id=trial.request_id, caller=plan.caller)
-            except ResourceExhaustedError as exc:
-                if self._stop.is_set():
+            except (ResourceExhaustedError, UnavailableError, DeadlineExceededError) as exc:
+                waits = (
+                    not isinstance(exc, ResourceExhaustedError) or exc.field == "concurrent_jobs"
+                )
+                if self._stop.is_set() or not waits:
                     raise
                 logger.info("sweep %s trial %d waits: %s", self.sweep_id, trial.number, exc)
                 with contextlib.suppress(TimeoutError):

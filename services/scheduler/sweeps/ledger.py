@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -37,9 +39,10 @@ MAX_REDRAWS = 10
 MAX_TRIALS = 10_000
 MAX_PARALLEL = 64
 STATE = "state"
+REASON = "reason"
 JOB_ID = "job_id"
 TAG = "tag"
-MAX_ENUMERATED = 100_000
+MAX_ENUMERATED = 10_000  # a grid's points, listed (a grid beyond max_trials is moot)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -124,7 +127,9 @@ class Plan(BaseModel):
     # The trials' jobs: the spec each starts from, the result metric the sweep optimizes,
     # how many run at once, and who asked (trials are that caller's jobs).
     base: ExperimentSpec | None = None
-    objective: Annotated[str, Field(min_length=1, max_length=128)] = "val_auc"
+    # Never a test figure: a sweep would tune on the test split, and its trials' values
+    # are shown to every caller (sealed test figures are not).
+    objective: Annotated[str, Field(max_length=128, pattern=r"^(train|val)_[a-z_]+$")] = "val_auc"
     max_parallel: Annotated[int, Field(ge=1, le=MAX_PARALLEL)] = 1
     caller: str = ""
     name: Annotated[str, Field(max_length=128)] = ""
@@ -143,17 +148,10 @@ class Plan(BaseModel):
             raise ValueError("parameters: at least one (or arms, for an ablation)")
         if self.sampler is not Sampler.GRID:
             return self
-        size = 1
-        for parameter in self.parameters:
-            if parameter.categorical is not None:
-                size *= len(parameter.categorical)
-            elif parameter.int_range is not None:
-                low, high = parameter.int_range
-                size *= len(range(low, high + 1, parameter.step))
-            else:
-                raise ValueError(
-                    f"sampler grid needs int_range or categorical parameters ({parameter.path})"
-                )
+        axes = _axes(self.parameters)
+        if axes is None:
+            raise ValueError("sampler grid needs int_range or categorical parameters only")
+        size = math.prod(len(axis) for axis in axes)
         if size > MAX_ENUMERATED:
             raise ValueError(f"the grid has {size} points; at most {MAX_ENUMERATED}")
         return self
@@ -201,22 +199,26 @@ def _sampler(plan: Plan, made: int) -> BaseSampler:
     return TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=8)
 
 
+def _axes(parameters: list[Parameter]) -> list[Sequence[Any]] | None:
+    """Each parameter's values, when all are finite (ranges stay lazy), else None."""
+    axes: list[Sequence[Any]] = []
+    for parameter in parameters:
+        if parameter.categorical is not None:
+            axes.append(parameter.categorical)
+        elif parameter.int_range is not None:
+            low, high = parameter.int_range
+            axes.append(range(low, high + 1, parameter.step))
+        else:
+            return None
+    return axes
+
+
 def _unseen(plan: Plan, seen: set[str], *, seed: int) -> dict[str, Any] | None:
     """A point of a finite space that no trial has, or None (none left, or the space is
     continuous or too large to list)."""
-    axes: list[list[Any]] = []
-    size = 1
-    for parameter in plan.parameters:
-        if parameter.categorical is not None:
-            axes.append(list(parameter.categorical))
-        elif parameter.int_range is not None:
-            low, high = parameter.int_range
-            axes.append(list(range(low, high + 1, parameter.step)))
-        else:
-            return None
-        size *= len(axes[-1])
-        if size > MAX_ENUMERATED:
-            return None
+    axes = _axes(plan.parameters)
+    if axes is None or math.prod(len(axis) for axis in axes) > MAX_ENUMERATED:
+        return None
     paths = [parameter.path for parameter in plan.parameters]
     points = [dict(zip(paths, values, strict=True)) for values in itertools.product(*axes)]
     left = [point for point in points if _key(point) not in seen]
@@ -231,7 +233,9 @@ class SweepLedger:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.storage = JournalStorage(JournalFileBackend(str(path)))
-        self._lock = threading.Lock()  # one ask at a time: duplicates are checked whole
+        # One ask at a time per sweep: its duplicates are checked against all its trials.
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
     def create(self, sweep_id: str, plan: Plan) -> None:
         study = optuna.create_study(
@@ -248,8 +252,15 @@ class SweepLedger:
     def state(self, sweep_id: str) -> str:
         return str(self._study(sweep_id).user_attrs.get(STATE, "running"))
 
-    def set_state(self, sweep_id: str, state: str) -> None:
-        self._study(sweep_id).set_user_attr(STATE, state)
+    def set_state(self, sweep_id: str, state: str, reason: str = "") -> None:
+        study = self._study(sweep_id)
+        if reason:  # first: a state is never seen without its reason
+            study.set_user_attr(REASON, reason)
+        study.set_user_attr(STATE, state)
+
+    def reason(self, sweep_id: str) -> str:
+        """Why it was cancelled or failed ("" otherwise)."""
+        return str(self._study(sweep_id).user_attrs.get(REASON, ""))
 
     def attach(self, sweep_id: str, number: int, job_id: str) -> None:
         """The job that trains the trial (for GetSweep; the request id finds it anyway)."""
@@ -276,7 +287,9 @@ class SweepLedger:
         """A new trial, its request id recorded before it is returned; RESOURCE_EXHAUSTED
         when the sweep has made all its trials (or its space has no new point). ``tag``:
         kept with the trial (the SuggestTrials request that asked for it)."""
-        with self._lock:
+        with self._guard:
+            lock = self._locks.setdefault(sweep_id, threading.Lock())
+        with lock:
             plan = self.plan(sweep_id)
             made = self.trials(sweep_id)
             if len(made) >= plan.max_trials:

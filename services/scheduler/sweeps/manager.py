@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from arc_common import packed
 from arc_common.errors import (
     AlreadyExistsError,
+    ArcError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 SERVICE = Caller(name="sweeps", service=True)  # cancels the trials of a cancelled sweep
 CANCEL_WAIT = 30.0  # seconds CancelSweep waits for the trials' jobs to end
 MAX_SUGGESTIONS = 64
+MAX_PLAN_BYTES = 64 * 1024  # each trial's record repeats the space: a bound on the journal
 MAX_EPOCH = 10_000
 
 
@@ -49,7 +51,7 @@ class SchedulerJobs:
 
     async def submit(self, spec: ExperimentSpec, *, request_id: str, caller: str) -> JobRecord:
         [job] = await self.scheduler.submit(
-            [Submission(spec=spec, request_id=request_id)], caller=caller
+            [Submission(spec=spec, request_id=request_id, sweep_trial=True)], caller=caller
         )
         return job
 
@@ -115,6 +117,7 @@ class SweepView:
     state: str
     trials: list[Trial]
     best: Trial | None
+    reason: str = ""  # why it was cancelled or failed
 
 
 class SweepManager:
@@ -126,6 +129,7 @@ class SweepManager:
         # Per sweep, set (and replaced) at its next change: a watcher holds the one that was
         # current before it read the sweep, so no change slips between read and wait.
         self._news: dict[str, asyncio.Event] = {}
+        self._creating = asyncio.Lock()  # one create at a time: the per-caller count holds
 
     async def open(self) -> None:
         """Take up every running sweep, and finish the cancel of each cancelled one whose
@@ -159,6 +163,7 @@ class SweepManager:
         return driver, task
 
     def _changed(self, sweep_id: str) -> None:
+        # Popped: a sweep nobody watches keeps nothing here.
         news = self._news.pop(sweep_id, None)
         if news is not None:
             news.set()
@@ -169,6 +174,7 @@ class SweepManager:
     async def watch(self, sweep_id: str) -> AsyncIterator[tuple[SweepView, Trial | None]]:
         """The sweep now (with no trial), then the sweep after each trial that changed,
         until it and its trials have ended."""
+        await self.get(sweep_id)  # NOT_FOUND before anything is kept for it
         news = self._next_change(sweep_id)
         view = await self.get(sweep_id)
         yield view, None
@@ -209,24 +215,30 @@ class SweepManager:
         else:
             sweep_id = f"sweep-{uuid.uuid4().hex[:16]}"
         plan = plan.model_copy(update={"caller": caller})
-        if sweep_id in await self.ids():  # a retry: the sweep its first call made
-            if (await asyncio.to_thread(self.ledger.plan, sweep_id)) != plan:
-                raise AlreadyExistsError(
-                    f"request_id {request_id!r} made another sweep", field="request_id"
-                )
-            return sweep_id
-        running = await asyncio.to_thread(self._running_of, caller)
-        if running >= self.max_running_per_caller:
-            raise ResourceExhaustedError(
-                f"{caller!r} has {running} sweeps running, the most it may; cancel one "
-                "or wait for one to end",
-                field="sweep",
+        size = len(plan.dump())
+        if size > MAX_PLAN_BYTES:
+            raise InvalidArgumentError(
+                f"sweep: {size} bytes as stored; at most {MAX_PLAN_BYTES}", field="sweep"
             )
-        await self.jobs.authorize(plan, caller=caller, request_id=request_id)
-        try:
-            await asyncio.to_thread(self.ledger.create, sweep_id, plan)
-        except DuplicatedStudyError:  # the same request twice at once: the other made it
-            return sweep_id
+        async with self._creating:
+            if sweep_id in await self.ids():  # a retry: the sweep its first call made
+                if (await asyncio.to_thread(self.ledger.plan, sweep_id)) != plan:
+                    raise AlreadyExistsError(
+                        f"request_id {request_id!r} made another sweep", field="request_id"
+                    )
+                return sweep_id
+            running = await asyncio.to_thread(self._running_of, caller)
+            if running >= self.max_running_per_caller:
+                raise ResourceExhaustedError(
+                    f"{caller!r} has {running} sweeps running, the most it may; cancel one "
+                    "or wait for one to end",
+                    field="sweep",
+                )
+            await self.jobs.authorize(plan, caller=caller, request_id=request_id)
+            try:
+                await asyncio.to_thread(self.ledger.create, sweep_id, plan)
+            except DuplicatedStudyError:  # the same request twice at once: the other made it
+                return sweep_id
         if not plan.by_caller:
             self._drive(sweep_id)
         return sweep_id
@@ -333,6 +345,7 @@ class SweepManager:
                 self.ledger.state(sweep_id),
                 self.ledger.trials(sweep_id),
                 self.ledger.best(sweep_id),
+                self.ledger.reason(sweep_id),
             )
 
         return await asyncio.to_thread(read)
@@ -360,7 +373,8 @@ class SweepManager:
                 f"sweep {sweep_id} is {view.state}; nothing to cancel", field="sweep_id"
             )
         # Written first: a scheduler that restarts now finishes the cancel (``open``).
-        await asyncio.to_thread(self.ledger.set_state, sweep_id, CANCELLED)
+        reason = reason or "sweep cancelled"
+        await asyncio.to_thread(self.ledger.set_state, sweep_id, CANCELLED, reason)
         self._changed(sweep_id)
         if view.plan.by_caller:  # the caller's trials not reported fail
             for trial in await asyncio.to_thread(self.ledger.pending, sweep_id):
@@ -371,7 +385,16 @@ class SweepManager:
         driven = self._drivers.get(sweep_id)
         if driven is not None:
             driver, task = driven
-            await driver.stop(reason or "sweep cancelled")
+            await driver.stop(reason)
             with contextlib.suppress(TimeoutError):  # the jobs' runs stop within seconds
                 await asyncio.wait_for(asyncio.shield(task), timeout=CANCEL_WAIT)
+        elif not view.plan.by_caller:  # no driver (it died): its trials' jobs, by hand
+            for trial in await asyncio.to_thread(self.ledger.pending, sweep_id):
+                if trial.job_id:
+                    with contextlib.suppress(ArcError):
+                        await self.jobs.cancel(trial.job_id, reason)
+                await asyncio.to_thread(
+                    self.ledger.tell, sweep_id, trial.number, None, TrialState.FAIL
+                )
+            self._changed(sweep_id)
         return await self.get(sweep_id)

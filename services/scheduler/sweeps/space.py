@@ -22,8 +22,9 @@ from arc_common.models._base import invalid_argument
 MAX_PARAMETERS = 32
 MAX_CHOICES = 256
 # What a trial may not change: what names it, where it reads, what it may see.
-FIXED = frozenset({"experiment_id", "dataset", "seal_test", "init_from", "priority"})
-Choice = str | int | float | bool
+# (cycle_id too: budgets are per caller and cycle, so a trial may not pick its cycle.)
+FIXED = frozenset({"experiment_id", "dataset", "seal_test", "init_from", "priority", "cycle_id"})
+Choice = Annotated[str, Field(max_length=256)] | int | float | bool
 
 
 class Parameter(BaseModel):
@@ -57,10 +58,12 @@ class Parameter(BaseModel):
             raise ValueError(f"the range must go up: low {low} is not below high {high}")
         if self.log_uniform is not None and low <= 0:
             raise ValueError(f"log_uniform needs a positive low bound (got {low})")
-        if self.categorical is not None and len(set(map(repr, self.categorical))) < len(
-            self.categorical
-        ):
-            raise ValueError("categorical choices must differ")
+        if self.categorical is not None:
+            kinds = {type(choice) for choice in self.categorical}
+            if bool in kinds and kinds & {int, float}:
+                raise ValueError("categorical: booleans and numbers do not mix (True is 1)")
+            if len({(type(c), c) for c in self.categorical}) < len(self.categorical):
+                raise ValueError("categorical choices must differ")
         return self
 
     def distribution(self) -> BaseDistribution:
@@ -127,10 +130,18 @@ def check(base: ExperimentSpec, parameters: list[Parameter]) -> None:
 
 
 def _corners(parameter: Parameter) -> list[Any]:
+    """The values that show whether a field takes the whole range: its ends, and for a
+    continuous range a point inside that no integer field takes."""
     if parameter.categorical is not None:
         return list(parameter.categorical)
     low, high = parameter.log_uniform or parameter.uniform or parameter.int_range or (0, 0)
     if parameter.int_range is not None:
         top = low + (high - low) // parameter.step * parameter.step
         return [int(low), int(top)]
-    return [float(low), float(high)] if math.isfinite(high) else [float(low)]
+    if parameter.log_uniform is not None:
+        inside = math.exp(math.log(low) + 0.37 * (math.log(high) - math.log(low)))
+    else:
+        inside = low + 0.37 * (high - low)
+    if float(inside).is_integer():
+        inside = math.nextafter(inside, high)
+    return [float(low), float(high), float(inside)]

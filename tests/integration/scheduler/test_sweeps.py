@@ -117,7 +117,54 @@ async def test_what_a_caller_may_not_do_is_refused_and_changes_nothing(
         path="dataset.data_path",
         categorical=sweep_pb2.Choices(values=[struct_pb2.Value(string_value="../../etc")]),
     )
+
+    def choices(path: str, *values: struct_pb2.Value) -> sweep_pb2.SearchParameter:
+        return sweep_pb2.SearchParameter(path=path, categorical=sweep_pb2.Choices(values=values))
+
+    def numbers(*values: float) -> list[struct_pb2.Value]:
+        return [struct_pb2.Value(number_value=v) for v in values]
+
+    wide = [choices(f"architecture.{p}", *numbers(*range(256))) for p in ("dropout",)]
+    wide += [choices("hyperparameters.epochs", *numbers(*range(1, 257)))]
+    attacks = (
+        # A test figure is never a sweep's objective: it would tune on the test split.
+        (sweep("a", objective="test_auc"), "sweep.objective"),
+        # Grids the scheduler would have to list, or cannot.
+        (sweep("a", sampler=sweep_pb2.SAMPLER_GRID), "sampler grid needs"),
+        (sweep("a", *wide, sampler=sweep_pb2.SAMPLER_GRID), "at most 10000"),
+        # Values with no JSON, or that Optuna would take for each other.
+        (sweep("a", choices("architecture.dropout", *numbers(math.nan))), "values[0]"),
+        (
+            sweep(
+                "a",
+                choices(
+                    "architecture.pretrained",
+                    struct_pb2.Value(number_value=1),
+                    struct_pb2.Value(bool_value=True),
+                ),
+            ),
+            "do not mix",
+        ),
+        # A float range on an integer field: every trial would fail.
+        (
+            sweep(
+                "a",
+                sweep_pb2.SearchParameter(
+                    path="hyperparameters.batch_size", uniform=sweep_pb2.FloatRange(low=1, high=9)
+                ),
+            ),
+            "parameters[0]",
+        ),
+        # The cycle picks the GPU-hour budget: not a trial's to choose.
+        (sweep("a", choices("cycle_id", *numbers(1, 2))), "fixed for every trial"),
+        # Choices that would fill the journal.
+        (
+            sweep("a", choices("description", struct_pb2.Value(string_value="x" * 300))),
+            "sweep.parameters[0].categorical",
+        ),
+    )
     for bad, field in (
+        *attacks,
         (sweep("a", fixed), "sweep.parameters[0]"),
         (
             sweep("a", sweep_pb2.SearchParameter(path="hyperparameters.optimizer.learning_rate")),
@@ -161,6 +208,18 @@ async def test_what_a_caller_may_not_do_is_refused_and_changes_nothing(
         stub.GetSweep(sweep_pb2.GetSweepRequest(sweep_id="sweep-none")),
         grpc.StatusCode.NOT_FOUND,
         "sweep_id",
+    )
+    # No one takes a trial's experiment id before its sweep does.
+    squat = spec("sweep-0123456789abcdef-t3")
+    await refused(
+        suite.stub("agent-2").SubmitJob(scheduler_pb2.SubmitJobRequest(spec=squat)),
+        invalid,
+        "spec.experiment_id",
+    )
+    await refused(
+        suite.stub("agent-2").CreateExperiment(scheduler_pb2.CreateExperimentRequest(spec=squat)),
+        invalid,
+        "spec.experiment_id",
     )
     slow = sweep("mine", max_trials=2)
     slow.base_spec.hyperparameters.epochs = 300

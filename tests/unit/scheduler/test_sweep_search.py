@@ -140,11 +140,14 @@ async def test_an_ablation_trains_every_arm_at_every_seed(make: Factory) -> None
             spec.hyperparameters.optimizer.learning_rate,
         )
     assert made == {
-        "abl-base-s3": (3, 0.001),
-        "abl-base-s4": (4, 0.001),
-        "abl-slow-lr-s3": (3, 1e-4),
-        "abl-slow-lr-s4": (4, 1e-4),
+        f"{sweep_id}-base-s3": (3, 0.001),
+        f"{sweep_id}-base-s4": (4, 0.001),
+        f"{sweep_id}-slow-lr-s3": (3, 1e-4),
+        f"{sweep_id}-slow-lr-s4": (4, 1e-4),
     }
+    with pytest.raises(InvalidArgumentError, match="sweeps' trials'") as taken:
+        await h.submit(f"{sweep_id}-t9")  # no one takes a trial's name first
+    assert taken.value.field == "spec.experiment_id"
     with pytest.raises(ValidationError, match="same for every arm"):
         Arm(name="moved", changes={"dataset.data_path": "elsewhere"})
     with pytest.raises(ValidationError, match="each name once"):

@@ -7,13 +7,20 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from optuna.trial import TrialState
 
-from arc_common.errors import InvalidArgumentError, PermissionDeniedError
-from arc_common.models import JobState
+from arc_common.errors import (
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from arc_common.models import DecisionOutcome, JobState
 from services.scheduler.core import Caller
+from services.scheduler.sweeps.driver import MAX_REFUSALS
 from services.scheduler.sweeps.ledger import Plan, SweepLedger
 from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager, SweepView
 from services.scheduler.sweeps.pruners import PrunerKind, PrunerSpec
@@ -171,4 +178,92 @@ async def test_the_pruner_stops_trials_below_the_floor_and_the_median(make: Fact
     assert pruned and "median" in reason
     assert view.trials[2].last_value == 0.7 and view.trials[2].last_epoch == 1
     assert view.best is not None and view.best.number == view.trials[3].number
+    await manager.close()
+
+
+async def test_trials_refused_again_and_again_end_the_sweep_failed(make: Factory) -> None:
+    h = await make(gpus=2)
+    manager = await manager_over(h)
+    plan = Plan(parameters=[LR], max_trials=50, max_parallel=2, base=experiment("denied"))
+    h.governance.outcome = DecisionOutcome.ALLOWED
+    sweep_id = await manager.create(plan, caller="agent")
+    h.governance.outcome = DecisionOutcome.DENIED  # the policy now refuses every trial
+    view = await until_state(manager, sweep_id, "failed")
+    assert "refused" in view.reason and len(view.trials) <= MAX_REFUSALS + plan.max_parallel
+    assert all(t.state is TrialState.FAIL for t in view.trials)
+    assert not h.scheduler.list_jobs(state=None, experiment_id="")
+    await manager.close()
+
+
+async def test_an_engine_error_fails_the_sweep_and_stops_its_trials(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = await make(gpus=2)
+    manager = await manager_over(h)
+    asked = 0
+    real_ask = SweepLedger.ask
+
+    def ask(self: SweepLedger, sweep_id: str, *, tag: str = "") -> Any:
+        nonlocal asked
+        asked += 1
+        if asked == 3:
+            raise OSError(28, "No space left on device")
+        return real_ask(self, sweep_id, tag=tag)
+
+    monkeypatch.setattr(SweepLedger, "ask", ask)
+    plan = Plan(parameters=[LR], max_trials=8, max_parallel=2, base=experiment("broken"))
+    sweep_id = await manager.create(plan, caller="agent")
+    await h.until(lambda: len(running_jobs(h)) == 2, "two trials running")
+    first = running_jobs(h)[0]
+    h.node.end(first, metrics={"val_auc": 0.7})  # its slot's next ask fails
+    view = await until_state(manager, sweep_id, "failed")
+    assert "No space left on device" in view.reason
+    [done, stopped] = sorted(view.trials, key=lambda t: t.job_id != first)
+    assert done.state is TrialState.COMPLETE and stopped.state is TrialState.FAIL
+    await h.state(h.scheduler.job(stopped.job_id), JobState.CANCELLED)
+    await manager.close()
+
+
+async def test_concurrent_creates_keep_the_per_caller_limit(make: Factory, tmp_path: Path) -> None:
+    h = await make(gpus=1)
+    manager = SweepManager(
+        SweepLedger(h.home / "sweeps.journal"),
+        SchedulerJobs(h.scheduler),
+        max_running_per_caller=2,
+    )
+    await manager.open()
+    plan = Plan(parameters=[LR], max_trials=4, base=experiment("many"))
+    made = await asyncio.gather(
+        *(manager.create(plan, caller="agent", request_id=f"r{n}") for n in range(6)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(m, str) for m in made) == 2
+    assert all(isinstance(m, ResourceExhaustedError) for m in made if not isinstance(m, str))
+    await manager.close()
+
+
+async def test_a_trial_waits_out_governance_being_unreachable(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = await make(gpus=1)
+    manager = await manager_over(h)
+    plan = Plan(parameters=[LR], max_trials=1, base=experiment("blip"))
+    sweep_id = await manager.create(plan, caller="agent")
+    answered = h.governance.validate
+    down = 2
+
+    async def validate(*args: Any, **kwargs: Any) -> Any:
+        nonlocal down
+        if down:
+            down -= 1
+            raise UnavailableError("governance restarting")
+        return await answered(*args, **kwargs)
+
+    monkeypatch.setattr(h.governance, "validate", validate)
+    job_id = await end_one(h)
+    view = await until_state(manager, sweep_id, "completed")
+    assert [t.state for t in view.trials] == [TrialState.COMPLETE] and view.trials[
+        0
+    ].job_id == job_id
+    assert down == 0
     await manager.close()

@@ -82,6 +82,8 @@ class _SweepStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SweepState
     SWEEP_STATE_COMPLETED: _SweepState.ValueType  # 2
     """All its trials have ended."""
     SWEEP_STATE_CANCELLED: _SweepState.ValueType  # 3
+    SWEEP_STATE_FAILED: _SweepState.ValueType  # 4
+    """It could not go on (its trials refused again and again, an error): see state_reason."""
 
 class SweepState(_SweepState, metaclass=_SweepStateEnumTypeWrapper): ...
 
@@ -90,6 +92,8 @@ SWEEP_STATE_RUNNING: SweepState.ValueType  # 1
 SWEEP_STATE_COMPLETED: SweepState.ValueType  # 2
 """All its trials have ended."""
 SWEEP_STATE_CANCELLED: SweepState.ValueType  # 3
+SWEEP_STATE_FAILED: SweepState.ValueType  # 4
+"""It could not go on (its trials refused again and again, an error): see state_reason."""
 Global___SweepState: _TypeAlias = SweepState  # noqa: Y015
 
 class _TrialState:
@@ -402,6 +406,7 @@ class Sweep(_message.Message):
     DRIVEN_BY_CALLER_FIELD_NUMBER: _builtins.int
     ARMS_FIELD_NUMBER: _builtins.int
     SEEDS_FIELD_NUMBER: _builtins.int
+    STATE_REASON_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     """Output only."""
     display_name: _builtins.str
@@ -423,6 +428,8 @@ class Sweep(_message.Message):
     """The caller asks for trials (SuggestTrials) and reports them (ReportTrial); the
     engine submits no job for this sweep.
     """
+    state_reason: _builtins.str
+    """Output only: why it was cancelled or failed."""
     @_builtins.property
     def base_spec(self) -> _common_pb2.ExperimentSpec:
         """What every trial starts from; its experiment_id becomes "<id>-t<number>"."""
@@ -473,10 +480,11 @@ class Sweep(_message.Message):
         driven_by_caller: _builtins.bool = ...,
         arms: _abc.Iterable[Global___Arm] | None = ...,
         seeds: _abc.Iterable[_builtins.int] | None = ...,
+        state_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base_spec", b"base_spec", "best_trial", b"best_trial", "pruner", b"pruner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "state_reason", b"state_reason", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
