@@ -113,9 +113,19 @@ async def follow(client: SweepClient, sweep_id: str, out: TextIO) -> sweep_pb2.S
 def _results(sweep: sweep_pb2.Sweep, out: Out) -> None:
     rows = ranked(sweep)
     if out.json:
-        out.data({"sweep": sweep.sweep_id, "state": SWEEP_STATES.get(sweep.state), "trials": rows})
+        out.data(
+            {
+                "sweep": sweep.sweep_id,
+                "state": SWEEP_STATES.get(sweep.state),
+                "importance": dict(sweep.importance),
+                "trials": rows,
+            }
+        )
         return
     print(summary(sweep))
+    if sweep.importance:
+        shares = sorted(sweep.importance.items(), key=lambda item: -item[1])
+        print("importance: " + ", ".join(f"{path} {share:.2f}" for path, share in shares))
     shown = [{**row, "params": _params(row["params"])} for row in rows]
     out.table(shown, RESULTS)
 

@@ -232,6 +232,7 @@ def sweep_proto(view: SweepView, *, with_trials: bool = True) -> sweep_pb2.Sweep
         driven_by_caller=plan.by_caller,
         seeds=plan.seeds,
         state_reason=view.reason,
+        importance=view.importance,
     )
     for arm in plan.arms:
         made = message.arms.add(name=arm.name)

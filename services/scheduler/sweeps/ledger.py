@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Self
 
 import optuna
+from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.samplers import BaseSampler, QMCSampler, RandomSampler, TPESampler
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -42,6 +43,7 @@ STATE = "state"
 REASON = "reason"
 JOB_ID = "job_id"
 TAG = "tag"
+MIN_FOR_IMPORTANCE = 4
 MAX_ENUMERATED = 10_000  # a grid's points, listed (a grid beyond max_trials is moot)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -355,6 +357,21 @@ class SweepLedger:
             state = TrialState.FAIL
         study = self._study(sweep_id)
         study.tell(number, value if state is TrialState.COMPLETE else None, state=state)
+
+    def importance(self, sweep_id: str) -> dict[str, float]:
+        """How much each parameter explains of the best trials (Optuna's PED-ANOVA,
+        summing to 1); empty with fewer than MIN_FOR_IMPORTANCE complete trials."""
+        study = self._study(sweep_id)
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(done) < MIN_FOR_IMPORTANCE:
+            return {}
+        try:
+            found = optuna.importance.get_param_importances(
+                study, evaluator=PedAnovaImportanceEvaluator()
+            )
+        except (ValueError, RuntimeError):  # e.g. every trial at the same value
+            return {}
+        return {path: float(share) for path, share in found.items()}
 
     def best(self, sweep_id: str) -> Trial | None:
         done = [t for t in self.trials(sweep_id) if t.state is TrialState.COMPLETE]

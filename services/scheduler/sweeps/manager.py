@@ -11,7 +11,7 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.exceptions import DuplicatedStudyError
@@ -118,6 +118,7 @@ class SweepView:
     trials: list[Trial]
     best: Trial | None
     reason: str = ""  # why it was cancelled or failed
+    importance: dict[str, float] = field(default_factory=dict)  # once it has ended
 
 
 class SweepManager:
@@ -130,6 +131,7 @@ class SweepManager:
         # current before it read the sweep, so no change slips between read and wait.
         self._news: dict[str, asyncio.Event] = {}
         self._creating = asyncio.Lock()  # one create at a time: the per-caller count holds
+        self._importance: dict[str, dict[str, float]] = {}  # of ended sweeps: they stay so
 
     async def open(self) -> None:
         """Take up every running sweep, and finish the cancel of each cancelled one whose
@@ -339,13 +341,17 @@ class SweepManager:
 
     async def get(self, sweep_id: str) -> SweepView:
         def read() -> SweepView:
+            state = self.ledger.state(sweep_id)
+            if state != RUNNING and sweep_id not in self._importance:  # an ended one's
+                self._importance[sweep_id] = self.ledger.importance(sweep_id)
             return SweepView(
                 sweep_id,
                 self.ledger.plan(sweep_id),
-                self.ledger.state(sweep_id),
+                state,
                 self.ledger.trials(sweep_id),
                 self.ledger.best(sweep_id),
                 self.ledger.reason(sweep_id),
+                self._importance.get(sweep_id, {}),
             )
 
         return await asyncio.to_thread(read)

@@ -83,6 +83,8 @@ async def test_eight_parallel_suggestions_never_repeat(make: Factory) -> None:
     points = [json.dumps(t.params, sort_keys=True) for t in view.trials]
     assert len(points) == 16 and len(set(points)) == 16  # every point of the space, once
     assert isinstance(h.node, ReplayNode) and h.node.most_at_once == 8
+    # Only the learning rate moves the replayed curve: it explains the best trials.
+    assert max(view.importance, key=view.importance.__getitem__) == LR.path, view.importance
     await manager.close()
 
 

@@ -388,6 +388,26 @@ Global___Trial: _TypeAlias = Trial  # noqa: Y015
 class Sweep(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ImportanceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SWEEP_ID_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     BASE_SPEC_FIELD_NUMBER: _builtins.int
@@ -407,6 +427,7 @@ class Sweep(_message.Message):
     ARMS_FIELD_NUMBER: _builtins.int
     SEEDS_FIELD_NUMBER: _builtins.int
     STATE_REASON_FIELD_NUMBER: _builtins.int
+    IMPORTANCE_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     """Output only."""
     display_name: _builtins.str
@@ -459,6 +480,12 @@ class Sweep(_message.Message):
     def seeds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """0 to 2^31 - 1, each once, at most 20; none means 0, 1, 2."""
 
+    @_builtins.property
+    def importance(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Output only, once it has ended with at least 4 complete trials: how much each
+        parameter explains of the best trials (Optuna's PED-ANOVA), summing to 1.
+        """
+
     def __init__(
         self,
         *,
@@ -481,10 +508,11 @@ class Sweep(_message.Message):
         arms: _abc.Iterable[Global___Arm] | None = ...,
         seeds: _abc.Iterable[_builtins.int] | None = ...,
         state_reason: _builtins.str = ...,
+        importance: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base_spec", b"base_spec", "best_trial", b"best_trial", "pruner", b"pruner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "state_reason", b"state_reason", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "importance", b"importance", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "state_reason", b"state_reason", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
