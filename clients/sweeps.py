@@ -47,6 +47,8 @@ FIELDS = {
     "seed",
     "parameters",
     "pruner",
+    "max_gpu_hours",
+    "max_wall_seconds",
 }
 TRIAL_STATES = {
     sweep_pb2.TRIAL_STATE_RUNNING: "running",
@@ -139,6 +141,10 @@ def sweep_message(
         )
     except (TypeError, ValueError, json_format.ParseError) as exc:
         raise InvalidArgumentError(f"{where}: {exc}", field="sweep") from None
+    if "max_gpu_hours" in data:
+        message.max_gpu_hours = float(data["max_gpu_hours"])
+    if "max_wall_seconds" in data:
+        message.max_wall_seconds = int(data["max_wall_seconds"])
     if "sampler" in data:
         message.sampler = _enum(sweep_pb2.Sampler, "SAMPLER_", data["sampler"], "sampler")  # type: ignore[assignment]
     if "direction" in data:

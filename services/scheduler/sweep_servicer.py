@@ -151,6 +151,10 @@ def plan_of(message: sweep_pb2.Sweep) -> Plan:
         "name": message.display_name,
         "pruner": parse_model(PrunerSpec, pruner, prefix="sweep.pruner"),
         "by_caller": message.driven_by_caller,
+        "max_gpu_hours": message.max_gpu_hours if message.HasField("max_gpu_hours") else None,
+        "max_wall_seconds": (
+            message.max_wall_seconds if message.HasField("max_wall_seconds") else None
+        ),
     }
     if arms and parameters:
         raise InvalidArgumentError(
@@ -233,6 +237,8 @@ def sweep_proto(view: SweepView, *, with_trials: bool = True) -> sweep_pb2.Sweep
         seeds=plan.seeds,
         state_reason=view.reason,
         importance=view.importance,
+        max_gpu_hours=plan.max_gpu_hours,
+        max_wall_seconds=plan.max_wall_seconds,
     )
     for arm in plan.arms:
         made = message.arms.add(name=arm.name)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -65,6 +66,14 @@ def outcome(job: JobRecord, objective: str) -> tuple[float | None, TrialState]:
     return None, TrialState.FAIL
 
 
+def gpu_seconds(job: JobRecord) -> float:
+    """The GPU time an ended job took (its last attempt's start to its end)."""
+    if job.start_time is None or job.end_time is None:
+        return 0.0
+    seconds = (job.end_time - job.start_time).total_seconds()
+    return max(0.0, seconds) * job.spec.gpu_allocation.count
+
+
 class SweepDriver:
     def __init__(
         self,
@@ -82,6 +91,8 @@ class SweepDriver:
         self._job_of: dict[int, str] = {}  # the trials' jobs not ended yet
         self._stop = asyncio.Event()
         self._reason = ""
+        self._gpu_seconds = 0.0  # of the trials told
+        self._budget = ""  # which budget stopped the sweep, if one did
         self._refusals = 0  # trials refused at submit in a row
         self._refused = ""  # the last refusal
 
@@ -103,21 +114,29 @@ class SweepDriver:
             for trial in await asyncio.to_thread(self.ledger.pending, self.sweep_id):
                 await self._write(self.ledger.tell, trial.number, None, TrialState.FAIL)
             await self._write(self.ledger.set_state, FAILED, reason[:MAX_REASON])
-        elif not self._stop.is_set():
-            await self._write(self.ledger.set_state, COMPLETED)
-            logger.info("sweep %s completed", self.sweep_id)
+        elif not self._stop.is_set() or self._budget:
+            await self._write(self.ledger.set_state, COMPLETED, self._budget)
+            logger.info("sweep %s completed %s", self.sweep_id, self._budget)
 
     async def _run(self) -> str:
         """Why the sweep failed, or "" once its trials have ended (or it was stopped)."""
         plan = await asyncio.to_thread(self.ledger.plan, self.sweep_id)
+        self._gpu_seconds = await asyncio.to_thread(self.ledger.gpu_seconds, self.sweep_id)
         for trial in await asyncio.to_thread(self.ledger.pending, self.sweep_id):
             self._start(trial, plan)
         stopped = asyncio.create_task(self._stop.wait())
+        wall = asyncio.create_task(self._wall_budget(plan))
         exhausted = False
         try:
             while True:
                 if self._refusals >= MAX_REFUSALS:
                     return f"its last {self._refusals} trials were refused: {self._refused}"
+                hours = self._gpu_seconds / 3600
+                if not exhausted and plan.max_gpu_hours and hours >= plan.max_gpu_hours:
+                    exhausted = True
+                    self._budget = (
+                        f"its GPU-hour budget is spent ({hours:.3g} of {plan.max_gpu_hours:g})"
+                    )
                 while (
                     not (exhausted or self._stop.is_set() or self._refusals >= MAX_REFUSALS)
                     and len(self._active) < plan.max_parallel
@@ -137,6 +156,16 @@ class SweepDriver:
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
+            wall.cancel()
+
+    async def _wall_budget(self, plan: Plan) -> None:
+        """At the end of its wall-time budget the sweep stops, its running trials cancelled."""
+        if plan.max_wall_seconds is None:
+            return
+        created = await asyncio.to_thread(self.ledger.created, self.sweep_id)
+        await asyncio.sleep(max(0.0, created + plan.max_wall_seconds - time.time()))
+        self._budget = f"its wall-time budget of {plan.max_wall_seconds} s is spent"
+        await self.stop(f"sweep stopped: {self._budget}")
 
     async def stop(self, reason: str) -> None:
         """Make no more trials, and cancel the jobs of the running ones (each trial fails
@@ -184,7 +213,9 @@ class SweepDriver:
             await self._follow(trial, plan, job.job_id)
             ended = await self.jobs.wait(job.job_id)
             value, state = outcome(ended, plan.objective)
-            await self._write(self.ledger.tell, trial.number, value, state)
+            used = gpu_seconds(ended)
+            self._gpu_seconds += used
+            await self._write(self.ledger.tell, trial.number, value, state, used)
         finally:
             self._job_of.pop(trial.number, None)
 

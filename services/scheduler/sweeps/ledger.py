@@ -15,6 +15,7 @@ import json
 import math
 import random
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,6 +41,8 @@ MAX_REDRAWS = 10
 MAX_TRIALS = 10_000
 MAX_PARALLEL = 64
 STATE = "state"
+CREATED = "created"
+GPU_SECONDS = "gpu_seconds"
 REASON = "reason"
 JOB_ID = "job_id"
 TAG = "tag"
@@ -143,6 +146,10 @@ class Plan(BaseModel):
     # The caller asks for trials and reports them (SuggestTrials, ReportTrial); the engine
     # submits nothing.
     by_caller: bool = False
+    # Budgets: no trial starts once the trials told took this many GPU-hours; at this
+    # many seconds after its creation the sweep stops, its running trials cancelled.
+    max_gpu_hours: Annotated[float, Field(gt=0, le=1e6)] | None = None
+    max_wall_seconds: Annotated[int, Field(ge=1, le=30 * 24 * 3600)] | None = None
 
     @model_validator(mode="after")
     def _grid_is_finite(self) -> Self:
@@ -246,7 +253,12 @@ class SweepLedger:
             direction=plan.direction.value,
             load_if_exists=False,
         )
+        study.set_user_attr(CREATED, time.time())
         study.set_user_attr(DEFINITION, plan.dump())
+
+    def created(self, sweep_id: str) -> float:
+        """When it was created (seconds since the epoch)."""
+        return float(self._study(sweep_id).user_attrs.get(CREATED, 0.0))
 
     def sweep_ids(self) -> list[str]:
         return [study.study_name for study in self.storage.get_all_studies()]
@@ -348,15 +360,32 @@ class SweepLedger:
         study = self._study(sweep_id)
         return should_prune(plan.pruner, study, self.storage.get_trial(trial_id), epochs=epochs)
 
-    def tell(self, sweep_id: str, number: int, value: float | None, state: TrialState) -> None:
-        """The trial's end: COMPLETE with its objective, PRUNED, or FAIL. A trial told
-        already is left as it is (a restart may tell it again)."""
-        if self.storage.get_trial(self._trial_id(sweep_id, number)).state is not TrialState.RUNNING:
+    def tell(
+        self,
+        sweep_id: str,
+        number: int,
+        value: float | None,
+        state: TrialState,
+        gpu_seconds: float = 0.0,
+    ) -> None:
+        """The trial's end: COMPLETE with its objective, PRUNED, or FAIL, and the GPU time
+        its job took. A trial told already is left as it is (a restart may tell it again)."""
+        trial_id = self._trial_id(sweep_id, number)
+        if self.storage.get_trial(trial_id).state is not TrialState.RUNNING:
             return
+        if gpu_seconds:
+            self.storage.set_trial_user_attr(trial_id, GPU_SECONDS, gpu_seconds)
         if state is TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
         study = self._study(sweep_id)
         study.tell(number, value if state is TrialState.COMPLETE else None, state=state)
+
+    def gpu_seconds(self, sweep_id: str) -> float:
+        """The GPU time of the trials told so far."""
+        return sum(
+            float(frozen.user_attrs.get(GPU_SECONDS, 0.0))
+            for frozen in self._study(sweep_id).get_trials(deepcopy=False)
+        )
 
     def importance(self, sweep_id: str) -> dict[str, float]:
         """How much each parameter explains of the best trials (Optuna's PED-ANOVA,

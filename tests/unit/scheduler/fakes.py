@@ -228,9 +228,12 @@ class FakeNode:
             for event in fake.events[seen:]:
                 seen = event.sequence
                 yield event
-            if fake.run.state in TERMINAL_STATES:
+            # Ended, and every event up to its end sent (more may have come while the
+            # last one was being handled): as the executor's stream closes.
+            if fake.run.state in TERMINAL_STATES and seen == len(fake.events):
                 return
-            await fake.changed.wait()
+            if seen == len(fake.events):
+                await fake.changed.wait()
             self._answer()
 
     async def evaluate(

@@ -20,12 +20,13 @@ from arc_common.errors import (
 )
 from arc_common.models import DecisionOutcome, JobState
 from services.scheduler.core import Caller
-from services.scheduler.sweeps.driver import MAX_REFUSALS
+from services.scheduler.sweeps.driver import MAX_REFUSALS, gpu_seconds
 from services.scheduler.sweeps.ledger import Plan, SweepLedger
 from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager, SweepView
 from services.scheduler.sweeps.pruners import PrunerKind, PrunerSpec
 from services.scheduler.sweeps.space import Parameter
 from tests.unit.scheduler.conftest import Factory, Harness, experiment
+from tests.unit.scheduler.replay import ReplayNode
 
 LR = Parameter(path="hyperparameters.optimizer.learning_rate", log_uniform=(1e-4, 1e-1))
 
@@ -266,4 +267,34 @@ async def test_a_trial_waits_out_governance_being_unreachable(
         0
     ].job_id == job_id
     assert down == 0
+    await manager.close()
+
+
+async def test_a_gpu_hour_budget_stops_new_trials(make: Factory) -> None:
+    class Tenths(ReplayNode):
+        epoch_seconds = 0.1  # three epochs: a trial trains about 0.3 s
+
+    h = await make(gpus=1, node_type=Tenths)
+    manager = await manager_over(h)
+    budget = 0.5 / 3600  # half a GPU-second
+    base = experiment("hours", hyperparameters={"epochs": 3})
+    plan = Plan(parameters=[LR], max_trials=20, max_gpu_hours=budget, base=base)
+    sweep_id = await manager.create(plan, caller="agent")
+    view = await until_state(manager, sweep_id, "completed")
+    assert "GPU-hour budget is spent" in view.reason
+    used = [gpu_seconds(h.scheduler.job(t.job_id)) / 3600 for t in view.trials]
+    assert sum(used[:-1]) < budget <= sum(used) and len(used) < 20  # the last one spent it
+    await manager.close()
+
+
+async def test_a_wall_time_budget_stops_the_sweep_and_its_trials(make: Factory) -> None:
+    h = await make(gpus=1)
+    manager = await manager_over(h)
+    plan = Plan(parameters=[LR], max_trials=10, max_wall_seconds=1, base=experiment("wall"))
+    sweep_id = await manager.create(plan, caller="agent")
+    view = await until_state(manager, sweep_id, "completed")
+    assert "wall-time budget of 1 s" in view.reason
+    [trial] = view.trials  # its one trial trains until the budget cancels it
+    assert trial.state is TrialState.FAIL
+    await h.state(h.scheduler.job(trial.job_id), JobState.CANCELLED)
     await manager.close()

@@ -428,6 +428,8 @@ class Sweep(_message.Message):
     SEEDS_FIELD_NUMBER: _builtins.int
     STATE_REASON_FIELD_NUMBER: _builtins.int
     IMPORTANCE_FIELD_NUMBER: _builtins.int
+    MAX_GPU_HOURS_FIELD_NUMBER: _builtins.int
+    MAX_WALL_SECONDS_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     """Output only."""
     display_name: _builtins.str
@@ -451,6 +453,13 @@ class Sweep(_message.Message):
     """
     state_reason: _builtins.str
     """Output only: why it was cancelled or failed."""
+    max_gpu_hours: _builtins.float
+    """Budgets (unset: none). No trial starts once the ended trials took this many
+    GPU-hours (up to 1e6); at this many seconds after its creation (up to 30 days) the
+    sweep stops and its running trials are cancelled. Either ends it COMPLETED, with
+    state_reason saying which.
+    """
+    max_wall_seconds: _builtins.int
     @_builtins.property
     def base_spec(self) -> _common_pb2.ExperimentSpec:
         """What every trial starts from; its experiment_id becomes "<id>-t<number>"."""
@@ -509,12 +518,21 @@ class Sweep(_message.Message):
         seeds: _abc.Iterable[_builtins.int] | None = ...,
         state_reason: _builtins.str = ...,
         importance: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        max_gpu_hours: _builtins.float | None = ...,
+        max_wall_seconds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_spec", b"base_spec", "best_trial", b"best_trial", "pruner", b"pruner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_gpu_hours", b"_max_gpu_hours", "_max_wall_seconds", b"_max_wall_seconds", "base_spec", b"base_spec", "best_trial", b"best_trial", "max_gpu_hours", b"max_gpu_hours", "max_wall_seconds", b"max_wall_seconds", "pruner", b"pruner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "importance", b"importance", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "state_reason", b"state_reason", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_gpu_hours", b"_max_gpu_hours", "_max_wall_seconds", b"_max_wall_seconds", "arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "importance", b"importance", "max_gpu_hours", b"max_gpu_hours", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "max_wall_seconds", b"max_wall_seconds", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "state_reason", b"state_reason", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_gpu_hours: _TypeAlias = _typing.Literal["max_gpu_hours"]  # noqa: Y015
+    _WhichOneofArgType__max_gpu_hours: _TypeAlias = _typing.Literal["_max_gpu_hours", b"_max_gpu_hours"]  # noqa: Y015
+    _WhichOneofReturnType__max_wall_seconds: _TypeAlias = _typing.Literal["max_wall_seconds"]  # noqa: Y015
+    _WhichOneofArgType__max_wall_seconds: _TypeAlias = _typing.Literal["_max_wall_seconds", b"_max_wall_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_gpu_hours) -> _WhichOneofReturnType__max_gpu_hours | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_wall_seconds) -> _WhichOneofReturnType__max_wall_seconds | None: ...
 
 Global___Sweep: _TypeAlias = Sweep  # noqa: Y015
 
