@@ -29,8 +29,9 @@ from services.scheduler.__main__ import EVENTS_FILE, EVENTS_TABLE
 from services.scheduler.core import Scheduler
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.store import SchedulerStore
-from services.scheduler.sweeps.ledger import Plan, Sampler, SweepLedger
+from services.scheduler.sweeps.ledger import SweepLedger
 from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager
+from services.scheduler.sweeps.plan import Plan, Sampler
 from services.scheduler.sweeps.space import Parameter
 from tests.unit.scheduler.conftest import experiment
 from tests.unit.scheduler.fakes import FakeGovernance

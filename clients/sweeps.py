@@ -49,6 +49,8 @@ FIELDS = {
     "pruner",
     "max_gpu_hours",
     "max_wall_seconds",
+    "repeat",
+    "warm_start",
 }
 TRIAL_STATES = {
     sweep_pb2.TRIAL_STATE_RUNNING: "running",
@@ -137,6 +139,8 @@ def sweep_message(
             max_trials=int(data.get("max_trials", 0)),
             max_parallel=int(data.get("max_parallel", 0)),
             seed=int(data.get("seed", 0)),
+            repeat=bool(data.get("repeat", False)),
+            warm_start=bool(data.get("warm_start", False)),
             pruner=json_format.ParseDict(pruner, sweep_pb2.Pruner()),
         )
     except (TypeError, ValueError, json_format.ParseError) as exc:

@@ -41,6 +41,7 @@ from services.scheduler.context import Clock, Context
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.experiments import ExperimentMaker, RequestBook
 from services.scheduler.follow import Follower
+from services.scheduler.jobs import content_hash
 from services.scheduler.kinds import CallKind, JobKind, default_kinds
 from services.scheduler.lifecycle import Lifecycle
 from services.scheduler.nodes import Nodes
@@ -301,6 +302,28 @@ class Scheduler:
     ) -> None:
         """A call that is not a job (creating a sweep), checked by governance as ``tool``."""
         await self._gate.call(tool, parameters, caller=caller, request_id=request_id)
+
+    def completed_like(self, spec: ExperimentSpec) -> JobRecord | None:
+        """The latest completed training job of an experiment with ``spec``'s content (its
+        id aside), or None: what a sweep's trial need not train again."""
+        first = self._ctx.experiments.first_with(content_hash(spec))
+        done = [
+            job
+            for job in (self._ctx.jobs.of_experiment(first) if first else [])
+            if job.kind == "training" and job.state is JobState.COMPLETED and job.result
+        ]
+        return max(done, key=lambda job: job.seq, default=None)
+
+    def completed_training(self, data_path: str) -> list[JobRecord]:
+        """Completed training jobs on ``data_path``, oldest first (a sweep's priors)."""
+        return [
+            job
+            for job in self._ctx.jobs.values()
+            if job.kind == "training"
+            and job.state is JobState.COMPLETED
+            and job.result is not None
+            and job.spec.dataset.data_path == data_path
+        ]
 
     async def prune(self, job_id: str, reason: str) -> None:
         """A sweep's pruner stops a trial while it trains: it ends PRUNED once its run has

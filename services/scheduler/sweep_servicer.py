@@ -20,8 +20,9 @@ from arc_common.pagination import encode_token, page_bounds
 from services.scheduler.admission import MAX_REASON_LENGTH, check_length
 from services.scheduler.core import Caller
 from services.scheduler.sweeps.driver import CANCELLED, COMPLETED, FAILED, RUNNING
-from services.scheduler.sweeps.ledger import Plan, Trial
+from services.scheduler.sweeps.ledger import Trial
 from services.scheduler.sweeps.manager import SweepManager, SweepView
+from services.scheduler.sweeps.plan import Plan
 from services.scheduler.sweeps.pruners import PrunerKind, PrunerSpec
 from services.scheduler.sweeps.space import Parameter
 
@@ -151,6 +152,8 @@ def plan_of(message: sweep_pb2.Sweep) -> Plan:
         "name": message.display_name,
         "pruner": parse_model(PrunerSpec, pruner, prefix="sweep.pruner"),
         "by_caller": message.driven_by_caller,
+        "repeat": message.repeat,
+        "warm_start": message.warm_start,
         "max_gpu_hours": message.max_gpu_hours if message.HasField("max_gpu_hours") else None,
         "max_wall_seconds": (
             message.max_wall_seconds if message.HasField("max_wall_seconds") else None
@@ -238,6 +241,8 @@ def sweep_proto(view: SweepView, *, with_trials: bool = True) -> sweep_pb2.Sweep
         state_reason=view.reason,
         importance=view.importance,
         max_gpu_hours=plan.max_gpu_hours,
+        repeat=plan.repeat,
+        warm_start=plan.warm_start,
         max_wall_seconds=plan.max_wall_seconds,
     )
     for arm in plan.arms:

@@ -25,7 +25,8 @@ from arc_common.errors import (
 from arc_common.models import ExperimentSpec, JobState, MetricResult
 from services.scheduler.store import JobRecord
 from services.scheduler.sweeps import space
-from services.scheduler.sweeps.ledger import ARM, SEED, Plan, SweepLedger, Trial
+from services.scheduler.sweeps.ledger import SweepLedger, Trial
+from services.scheduler.sweeps.plan import ARM, SEED, Plan
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class Jobs(Protocol):
         ...
 
     async def prune(self, job_id: str, reason: str) -> None: ...
+
+    def completed_like(self, spec: ExperimentSpec) -> JobRecord | None:
+        """A completed training job of the same content as ``spec``, if any."""
+        ...
+
+    def completed_training(self, data_path: str) -> list[JobRecord]: ...
 
     async def authorize(self, plan: Plan, *, caller: str, request_id: str) -> None:
         """Governance's check of the sweep itself (its trials are checked as jobs)."""
@@ -195,6 +202,15 @@ class SweepDriver:
             experiment_id = f"{self.sweep_id}-t{trial.number}"
         try:
             made = space.apply(plan.base, plan.changes(trial.params), experiment_id=experiment_id)
+            earlier = None if plan.repeat or trial.job_id else self.jobs.completed_like(made)
+            if earlier is not None:  # trained before: its result, not a second training
+                logger.info(
+                    "sweep %s trial %d is %s again", self.sweep_id, trial.number, earlier.job_id
+                )
+                await self._write(self.ledger.attach, trial.number, earlier.job_id)
+                value, state = outcome(earlier, plan.objective)
+                await self._write(self.ledger.tell, trial.number, value, state)
+                return
             job = await self._submit(made, trial, plan)
         except ArcError as exc:  # refused by governance: the trial failed
             logger.warning("sweep %s trial %d refused: %s", self.sweep_id, trial.number, exc)

@@ -29,10 +29,19 @@ from arc_common.errors import (
 )
 from arc_common.models import ExperimentSpec, MetricResult, Tool
 from services.scheduler.core import Caller, Scheduler, Submission
+from services.scheduler.jobs import content_hash
 from services.scheduler.store import JobRecord
 from services.scheduler.sweeps import space
-from services.scheduler.sweeps.driver import CANCELLED, COMPLETED, RUNNING, Jobs, SweepDriver
-from services.scheduler.sweeps.ledger import Plan, SweepLedger, Trial
+from services.scheduler.sweeps.driver import (
+    CANCELLED,
+    COMPLETED,
+    RUNNING,
+    Jobs,
+    SweepDriver,
+    outcome,
+)
+from services.scheduler.sweeps.ledger import SweepLedger, Trial
+from services.scheduler.sweeps.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +84,12 @@ class SchedulerJobs:
 
     async def prune(self, job_id: str, reason: str) -> None:
         await self.scheduler.prune(job_id, reason)
+
+    def completed_like(self, spec: ExperimentSpec) -> JobRecord | None:
+        return self.scheduler.completed_like(spec)
+
+    def completed_training(self, data_path: str) -> list[JobRecord]:
+        return self.scheduler.completed_training(data_path)
 
     async def authorize(self, plan: Plan, *, caller: str, request_id: str) -> None:
         await self.scheduler.govern(
@@ -241,9 +256,33 @@ class SweepManager:
                 await asyncio.to_thread(self.ledger.create, sweep_id, plan)
             except DuplicatedStudyError:  # the same request twice at once: the other made it
                 return sweep_id
+            if plan.warm_start and not plan.arms:
+                added = await asyncio.to_thread(
+                    self.ledger.add_priors, sweep_id, self._priors(plan)
+                )
+                logger.info("sweep %s starts from %d earlier results", sweep_id, added)
         if not plan.by_caller:
             self._drive(sweep_id)
         return sweep_id
+
+    def _priors(self, plan: Plan) -> list[tuple[dict[str, Any], float, str]]:
+        """Completed jobs that are points of the plan's space: the same spec as its base
+        but at the parameters' paths, where their values are the point."""
+        assert plan.base is not None
+        out = []
+        paths = [parameter.path for parameter in plan.parameters]
+        for job in self.jobs.completed_training(plan.base.dataset.data_path):
+            params = {path: space.value_at(job.spec, path) for path in paths}
+            value, state = outcome(job, plan.objective)
+            if value is None or state is not TrialState.COMPLETE or None in params.values():
+                continue
+            try:
+                same = space.apply(plan.base, params, experiment_id=job.spec.experiment_id)
+            except InvalidArgumentError:
+                continue
+            if content_hash(same) == content_hash(job.spec):
+                out.append((params, value, job.job_id))
+        return out
 
     # --- sweeps their caller drives: ask and tell ------------------------------------
 

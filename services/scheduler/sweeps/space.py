@@ -94,6 +94,16 @@ def _set(tree: dict[str, Any], path: str, value: Any, *, field: str) -> None:
     node[leaf] = value
 
 
+def value_at(spec: ExperimentSpec, path: str) -> Any:
+    """The spec's value at a dotted path (None where it has none)."""
+    node: Any = spec.model_dump(mode="json")
+    for name in path.split("."):
+        if not isinstance(node, dict) or name not in node:
+            return None
+        node = node[name]
+    return node
+
+
 def apply(
     base: ExperimentSpec, params: dict[str, Any], *, experiment_id: str, field: str = "parameters"
 ) -> ExperimentSpec:

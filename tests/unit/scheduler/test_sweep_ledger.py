@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 
 from arc_common.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from services.scheduler.sweeps import space
-from services.scheduler.sweeps.ledger import Direction, Plan, Sampler, SweepLedger
+from services.scheduler.sweeps.ledger import SweepLedger
+from services.scheduler.sweeps.plan import Direction, Plan, Sampler
 from services.scheduler.sweeps.space import Parameter
 from tests.unit.scheduler.conftest import experiment
 

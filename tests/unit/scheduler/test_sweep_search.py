@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from arc_common.errors import InvalidArgumentError
 from arc_common.models import ExperimentSpec, JobState
-from services.scheduler.sweeps.ledger import Arm, Plan, Sampler, SweepLedger
+from services.scheduler.sweeps.ledger import PRIOR, SweepLedger
 from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager, SweepView
+from services.scheduler.sweeps.plan import Arm, Plan, Sampler
 from services.scheduler.sweeps.pruners import PrunerKind, PrunerSpec
 from services.scheduler.sweeps.space import Parameter
 from tests.unit.scheduler.conftest import Factory, Harness, experiment
@@ -158,4 +159,32 @@ async def test_an_ablation_trains_every_arm_at_every_seed(make: Factory) -> None
     with pytest.raises(InvalidArgumentError) as refused:
         await manager.create(Plan(arms=[bad], base=base("bad", 1)), caller="agent")
     assert (refused.value.field or "").startswith("arms[0].changes")
+    await manager.close()
+
+
+async def test_a_trial_trained_before_is_not_trained_again(make: Factory) -> None:
+    h = await make(gpus=2, node_type=ReplayNode)
+    manager = await manager_over(h)
+    lrs = Parameter(path=LR.path, categorical=[1e-3, 1e-2])
+    first_plan = Plan(parameters=[lrs], sampler=Sampler.GRID, max_parallel=2, base=base("re", 2))
+    first = await manager.create(first_plan, caller="agent")
+    done = await until(manager, first, lambda view: view.state == "completed")
+    runs = len(h.node.started)
+    again = await manager.create(first_plan, caller="agent-2")  # the same space and base
+    view = await until(manager, again, lambda view: view.state == "completed")
+    assert len(h.node.started) == runs  # nothing trained: each trial is an earlier job
+    assert {t.job_id for t in view.trials} == {t.job_id for t in done.trials}
+    assert sorted(t.value or 0 for t in view.trials) == sorted(t.value or 0 for t in done.trials)
+    repeated = first_plan.model_copy(update={"repeat": True})
+    once_more = await manager.create(repeated, caller="agent")
+    await until(manager, once_more, lambda view: view.state == "completed")
+    assert len(h.node.started) == runs + 2  # asked to repeat: trained again
+    # A warm start learns from those jobs before its first trial: points of its space.
+    warm = Plan(parameters=[LR], max_trials=1, warm_start=True, base=base("re", 2))
+    warmed = await manager.create(warm, caller="agent")
+    await until(manager, warmed, lambda view: view.state == "completed")
+    study = manager.ledger.storage.get_study_id_from_name(warmed)
+    priors = [t for t in manager.ledger.storage.get_all_trials(study) if PRIOR in t.user_attrs]
+    assert len(priors) == 4 and {t.params[LR.path] for t in priors} == {1e-3, 1e-2}
+    assert len((await manager.get(warmed)).trials) == 1  # priors are not its trials
     await manager.close()

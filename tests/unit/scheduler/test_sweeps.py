@@ -21,8 +21,9 @@ from arc_common.errors import (
 from arc_common.models import DecisionOutcome, JobState
 from services.scheduler.core import Caller
 from services.scheduler.sweeps.driver import MAX_REFUSALS, gpu_seconds
-from services.scheduler.sweeps.ledger import Plan, SweepLedger
+from services.scheduler.sweeps.ledger import SweepLedger
 from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager, SweepView
+from services.scheduler.sweeps.plan import Plan
 from services.scheduler.sweeps.pruners import PrunerKind, PrunerSpec
 from services.scheduler.sweeps.space import Parameter
 from tests.unit.scheduler.conftest import Factory, Harness, experiment

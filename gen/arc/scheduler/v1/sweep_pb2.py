@@ -26,7 +26,7 @@ from arc.common.v1 import common_pb2 as arc_dot_common_dot_v1_dot_common__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61rc/scheduler/v1/sweep.proto\x12\x10\x61rc.scheduler.v1\x1a\x1a\x61rc/common/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\"\'\n\nFloatRange\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\"3\n\x08IntRange\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x03\"1\n\x07\x43hoices\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.google.protobuf.Value\"\xf8\x01\n\x0fSearchParameter\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x33\n\x0blog_uniform\x18\x02 \x01(\x0b\x32\x1c.arc.scheduler.v1.FloatRangeH\x00\x12/\n\x07uniform\x18\x03 \x01(\x0b\x32\x1c.arc.scheduler.v1.FloatRangeH\x00\x12/\n\tint_range\x18\x04 \x01(\x0b\x32\x1a.arc.scheduler.v1.IntRangeH\x00\x12\x30\n\x0b\x63\x61tegorical\x18\x05 \x01(\x0b\x32\x19.arc.scheduler.v1.ChoicesH\x00\x42\x0e\n\x0c\x64istribution\"\xef\x01\n\x06Pruner\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.arc.scheduler.v1.PrunerKind\x12\x12\n\nmin_trials\x18\x02 \x01(\x05\x12\x15\n\rwarmup_epochs\x18\x03 \x01(\x05\x12\x12\n\npercentile\x18\x04 \x01(\x01\x12\x12\n\nmin_epochs\x18\x05 \x01(\x05\x12\x18\n\x10reduction_factor\x18\x06 \x01(\x05\x12\x12\n\nmax_epochs\x18\x07 \x01(\x05\x12\x12\n\x05\x66loor\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\x12\x66loor_after_epochs\x18\t \x01(\x05\x42\x08\n\x06_floor\"\xd7\x01\n\x05Trial\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.arc.scheduler.v1.TrialState\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x17\n\nlast_value\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nlast_epoch\x18\x07 \x01(\x05\x42\x08\n\x06_valueB\r\n\x0b_last_value\"\xb6\x06\n\x05Sweep\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x30\n\tbase_spec\x18\x03 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12\x35\n\nparameters\x18\x04 \x03(\x0b\x32!.arc.scheduler.v1.SearchParameter\x12*\n\x07sampler\x18\x05 \x01(\x0e\x32\x19.arc.scheduler.v1.Sampler\x12\x11\n\tobjective\x18\x06 \x01(\t\x12.\n\tdirection\x18\x07 \x01(\x0e\x32\x1b.arc.scheduler.v1.Direction\x12\x12\n\nmax_trials\x18\x08 \x01(\x05\x12\x14\n\x0cmax_parallel\x18\t \x01(\x05\x12\x0c\n\x04seed\x18\n \x01(\x03\x12(\n\x06pruner\x18\x0b \x01(\x0b\x32\x18.arc.scheduler.v1.Pruner\x12+\n\x05state\x18\x0c \x01(\x0e\x32\x1c.arc.scheduler.v1.SweepState\x12\x12\n\ncreated_by\x18\r \x01(\t\x12\'\n\x06trials\x18\x0e \x03(\x0b\x32\x17.arc.scheduler.v1.Trial\x12+\n\nbest_trial\x18\x0f \x01(\x0b\x32\x17.arc.scheduler.v1.Trial\x12\x18\n\x10\x64riven_by_caller\x18\x10 \x01(\x08\x12#\n\x04\x61rms\x18\x11 \x03(\x0b\x32\x15.arc.scheduler.v1.Arm\x12\r\n\x05seeds\x18\x12 \x03(\x03\x12\x14\n\x0cstate_reason\x18\x13 \x01(\t\x12;\n\nimportance\x18\x14 \x03(\x0b\x32\'.arc.scheduler.v1.Sweep.ImportanceEntry\x12\x1a\n\rmax_gpu_hours\x18\x15 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10max_wall_seconds\x18\x16 \x01(\x03H\x01\x88\x01\x01\x1a\x31\n\x0fImportanceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x10\n\x0e_max_gpu_hoursB\x13\n\x11_max_wall_seconds\"=\n\x03\x41rm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07\x63hanges\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"P\n\x12\x43reateSweepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05sweep\x18\x02 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\"=\n\x13\x43reateSweepResponse\x12&\n\x05sweep\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\"#\n\x0fGetSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\":\n\x10GetSweepResponse\x12&\n\x05sweep\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\":\n\x11ListSweepsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x12ListSweepsResponse\x12\'\n\x06sweeps\x18\x01 \x03(\x0b\x32\x17.arc.scheduler.v1.Sweep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11WatchSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\"d\n\x12WatchSweepResponse\x12&\n\x05sweep\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\x12&\n\x05trial\x18\x02 \x01(\x0b\x32\x17.arc.scheduler.v1.Trial\"6\n\x12\x43\x61ncelSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x13\x43\x61ncelSweepResponse\x12&\n\x05sweep\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\"K\n\x14SuggestTrialsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08sweep_id\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"@\n\x15SuggestTrialsResponse\x12\'\n\x06trials\x18\x01 \x03(\x0b\x32\x17.arc.scheduler.v1.Trial\"\x90\x01\n\x12ReportTrialRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.arc.scheduler.v1.TrialState\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x42\x08\n\x06_value\"S\n\x13ReportTrialResponse\x12&\n\x05trial\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Trial\x12\x14\n\x0cprune_reason\x18\x02 \x01(\t*j\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSAMPLER_TPE\x10\x01\x12\x12\n\x0eSAMPLER_RANDOM\x10\x02\x12\x10\n\x0cSAMPLER_GRID\x10\x03\x12\x0f\n\x0bSAMPLER_QMC\x10\x04*V\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_MAXIMIZE\x10\x01\x12\x16\n\x12\x44IRECTION_MINIMIZE\x10\x02*\x90\x01\n\nSweepState\x12\x1b\n\x17SWEEP_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13SWEEP_STATE_RUNNING\x10\x01\x12\x19\n\x15SWEEP_STATE_COMPLETED\x10\x02\x12\x19\n\x15SWEEP_STATE_CANCELLED\x10\x03\x12\x16\n\x12SWEEP_STATE_FAILED\x10\x04*\x8c\x01\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRIAL_STATE_RUNNING\x10\x01\x12\x18\n\x14TRIAL_STATE_COMPLETE\x10\x02\x12\x16\n\x12TRIAL_STATE_PRUNED\x10\x03\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x04*\x9c\x01\n\nPrunerKind\x12\x1b\n\x17PRUNER_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12PRUNER_KIND_MEDIAN\x10\x01\x12\x1a\n\x16PRUNER_KIND_PERCENTILE\x10\x02\x12\"\n\x1ePRUNER_KIND_SUCCESSIVE_HALVING\x10\x03\x12\x19\n\x15PRUNER_KIND_HYPERBAND\x10\x04\x32\x8b\x05\n\x0cSweepService\x12Z\n\x0b\x43reateSweep\x12$.arc.scheduler.v1.CreateSweepRequest\x1a%.arc.scheduler.v1.CreateSweepResponse\x12Q\n\x08GetSweep\x12!.arc.scheduler.v1.GetSweepRequest\x1a\".arc.scheduler.v1.GetSweepResponse\x12W\n\nListSweeps\x12#.arc.scheduler.v1.ListSweepsRequest\x1a$.arc.scheduler.v1.ListSweepsResponse\x12Y\n\nWatchSweep\x12#.arc.scheduler.v1.WatchSweepRequest\x1a$.arc.scheduler.v1.WatchSweepResponse0\x01\x12Z\n\x0b\x43\x61ncelSweep\x12$.arc.scheduler.v1.CancelSweepRequest\x1a%.arc.scheduler.v1.CancelSweepResponse\x12`\n\rSuggestTrials\x12&.arc.scheduler.v1.SuggestTrialsRequest\x1a\'.arc.scheduler.v1.SuggestTrialsResponse\x12Z\n\x0bReportTrial\x12$.arc.scheduler.v1.ReportTrialRequest\x1a%.arc.scheduler.v1.ReportTrialResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61rc/scheduler/v1/sweep.proto\x12\x10\x61rc.scheduler.v1\x1a\x1a\x61rc/common/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\"\'\n\nFloatRange\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\"3\n\x08IntRange\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x03\"1\n\x07\x43hoices\x12&\n\x06values\x18\x01 \x03(\x0b\x32\x16.google.protobuf.Value\"\xf8\x01\n\x0fSearchParameter\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x33\n\x0blog_uniform\x18\x02 \x01(\x0b\x32\x1c.arc.scheduler.v1.FloatRangeH\x00\x12/\n\x07uniform\x18\x03 \x01(\x0b\x32\x1c.arc.scheduler.v1.FloatRangeH\x00\x12/\n\tint_range\x18\x04 \x01(\x0b\x32\x1a.arc.scheduler.v1.IntRangeH\x00\x12\x30\n\x0b\x63\x61tegorical\x18\x05 \x01(\x0b\x32\x19.arc.scheduler.v1.ChoicesH\x00\x42\x0e\n\x0c\x64istribution\"\xef\x01\n\x06Pruner\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.arc.scheduler.v1.PrunerKind\x12\x12\n\nmin_trials\x18\x02 \x01(\x05\x12\x15\n\rwarmup_epochs\x18\x03 \x01(\x05\x12\x12\n\npercentile\x18\x04 \x01(\x01\x12\x12\n\nmin_epochs\x18\x05 \x01(\x05\x12\x18\n\x10reduction_factor\x18\x06 \x01(\x05\x12\x12\n\nmax_epochs\x18\x07 \x01(\x05\x12\x12\n\x05\x66loor\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\x12\x66loor_after_epochs\x18\t \x01(\x05\x42\x08\n\x06_floor\"\xd7\x01\n\x05Trial\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.arc.scheduler.v1.TrialState\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x17\n\nlast_value\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nlast_epoch\x18\x07 \x01(\x05\x42\x08\n\x06_valueB\r\n\x0b_last_value\"\xda\x06\n\x05Sweep\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x30\n\tbase_spec\x18\x03 \x01(\x0b\x32\x1d.arc.common.v1.ExperimentSpec\x12\x35\n\nparameters\x18\x04 \x03(\x0b\x32!.arc.scheduler.v1.SearchParameter\x12*\n\x07sampler\x18\x05 \x01(\x0e\x32\x19.arc.scheduler.v1.Sampler\x12\x11\n\tobjective\x18\x06 \x01(\t\x12.\n\tdirection\x18\x07 \x01(\x0e\x32\x1b.arc.scheduler.v1.Direction\x12\x12\n\nmax_trials\x18\x08 \x01(\x05\x12\x14\n\x0cmax_parallel\x18\t \x01(\x05\x12\x0c\n\x04seed\x18\n \x01(\x03\x12(\n\x06pruner\x18\x0b \x01(\x0b\x32\x18.arc.scheduler.v1.Pruner\x12+\n\x05state\x18\x0c \x01(\x0e\x32\x1c.arc.scheduler.v1.SweepState\x12\x12\n\ncreated_by\x18\r \x01(\t\x12\'\n\x06trials\x18\x0e \x03(\x0b\x32\x17.arc.scheduler.v1.Trial\x12+\n\nbest_trial\x18\x0f \x01(\x0b\x32\x17.arc.scheduler.v1.Trial\x12\x18\n\x10\x64riven_by_caller\x18\x10 \x01(\x08\x12#\n\x04\x61rms\x18\x11 \x03(\x0b\x32\x15.arc.scheduler.v1.Arm\x12\r\n\x05seeds\x18\x12 \x03(\x03\x12\x14\n\x0cstate_reason\x18\x13 \x01(\t\x12;\n\nimportance\x18\x14 \x03(\x0b\x32\'.arc.scheduler.v1.Sweep.ImportanceEntry\x12\x1a\n\rmax_gpu_hours\x18\x15 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10max_wall_seconds\x18\x16 \x01(\x03H\x01\x88\x01\x01\x12\x0e\n\x06repeat\x18\x17 \x01(\x08\x12\x12\n\nwarm_start\x18\x18 \x01(\x08\x1a\x31\n\x0fImportanceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x10\n\x0e_max_gpu_hoursB\x13\n\x11_max_wall_seconds\"=\n\x03\x41rm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07\x63hanges\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"P\n\x12\x43reateSweepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05sweep\x18\x02 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\"=\n\x13\x43reateSweepResponse\x12&\n\x05sweep\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\"#\n\x0fGetSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\":\n\x10GetSweepResponse\x12&\n\x05sweep\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\":\n\x11ListSweepsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x12ListSweepsResponse\x12\'\n\x06sweeps\x18\x01 \x03(\x0b\x32\x17.arc.scheduler.v1.Sweep\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11WatchSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\"d\n\x12WatchSweepResponse\x12&\n\x05sweep\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\x12&\n\x05trial\x18\x02 \x01(\x0b\x32\x17.arc.scheduler.v1.Trial\"6\n\x12\x43\x61ncelSweepRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"=\n\x13\x43\x61ncelSweepResponse\x12&\n\x05sweep\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Sweep\"K\n\x14SuggestTrialsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08sweep_id\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"@\n\x15SuggestTrialsResponse\x12\'\n\x06trials\x18\x01 \x03(\x0b\x32\x17.arc.scheduler.v1.Trial\"\x90\x01\n\x12ReportTrialRequest\x12\x10\n\x08sweep_id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.arc.scheduler.v1.TrialState\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x42\x08\n\x06_value\"S\n\x13ReportTrialResponse\x12&\n\x05trial\x18\x01 \x01(\x0b\x32\x17.arc.scheduler.v1.Trial\x12\x14\n\x0cprune_reason\x18\x02 \x01(\t*j\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSAMPLER_TPE\x10\x01\x12\x12\n\x0eSAMPLER_RANDOM\x10\x02\x12\x10\n\x0cSAMPLER_GRID\x10\x03\x12\x0f\n\x0bSAMPLER_QMC\x10\x04*V\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44IRECTION_MAXIMIZE\x10\x01\x12\x16\n\x12\x44IRECTION_MINIMIZE\x10\x02*\x90\x01\n\nSweepState\x12\x1b\n\x17SWEEP_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13SWEEP_STATE_RUNNING\x10\x01\x12\x19\n\x15SWEEP_STATE_COMPLETED\x10\x02\x12\x19\n\x15SWEEP_STATE_CANCELLED\x10\x03\x12\x16\n\x12SWEEP_STATE_FAILED\x10\x04*\x8c\x01\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRIAL_STATE_RUNNING\x10\x01\x12\x18\n\x14TRIAL_STATE_COMPLETE\x10\x02\x12\x16\n\x12TRIAL_STATE_PRUNED\x10\x03\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x04*\x9c\x01\n\nPrunerKind\x12\x1b\n\x17PRUNER_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12PRUNER_KIND_MEDIAN\x10\x01\x12\x1a\n\x16PRUNER_KIND_PERCENTILE\x10\x02\x12\"\n\x1ePRUNER_KIND_SUCCESSIVE_HALVING\x10\x03\x12\x19\n\x15PRUNER_KIND_HYPERBAND\x10\x04\x32\x8b\x05\n\x0cSweepService\x12Z\n\x0b\x43reateSweep\x12$.arc.scheduler.v1.CreateSweepRequest\x1a%.arc.scheduler.v1.CreateSweepResponse\x12Q\n\x08GetSweep\x12!.arc.scheduler.v1.GetSweepRequest\x1a\".arc.scheduler.v1.GetSweepResponse\x12W\n\nListSweeps\x12#.arc.scheduler.v1.ListSweepsRequest\x1a$.arc.scheduler.v1.ListSweepsResponse\x12Y\n\nWatchSweep\x12#.arc.scheduler.v1.WatchSweepRequest\x1a$.arc.scheduler.v1.WatchSweepResponse0\x01\x12Z\n\x0b\x43\x61ncelSweep\x12$.arc.scheduler.v1.CancelSweepRequest\x1a%.arc.scheduler.v1.CancelSweepResponse\x12`\n\rSuggestTrials\x12&.arc.scheduler.v1.SuggestTrialsRequest\x1a\'.arc.scheduler.v1.SuggestTrialsResponse\x12Z\n\x0bReportTrial\x12$.arc.scheduler.v1.ReportTrialRequest\x1a%.arc.scheduler.v1.ReportTrialResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SWEEP_IMPORTANCEENTRY']._loaded_options = None
   _globals['_SWEEP_IMPORTANCEENTRY']._serialized_options = b'8\001'
-  _globals['_SAMPLER']._serialized_start=2877
-  _globals['_SAMPLER']._serialized_end=2983
-  _globals['_DIRECTION']._serialized_start=2985
-  _globals['_DIRECTION']._serialized_end=3071
-  _globals['_SWEEPSTATE']._serialized_start=3074
-  _globals['_SWEEPSTATE']._serialized_end=3218
-  _globals['_TRIALSTATE']._serialized_start=3221
-  _globals['_TRIALSTATE']._serialized_end=3361
-  _globals['_PRUNERKIND']._serialized_start=3364
-  _globals['_PRUNERKIND']._serialized_end=3520
+  _globals['_SAMPLER']._serialized_start=2913
+  _globals['_SAMPLER']._serialized_end=3019
+  _globals['_DIRECTION']._serialized_start=3021
+  _globals['_DIRECTION']._serialized_end=3107
+  _globals['_SWEEPSTATE']._serialized_start=3110
+  _globals['_SWEEPSTATE']._serialized_end=3254
+  _globals['_TRIALSTATE']._serialized_start=3257
+  _globals['_TRIALSTATE']._serialized_end=3397
+  _globals['_PRUNERKIND']._serialized_start=3400
+  _globals['_PRUNERKIND']._serialized_end=3556
   _globals['_FLOATRANGE']._serialized_start=108
   _globals['_FLOATRANGE']._serialized_end=147
   _globals['_INTRANGE']._serialized_start=149
@@ -58,39 +58,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRIAL']._serialized_start=747
   _globals['_TRIAL']._serialized_end=962
   _globals['_SWEEP']._serialized_start=965
-  _globals['_SWEEP']._serialized_end=1787
-  _globals['_SWEEP_IMPORTANCEENTRY']._serialized_start=1699
-  _globals['_SWEEP_IMPORTANCEENTRY']._serialized_end=1748
-  _globals['_ARM']._serialized_start=1789
-  _globals['_ARM']._serialized_end=1850
-  _globals['_CREATESWEEPREQUEST']._serialized_start=1852
-  _globals['_CREATESWEEPREQUEST']._serialized_end=1932
-  _globals['_CREATESWEEPRESPONSE']._serialized_start=1934
-  _globals['_CREATESWEEPRESPONSE']._serialized_end=1995
-  _globals['_GETSWEEPREQUEST']._serialized_start=1997
-  _globals['_GETSWEEPREQUEST']._serialized_end=2032
-  _globals['_GETSWEEPRESPONSE']._serialized_start=2034
-  _globals['_GETSWEEPRESPONSE']._serialized_end=2092
-  _globals['_LISTSWEEPSREQUEST']._serialized_start=2094
-  _globals['_LISTSWEEPSREQUEST']._serialized_end=2152
-  _globals['_LISTSWEEPSRESPONSE']._serialized_start=2154
-  _globals['_LISTSWEEPSRESPONSE']._serialized_end=2240
-  _globals['_WATCHSWEEPREQUEST']._serialized_start=2242
-  _globals['_WATCHSWEEPREQUEST']._serialized_end=2279
-  _globals['_WATCHSWEEPRESPONSE']._serialized_start=2281
-  _globals['_WATCHSWEEPRESPONSE']._serialized_end=2381
-  _globals['_CANCELSWEEPREQUEST']._serialized_start=2383
-  _globals['_CANCELSWEEPREQUEST']._serialized_end=2437
-  _globals['_CANCELSWEEPRESPONSE']._serialized_start=2439
-  _globals['_CANCELSWEEPRESPONSE']._serialized_end=2500
-  _globals['_SUGGESTTRIALSREQUEST']._serialized_start=2502
-  _globals['_SUGGESTTRIALSREQUEST']._serialized_end=2577
-  _globals['_SUGGESTTRIALSRESPONSE']._serialized_start=2579
-  _globals['_SUGGESTTRIALSRESPONSE']._serialized_end=2643
-  _globals['_REPORTTRIALREQUEST']._serialized_start=2646
-  _globals['_REPORTTRIALREQUEST']._serialized_end=2790
-  _globals['_REPORTTRIALRESPONSE']._serialized_start=2792
-  _globals['_REPORTTRIALRESPONSE']._serialized_end=2875
-  _globals['_SWEEPSERVICE']._serialized_start=3523
-  _globals['_SWEEPSERVICE']._serialized_end=4174
+  _globals['_SWEEP']._serialized_end=1823
+  _globals['_SWEEP_IMPORTANCEENTRY']._serialized_start=1735
+  _globals['_SWEEP_IMPORTANCEENTRY']._serialized_end=1784
+  _globals['_ARM']._serialized_start=1825
+  _globals['_ARM']._serialized_end=1886
+  _globals['_CREATESWEEPREQUEST']._serialized_start=1888
+  _globals['_CREATESWEEPREQUEST']._serialized_end=1968
+  _globals['_CREATESWEEPRESPONSE']._serialized_start=1970
+  _globals['_CREATESWEEPRESPONSE']._serialized_end=2031
+  _globals['_GETSWEEPREQUEST']._serialized_start=2033
+  _globals['_GETSWEEPREQUEST']._serialized_end=2068
+  _globals['_GETSWEEPRESPONSE']._serialized_start=2070
+  _globals['_GETSWEEPRESPONSE']._serialized_end=2128
+  _globals['_LISTSWEEPSREQUEST']._serialized_start=2130
+  _globals['_LISTSWEEPSREQUEST']._serialized_end=2188
+  _globals['_LISTSWEEPSRESPONSE']._serialized_start=2190
+  _globals['_LISTSWEEPSRESPONSE']._serialized_end=2276
+  _globals['_WATCHSWEEPREQUEST']._serialized_start=2278
+  _globals['_WATCHSWEEPREQUEST']._serialized_end=2315
+  _globals['_WATCHSWEEPRESPONSE']._serialized_start=2317
+  _globals['_WATCHSWEEPRESPONSE']._serialized_end=2417
+  _globals['_CANCELSWEEPREQUEST']._serialized_start=2419
+  _globals['_CANCELSWEEPREQUEST']._serialized_end=2473
+  _globals['_CANCELSWEEPRESPONSE']._serialized_start=2475
+  _globals['_CANCELSWEEPRESPONSE']._serialized_end=2536
+  _globals['_SUGGESTTRIALSREQUEST']._serialized_start=2538
+  _globals['_SUGGESTTRIALSREQUEST']._serialized_end=2613
+  _globals['_SUGGESTTRIALSRESPONSE']._serialized_start=2615
+  _globals['_SUGGESTTRIALSRESPONSE']._serialized_end=2679
+  _globals['_REPORTTRIALREQUEST']._serialized_start=2682
+  _globals['_REPORTTRIALREQUEST']._serialized_end=2826
+  _globals['_REPORTTRIALRESPONSE']._serialized_start=2828
+  _globals['_REPORTTRIALRESPONSE']._serialized_end=2911
+  _globals['_SWEEPSERVICE']._serialized_start=3559
+  _globals['_SWEEPSERVICE']._serialized_end=4210
 # @@protoc_insertion_point(module_scope)

@@ -430,6 +430,8 @@ class Sweep(_message.Message):
     IMPORTANCE_FIELD_NUMBER: _builtins.int
     MAX_GPU_HOURS_FIELD_NUMBER: _builtins.int
     MAX_WALL_SECONDS_FIELD_NUMBER: _builtins.int
+    REPEAT_FIELD_NUMBER: _builtins.int
+    WARM_START_FIELD_NUMBER: _builtins.int
     sweep_id: _builtins.str
     """Output only."""
     display_name: _builtins.str
@@ -460,6 +462,14 @@ class Sweep(_message.Message):
     state_reason saying which.
     """
     max_wall_seconds: _builtins.int
+    repeat: _builtins.bool
+    """A trial identical to a completed training job (its experiment id aside) takes that
+    job's result instead of training again, unless repeat is set.
+    """
+    warm_start: _builtins.bool
+    """Before its first trial, completed jobs on the same data that are points of this
+    space (the base spec but at the parameters' paths) teach the sampler (not a trial).
+    """
     @_builtins.property
     def base_spec(self) -> _common_pb2.ExperimentSpec:
         """What every trial starts from; its experiment_id becomes "<id>-t<number>"."""
@@ -520,10 +530,12 @@ class Sweep(_message.Message):
         importance: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         max_gpu_hours: _builtins.float | None = ...,
         max_wall_seconds: _builtins.int | None = ...,
+        repeat: _builtins.bool = ...,
+        warm_start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_gpu_hours", b"_max_gpu_hours", "_max_wall_seconds", b"_max_wall_seconds", "base_spec", b"base_spec", "best_trial", b"best_trial", "max_gpu_hours", b"max_gpu_hours", "max_wall_seconds", b"max_wall_seconds", "pruner", b"pruner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_gpu_hours", b"_max_gpu_hours", "_max_wall_seconds", b"_max_wall_seconds", "arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "importance", b"importance", "max_gpu_hours", b"max_gpu_hours", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "max_wall_seconds", b"max_wall_seconds", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "state_reason", b"state_reason", "sweep_id", b"sweep_id", "trials", b"trials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_gpu_hours", b"_max_gpu_hours", "_max_wall_seconds", b"_max_wall_seconds", "arms", b"arms", "base_spec", b"base_spec", "best_trial", b"best_trial", "created_by", b"created_by", "direction", b"direction", "display_name", b"display_name", "driven_by_caller", b"driven_by_caller", "importance", b"importance", "max_gpu_hours", b"max_gpu_hours", "max_parallel", b"max_parallel", "max_trials", b"max_trials", "max_wall_seconds", b"max_wall_seconds", "objective", b"objective", "parameters", b"parameters", "pruner", b"pruner", "repeat", b"repeat", "sampler", b"sampler", "seed", b"seed", "seeds", b"seeds", "state", b"state", "state_reason", b"state_reason", "sweep_id", b"sweep_id", "trials", b"trials", "warm_start", b"warm_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_gpu_hours: _TypeAlias = _typing.Literal["max_gpu_hours"]  # noqa: Y015
     _WhichOneofArgType__max_gpu_hours: _TypeAlias = _typing.Literal["_max_gpu_hours", b"_max_gpu_hours"]  # noqa: Y015
