@@ -76,6 +76,7 @@ AUTHORIZATION: dict[str, frozenset[Role]] = {
     "/arc.scheduler.v1.SchedulerService/CancelJob": _ALL,  # an agent: its own jobs only
     "/arc.scheduler.v1.SchedulerService/GetSchedulerStatus": _ALL,
     "/arc.scheduler.v1.SchedulerService/WatchJob": _ALL,
+    "/arc.scheduler.v1.SchedulerService/GetHistory": _ALL,  # sealed figures redacted
     # Sealed test figures (arc_common.sealing) are released by an operator only.
     "/arc.scheduler.v1.SchedulerService/RevealTestMetrics": _OPS,
     # sweeps: an agent's trials are its own jobs, governed one by one; it cancels only the

@@ -355,6 +355,20 @@ class ArcClient:
         )
         return to_model(reply.experiment, Experiment)
 
+    async def history(
+        self, spec: ExperimentSpec, *, limit: int = 0, metric: str = ""
+    ) -> scheduler_pb2.GetHistoryResponse:
+        """The completed trainings nearest to ``spec`` on its data, the best per family."""
+        reply: scheduler_pb2.GetHistoryResponse = await unary(
+            self.scheduler.GetHistory(
+                scheduler_pb2.GetHistoryRequest(
+                    spec=to_proto(spec, common_pb2.ExperimentSpec), limit=limit, metric=metric
+                ),
+                timeout=self._timeout,
+            )
+        )
+        return reply
+
     async def compare(
         self,
         checkpoint_path_a: str,

@@ -36,7 +36,7 @@ from clients.display import (
 from clients.orchestrator import interpret
 from clients.results_cli import cmd_compare, cmd_evaluate, cmd_results
 from clients.suite import LocalSuite
-from clients.sweep_cli import cmd_ablation, cmd_sweep
+from clients.sweep_cli import cmd_ablation, cmd_history, cmd_sweep
 
 EXIT_CODES: list[tuple[type[errors.ArcError], int]] = [
     (errors.NotFoundError, 3),
@@ -356,6 +356,7 @@ COMMANDS = {
     "visualize": tools_cli.cmd_visualize,
     "sweep": cmd_sweep,
     "ablation": cmd_ablation,
+    "history": cmd_history,
     "checkpoints": tools_cli.cmd_checkpoints,
 }
 

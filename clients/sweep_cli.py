@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
+
+import yaml
 
 from arc.scheduler.v1 import sweep_pb2
 from arc_common.errors import InvalidArgumentError
@@ -36,6 +39,10 @@ def add_parser(sub: Any) -> None:
     cancel = commands.add_parser("cancel", help="stop a sweep and its running trials")
     cancel.add_argument("sweep")
     cancel.add_argument("--reason", default="")
+    history = sub.add_parser("history", help="what already ran that is nearest a proposal")
+    history.add_argument("file", help="a proposal (YAML), as arc submit takes it")
+    history.add_argument("--limit", type=int, default=10, help="nearest runs, at most 100")
+    history.add_argument("--metric", default="val_auc", help="what best means")
     abl = sub.add_parser("ablation", help="ablations: arms against the base, paired by seed")
     abl_commands = abl.add_subparsers(dest="ablation_command", required=True)
     create = abl_commands.add_parser("create", help="start an ablation from a YAML file")
@@ -128,6 +135,48 @@ def _results(sweep: sweep_pb2.Sweep, out: Out) -> None:
         print("importance: " + ", ".join(f"{path} {share:.2f}" for path, share in shares))
     shown = [{**row, "params": _params(row["params"])} for row in rows]
     out.table(shown, RESULTS)
+
+
+HISTORY = ["distance", "job", "experiment", "value", "differences"]
+
+
+def _history_row(job: Any, metric: str, **more: Any) -> dict[str, Any]:
+    return {
+        "job": job.job_id,
+        "experiment": job.experiment_id,
+        "value": job.result.best_metrics.get(metric),
+        **more,
+    }
+
+
+async def cmd_history(args: argparse.Namespace, out: Out) -> int:
+    proposal = await asyncio.to_thread(Path(args.file).read_text)
+    spec = _spec(yaml.safe_load(proposal))
+    async with client_for(args) as arc:
+        known = await arc.history(spec, limit=args.limit, metric=args.metric)
+    nearest = [
+        _history_row(n.job, args.metric, distance=n.distance, differences="; ".join(n.differences))
+        for n in known.nearest
+    ]
+    best = [_history_row(job, args.metric) for job in known.best_per_family]
+    identical = known.identical.job_id if known.HasField("identical") else None
+    if out.json:
+        out.data(
+            {
+                "dataset_hash": known.dataset_hash,
+                "nearest": nearest,
+                "best": best,
+                "identical": identical,
+            }
+        )
+        return 0
+    if identical:
+        print(f"this proposal ran before: job {identical}")
+    print(f"nearest on the same data ({known.dataset_hash or 'no content hash yet'}):")
+    out.table(nearest, HISTORY)
+    print(f"best per architecture family, by {args.metric}:")
+    out.table(best, ["job", "experiment", "value"])
+    return 0
 
 
 async def cmd_ablation(args: argparse.Namespace, out: Out) -> int:

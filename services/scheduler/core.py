@@ -11,11 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from arc_common.errors import FailedPreconditionError, PermissionDeniedError, UnavailableError
+from arc_common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from arc_common.eventlog import EventLog
 from arc_common.models import (
     TERMINAL_STATES,
@@ -29,7 +35,7 @@ from arc_common.models import (
     SchedulerStatus,
     Tool,
 )
-from services.scheduler import mirror
+from services.scheduler import history, mirror
 from services.scheduler.admission import (
     MAX_REASON_LENGTH,
     Admission,
@@ -41,6 +47,8 @@ from services.scheduler.context import Clock, Context
 from services.scheduler.dispatch import Dispatcher
 from services.scheduler.experiments import ExperimentMaker, RequestBook
 from services.scheduler.follow import Follower
+from services.scheduler.history import MAX_LIMIT as MAX_HISTORY
+from services.scheduler.history import History
 from services.scheduler.jobs import content_hash
 from services.scheduler.kinds import CallKind, JobKind, default_kinds
 from services.scheduler.lifecycle import Lifecycle
@@ -56,6 +64,7 @@ from services.scheduler.views import Views
 __all__ = ["Caller", "Scheduler", "Submission"]
 
 logger = logging.getLogger(__name__)
+HISTORY_METRIC = re.compile(r"(train|val)_[a-z_]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -302,6 +311,18 @@ class Scheduler:
     ) -> None:
         """A call that is not a job (creating a sweep), checked by governance as ``tool``."""
         await self._gate.call(tool, parameters, caller=caller, request_id=request_id)
+
+    def history(self, spec: ExperimentSpec, *, limit: int, metric: str) -> History:
+        """What the engine knows about ``spec`` (services.scheduler.history)."""
+        if not 0 <= limit <= MAX_HISTORY:
+            raise InvalidArgumentError(
+                f"limit must be 0..{MAX_HISTORY} (got {limit})", field="limit"
+            )
+        if not HISTORY_METRIC.fullmatch(metric):
+            raise InvalidArgumentError(
+                f"metric must be a train_ or val_ metric (got {metric!r})", field="metric"
+            )
+        return history.history(spec, self._ctx.jobs.values(), limit=limit or 10, metric=metric)
 
     def completed_like(self, spec: ExperimentSpec) -> JobRecord | None:
         """The latest completed training job of an experiment with ``spec``'s content (its

@@ -389,6 +389,25 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 for first in range(0, len(events), size):
                     yield scheduler_pb2.WatchJobResponse(events=events[first : first + size])
 
+    async def GetHistory(
+        self, request: scheduler_pb2.GetHistoryRequest, context: Any
+    ) -> scheduler_pb2.GetHistoryResponse:
+        if not request.HasField("spec"):
+            raise InvalidArgumentError("spec is required", field="spec")
+        spec = to_model(request.spec, ExperimentSpec, prefix="spec")
+        found = self._s.history(spec, limit=request.limit, metric=request.metric or "val_auc")
+        return scheduler_pb2.GetHistoryResponse(
+            dataset_hash=found.dataset_hash,
+            nearest=[
+                scheduler_pb2.PriorRun(
+                    job=self._job_proto(n.job), distance=n.distance, differences=n.differences
+                )
+                for n in found.nearest
+            ],
+            best_per_family=[self._job_proto(job) for job in found.best_per_family],
+            identical=self._job_proto(found.identical) if found.identical else None,
+        )
+
     async def RevealTestMetrics(
         self, request: scheduler_pb2.RevealTestMetricsRequest, context: Any
     ) -> scheduler_pb2.RevealTestMetricsResponse:

@@ -304,6 +304,12 @@ def test_a_sweep_from_the_command_line(suite: Suite) -> None:
     for trial in trials:
         status = json.loads(suite.arc("--json", "status", trial["job"]).stdout)
         assert status["state"] == "completed"
+    (suite.home / "proposal.yaml").write_text(yaml.safe_dump(sweep["base"]))
+    known = suite.arc("--json", "history", str(suite.home / "proposal.yaml"))
+    assert known.returncode == 0, known.stderr
+    history = json.loads(known.stdout)
+    assert {t["job"] for t in trials} <= {n["job"] for n in history["nearest"]}
+    assert history["best"][0]["value"] >= max(t["value"] for t in trials)
     again = suite.arc("sweep", "cancel", row["sweep"])
     assert again.returncode == 4 and "nothing to cancel" in again.stderr
     broken = suite.home / "broken.yaml"

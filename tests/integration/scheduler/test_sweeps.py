@@ -78,6 +78,29 @@ async def test_an_agents_sweep_trains_its_trials_as_its_own_jobs(make_suite: Fac
         assert trial.last_epoch >= 1  # its epochs' objective reached the ledger
     listed = await suite.sweeps().ListSweeps(sweep_pb2.ListSweepsRequest())
     assert [s.sweep_id for s in listed.sweeps] == [sweep_id] and not listed.sweeps[0].trials
+    # What the engine now knows: its trials, nearest first, and one identical to a trial.
+    known = await suite.stub().GetHistory(scheduler_pb2.GetHistoryRequest(spec=spec("new")))
+    assert {n.job.job_id for n in known.nearest} == {t.job_id for t in final.trials}
+    assert [n.distance for n in known.nearest] == sorted(n.distance for n in known.nearest)
+    assert known.dataset_hash and not known.HasField("identical")
+    assert [job.job_id for job in known.best_per_family] == [final.best_trial.job_id]
+    first = final.trials[0]
+    trained = spec("same-content", epochs=2)  # the sweep's base, at trial 0's point
+    trained.hyperparameters.optimizer.learning_rate = first.params[LR.path]  # type: ignore[assignment]
+    trained.hyperparameters.batch_size = int(first.params["hyperparameters.batch_size"])  # type: ignore[arg-type]
+    same = await suite.stub().GetHistory(scheduler_pb2.GetHistoryRequest(spec=trained))
+    assert same.identical.job_id == first.job_id
+    assert same.nearest[0].distance == 0 and not same.nearest[0].differences
+    await refused(
+        suite.stub().GetHistory(scheduler_pb2.GetHistoryRequest(spec=trained, limit=101)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "limit",
+    )
+    await refused(
+        suite.stub().GetHistory(scheduler_pb2.GetHistoryRequest(spec=trained, metric="test_auc")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "metric",
+    )
 
 
 async def test_a_floor_prunes_trials_while_they_train(make_suite: Factory) -> None:

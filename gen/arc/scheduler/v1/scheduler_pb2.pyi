@@ -884,3 +884,99 @@ class WatchJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchJobResponse: _TypeAlias = WatchJobResponse  # noqa: Y015
+
+@_typing.final
+class GetHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """The nearest trainings to list: 0 means 10; at most 100."""
+    metric: _builtins.str
+    """What "best" ranks by: a train_ or val_ metric of the results ("val_auc" when empty)."""
+    @_builtins.property
+    def spec(self) -> _common_pb2.ExperimentSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: _common_pb2.ExperimentSpec | None = ...,
+        limit: _builtins.int = ...,
+        metric: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "metric", b"metric", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHistoryRequest: _TypeAlias = GetHistoryRequest  # noqa: Y015
+
+@_typing.final
+class PriorRun(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    distance: _builtins.float
+    """0: the same in every field compared; about 1 per large change (a family, two
+    decades of learning rate, eight times the batch).
+    """
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What differs, "path: theirs -> the proposal's"."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        distance: _builtins.float = ...,
+        differences: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differences", b"differences", "distance", b"distance", "job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriorRun: _TypeAlias = PriorRun  # noqa: Y015
+
+@_typing.final
+class GetHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_HASH_FIELD_NUMBER: _builtins.int
+    NEAREST_FIELD_NUMBER: _builtins.int
+    BEST_PER_FAMILY_FIELD_NUMBER: _builtins.int
+    IDENTICAL_FIELD_NUMBER: _builtins.int
+    dataset_hash: _builtins.str
+    """The content hash of the data the latest training on the proposal's data path read."""
+    @_builtins.property
+    def nearest(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriorRun]: ...
+    @_builtins.property
+    def best_per_family(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Best first."""
+
+    @_builtins.property
+    def identical(self) -> Global___Job:
+        """Set when a training with the proposal's content (its id aside) completed."""
+
+    def __init__(
+        self,
+        *,
+        dataset_hash: _builtins.str = ...,
+        nearest: _abc.Iterable[Global___PriorRun] | None = ...,
+        best_per_family: _abc.Iterable[Global___Job] | None = ...,
+        identical: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identical", b"identical"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_per_family", b"best_per_family", "dataset_hash", b"dataset_hash", "identical", b"identical", "nearest", b"nearest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHistoryResponse: _TypeAlias = GetHistoryResponse  # noqa: Y015

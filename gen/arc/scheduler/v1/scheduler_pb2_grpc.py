@@ -89,6 +89,11 @@ class SchedulerServiceStub:
                 request_serializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsRequest.SerializeToString,
                 response_deserializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsResponse.FromString,
                 _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/arc.scheduler.v1.SchedulerService/GetHistory',
+                request_serializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -164,6 +169,15 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHistory(self, request, context):
+        """What the engine knows about a proposal: the completed trainings nearest to it on the
+        same data (by the dataset's content hash), the best per architecture family, and one
+        with the proposal's content if it ran.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +235,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.RevealTestMetrics,
                     request_deserializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsRequest.FromString,
                     response_serializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsResponse.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryRequest.FromString,
+                    response_serializer=arc_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +539,33 @@ class SchedulerService:
             '/arc.scheduler.v1.SchedulerService/RevealTestMetrics',
             arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsRequest.SerializeToString,
             arc_dot_scheduler_dot_v1_dot_scheduler__pb2.RevealTestMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arc.scheduler.v1.SchedulerService/GetHistory',
+            arc_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryRequest.SerializeToString,
+            arc_dot_scheduler_dot_v1_dot_scheduler__pb2.GetHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

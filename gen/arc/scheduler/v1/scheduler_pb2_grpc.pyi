@@ -29,6 +29,11 @@ class SchedulerServiceStub:
     """A job's events from any sequence number, then live."""
     RevealTestMetrics: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RevealTestMetricsRequest, _scheduler_pb2.RevealTestMetricsResponse]
     """Operator only: releases a sealed experiment's test figures to agent tokens."""
+    GetHistory: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetHistoryRequest, _scheduler_pb2.GetHistoryResponse]
+    """What the engine knows about a proposal: the completed trainings nearest to it on the
+    same data (by the dataset's content hash), the best per architecture family, and one
+    with the proposal's content if it ran.
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -111,5 +116,16 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_scheduler_pb2.RevealTestMetricsRequest, _abc.Awaitable[_scheduler_pb2.RevealTestMetricsResponse]],
     ) -> _abc.Awaitable[_scheduler_pb2.RevealTestMetricsResponse]:
         """Operator only: releases a sealed experiment's test figures to agent tokens."""
+
+    @_abc_1.abstractmethod
+    def GetHistory(
+        self,
+        request: _scheduler_pb2.GetHistoryRequest,
+        context: _aio.ServicerContext[_scheduler_pb2.GetHistoryRequest, _abc.Awaitable[_scheduler_pb2.GetHistoryResponse]],
+    ) -> _abc.Awaitable[_scheduler_pb2.GetHistoryResponse]:
+        """What the engine knows about a proposal: the completed trainings nearest to it on the
+        same data (by the dataset's content hash), the best per architecture family, and one
+        with the proposal's content if it ran.
+        """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _aio.Server) -> None: ...
