@@ -393,6 +393,10 @@ class Orchestrator:
         proposal ``base``, run to its end; what to do next is in the report's feedback."""
         return await searches.sweep(self.client, interpret(base), base, parameters, **fields)
 
+    async def history(self, proposal: dict[str, Any], **options: Any) -> str:
+        """What already ran nearest ``proposal`` (GetHistory), as feedback to act on."""
+        return await searches.history(self.client, interpret(proposal), **options)
+
     async def ablate(
         self, base: dict[str, Any], arms: dict[str, dict[str, Any]], **fields: Any
     ) -> SweepReport:

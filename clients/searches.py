@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from arc.scheduler.v1 import sweep_pb2
+from arc.scheduler.v1 import scheduler_pb2, sweep_pb2
 from arc_common.errors import ArcError
 from clients import ablation
 from clients.arc_client import ArcClient
@@ -65,3 +65,33 @@ async def ablate(
     except ArcError as exc:
         return SweepReport(None, f"The ablation was refused ({exc.status}): {exc}")
     return SweepReport(final, ablation.feedback(final, rows), rows)
+
+
+async def history(
+    client: ArcClient, interpretation: Interpretation, *, limit: int = 5, metric: str = "val_auc"
+) -> str:
+    """What already ran nearest a proposal, as one message for the agent."""
+    spec = interpretation.spec
+    if spec is None:
+        return interpretation.feedback()
+    known = await client.history(spec, limit=limit, metric=metric)
+
+    def value(job: scheduler_pb2.Job) -> str:
+        found = job.result.best_metrics.get(metric)
+        return f"{metric} {found:.4f}" if found is not None else f"no {metric}"
+
+    lines = []
+    if known.HasField("identical"):
+        lines.append(
+            f"This proposal already ran: job {known.identical.job_id} "
+            f"({value(known.identical)}); resubmit only to repeat it."
+        )
+    if not known.nearest:
+        lines.append("Nothing has been trained on this data yet.")
+    for prior in known.nearest:
+        changes = "; ".join(prior.differences) or "the same"
+        lines.append(f"- {prior.job.experiment_id} ({value(prior.job)}), differs: {changes}")
+    if known.best_per_family:
+        best = ", ".join(f"{j.experiment_id} ({value(j)})" for j in known.best_per_family)
+        lines.append(f"Best per architecture family: {best}.")
+    return "\n".join(lines)

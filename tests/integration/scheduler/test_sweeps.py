@@ -290,6 +290,9 @@ async def test_the_orchestrator_sweeps_from_a_proposal_and_says_what_happened(
         assert done.sweep is not None and done.sweep.state == sweep_pb2.SWEEP_STATE_COMPLETED
         assert "2 trials, 2 complete" in done.feedback and "Best val_auc" in done.feedback
         assert [row["rank"] for row in done.trials] == [1, 2]
+        known = await orchestrator.history(base)  # its two trials: near, learning rate apart
+        assert known.count("differs: hyperparameters.optimizer.learning_rate") == 2, known
+        assert "Best per architecture family: " in known
         loose = await orchestrator.sweep({"model": "resnet1800"}, space)
         assert loose.sweep is None and "resnet1800" in loose.feedback
         wide = await orchestrator.sweep(base, space, max_parallel=5)
