@@ -32,6 +32,8 @@ _SAMPLERS: dict[int, str] = {
     sweep_pb2.SAMPLER_RANDOM: "random",
     sweep_pb2.SAMPLER_GRID: "grid",
     sweep_pb2.SAMPLER_QMC: "qmc",
+    sweep_pb2.SAMPLER_GP: "gp",
+    sweep_pb2.SAMPLER_CMA_ES: "cma_es",
 }
 _DIRECTIONS: dict[int, str] = {
     sweep_pb2.DIRECTION_UNSPECIFIED: "maximize",

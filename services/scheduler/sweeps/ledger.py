@@ -16,13 +16,21 @@ import math
 import random
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.importance import PedAnovaImportanceEvaluator
-from optuna.samplers import BaseSampler, QMCSampler, RandomSampler, TPESampler
+from optuna.samplers import (
+    BaseSampler,
+    CmaEsSampler,
+    GPSampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -67,7 +75,13 @@ def _sampler(plan: Plan, made: int) -> BaseSampler:
     if plan.sampler is Sampler.RANDOM:
         return RandomSampler(seed=seed)
     if plan.sampler is Sampler.QMC:
-        return QMCSampler(seed=seed)
+        with warnings.catch_warnings():  # "experimental" at every ask says nothing new
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return QMCSampler(seed=seed)
+    if plan.sampler is Sampler.GP:
+        return GPSampler(seed=seed, n_startup_trials=8)
+    if plan.sampler is Sampler.CMA_ES:  # choices and parallel trials: sampled independently
+        return CmaEsSampler(seed=seed, n_startup_trials=8, warn_independent_sampling=False)
     if plan.sampler is Sampler.GRID:  # the points are the ledger's own (``_unseen``)
         return RandomSampler(seed=seed)
     return TPESampler(multivariate=True, constant_liar=True, seed=seed, n_startup_trials=8)

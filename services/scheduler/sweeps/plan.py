@@ -24,6 +24,8 @@ class Sampler(StrEnum):
     RANDOM = "random"
     GRID = "grid"
     QMC = "qmc"
+    GP = "gp"
+    CMA_ES = "cma_es"
 
 
 class Direction(StrEnum):

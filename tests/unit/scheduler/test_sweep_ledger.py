@@ -4,6 +4,7 @@ promised, found again by their request ids."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,17 @@ def test_a_pruned_or_failed_trial_has_no_value(tmp_path: Path) -> None:
         (TrialState.FAIL, None),
         (TrialState.COMPLETE, 0.8),
     ]
+
+
+@pytest.mark.parametrize("sampler", [Sampler.GP, Sampler.CMA_ES, Sampler.QMC])
+def test_every_sampler_suggests_points_of_the_space(tmp_path: Path, sampler: Sampler) -> None:
+    ledger = SweepLedger(tmp_path / "sweeps.journal")
+    decay = Parameter(path="hyperparameters.optimizer.weight_decay", uniform=(0.0, 0.1))
+    ledger.create("s", plan(parameters=[LR, decay], sampler=sampler, max_trials=12))
+    for _ in range(12):  # past the 8 random start-up trials: the sampler's own points
+        trial = ledger.ask("s")
+        lr = trial.params[LR.path]
+        assert 1e-5 <= lr <= 1e-1 and 0.0 <= trial.params[decay.path] <= 0.1
+        ledger.tell("s", trial.number, -abs(math.log10(lr) + 3), TrialState.COMPLETE)
+    points = {tuple(sorted(t.params.items())) for t in ledger.trials("s")}
+    assert len(points) == 12

@@ -38,6 +38,10 @@ class _SamplerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sampler.Value
     """Every point of a space of int ranges and choices, in random order."""
     SAMPLER_QMC: _Sampler.ValueType  # 4
     """Scrambled Sobol points: an even cover of a continuous space."""
+    SAMPLER_GP: _Sampler.ValueType  # 5
+    """A Gaussian process: the fewest trials on a small continuous space."""
+    SAMPLER_CMA_ES: _Sampler.ValueType  # 6
+    """CMA-ES: many trials on a continuous space with correlated parameters."""
 
 class Sampler(_Sampler, metaclass=_SamplerEnumTypeWrapper): ...
 
@@ -50,6 +54,10 @@ SAMPLER_GRID: Sampler.ValueType  # 3
 """Every point of a space of int ranges and choices, in random order."""
 SAMPLER_QMC: Sampler.ValueType  # 4
 """Scrambled Sobol points: an even cover of a continuous space."""
+SAMPLER_GP: Sampler.ValueType  # 5
+"""A Gaussian process: the fewest trials on a small continuous space."""
+SAMPLER_CMA_ES: Sampler.ValueType  # 6
+"""CMA-ES: many trials on a continuous space with correlated parameters."""
 Global___Sampler: _TypeAlias = Sampler  # noqa: Y015
 
 class _Direction:
