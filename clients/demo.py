@@ -164,7 +164,7 @@ async def _sweep(client: ArcClient) -> bool:
         "sampler": "tpe",
         "max_trials": 6,
         "max_parallel": 2,
-        "parameters": {"hyperparameters.optimizer.learning_rate": {"log_uniform": [1e-5, 0.3]}},
+        "parameters": {"hyperparameters.optimizer.learning_rate": {"log_uniform": [1e-5, 0.1]}},
         "pruner": {"kind": "successive_halving", "min_epochs": 1, "reduction_factor": 2},
     }
     made = await client.sweeps.create(sweep_message(data, lambda _: spec), request_id="demo")

@@ -105,14 +105,17 @@ def trial_line(trial: sweep_pb2.Trial, epochs: int) -> str:
 async def follow(client: SweepClient, sweep_id: str, out: TextIO) -> sweep_pb2.Sweep:
     """One line per trial change and the sweep's totals after it, until the sweep ends."""
     final = sweep_pb2.Sweep()
+    shown: dict[int, str] = {}  # each trial's last line: a change not seen in it is not shown
     async for response in client.watch(sweep_id):
         final = response.sweep
         epochs = final.base_spec.hyperparameters.epochs
-        if not response.HasField("trial"):
-            for trial in final.trials:
-                print(trial_line(trial, epochs), file=out)
-        else:
-            print(trial_line(response.trial, epochs), file=out)
+        trials = final.trials if not response.HasField("trial") else [response.trial]
+        lines = [(t.number, trial_line(t, epochs)) for t in trials]
+        if response.HasField("trial") and shown.get(lines[0][0]) == lines[0][1]:
+            continue
+        for number, line in lines:
+            shown[number] = line
+            print(line, file=out)
         print(summary(final), file=out, flush=True)
     return final
 
