@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from arc_common.errors import (
     ArcError,
+    FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
     ResourceExhaustedError,
 )
-from arc_common.models import Decision, Tool, Violation, ViolationKind
+from arc_common.models import Decision, DecisionOutcome, Tool, Violation, ViolationKind
 
 # Budget, concurrency and rate limits: wait or shrink, rather than fix the request.
 _EXHAUSTED = frozenset({ViolationKind.QUOTA, ViolationKind.BUDGET})
@@ -46,3 +47,21 @@ def denial_error(tool: Tool, decision: Decision) -> ArcError:
         return ResourceExhaustedError(message, field=violations[0].field)
     field = violations[0].field if violations else None
     return PermissionDeniedError(message, field=field)
+
+
+def tool_request_id(tool: Tool, request_id: str) -> str:
+    """A tool call's request id at governance: namespaced by the tool."""
+    return f"{tool.value}:{request_id}" if request_id else ""
+
+
+def allowed(tool: Tool, decision: Decision) -> Decision:
+    """The decision when it allows the call; otherwise the error to answer with: denied
+    (``denial_error``), or still waiting for an operator."""
+    if decision.outcome is DecisionOutcome.DENIED:
+        raise denial_error(tool, decision)
+    if decision.outcome is DecisionOutcome.PENDING_APPROVAL:
+        raise FailedPreconditionError(
+            f"{tool.value} waits for an operator's approval (governance pending request "
+            f"{decision.pending_request_id}); retry with the same request_id once approved"
+        )
+    return decision

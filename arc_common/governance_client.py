@@ -18,7 +18,7 @@ from grpc import aio
 
 from arc.governance.v1 import governance_pb2, governance_pb2_grpc
 from arc_common.convert import enum_member, enum_value, to_model
-from arc_common.decisions import denial_error
+from arc_common.decisions import allowed, tool_request_id
 from arc_common.errors import FailedPreconditionError
 from arc_common.models import (
     AuditRecord,
@@ -128,18 +128,11 @@ class GovernanceClient:
         decision = await self.validate(
             tool,
             parameters,
-            request_id=f"{tool.value}:{request_id}" if request_id else "",
+            request_id=tool_request_id(tool, request_id),
             on_behalf_of=caller,
             wait_for_approval_seconds=wait_for_approval_seconds,
         )
-        if decision.outcome is DecisionOutcome.DENIED:
-            raise denial_error(tool, decision)
-        if decision.outcome is DecisionOutcome.PENDING_APPROVAL:
-            raise FailedPreconditionError(
-                f"{tool.value} waits for an operator's approval (governance pending request "
-                f"{decision.pending_request_id}); retry with the same request_id once approved"
-            )
-        return decision
+        return allowed(tool, decision)
 
     # --- transactions ----------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from arc_common.decisions import denial_error
-from arc_common.errors import ArcError, FailedPreconditionError
+from arc_common.decisions import allowed, denial_error, tool_request_id
+from arc_common.errors import ArcError
 from arc_common.models import Decision, DecisionOutcome, ExperimentSpec, Tool
 from services.scheduler.kinds import JobKind
 from services.scheduler.ports import GovernanceClient
@@ -62,17 +62,10 @@ class GovernanceGate:
             tool,
             parameters,
             dry_run=False,
-            request_id=f"{tool.value}:{request_id}" if request_id else "",
+            request_id=tool_request_id(tool, request_id),
             on_behalf_of=caller,
         )
-        if decision.outcome is DecisionOutcome.DENIED:
-            raise denial_error(tool, decision)
-        if decision.outcome is DecisionOutcome.PENDING_APPROVAL:
-            raise FailedPreconditionError(
-                f"{tool.value} waits for an operator's approval (governance pending request "
-                f"{decision.pending_request_id}); retry with the same request_id once approved"
-            )
-        return decision
+        return allowed(tool, decision)
 
     async def audit_invalid(
         self, tool: Tool, parameters: dict[str, Any], reason: str, *, caller: str
