@@ -22,19 +22,13 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from arc_common import sqlite
-from arc_common.eventlog import EventLog
-from arc_common.models import JobEvent, metric_count
-from services.scheduler.__main__ import EVENTS_FILE, EVENTS_TABLE
-from services.scheduler.core import Scheduler
 from services.scheduler.settings import SchedulerSettings
-from services.scheduler.store import SchedulerStore
 from services.scheduler.sweeps.ledger import SweepLedger
 from services.scheduler.sweeps.manager import SchedulerJobs, SweepManager
 from services.scheduler.sweeps.plan import Plan, Sampler
 from services.scheduler.sweeps.space import Parameter
-from tests.unit.scheduler.conftest import experiment
-from tests.unit.scheduler.fakes import FakeGovernance
+from tests.unit.scheduler.conftest import Harness, experiment
+from tests.unit.scheduler.fakes import FakeClock, FakeGovernance
 from tests.unit.scheduler.replay import ReplayNode
 
 SPACE = [
@@ -55,23 +49,14 @@ async def bookkeeping(
         epoch_seconds = trial_seconds
 
     node = Timed("bench", gpus=gpus)
-    settings = SchedulerSettings(home=home, governance_address="")
-    store = SchedulerStore(home / "scheduler.sqlite3")
-    await store.open()
-    events_db = await sqlite.connect(home / EVENTS_FILE)
-    events: EventLog[JobEvent] = EventLog(
-        events_db,
-        model=JobEvent,
-        table=EVENTS_TABLE,
-        key_field="job_id",
-        flush_ms=settings.event_flush_ms,
-        weight=metric_count,
-        span=metric_count,
+    harness = Harness(
+        home=home,
+        settings=SchedulerSettings(home=home, governance_address=""),
+        nodes=[node],
+        governance=FakeGovernance(),
+        clock=FakeClock(),  # the scheduler's own timers; the stand-in stamps real time
     )
-    scheduler = Scheduler(
-        settings, store=store, events=events, nodes=[node], governance=FakeGovernance()
-    )
-    await scheduler.open()
+    scheduler = await harness.open()
     manager = SweepManager(SweepLedger(home / "sweeps.journal"), SchedulerJobs(scheduler))
     await manager.open()
     try:
@@ -88,8 +73,7 @@ async def bookkeeping(
         wall = time.monotonic() - began
     finally:
         await manager.close()
-        await scheduler.close()
-        await events_db.close()
+        await harness.close()
     assert final.state == "completed", final.state
     busy = sum(end - start for start, end in node.busy)
     ideal = busy / min(gpus, parallel)

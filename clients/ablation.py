@@ -22,15 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from google.protobuf import json_format
 
 from arc.scheduler.v1 import sweep_pb2
-from arc_common.errors import InvalidArgumentError
 from arc_common.evaluation import ablation
 from arc_common.models import CheckpointKind, ExperimentSpec
 from clients.arc_client import ArcClient
-from clients.sweeps import sweep_message
+from clients.sweeps import load_file, sweep_message
 
 BASE = "base"
 ARM = "arm"
@@ -52,12 +50,7 @@ def ablation_message(
 def ablation_from_file(
     path: Path, base_spec: Callable[[dict[str, Any]], ExperimentSpec]
 ) -> sweep_pb2.Sweep:
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise InvalidArgumentError(f"{path}: a mapping of ablation fields", field="ablation")
-    if isinstance(data.get("base"), str):
-        data = {**data, "base": yaml.safe_load((path.parent / data["base"]).read_text())}
-    return ablation_message(data, base_spec)
+    return ablation_message(load_file(path, "ablation"), base_spec)
 
 
 def _by_arm(sweep: sweep_pb2.Sweep) -> dict[str, dict[int, sweep_pb2.Trial]]:

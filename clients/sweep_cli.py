@@ -102,6 +102,11 @@ def trial_line(trial: sweep_pb2.Trial, epochs: int) -> str:
     )
 
 
+def _progress(out: Out) -> TextIO:
+    """Where a live watch goes: stderr under --json, so stdout stays one JSON document."""
+    return sys.stderr if out.json else sys.stdout
+
+
 async def follow(client: SweepClient, sweep_id: str, out: TextIO) -> sweep_pb2.Sweep:
     """One line per trial change and the sweep's totals after it, until the sweep ends."""
     final = sweep_pb2.Sweep()
@@ -194,7 +199,7 @@ async def cmd_ablation(args: argparse.Namespace, out: Out) -> int:
                     print(made.sweep_id)
                 return 0
             sweep_id = made.sweep_id
-            final = await follow(arc.sweeps, sweep_id, sys.stderr if out.json else sys.stdout)
+            final = await follow(arc.sweeps, sweep_id, _progress(out))
         else:
             final = await arc.sweeps.get(args.ablation)
         rows = await ablation.report(arc, final)
@@ -219,12 +224,10 @@ async def cmd_sweep(args: argparse.Namespace, out: Out) -> int:
                 else:
                     print(made.sweep_id)
                 return 0
-            _results(
-                await follow(client, made.sweep_id, sys.stderr if out.json else sys.stdout), out
-            )
+            _results(await follow(client, made.sweep_id, _progress(out)), out)
             return 0
         if command == "watch":
-            final = await follow(client, args.sweep, sys.stderr if out.json else sys.stdout)
+            final = await follow(client, args.sweep, _progress(out))
             if out.json:
                 _results(final, out)
             return 0

@@ -105,12 +105,17 @@ def sweep_from_file(
     path: Path, base_spec: Callable[[dict[str, Any]], ExperimentSpec]
 ) -> sweep_pb2.Sweep:
     """``base_spec``: the base (a proposal as ``arc submit`` takes) as a spec."""
+    return sweep_message(load_file(path, "sweep"), base_spec, where=str(path))
+
+
+def load_file(path: Path, kind: str) -> dict[str, Any]:
+    """A sweep's or ablation's file, its ``base`` read from the file it names."""
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
-        raise InvalidArgumentError(f"{path}: a mapping of sweep fields", field="sweep")
+        raise InvalidArgumentError(f"{path}: a mapping of {kind} fields", field=kind)
     if isinstance(data.get("base"), str):
         data = {**data, "base": yaml.safe_load((path.parent / data["base"]).read_text())}
-    return sweep_message(data, base_spec, where=str(path))
+    return data
 
 
 def sweep_message(

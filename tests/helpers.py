@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from grpc import aio
@@ -116,3 +120,61 @@ def sandbox_reachable_home(prefix: str) -> Path:
     home = Path(tempfile.mkdtemp(prefix=prefix))
     home.chmod(0o755)
     return home
+
+
+@dataclass
+class OneMachine:
+    """The four services as processes in one workspace: one machine of ``gpus``
+    simulated GPUs (none reserved), its executor reading ``data_root``."""
+
+    scheduler: ServiceProcess
+    executor: ServiceProcess
+    gpu: ServiceProcess
+    governance: ServiceProcess
+
+
+@asynccontextmanager
+async def one_machine(home: Path, data_root: Path, *, gpus: int) -> AsyncIterator[OneMachine]:
+    gpu = ServiceProcess(
+        "services.gpu_manager",
+        home,
+        env={
+            "ARC_GPU_MANAGER_BACKEND": "simulated",
+            "ARC_GPU_MANAGER_SIMULATED_COUNT": str(gpus),
+            "ARC_GPU_MANAGER_RESERVED_GPUS": "[]",
+        },
+    )
+    governance = ServiceProcess("services.governance", home)
+    processes = [gpu, governance]
+    try:
+        await gpu.start()
+        await governance.start()
+        executor = ServiceProcess(
+            "services.executor",
+            home,
+            env={
+                "ARC_EXECUTOR_GPU_MANAGER_ADDRESS": f"127.0.0.1:{gpu.port}",
+                "ARC_EXECUTOR_DATA_ROOT": str(data_root),
+            },
+        )
+        processes.append(executor)
+        await executor.start()
+        node = {
+            "name": "m0",
+            "gpu_manager": f"127.0.0.1:{gpu.port}",
+            "executor": f"127.0.0.1:{executor.port}",
+        }
+        scheduler = ServiceProcess(
+            "services.scheduler",
+            home,
+            env={
+                "ARC_SCHEDULER_NODES": json.dumps([node]),
+                "ARC_SCHEDULER_GOVERNANCE_ADDRESS": f"127.0.0.1:{governance.port}",
+            },
+        )
+        processes.append(scheduler)
+        await scheduler.start()
+        yield OneMachine(scheduler, executor, gpu, governance)
+    finally:
+        for process in reversed(processes):
+            process.kill()

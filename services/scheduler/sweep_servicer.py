@@ -137,20 +137,16 @@ def plan_of(message: sweep_pb2.Sweep) -> Plan:
         _parameter(parameter, f"sweep.parameters[{index}]")
         for index, parameter in enumerate(message.parameters)
     ]
+    # Fields left at zero are not in the dict: the models' own defaults stand for them.
     pruner: dict[str, Any] = message_to_dict(message.pruner)
     pruner["kind"] = _enum(_PRUNERS, message.pruner.kind, "sweep.pruner.kind")
-    for name, default in (("min_trials", 1), ("min_epochs", 1), ("reduction_factor", 3)):
-        pruner[name] = pruner.get(name) or default
     arms = [_arm(arm, f"sweep.arms[{index}]") for index, arm in enumerate(message.arms)]
     data: dict[str, Any] = {
         "parameters": parameters,
         "sampler": _enum(_SAMPLERS, message.sampler, "sweep.sampler"),
         "direction": _enum(_DIRECTIONS, message.direction, "sweep.direction"),
-        "max_trials": message.max_trials or 16,
-        "max_parallel": message.max_parallel or 1,
         "seed": message.seed,
         "base": base,
-        "objective": message.objective or "val_auc",
         "name": message.display_name,
         "pruner": parse_model(PrunerSpec, pruner, prefix="sweep.pruner"),
         "by_caller": message.driven_by_caller,
@@ -160,6 +156,16 @@ def plan_of(message: sweep_pb2.Sweep) -> Plan:
         "max_wall_seconds": (
             message.max_wall_seconds if message.HasField("max_wall_seconds") else None
         ),
+    }
+    # Zero, as proto3 sends an unset number or string: the plan's default.
+    data |= {
+        name: value
+        for name, value in (
+            ("max_trials", message.max_trials),
+            ("max_parallel", message.max_parallel),
+            ("objective", message.objective),
+        )
+        if value
     }
     if arms and parameters:
         raise InvalidArgumentError(

@@ -14,7 +14,7 @@ import pytest
 from arc.common.v1 import common_pb2
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc, sweep_pb2, sweep_pb2_grpc
 from arc_common.auth import Role, TokenStore
-from tests.helpers import ServiceProcess
+from tests.helpers import one_machine
 from tests.integration.scheduler.conftest import spec
 
 LONG = bool(os.environ.get("ARC_TEST_LONG"))
@@ -28,47 +28,8 @@ async def test_a_sweep_killed_mid_way_keeps_exactly_its_trials(
     tmp_path: Path, tiny_data: Path
 ) -> None:
     home = tmp_path / "ws"
-    gpu = ServiceProcess(
-        "services.gpu_manager",
-        home,
-        env={
-            "ARC_GPU_MANAGER_BACKEND": "simulated",
-            "ARC_GPU_MANAGER_SIMULATED_COUNT": "2",
-            "ARC_GPU_MANAGER_RESERVED_GPUS": "[]",
-        },
-    )
-    governance = ServiceProcess("services.governance", home)
-    processes = [gpu, governance]
-    try:
-        await gpu.start()
-        await governance.start()
-        executor = ServiceProcess(
-            "services.executor",
-            home,
-            env={
-                "ARC_EXECUTOR_GPU_MANAGER_ADDRESS": f"127.0.0.1:{gpu.port}",
-                "ARC_EXECUTOR_DATA_ROOT": str(tiny_data),
-            },
-        )
-        processes.append(executor)
-        await executor.start()
-        nodes = [
-            {
-                "name": "m0",
-                "gpu_manager": f"127.0.0.1:{gpu.port}",
-                "executor": f"127.0.0.1:{executor.port}",
-            }
-        ]
-        scheduler = ServiceProcess(
-            "services.scheduler",
-            home,
-            env={
-                "ARC_SCHEDULER_NODES": json.dumps(nodes),
-                "ARC_SCHEDULER_GOVERNANCE_ADDRESS": f"127.0.0.1:{governance.port}",
-            },
-        )
-        processes.append(scheduler)
-        await scheduler.start()
+    async with one_machine(home, tiny_data, gpus=2) as suite:
+        scheduler = suite.scheduler
         token = TokenStore.load(home).token_for(Role.AGENT)
         channel = scheduler.channel(token)
         sweep = sweep_pb2.Sweep(
@@ -119,6 +80,3 @@ async def test_a_sweep_killed_mid_way_keeps_exactly_its_trials(
                 assert job.state == common_pb2.JOB_STATE_COMPLETED, job.error_message
             assert job.attempt <= 2  # re-attached, or requeued once
         await channel.close()
-    finally:
-        for process in reversed(processes):
-            process.kill()

@@ -285,10 +285,12 @@ class SweepLedger:
             return {}
         return {path: float(share) for path, share in found.items()}
 
-    def best(self, sweep_id: str) -> Trial | None:
-        done = [t for t in self.trials(sweep_id) if t.state is TrialState.COMPLETE]
-        sign = 1.0 if self.plan(sweep_id).direction is Direction.MAXIMIZE else -1.0
-        return max(done, key=lambda t: sign * (t.value or 0.0), default=None)
+
+def best_of(trials: list[Trial], direction: Direction) -> Trial | None:
+    """The best COMPLETE trial in ``direction``."""
+    done = [t for t in trials if t.state is TrialState.COMPLETE]
+    sign = 1.0 if direction is Direction.MAXIMIZE else -1.0
+    return max(done, key=lambda t: sign * (t.value or 0.0), default=None)
 
 
 def _promise(asked: optuna.Trial, sweep_id: str, tag: str) -> Trial:

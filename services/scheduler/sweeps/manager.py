@@ -40,7 +40,7 @@ from services.scheduler.sweeps.driver import (
     SweepDriver,
     outcome,
 )
-from services.scheduler.sweeps.ledger import SweepLedger, Trial
+from services.scheduler.sweeps.ledger import SweepLedger, Trial, best_of
 from services.scheduler.sweeps.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -191,9 +191,13 @@ class SweepManager:
     async def watch(self, sweep_id: str) -> AsyncIterator[tuple[SweepView, Trial | None]]:
         """The sweep now (with no trial), then the sweep after each trial that changed,
         until it and its trials have ended."""
-        await self.get(sweep_id)  # NOT_FOUND before anything is kept for it
         news = self._next_change(sweep_id)
-        view = await self.get(sweep_id)
+        try:
+            view = await self.get(sweep_id)
+        except NotFoundError:  # nothing is kept for a sweep that does not exist
+            if self._news.get(sweep_id) is news:
+                del self._news[sweep_id]
+            raise
         yield view, None
         while view.state == RUNNING or any(t.state is TrialState.RUNNING for t in view.trials):
             await news.wait()
@@ -383,12 +387,13 @@ class SweepManager:
             state = self.ledger.state(sweep_id)
             if state != RUNNING and sweep_id not in self._importance:  # an ended one's
                 self._importance[sweep_id] = self.ledger.importance(sweep_id)
+            plan, trials = self.ledger.plan(sweep_id), self.ledger.trials(sweep_id)
             return SweepView(
                 sweep_id,
-                self.ledger.plan(sweep_id),
+                plan,
                 state,
-                self.ledger.trials(sweep_id),
-                self.ledger.best(sweep_id),
+                trials,
+                best_of(trials, plan.direction),
                 self.ledger.reason(sweep_id),
                 self._importance.get(sweep_id, {}),
             )
@@ -406,9 +411,6 @@ class SweepManager:
     async def ids(self) -> list[str]:
         """Every sweep's id, oldest first."""
         return await asyncio.to_thread(self.ledger.sweep_ids)
-
-    async def list(self) -> list[SweepView]:
-        return [await self.get(sweep_id) for sweep_id in await self.ids()]
 
     async def cancel(self, sweep_id: str, caller: Caller, reason: str) -> SweepView:
         view = await self.get(sweep_id)

@@ -90,7 +90,6 @@ class Plan(BaseModel):
             ],
             "sampler": Sampler.GRID,
             "max_trials": len(names) * len(seeds),
-            "max_parallel": data.get("max_parallel") or 1,
         }
 
     parameters: Annotated[list[Parameter], Field(max_length=MAX_PARAMETERS)] = []

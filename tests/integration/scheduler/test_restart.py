@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
 from arc.common.v1 import common_pb2
 from arc.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from arc_common.auth import Role, TokenStore
-from tests.helpers import ServiceProcess
+from tests.helpers import one_machine
 from tests.integration.scheduler.conftest import spec
 
 
@@ -24,47 +23,8 @@ async def sigkill_and_restart(
     """``running`` long jobs on as many GPUs, ``queued`` more waiting; SIGKILL, restart,
     then the queue is back in the same order and the running jobs are re-attached."""
     home = tmp_path / "ws"
-    gpu = ServiceProcess(
-        "services.gpu_manager",
-        home,
-        env={
-            "ARC_GPU_MANAGER_BACKEND": "simulated",
-            "ARC_GPU_MANAGER_SIMULATED_COUNT": str(running),
-            "ARC_GPU_MANAGER_RESERVED_GPUS": "[]",
-        },
-    )
-    governance = ServiceProcess("services.governance", home)
-    processes = [gpu, governance]
-    try:
-        await gpu.start()
-        await governance.start()
-        executor = ServiceProcess(
-            "services.executor",
-            home,
-            env={
-                "ARC_EXECUTOR_GPU_MANAGER_ADDRESS": f"127.0.0.1:{gpu.port}",
-                "ARC_EXECUTOR_DATA_ROOT": str(tiny_data),
-            },
-        )
-        processes.append(executor)
-        await executor.start()
-        nodes = [
-            {
-                "name": "m0",
-                "gpu_manager": f"127.0.0.1:{gpu.port}",
-                "executor": f"127.0.0.1:{executor.port}",
-            }
-        ]
-        scheduler = ServiceProcess(
-            "services.scheduler",
-            home,
-            env={
-                "ARC_SCHEDULER_NODES": json.dumps(nodes),
-                "ARC_SCHEDULER_GOVERNANCE_ADDRESS": f"127.0.0.1:{governance.port}",
-            },
-        )
-        processes.append(scheduler)
-        await scheduler.start()
+    async with one_machine(home, tiny_data, gpus=running) as suite:
+        scheduler = suite.scheduler
         token = TokenStore.load(home).token_for(Role.AGENT)
         channel = scheduler.channel(token)
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
@@ -140,6 +100,3 @@ async def sigkill_and_restart(
         for job_id in run_ids:
             await stub.CancelJob(scheduler_pb2.CancelJobRequest(job_id=job_id))
         await channel.close()
-    finally:
-        for process in reversed(processes):
-            process.kill()

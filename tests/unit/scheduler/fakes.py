@@ -280,11 +280,23 @@ class FakeNode:
     ) -> None:
         fake = self.run_of(job_id)
         if state is JobState.COMPLETED:
-            result = ExperimentResult(best_metrics=metrics or {"val_auc": 0.8})
-            fake.update(result=result)  # GetRun tells it too, as the executor's does
-            fake.emit(result=result)
+            self._complete(fake, metrics or {"val_auc": 0.8}, cause, reason or state.value)
+            return
         said = Failure(failure_class=failure, summary=reason) if failure else None
         self._end(fake, state, cause, reason or state.value, said)
+
+    def _complete(
+        self,
+        fake: FakeRun,
+        best_metrics: dict[str, float],
+        cause: RunEndCause = RunEndCause.COMPLETED,
+        reason: str = "completed",
+    ) -> None:
+        """The run completes with ``best_metrics`` as its result."""
+        result = ExperimentResult(best_metrics=best_metrics)
+        fake.update(result=result)  # GetRun tells it too, as the executor's does
+        fake.emit(result=result)
+        self._end(fake, JobState.COMPLETED, cause, reason)
 
     def metric(self, job_id: str, name: str, epoch: int, value: float) -> None:
         metric = MetricResult(name=name, value=value, epoch=epoch, split="val")

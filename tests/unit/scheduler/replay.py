@@ -10,11 +10,9 @@ import time
 
 from arc_common import packed
 from arc_common.models import (
-    ExperimentResult,
     JobState,
     Lease,
     MetricResult,
-    RunEndCause,
     TrainingJobConfig,
 )
 from tests.unit.scheduler.fakes import FakeNode, FakeRun
@@ -70,7 +68,4 @@ class ReplayNode(FakeNode):
             fake.emit(metrics=packed.pack([metric]))
         self.busy.append((began, time.monotonic()))
         if fake.run.state is JobState.RUNNING:
-            result = ExperimentResult(best_metrics={"val_auc": best})
-            fake.update(result=result)
-            fake.emit(result=result)
-            self._end(fake, JobState.COMPLETED, RunEndCause.COMPLETED, "completed")
+            self._complete(fake, {"val_auc": best})

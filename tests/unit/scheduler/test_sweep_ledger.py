@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from arc_common.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from services.scheduler.sweeps import space
-from services.scheduler.sweeps.ledger import SweepLedger
+from services.scheduler.sweeps.ledger import SweepLedger, best_of
 from services.scheduler.sweeps.plan import Direction, Plan, Sampler
 from services.scheduler.sweeps.space import Parameter
 from tests.unit.scheduler.conftest import experiment
@@ -114,7 +114,8 @@ def test_the_best_trial_follows_the_direction(tmp_path: Path) -> None:
     for sweep in ("up", "down"):
         for value in (0.2, 0.9, 0.5):
             ledger.tell(sweep, ledger.ask(sweep).number, value, TrialState.COMPLETE)
-    best_up, best_down = ledger.best("up"), ledger.best("down")
+    best_up = best_of(ledger.trials("up"), Direction.MAXIMIZE)
+    best_down = best_of(ledger.trials("down"), Direction.MINIMIZE)
     assert best_up is not None and best_up.value == 0.9
     assert best_down is not None and best_down.value == 0.2
     with pytest.raises(NotFoundError):

@@ -138,7 +138,7 @@ async def test_a_space_the_base_spec_refuses_is_refused_at_create(
     with pytest.raises(InvalidArgumentError) as refused:
         await manager.create(Plan(parameters=[batch], base=experiment("b")), caller="agent")
     assert refused.value.field == "parameters[0].path"
-    assert await manager.list() == []
+    assert await manager.ids() == []
     await manager.close()
 
 
